@@ -1,0 +1,1 @@
+"""The ``tm`` command line: a thin layer over library calls, importing lazily."""

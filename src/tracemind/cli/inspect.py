@@ -1,0 +1,139 @@
+"""Read-only views: ``tm queue stats``, ``tm task show``, ``tm task wait``.
+
+None of these creates or rewrites a file; they work on directories the caller cannot write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING, Any
+
+from tracemind.cli.common import add_queue_options, open_stores_from, print_json, task_id_arg
+from tracemind.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from tracemind.queue.protocol import TaskInfo
+
+EXIT_DEAD = 1
+EXIT_TIMEOUT = 3
+WAIT_POLL_S = 0.05
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    queue = commands.add_parser("queue", help="inspect the queue")
+    queue_verbs = queue.add_subparsers(dest="verb", metavar="VERB", required=True)
+    stats = queue_verbs.add_parser("stats", help="counts by state (read-only)")
+    stats.add_argument("--json", action="store_true")
+    add_queue_options(stats)
+    stats.set_defaults(handler=stats_command)
+
+    task = commands.add_parser("task", help="inspect one task")
+    task_verbs = task.add_subparsers(dest="verb", metavar="VERB", required=True)
+    show = task_verbs.add_parser("show", help="a task's status, attempts and result (read-only)")
+    show.add_argument("task_id", metavar="ID", type=task_id_arg)
+    show.add_argument("--json", action="store_true")
+    add_queue_options(show)
+    show.set_defaults(handler=show_command)
+
+    wait = task_verbs.add_parser(
+        "wait",
+        help="block until a task succeeds or dies",
+        description="Exit 0 when the task succeeded, 1 when it is dead, 3 on timeout.",
+    )
+    wait.add_argument("task_id", metavar="ID", type=task_id_arg)
+    wait.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S")
+    wait.add_argument("--json", action="store_true")
+    add_queue_options(wait)
+    wait.set_defaults(handler=wait_command)
+
+
+def queue_counts(args: argparse.Namespace) -> dict[str, Any]:
+    stores = open_stores_from(args)
+    counts = stores.queue.stats().to_dict()
+    counts["dead"] = stores.dlq.count()
+    return counts
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    counts = queue_counts(args)
+    if args.json:
+        print_json(counts)
+    else:
+        for key in ("pending", "delayed", "inflight", "dead", "oldest_pending_age_s", "damaged"):
+            print(f"{key:22} {counts[key] if counts[key] is not None else '-'}")
+    return 0
+
+
+def describe(info: TaskInfo) -> dict[str, Any]:
+    """The ``tm task show --json`` document of one task."""
+    from tracemind.clock import iso_utc
+
+    record = info.record
+    history = record.get("history") or []
+    view: dict[str, Any] = {
+        "task_id": info.task_id,
+        "flow_id": record.get("flow_id"),
+        "status": info.status.value,
+        "attempts": info.attempts,
+        "enqueued_at": iso_utc(_number(record.get("enqueued_at"))),
+        "finished_at": iso_utc(info.finished_s),
+        "idempotency_key": record.get("idempotency_key"),
+        "trigger": record.get("trigger"),
+        "history": history,
+    }
+    if info.status == "succeeded":
+        view["result"] = record.get("result")
+    elif history or record.get("error"):
+        view["error"] = record.get("error") or history[-1].get("error")
+    if info.due_s is not None and info.status == "delayed":
+        view["due_at"] = iso_utc(info.due_s)
+    if not record:
+        view["damaged"] = True
+    return view
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _find(args: argparse.Namespace) -> TaskInfo:
+    info = open_stores_from(args).queue.find(args.task_id)
+    if info is None:
+        raise NotFound(f"task {args.task_id} not found")
+    return info
+
+
+def _print_task(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(view)
+        return
+    for key in ("task_id", "flow_id", "status", "attempts", "enqueued_at", "finished_at"):
+        print(f"{key:12} {view.get(key) if view.get(key) is not None else '-'}")
+    if "result" in view:
+        print(f"{'result':12} {view['result']}")
+    if "error" in view:
+        print(f"{'error':12} {view['error']}")
+
+
+def show_command(args: argparse.Namespace) -> int:
+    _print_task(describe(_find(args)), args.json)
+    return 0
+
+
+def wait_command(args: argparse.Namespace) -> int:
+    if args.timeout is not None and args.timeout < 0:
+        raise UsageError("--timeout must not be negative")
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    try:
+        info = _find(args)
+    except NotFound:
+        raise UsageError(f"task {args.task_id} not found") from None
+    while info.status not in ("succeeded", "dead"):
+        if deadline is not None and time.monotonic() >= deadline:
+            _print_task(describe(info), args.json)
+            return EXIT_TIMEOUT
+        time.sleep(WAIT_POLL_S)
+        info = _find(args)
+    _print_task(describe(info), args.json)
+    return 0 if info.status == "succeeded" else EXIT_DEAD

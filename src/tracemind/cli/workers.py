@@ -1,0 +1,107 @@
+"""``tm workers start``: a foreground worker pool (no daemon state, logs to stdout)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tracemind.cli.common import add_queue_options
+
+DEFAULT_LEASE_S = 30.0
+DEFAULT_DRAIN_TIMEOUT_S = 8.0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    from tracemind.worker.runtime import DEFAULT_RUNTIME
+
+    parser.add_argument(
+        "--runtime",
+        default=DEFAULT_RUNTIME,
+        metavar="MODULE:FACTORY",
+        help="factory of the object that executes tasks (default: run the task's flow)",
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=positive_float,
+        default=DEFAULT_LEASE_S,
+        metavar="S",
+        help=f"lease length, renewed every third of it while a task runs (default {DEFAULT_LEASE_S:g})",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=positive_float,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
+        metavar="S",
+        help="on stop, how long running tasks may finish before their workers are killed "
+        f"(default {DEFAULT_DRAIN_TIMEOUT_S:g})",
+    )
+    add_queue_options(parser)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    workers = commands.add_parser("workers", help="run a worker pool in the foreground")
+    verbs = workers.add_subparsers(dest="verb", metavar="VERB", required=True)
+    start = verbs.add_parser(
+        "start",
+        help="start N worker processes in the foreground",
+        description="Run N worker processes until SIGINT/SIGTERM (graceful drain; a second "
+        "signal stops fast). --burst exits 0 once nothing is pending or delayed.",
+    )
+    start.add_argument("-n", "--workers", type=positive_int, default=1, metavar="N")
+    start.add_argument("--burst", action="store_true", help="exit 0 when the queue is empty")
+    add_pool_options(start)
+    start.set_defaults(handler=start_command)
+
+
+def start_command(args: argparse.Namespace) -> int:
+    import secrets
+
+    from tracemind import config, log
+    from tracemind.worker.pool import PoolSettings, WorkerPool
+    from tracemind.worker.runtime import load_factory
+    from tracemind.worker.supervisor import Supervisor
+
+    load_factory(args.runtime)
+    dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    from tracemind.stores import open_stores
+
+    stores = open_stores(dirs, durable=config.durable())
+    stores.queue.prepare()
+    log.configure()
+    settings = PoolSettings(
+        size=args.workers,
+        instance_id=secrets.token_hex(6),
+        queue_dir=str(dirs.queue),
+        idempotency_dir=str(dirs.idempotency),
+        dlq_dir=str(dirs.dlq),
+        durable=config.durable(),
+        runtime=args.runtime,
+        lease_s=args.lease_s,
+        log_file=None,
+    )
+    pool = WorkerPool(settings, stores.queue)
+    supervisor = Supervisor(
+        pool, stores.queue, drain_timeout_s=args.drain_timeout, burst=args.burst
+    )
+    supervisor.install_signal_handlers()
+    supervisor.run()
+    return 0

@@ -1,0 +1,111 @@
+"""The dead-letter store: tasks that used their last attempt, with their error and history.
+
+Layout (see docs/queue-format.md)::
+
+    <dlq-dir>/<task_id>.json             one entry per dead task
+    <dlq-dir>/purged/<task_id>.<ms>.json  audit copy of every purged entry (with ``purged_at``)
+    <dlq-dir>/requeued/<task_id>.<ms>.json audit copy of every requeued entry
+    <dlq-dir>/tmp/, <dlq-dir>/quarantine/
+
+An entry is the task record plus ``attempts``, ``error``, ``traceback``, ``history`` (one item per
+attempt), ``dead_at`` (epoch seconds) and ``lease_token`` (the delivery that dead-lettered it, used
+to recognise a stale copy of that same delivery after a crash). Reads never create anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracemind.clock import Clock, system_clock
+from tracemind.fsutil import dump_json, ensure_dir, read_json, scan_names, write_atomic
+from tracemind.quarantine import quarantine
+from tracemind.queue.names import done_name, is_task_id, is_temporary
+
+
+class DeadLetterStore:
+    """Dead-letter entries in one directory; safe for many processes (every write is a rename)."""
+
+    def __init__(self, root: Path, *, durable: bool, clock: Clock = system_clock) -> None:
+        self.root = root
+        self.durable = durable
+        self.clock = clock
+
+    def _path(self, task_id: str) -> Path:
+        return self.root / done_name(task_id)
+
+    def put(self, task_id: str, entry: dict[str, Any]) -> None:
+        ensure_dir(self.root)
+        write_atomic(
+            self._path(task_id),
+            dump_json(entry),
+            tmp_dir=ensure_dir(self.root / "tmp"),
+            durable=self.durable,
+        )
+
+    def has(self, task_id: str) -> bool:
+        return self._path(task_id).exists()
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The entry, or None when absent or damaged (damaged entries are skipped by readers)."""
+        try:
+            entry = read_json(self._path(task_id))
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every readable entry, in no particular order."""
+        for name in scan_names(self.root):
+            if name.endswith(".json") and is_task_id(name[:-5]):
+                entry = self.get(name[:-5])
+                if entry is not None:
+                    yield entry
+
+    def damaged(self) -> list[Path]:
+        """Entry files that cannot be read (for writers to quarantine; readers only count them)."""
+        bad = []
+        for name in scan_names(self.root):
+            path = self.root / name
+            if is_temporary(name) or path.is_dir():
+                continue
+            if not (name.endswith(".json") and is_task_id(name[:-5])) or self.get(name[:-5]) is None:
+                bad.append(path)
+        return bad
+
+    def quarantine_damaged(self) -> int:
+        moved = [quarantine(path, self.root, "unreadable DLQ entry") for path in self.damaged()]
+        return sum(1 for path in moved if path is not None)
+
+    def count(self) -> int:
+        return sum(
+            1 for name in scan_names(self.root) if name.endswith(".json") and is_task_id(name[:-5])
+        )
+
+    def newest_first(self) -> list[dict[str, Any]]:
+        return sorted(self.entries(), key=lambda e: float(e.get("dead_at", 0.0)), reverse=True)
+
+    def _archive(self, task_id: str, folder: str, stamp_key: str) -> bool:
+        """Move the entry to ``folder/`` with ``stamp_key`` set to now; False if it was absent."""
+        entry = self.get(task_id)
+        if entry is None:
+            return False
+        now = self.clock()
+        entry[stamp_key] = now
+        archive = ensure_dir(self.root / folder) / f"{task_id}.{int(now * 1000)}.json"
+        write_atomic(
+            archive, dump_json(entry), tmp_dir=ensure_dir(self.root / "tmp"), durable=self.durable
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(task_id))
+        return True
+
+    def purge(self, task_id: str) -> bool:
+        """Remove the entry, keeping an audit copy in ``purged/``; False if there was none."""
+        return self._archive(task_id, "purged", "purged_at")
+
+    def mark_requeued(self, task_id: str) -> bool:
+        return self._archive(task_id, "requeued", "requeued_at")

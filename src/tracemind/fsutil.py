@@ -1,0 +1,182 @@
+"""Small file-system primitives shared by the stores: atomic writes, durable syncs, shared modes.
+
+Everything on the shared data directory is written through :func:`write_atomic`: a temporary file
+in a ``tmp/`` directory on the same file system, made group-writable *before* it becomes visible,
+then renamed into place. A reader therefore sees either the old file or the whole new one, never a
+torn one. ``durable=True`` adds the syncs that make the result survive a power loss (the file's
+data before the rename, the directory entry after it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tracemind.errors import QueueError
+
+_umask_cache: list[int] = []
+
+
+def current_umask() -> int:
+    """The process umask (read once; the CLI sets it at start-up)."""
+    if not _umask_cache:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _umask_cache.append(mask)
+    return _umask_cache[0]
+
+
+def share_with_group() -> None:
+    """Clear the group-write bit from the umask, so a host user and a container user in one group
+    can both write what the other created (umask 002 semantics, keeping the caller's other bits)."""
+    mask = os.umask(0)
+    os.umask(mask & ~0o020)
+    _umask_cache.clear()
+
+
+def file_mode() -> int:
+    return 0o666 & ~current_umask()
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) as a setgid, group-writable directory; leave existing ones."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for created in missing:
+            # setgid: files made inside inherit the directory's group, whichever side made them.
+            os.chmod(created, (0o777 & ~current_umask()) | stat.S_ISGID)
+    except NotADirectoryError as exc:
+        raise QueueError(f"{path}: a path component is not a directory") from exc
+    except PermissionError as exc:
+        raise QueueError(f"{path}: cannot create directory (permission denied)") from exc
+    except OSError as exc:
+        raise QueueError(f"{path}: cannot create directory ({exc.strerror})") from exc
+    if not path.is_dir():
+        raise QueueError(f"{path}: not a directory")
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(tmp_dir: Path, stem: str, data: bytes, *, sync: bool) -> Path:
+    tmp = tmp_dir / f"{stem}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # mkstemp-style 0600 would lock the other side of a shared group out: widen before rename.
+        os.fchmod(fd, file_mode())
+        if sync:
+            os.fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_atomic(target: Path, data: bytes, *, tmp_dir: Path, durable: bool) -> None:
+    """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename."""
+    tmp = _write_tmp(tmp_dir, target.name, data, sync=durable)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(target.parent)
+
+
+def write_many_atomic(
+    items: Iterable[tuple[Path, bytes]], *, tmp_dir: Path, durable: bool
+) -> list[Path]:
+    """Write several files with one sync for the whole batch; returns the targets written.
+
+    All temporary files are written first, then one ``syncfs`` (falling back to per-file
+    ``fdatasync``) makes their data durable, then each is renamed into place, then each target
+    directory is synced once. A crash part-way leaves some targets written and others absent,
+    never a torn file.
+    """
+    staged = [(target, _write_tmp(tmp_dir, target.name, data, sync=False)) for target, data in items]
+    if durable and staged and not sync_filesystem(tmp_dir):
+        for _, tmp in staged:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+    for target, tmp in staged:
+        os.rename(tmp, target)
+    if durable:
+        for directory in {target.parent for target, _ in staged}:
+            fsync_dir(directory)
+    return [target for target, _ in staged]
+
+
+def sync_filesystem(any_path: Path) -> bool:
+    """``syncfs(2)`` the file system holding ``any_path``; False where the call is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(any_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return int(syncfs(fd)) == 0
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; raises ``ValueError`` for a torn or corrupt one, ``OSError`` if unreadable."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return json.loads(data)
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+
+
+def scan_names(directory: Path) -> Iterator[str]:
+    """File names in ``directory`` (nothing if it does not exist); never creates anything."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                yield entry.name
+    except FileNotFoundError:
+        return
+    except PermissionError as exc:
+        raise QueueError(f"{directory}: cannot list (permission denied)") from exc
+
+
+def is_missing(exc: OSError) -> bool:
+    return exc.errno == errno.ENOENT

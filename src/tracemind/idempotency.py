@@ -1,0 +1,87 @@
+"""The idempotency store: which task an idempotency key belongs to, shared by every process.
+
+Layout::
+
+    <idempotency-dir>/keys/<sha256(key)[:40]>.json   {"key", "task_id", "created_at"}
+    <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
+    <idempotency-dir>/tmp/
+
+A key record only *points* at a task; whether the key still blocks a new submission is decided
+from the task's state in the queue (see :mod:`tracemind.submit`). Deciding and writing happen
+under the key's stripe lock, so submissions racing each other from different processes agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracemind.errors import LockTimeout
+from tracemind.fsutil import dump_json, ensure_dir, file_mode, read_json, write_atomic
+
+LOCK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key: str
+    task_id: str
+    created_at: float
+
+
+class IdempotencyStore:
+    def __init__(self, root: Path, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        self.root = root
+        self.durable = durable
+        self.lock_timeout_s = lock_timeout_s
+
+    @staticmethod
+    def _digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold the key's cross-process lock (raises LockTimeout after ``lock_timeout_s``)."""
+        from filelock import FileLock, Timeout
+
+        lock_dir = ensure_dir(self.root / "locks")
+        lock = FileLock(
+            lock_dir / f"{self._digest(key)[:2]}.lock",
+            timeout=self.lock_timeout_s,
+            mode=file_mode(),
+            thread_local=False,
+        )
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockTimeout(
+                f"idempotency key lock {lock.lock_file} not acquired within "
+                f"{self.lock_timeout_s:g} s (another process holds it, or is paused)"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def get(self, key: str) -> KeyRecord | None:
+        """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
+        try:
+            data = read_json(self.root / "keys" / f"{self._digest(key)}.json")
+            return KeyRecord(str(data["key"]), str(data["task_id"]), float(data["created_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, task_id: str, now_s: float, *, durable: bool | None = None) -> None:
+        """Point ``key`` at ``task_id`` (call while holding :meth:`locked`); ``durable`` overrides
+        the store's setting for callers that sync a whole batch themselves."""
+        keys = ensure_dir(self.root / "keys")
+        record = {"key": key, "task_id": task_id, "created_at": now_s}
+        write_atomic(
+            keys / f"{self._digest(key)}.json",
+            dump_json(record),
+            tmp_dir=ensure_dir(self.root / "tmp"),
+            durable=self.durable if durable is None else durable,
+        )

@@ -1,0 +1,73 @@
+"""Logging: structlog, one JSON object per line, configured once per process.
+
+Every line carries an ISO-8601 UTC ``timestamp``, ``level``, ``event`` and ``logger``, plus
+whatever is bound in the context (``task_id``, ``flow_id``, ``attempt`` while a task runs).
+``get_logger`` keeps structlog off the thin CLI's import path until something is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger that stamps ``logger=name`` on each event (imports structlog lazily)."""
+    import structlog
+
+    return structlog.get_logger().bind(logger=name)
+
+
+class LogFile:
+    """An append-only log file that can be reopened (SIGHUP, after logrotate moved it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._handle = self._open()
+
+    def _open(self) -> TextIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        return os.fdopen(fd, "a", buffering=1)
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return self._handle.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._handle.flush()
+
+    def reopen(self) -> None:
+        with self._lock:
+            old, self._handle = self._handle, self._open()
+            old.close()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> None:
+    """Send JSON lines to ``sink`` (default stdout) for this process."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.WriteLoggerFactory(file=sink or sys.stdout),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,46 @@
+"""Moving damaged records aside: a torn or corrupt file affects only itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+from tracemind.fsutil import ensure_dir
+from tracemind.log import get_logger
+
+
+def quarantine(path: Path, root: Path, reason: str) -> Path | None:
+    """Move ``path`` into ``root/quarantine/`` (keeping its name, plus a time suffix) and log it.
+
+    Returns the new path, or None when the file was already gone (another writer moved it) or
+    cannot be moved (then it is left in place and logged, and readers keep skipping it).
+    """
+    log = get_logger("tracemind.quarantine")
+    target = ensure_dir(root / "quarantine") / f"{path.name}.{int(time.time() * 1000)}"
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.error("damaged record left in place", path=str(path), reason=reason, error=str(exc))
+        return None
+    log.warning("damaged record quarantined", path=str(path), moved_to=str(target), reason=reason)
+    return target
+
+
+def sweep_temporaries(tmp_dir: Path, older_than_s: float = 3600.0) -> int:
+    """Delete temporary files a crashed writer left behind; returns how many were removed."""
+    removed = 0
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+    return removed

@@ -1,0 +1,358 @@
+"""The file backend: a queue on a shared directory, for any number of processes at once.
+
+Every state change is one ``rename`` of an exact file name (see :mod:`tracemind.queue.names`), so
+claims are exclusive without any lock, and a process killed at any instant leaves each task in
+exactly one state. Terminal records (``done/``) fence stale copies: a copy of a succeeded task
+that a crash left behind is discarded, never run. The layout and the exact durability guarantee
+are written down in docs/queue-format.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tracemind.clock import Clock, system_clock
+from tracemind.dlq import DeadLetterStore
+from tracemind.fsutil import (
+    dump_json,
+    ensure_dir,
+    read_json,
+    scan_names,
+    write_atomic,
+    write_many_atomic,
+)
+from tracemind.log import get_logger
+from tracemind.quarantine import quarantine, sweep_temporaries
+from tracemind.queue.names import InflightName, PendingName, done_name, is_temporary, new_token
+from tracemind.queue.protocol import (
+    Failure,
+    Lease,
+    LeaseLost,
+    NewTask,
+    QueueStats,
+    TaskInfo,
+    TaskStatus,
+)
+from tracemind.queue.records import dead_entry, done_entry, with_failure
+
+LOST_ERROR = "the worker died or its lease expired during this attempt"
+FENCE_LEASE_S = 60.0
+"""How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
+
+
+def _ms(epoch_s: float) -> int:
+    return int(epoch_s * 1000)
+
+
+class FileQueue:
+    """A :class:`~tracemind.queue.protocol.TaskQueue` on a directory shared by many processes.
+
+    One instance serves one thread, except that ``renew`` may run on a second thread when the
+    caller serialises it with the other lease operations (the worker does).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        dlq: DeadLetterStore,
+        *,
+        durable: bool,
+        clock: Clock = system_clock,
+        relist_interval_s: float = 1.0,
+    ) -> None:
+        self.root = root
+        self.dlq = dlq
+        self.durable = durable
+        self.clock = clock
+        self.relist_interval_s = relist_interval_s
+        self.pending_dir = root / "pending"
+        self.inflight_dir = root / "inflight"
+        self.done_dir = root / "done"
+        self.tmp_dir = root / "tmp"
+        self._prepared = False
+        self._candidates: deque[PendingName] = deque()
+        self._listed_at_s = float("-inf")
+        self._log = get_logger("tracemind.queue")
+
+    # -- writers -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the directories (writers only; readers never call this)."""
+        if self._prepared:
+            return
+        for directory in (self.pending_dir, self.inflight_dir, self.done_dir, self.tmp_dir):
+            ensure_dir(directory)
+        sweep_temporaries(self.tmp_dir)
+        self._prepared = True
+
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        self.prepare()
+        items = [
+            (self.pending_dir / str(PendingName(_ms(t.due_s), t.task_id, 0)), dump_json(t.record))
+            for t in tasks
+        ]
+        if len(items) == 1:
+            target, data = items[0]
+            write_atomic(target, data, tmp_dir=self.tmp_dir, durable=self.durable)
+        elif items:
+            write_many_atomic(items, tmp_dir=self.tmp_dir, durable=self.durable)
+
+    def lease(self, consumer: str, lease_s: float) -> Lease | None:
+        self.prepare()
+        now_s = self.clock()
+        while (candidate := self._next_due(now_s)) is not None:
+            claim = InflightName(
+                candidate.task_id, candidate.attempts + 1, consumer, new_token(), _ms(now_s + lease_s)
+            )
+            claimed = self.inflight_dir / str(claim)
+            try:
+                os.rename(self.pending_dir / str(candidate), claimed)
+            except FileNotFoundError:
+                continue  # another consumer was first
+            if (self.done_dir / done_name(candidate.task_id)).exists():
+                self._discard(claimed, "stale copy of a succeeded task")
+                continue
+            try:
+                record = read_json(claimed)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                quarantine(claimed, self.root, f"unreadable task record: {exc}")
+                continue
+            return Lease(
+                task_id=candidate.task_id,
+                attempt=claim.attempt,
+                consumer=consumer,
+                token=claim.token,
+                deadline_s=claim.deadline_ms / 1000,
+                record=record,
+                handle=claim,
+            )
+        return None
+
+    def _next_due(self, now_s: float) -> PendingName | None:
+        """The next pending name to try, from a listing refreshed when stale or exhausted."""
+        head_due = bool(self._candidates) and self._candidates[0].due_ms <= _ms(now_s)
+        if not head_due or now_s - self._listed_at_s > self.relist_interval_s:
+            self._relist(now_s)
+        if self._candidates and self._candidates[0].due_ms <= _ms(now_s):
+            return self._candidates.popleft()
+        return None
+
+    def _relist(self, now_s: float) -> None:
+        names: list[PendingName] = []
+        for name in scan_names(self.pending_dir):
+            parsed = PendingName.parse(name)
+            if parsed is not None:
+                names.append(parsed)
+            elif not is_temporary(name):
+                quarantine(self.pending_dir / name, self.root, "not a task file name")
+        names.sort(key=lambda n: (n.due_ms, n.task_id))
+        self._candidates = deque(names)
+        self._listed_at_s = now_s
+
+    def renew(self, lease: Lease, lease_s: float) -> None:
+        current: InflightName = lease.handle
+        renewed = current.with_deadline(_ms(self.clock() + lease_s))
+        try:
+            os.rename(self.inflight_dir / str(current), self.inflight_dir / str(renewed))
+        except FileNotFoundError:
+            raise LeaseLost(f"task {lease.task_id}: lease lost (expired and recovered)") from None
+        lease.handle = renewed
+        lease.deadline_s = renewed.deadline_ms / 1000
+
+    def ack(self, lease: Lease, result: dict[str, Any]) -> None:
+        entry = done_entry(lease.record, lease.attempt, lease.token, result, self.clock())
+        write_atomic(
+            self.done_dir / done_name(lease.task_id),
+            dump_json(entry),
+            tmp_dir=self.tmp_dir,
+            durable=self.durable,
+        )
+        try:
+            os.unlink(self.inflight_dir / str(lease.handle))
+        except FileNotFoundError:
+            self._log.warning("task acknowledged after its lease was lost", task_id=lease.task_id)
+
+    def retry(self, lease: Lease, failure: Failure, delay_s: float) -> None:
+        self.renew(lease, FENCE_LEASE_S)  # hold the lease while the new copy is written
+        now_s = self.clock()
+        record = with_failure(lease.record, lease.attempt, failure, now_s)
+        target = self.pending_dir / str(PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt))
+        write_atomic(target, dump_json(record), tmp_dir=self.tmp_dir, durable=self.durable)
+        self._discard(self.inflight_dir / str(lease.handle), None)
+
+    def dead_letter(self, lease: Lease, failure: Failure) -> None:
+        self.renew(lease, FENCE_LEASE_S)
+        now_s = self.clock()
+        entry = dead_entry(lease.record, lease.attempt, lease.token, failure, now_s)
+        self.dlq.put(lease.task_id, entry)
+        self._discard(self.inflight_dir / str(lease.handle), None)
+
+    def recover(self, dead_consumers: Iterable[str] = ()) -> int:
+        self.prepare()
+        now_ms = _ms(self.clock())
+        dead = tuple(dead_consumers)
+        names = [n for n in map(InflightName.parse, scan_names(self.inflight_dir)) if n]
+        due = [n for n in names if n.deadline_ms <= now_ms or _matches(n.consumer, dead)]
+        if not due:
+            return 0
+        newest = self._newest_copies(names)
+        return sum(1 for name in due if self._recover_one(name, newest))
+
+    def _newest_copies(self, inflight: list[InflightName]) -> dict[str, tuple[int, int]]:
+        """task id → (highest attempt count seen, 1 if that copy is pending else 0)."""
+        newest: dict[str, tuple[int, int]] = {}
+        for p in map(PendingName.parse, scan_names(self.pending_dir)):
+            if p is not None:
+                newest[p.task_id] = max(newest.get(p.task_id, (0, 0)), (p.attempts, 1))
+        for n in inflight:
+            newest[n.task_id] = max(newest.get(n.task_id, (0, 0)), (n.attempt, 0))
+        return newest
+
+    def _recover_one(self, name: InflightName, newest: dict[str, tuple[int, int]]) -> bool:
+        path = self.inflight_dir / str(name)
+        if (self.done_dir / done_name(name.task_id)).exists():
+            return self._discard(path, "stale lease of a succeeded task")
+        if newest.get(name.task_id, (0, 0)) > (name.attempt, 0):
+            # A retry wrote its new copy and crashed before removing this one.
+            return self._discard(path, "stale lease superseded by a newer copy")
+        stale_dead = self.dlq.get(name.task_id)
+        if stale_dead is not None and stale_dead.get("lease_token") == name.token:
+            return self._discard(path, "stale lease of a dead-lettered task")
+        try:
+            record = read_json(path)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            return quarantine(path, self.root, f"unreadable task record: {exc}") is not None
+        if name.attempt >= int(record.get("max_attempts", 1)):
+            return self._dead_letter_lost(name, record)
+        target = self.pending_dir / str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return False  # the owner renewed or finished in the meantime
+        self._log.warning(
+            "lease returned to the queue",
+            task_id=name.task_id,
+            attempt=name.attempt,
+            consumer=name.consumer,
+        )
+        return True
+
+    def _dead_letter_lost(self, name: InflightName, record: dict[str, Any]) -> bool:
+        stolen = InflightName(
+            name.task_id, name.attempt, "recovery", name.token, _ms(self.clock() + FENCE_LEASE_S)
+        )
+        try:
+            os.rename(self.inflight_dir / str(name), self.inflight_dir / str(stolen))
+        except FileNotFoundError:
+            return False
+        entry = dead_entry(record, name.attempt, name.token, Failure(LOST_ERROR), self.clock())
+        self.dlq.put(name.task_id, entry)
+        self._discard(self.inflight_dir / str(stolen), None)
+        self._log.error("task dead-lettered: its last attempt was lost", task_id=name.task_id)
+        return True
+
+    def _discard(self, path: Path, reason: str | None) -> bool:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        if reason:
+            self._log.warning("discarded " + reason, path=str(path))
+        return True
+
+    # -- readers (never create or modify anything) ----------------------------------------------
+
+    def stats(self) -> QueueStats:
+        now_ms = _ms(self.clock())
+        pending = delayed = damaged = inflight = 0
+        oldest_due_ms: int | None = None
+        for name in scan_names(self.pending_dir):
+            parsed = PendingName.parse(name)
+            if parsed is None:
+                damaged += 0 if is_temporary(name) else 1
+            elif parsed.due_ms <= now_ms:
+                pending += 1
+                oldest_due_ms = min(oldest_due_ms or parsed.due_ms, parsed.due_ms)
+            else:
+                delayed += 1
+        for name in scan_names(self.inflight_dir):
+            if InflightName.parse(name) is not None:
+                inflight += 1
+            elif not is_temporary(name):
+                damaged += 1
+        age = None if oldest_due_ms is None else max(0.0, (now_ms - oldest_due_ms) / 1000)
+        return QueueStats(pending, delayed, inflight, age, damaged)
+
+    def held_by(self, consumer_prefix: str) -> int:
+        names = map(InflightName.parse, scan_names(self.inflight_dir))
+        return sum(1 for n in names if n is not None and n.consumer.startswith(consumer_prefix))
+
+    def find(self, task_id: str) -> TaskInfo | None:
+        done = self.done_dir / done_name(task_id)
+        if done.exists():
+            entry = _read_or_empty(done)
+            return TaskInfo(
+                task_id,
+                TaskStatus.SUCCEEDED,
+                int(entry.get("attempts", 0)),
+                entry,
+                finished_s=_float_or_none(entry.get("finished_at")),
+            )
+        leases = [
+            n
+            for n in map(InflightName.parse, scan_names(self.inflight_dir))
+            if n is not None and n.task_id == task_id
+        ]
+        if leases:
+            lease = max(leases, key=lambda n: n.attempt)
+            record = _read_or_empty(self.inflight_dir / str(lease))
+            return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
+        waiting = [
+            p
+            for p in map(PendingName.parse, scan_names(self.pending_dir))
+            if p is not None and p.task_id == task_id
+        ]
+        if waiting:
+            copy = max(waiting, key=lambda p: p.attempts)
+            due = copy.due_ms <= _ms(self.clock())
+            status = TaskStatus.PENDING if due else TaskStatus.DELAYED
+            record = _read_or_empty(self.pending_dir / str(copy))
+            return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
+        dead = self.dlq.get(task_id)
+        if dead is not None:
+            return TaskInfo(
+                task_id,
+                TaskStatus.DEAD,
+                int(dead.get("attempts", 0)),
+                dead,
+                finished_s=_float_or_none(dead.get("dead_at")),
+            )
+        return None
+
+
+def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
+    """A consumer id matches an id exactly, or an id prefix given with a trailing ``-``."""
+    return any(consumer == d or (d.endswith("-") and consumer.startswith(d)) for d in dead)
+
+
+def _read_or_empty(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = read_json(path)
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,90 @@
+"""File names of the file backend: the state a task is in is encoded in its name.
+
+A task's record lives in one file whose *name* carries everything that changes while it waits
+or runs, so every state change is one atomic ``rename`` of an exact name, and whoever renames
+first wins (the others get ENOENT):
+
+``pending/{due_ms:013d}_{task_id}_{attempts}.json``
+    ``attempts`` = deliveries so far. Sorting names sorts by due time, then by enqueue time.
+``inflight/{task_id}_{attempt}_{consumer}_{token}_{deadline_ms:013d}.json``
+    ``attempt`` = this delivery's number; the lease deadline is wall-clock milliseconds.
+``done/{task_id}.json`` (the terminal record of a succeeded task)
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+TASK_ID_RE = re.compile(r"^[0-9a-f]{22}$")
+CONSUMER_RE = re.compile(r"^[0-9a-z-]{1,64}$")
+_PENDING_RE = re.compile(r"^(\d{13})_([0-9a-f]{22})_(\d{1,6})\.json$")
+_INFLIGHT_RE = re.compile(
+    r"^([0-9a-f]{22})_(\d{1,6})_([0-9a-z-]{1,64})_([0-9a-f]{8})_(\d{13})\.json$"
+)
+
+
+def new_task_id(now_s: float | None = None) -> str:
+    """A unique, time-sortable id: 12 hex digits of milliseconds, then 10 random hex digits."""
+    ms = int((time.time() if now_s is None else now_s) * 1000)
+    return f"{ms:012x}{secrets.token_hex(5)}"
+
+
+def is_task_id(text: str) -> bool:
+    return TASK_ID_RE.match(text) is not None
+
+
+def new_token() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class PendingName:
+    due_ms: int
+    task_id: str
+    attempts: int
+
+    def __str__(self) -> str:
+        return f"{self.due_ms:013d}_{self.task_id}_{self.attempts}.json"
+
+    @classmethod
+    def parse(cls, name: str) -> PendingName | None:
+        match = _PENDING_RE.match(name)
+        if match is None:
+            return None
+        return cls(int(match[1]), match[2], int(match[3]))
+
+
+@dataclass(frozen=True)
+class InflightName:
+    task_id: str
+    attempt: int
+    consumer: str
+    token: str
+    deadline_ms: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.task_id}_{self.attempt}_{self.consumer}_{self.token}_{self.deadline_ms:013d}.json"
+        )
+
+    @classmethod
+    def parse(cls, name: str) -> InflightName | None:
+        match = _INFLIGHT_RE.match(name)
+        if match is None:
+            return None
+        return cls(match[1], int(match[2]), match[3], match[4], int(match[5]))
+
+    def with_deadline(self, deadline_ms: int) -> InflightName:
+        return InflightName(self.task_id, self.attempt, self.consumer, self.token, deadline_ms)
+
+
+def done_name(task_id: str) -> str:
+    return f"{task_id}.json"
+
+
+def is_temporary(name: str) -> bool:
+    """Names of files that are not records (in-progress temporaries, editor droppings, dotfiles)."""
+    return name.startswith(".") or name.endswith(".tmp")

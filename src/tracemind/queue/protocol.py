@@ -1,0 +1,151 @@
+"""The queue contract: a handful of verbs, and the guarantees every backend must keep.
+
+A *task* is a JSON-serializable record (its flow snapshot, input, idempotency key, retry policy,
+attempt history) with a unique ``task_id``. A backend keeps each task in exactly one state:
+
+``pending``   ready to run (``due_s`` reached);
+``delayed``   waiting for its ``due_s`` (a retry backoff or a scheduled time);
+``inflight``  leased by one consumer until its lease deadline (wall-clock, stored durably);
+``succeeded`` finished, result stored;
+``dead``      in the dead-letter queue, after its last attempt or a non-retryable error.
+
+Guarantees (the contract test suite in ``tests/queue`` checks them against every backend):
+
+1. **Visibility.** A task enqueued by any process, at any time, is leasable by every consumer,
+   including consumers that started before it was enqueued.
+2. **Exclusive leases.** While a lease is held and renewed before its deadline, no other consumer
+   can lease the same task. Without crashes, each task is delivered exactly once.
+3. **At-least-once on failure.** A lease whose deadline passes, or whose consumer is declared dead
+   via ``recover(dead_consumers=…)``, returns the task to ``pending``; its next delivery carries
+   an ``attempt`` number one higher (a crashed delivery counts as an attempt). A task is delivered
+   more than once only when a consumer died or let its lease lapse.
+4. **Terminal means terminal.** Once ``ack`` returned, the task never runs again, even if files
+   were damaged or a stale lease is recovered later.
+5. **Durability.** ``enqueue`` and ``ack`` survive SIGKILL of the caller once they return; with
+   ``durable=True`` they also survive power loss. ``enqueue`` of many tasks is one durable batch.
+6. **Damage is local.** A corrupt record affects only itself: it never counts as a task, never
+   hides another task and never crashes a reader. Writers move it to a quarantine place.
+7. **Read-only readers.** ``stats`` and ``find`` never create or modify anything and work on a
+   directory the caller cannot write.
+
+Operations that take a :class:`Lease` raise :class:`LeaseLost` when the lease is no longer held.
+Backends are safe to use from many processes; one instance is not shared between threads except
+for ``renew`` running beside the task (backends document their own locking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from tracemind.errors import TraceMindError
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    DELAYED = "delayed"
+    INFLIGHT = "inflight"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+class LeaseLost(TraceMindError):
+    """The lease expired and was recovered (or the task was acknowledged elsewhere)."""
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to enqueue: its id, its JSON record, and when it becomes due (epoch seconds)."""
+
+    task_id: str
+    record: dict[str, Any]
+    due_s: float
+
+
+@dataclass
+class Lease:
+    """One delivery of a task to one consumer. ``attempt`` is 1 for the first delivery."""
+
+    task_id: str
+    attempt: int
+    consumer: str
+    token: str
+    deadline_s: float
+    record: dict[str, Any]
+    handle: Any = field(default=None, repr=False)
+    """Backend-private state (the file backend keeps the lease's current file name here)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed: a one-line error and, when there is one, the formatted traceback."""
+
+    error: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int
+    delayed: int
+    inflight: int
+    oldest_pending_age_s: float | None
+    damaged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "delayed": self.delayed,
+            "inflight": self.inflight,
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "damaged": self.damaged,
+        }
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What ``find`` knows of one task; ``record`` is the task record (or the terminal record)."""
+
+    task_id: str
+    status: TaskStatus
+    attempts: int
+    record: dict[str, Any]
+    due_s: float | None = None
+    finished_s: float | None = None
+
+
+class TaskQueue(Protocol):
+    """A durable, multi-process task queue (see the module docstring for the guarantees)."""
+
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Store every task as one batch (one sync); each becomes leasable at its ``due_s``."""
+
+    def lease(self, consumer: str, lease_s: float) -> Lease | None:
+        """Take the oldest due task for ``consumer`` until now + ``lease_s``; None when none is due."""
+
+    def renew(self, lease: Lease, lease_s: float) -> None:
+        """Push the lease deadline to now + ``lease_s``; raises LeaseLost if it was lost."""
+
+    def ack(self, lease: Lease, result: dict[str, Any]) -> None:
+        """Mark the task succeeded with ``result`` (durably); it never runs again."""
+
+    def retry(self, lease: Lease, failure: Failure, delay_s: float) -> None:
+        """Record the failed attempt and make the task due again after ``delay_s``."""
+
+    def dead_letter(self, lease: Lease, failure: Failure) -> None:
+        """Record the failed attempt and move the task to the dead-letter queue."""
+
+    def recover(self, dead_consumers: Iterable[str] = ()) -> int:
+        """Return expired leases, and every lease of the given consumer ids (or id prefixes), to
+        pending — or to the DLQ when they used their last attempt. Returns how many moved."""
+
+    def stats(self) -> QueueStats:
+        """Counts by state, read-only."""
+
+    def held_by(self, consumer_prefix: str) -> int:
+        """How many leases consumers whose id starts with ``consumer_prefix`` hold, read-only."""
+
+    def find(self, task_id: str) -> TaskInfo | None:
+        """Where the task is now (including succeeded and dead), read-only; None if unknown."""

@@ -1,0 +1,50 @@
+"""Opening the three stores of one data root together, and the operations that span them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracemind.clock import Clock, system_clock
+from tracemind.config import DataDirs
+from tracemind.dlq import DeadLetterStore
+from tracemind.idempotency import IdempotencyStore
+from tracemind.queue.file_backend import FileQueue
+from tracemind.queue.protocol import NewTask, TaskStatus
+from tracemind.submit import QueueSubmitter
+
+_DEAD_FIELDS = ("status", "attempts", "error", "traceback", "dead_at", "lease_token")
+
+
+@dataclass
+class Stores:
+    dirs: DataDirs
+    queue: FileQueue
+    dlq: DeadLetterStore
+    keys: IdempotencyStore
+    clock: Clock
+
+    def submitter(self, ttl_s: float) -> QueueSubmitter:
+        return QueueSubmitter(self.queue, self.keys, ttl_s=ttl_s, clock=self.clock)
+
+    def requeue_dead(self, task_id: str) -> bool:
+        """Put a dead task back in the queue (same id, attempts from 1 again, history kept) and
+        archive its DLQ entry. Safe to repeat after a crash: a task already back in the queue is
+        not enqueued twice. False when the DLQ has no such entry."""
+        entry = self.dlq.get(task_id)
+        if entry is None:
+            return False
+        info = self.queue.find(task_id)
+        if info is None or info.status is TaskStatus.DEAD:  # nothing but the DLQ holds it
+            record = {k: v for k, v in entry.items() if k not in _DEAD_FIELDS}
+            record["requeued_at"] = self.clock()
+            self.queue.enqueue([NewTask(task_id, record, self.clock())])
+        self.dlq.mark_requeued(task_id)
+        return True
+
+
+def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -> Stores:
+    """The stores of ``dirs``; nothing is created on disk until a writer method needs it."""
+    dlq = DeadLetterStore(dirs.dlq, durable=durable, clock=clock)
+    queue = FileQueue(dirs.queue, dlq, durable=durable, clock=clock)
+    keys = IdempotencyStore(dirs.idempotency, durable=durable)
+    return Stores(dirs, queue, dlq, keys, clock)

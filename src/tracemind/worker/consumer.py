@@ -1,0 +1,190 @@
+"""One consumer: lease a task, run it while renewing its lease, then ack, retry or dead-letter.
+
+``run_once`` is the single-step seam tests drive; ``run`` loops until asked to stop. The lease is
+renewed every third of its length for as long as the task runs, however long that is; only an
+explicit per-flow ``timeout_s`` stops a long task.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from tracemind.log import get_logger
+from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
+from tracemind.worker.runtime import NonRetryable, Runtime, Task
+
+IDLE_POLL_S = 0.02
+
+
+class TaskTimeout(Exception):
+    """The task ran longer than its flow's ``timeout_s``."""
+
+
+class LeaseKeeper:
+    """Renews a lease on a background thread; every lease operation goes through :attr:`lock`."""
+
+    def __init__(self, queue: TaskQueue, lease: Lease, lease_s: float) -> None:
+        self.queue = queue
+        self.lease = lease
+        self.lease_s = lease_s
+        self.lock = threading.Lock()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        log = get_logger("tracemind.worker")
+        while not self._stop.wait(self.lease_s / 3):
+            with self.lock:
+                try:
+                    self.queue.renew(self.lease, self.lease_s)
+                except LeaseLost:
+                    self.lost = True
+                    log.error("lease lost while the task ran", task_id=self.lease.task_id)
+                    return
+
+
+@contextmanager
+def time_limit(timeout_s: float | None) -> Iterator[None]:
+    """Raise TaskTimeout in the main thread after ``timeout_s`` (no limit for None)."""
+    if not timeout_s or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TaskTimeout(f"task exceeded its flow's timeout_s={timeout_s:g}")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Consumer:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        runtime: Runtime,
+        consumer_id: str,
+        *,
+        lease_s: float,
+        rng: random.Random | None = None,
+        on_finished: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.runtime = runtime
+        self.consumer_id = consumer_id
+        self.lease_s = lease_s
+        self.rng = rng or random.Random()
+        self.on_finished = on_finished
+        self.stopping = threading.Event()
+        self.log = get_logger("tracemind.worker")
+
+    def run(self) -> None:
+        """Process tasks until :attr:`stopping` is set (a task in progress is finished first)."""
+        while not self.stopping.is_set():
+            if not self.run_once():
+                self.stopping.wait(IDLE_POLL_S)
+
+    def run_once(self) -> bool:
+        """Lease and process at most one task; False when none was due."""
+        lease = self.queue.lease(self.consumer_id, self.lease_s)
+        if lease is None:
+            return False
+        import structlog
+
+        with structlog.contextvars.bound_contextvars(
+            task_id=lease.task_id, flow_id=lease.record.get("flow_id"), attempt=lease.attempt
+        ):
+            self._process(lease)
+        return True
+
+    def _process(self, lease: Lease) -> None:
+        task = Task(lease.task_id, lease.record.get("flow_id"), lease.attempt, lease.record)
+        self.log.info("task started")
+        started_s = time.monotonic()
+        outcome: str
+        with LeaseKeeper(self.queue, lease, self.lease_s) as keeper:
+            result: dict[str, Any] | None = None
+            failure: Failure | None = None
+            retryable = True
+            try:
+                with time_limit(_timeout_s(lease.record)):
+                    result = self.runtime.execute(task)
+                if not isinstance(result, dict):
+                    result = {"value": result}
+            except NonRetryable as exc:
+                failure, retryable = Failure(str(exc), traceback.format_exc()), False
+            except Exception as exc:  # a step's failure, whatever it is, is the task's outcome
+                failure = Failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        with keeper.lock:
+            if keeper.lost:
+                self.log.warning("lease was lost; the task will run again elsewhere")
+                return
+            try:
+                outcome = self._settle(lease, result, failure, retryable)
+            except LeaseLost:
+                self.log.warning("lease was lost before the outcome was recorded")
+                return
+        self.log.info("task " + outcome, error=failure.error if failure else None)
+        if self.on_finished is not None:
+            self.on_finished(outcome, time.monotonic() - started_s)
+
+    def _settle(
+        self,
+        lease: Lease,
+        result: dict[str, Any] | None,
+        failure: Failure | None,
+        retryable: bool,
+    ) -> str:
+        if failure is None:
+            self.queue.ack(lease, result or {})
+            return "succeeded"
+        max_attempts = int(lease.record.get("max_attempts", 1))
+        if retryable and lease.attempt < max_attempts:
+            delay_s = _retry_policy_delay_ms(lease.record, lease.attempt, self.rng) / 1000
+            self.queue.retry(lease, failure, delay_s)
+            return "retrying"
+        self.queue.dead_letter(lease, failure)
+        return "dead-lettered"
+
+
+def _flow_section(record: dict[str, Any]) -> dict[str, Any]:
+    snapshot = record.get("flow") or {}
+    flow = snapshot.get("flow") if isinstance(snapshot, dict) else None
+    return flow if isinstance(flow, dict) else {}
+
+
+def _timeout_s(record: dict[str, Any]) -> float | None:
+    value = _flow_section(record).get("timeout_s")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _retry_policy_delay_ms(record: dict[str, Any], attempt: int, rng: random.Random) -> float:
+    from tracemind.flows.model import RetryPolicy
+
+    raw = _flow_section(record).get("retry") or {}
+    try:
+        policy = RetryPolicy(**raw)
+    except (TypeError, ValueError):
+        policy = RetryPolicy()
+    return policy.delay_ms(attempt, rng)

@@ -1,0 +1,228 @@
+"""The worker pool: N worker processes, respawned with backoff, their leases returned on death.
+
+The pool never kills a worker because its task is long (leases are renewed while tasks run).
+A worker that dies is reaped by :meth:`WorkerPool.poll`, its leases are returned to the queue at
+once, and it is respawned after a backoff that grows while it keeps dying young; a slot that died
+young :data:`CRASH_LOOP_AFTER` times in a row is reported as crash-looping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracemind.log import get_logger
+from tracemind.queue.protocol import TaskQueue
+from tracemind.worker.process import WorkerSpec
+
+YOUNG_S = 10.0
+"""A worker that dies before living this long counts as a failed start."""
+CRASH_LOOP_AFTER = 3
+MAX_BACKOFF_S = 30.0
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Slot:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    consumer_id: str = ""
+    started_s: float = 0.0
+    young_deaths: int = 0
+    respawn_at_s: float = 0.0
+    events: Any = None
+    buffer: bytes = b""
+
+
+@dataclass
+class PoolSettings:
+    size: int
+    instance_id: str
+    queue_dir: str
+    idempotency_dir: str
+    dlq_dir: str
+    durable: bool
+    runtime: str
+    lease_s: float
+    log_file: str | None
+
+
+@dataclass
+class Outcomes:
+    """What the workers reported since the pool started (Prometheus-style counters)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
+    duration_sum_s: float = 0.0
+    duration_count: int = 0
+
+    def add(self, outcome: str, duration_s: float) -> None:
+        self.counts[outcome] += 1
+        self.duration_sum_s += duration_s
+        self.duration_count += 1
+        for i, bound in enumerate(DURATION_BUCKETS_S):
+            if duration_s <= bound:
+                self.duration_buckets[i] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "duration_buckets_s": list(DURATION_BUCKETS_S),
+            "duration_bucket_counts": self.duration_buckets,
+            "duration_sum_s": self.duration_sum_s,
+            "duration_count": self.duration_count,
+        }
+
+
+class WorkerPool:
+    def __init__(self, settings: PoolSettings, queue: TaskQueue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.slots = [Slot(i) for i in range(settings.size)]
+        self.outcomes = Outcomes()
+        self.stopping = False
+        self.log = get_logger("tracemind.pool")
+
+    @property
+    def consumer_prefix(self) -> str:
+        """Every consumer id of this pool starts with this (used to return all its leases)."""
+        return f"{self.settings.instance_id}-"
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        s = self.settings
+        slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{secrets.token_hex(2)}"
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        spec = WorkerSpec(
+            consumer_id=slot.consumer_id,
+            queue_dir=s.queue_dir,
+            idempotency_dir=s.idempotency_dir,
+            dlq_dir=s.dlq_dir,
+            durable=s.durable,
+            runtime=s.runtime,
+            lease_s=s.lease_s,
+            log_file=s.log_file,
+            parent_pid=os.getpid(),
+        )
+        env = dict(os.environ, TM_WORKER_SPEC=spec.to_json(), TM_WORKER_EVENTS_FD=str(write_fd))
+        slot.process = subprocess.Popen(
+            [sys.executable, "-m", "tracemind.worker.process"],
+            env=env,
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(write_fd)
+        slot.events = read_fd
+        slot.started_s = time.monotonic()
+        self.log.info(
+            "worker spawned", slot=slot.index, pid=slot.process.pid, consumer=slot.consumer_id
+        )
+
+    def poll(self) -> None:
+        """Reap dead workers (returning their leases), respawn due slots, collect outcomes."""
+        now_s = time.monotonic()
+        for slot in self.slots:
+            self._read_events(slot)
+            if slot.process is not None and slot.process.poll() is not None:
+                self._reap(slot, now_s)
+            if slot.process is None and not self.stopping and now_s >= slot.respawn_at_s:
+                self.log.info("worker respawning", slot=slot.index, young_deaths=slot.young_deaths)
+                self._spawn(slot)
+
+    def _reap(self, slot: Slot, now_s: float) -> None:
+        assert slot.process is not None
+        code = slot.process.returncode
+        lived_s = now_s - slot.started_s
+        returned = self.queue.recover([slot.consumer_id])
+        self._read_events(slot)
+        with contextlib.suppress(OSError):
+            os.close(slot.events)
+        slot.process = None
+        if self.stopping:
+            self.log.info("worker exited", slot=slot.index, exit_code=code, leases_returned=returned)
+            return
+        slot.young_deaths = slot.young_deaths + 1 if lived_s < YOUNG_S else 0
+        backoff_s = min(MAX_BACKOFF_S, 0.5 * 2 ** max(0, slot.young_deaths - 1))
+        slot.respawn_at_s = now_s + backoff_s
+        self.log.warning(
+            "worker died",
+            slot=slot.index,
+            exit_code=code,
+            lived_s=round(lived_s, 3),
+            leases_returned=returned,
+            respawn_in_s=backoff_s,
+        )
+
+    def _read_events(self, slot: Slot) -> None:
+        if slot.process is None and slot.events is None:
+            return
+        try:
+            while chunk := os.read(slot.events, 65536):
+                slot.buffer += chunk
+        except (BlockingIOError, OSError, TypeError):
+            pass
+        *lines, slot.buffer = slot.buffer.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = json.loads(line)
+                self.outcomes.add(str(event["outcome"]), float(event["duration_s"]))
+
+    def held_leases(self) -> int:
+        return self.queue.held_by(self.consumer_prefix)
+
+    def alive(self) -> int:
+        return sum(1 for slot in self.slots if slot.process is not None)
+
+    def crash_looping(self) -> bool:
+        return any(slot.young_deaths >= CRASH_LOOP_AFTER for slot in self.slots)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "configured": self.settings.size,
+            "alive": self.alive(),
+            "crash_looping": self.crash_looping(),
+            "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
+        }
+
+    def signal_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signum)
+
+    def stop(self, drain_timeout_s: float) -> bool:
+        """Ask every worker to finish its task and exit; kill those still running after
+        ``drain_timeout_s``; return every lease the pool still holds. True if all drained."""
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        deadline_s = time.monotonic() + drain_timeout_s
+        while self.alive() and time.monotonic() < deadline_s:
+            self.poll()
+            time.sleep(0.02)
+        drained = self.alive() == 0
+        if not drained:
+            self.log.warning("drain timeout: killing workers", still_running=self.alive())
+            self.kill()
+        self.queue.recover([self.consumer_prefix])
+        return drained
+
+    def kill(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGKILL)
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.wait()
+                self._reap(slot, time.monotonic())

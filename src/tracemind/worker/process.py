@@ -1,0 +1,112 @@
+"""A worker process: one consumer loop, started and watched by the pool (``tm workers start`` or
+the daemon). Run as ``python -m tracemind.worker.process`` with its settings in
+``TM_WORKER_SPEC`` (JSON) and an optional events pipe (``TM_WORKER_EVENTS_FD``).
+
+The worker dies with its parent (PR_SET_PDEATHSIG), so a killed daemon never leaves workers
+behind; the new daemon returns their leases. SIGTERM: finish the task in progress, then exit.
+SIGINT is ignored (the supervisor coordinates a Ctrl-C of the whole process group).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+EXIT_RUNTIME_FAILED = 3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    consumer_id: str
+    queue_dir: str
+    idempotency_dir: str
+    dlq_dir: str
+    durable: bool
+    runtime: str
+    lease_s: float
+    log_file: str | None  # None: stdout
+    parent_pid: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's stop() still terminates its workers
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _event_writer(fd_text: str | None) -> Any:
+    if not fd_text:
+        return None
+    return os.fdopen(int(fd_text), "w", buffering=1)
+
+
+def main() -> int:
+    spec = WorkerSpec.from_json(os.environ["TM_WORKER_SPEC"])
+    _die_with_parent(spec.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.umask(os.umask(0) & ~0o020)
+
+    from tracemind import log
+    from tracemind.config import DataDirs
+    from tracemind.errors import TraceMindError
+    from tracemind.stores import open_stores
+    from tracemind.worker.consumer import Consumer
+    from tracemind.worker.runtime import make_runtime
+
+    sink = log.LogFile(Path(spec.log_file)) if spec.log_file else sys.stdout
+    log.configure(sink)
+    logger = log.get_logger("tracemind.worker").bind(consumer=spec.consumer_id, pid=os.getpid())
+    events = _event_writer(os.environ.get("TM_WORKER_EVENTS_FD"))
+
+    def hup(signum: int, frame: FrameType | None) -> None:
+        if isinstance(sink, log.LogFile):
+            sink.reopen()
+
+    signal.signal(signal.SIGHUP, hup)
+    try:
+        runtime = make_runtime(spec.runtime)
+    except Exception as exc:  # whatever the user's factory raises, report it and exit
+        message = str(exc) if isinstance(exc, TraceMindError) else f"{type(exc).__name__}: {exc}"
+        logger.error("runtime failed to start", runtime=spec.runtime, error=message)
+        return EXIT_RUNTIME_FAILED
+
+    dirs = DataDirs(Path(spec.queue_dir), Path(spec.idempotency_dir), Path(spec.dlq_dir))
+    queue = open_stores(dirs, durable=spec.durable).queue
+
+    def finished(outcome: str, duration_s: float) -> None:
+        if events is not None:
+            events.write(json.dumps({"outcome": outcome, "duration_s": duration_s}) + "\n")
+
+    consumer = Consumer(queue, runtime, spec.consumer_id, lease_s=spec.lease_s, on_finished=finished)
+
+    def term(signum: int, frame: FrameType | None) -> None:
+        consumer.stopping.set()
+
+    signal.signal(signal.SIGTERM, term)
+    logger.info("worker started", runtime=spec.runtime)
+    consumer.run()
+    logger.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""What executes a task: the runtime protocol, the default flow runtime, and ``--runtime`` loading.
+
+A runtime is any object with ``execute(task) -> dict`` (see :class:`Runtime`). ``--runtime
+module:factory`` names a zero-argument callable that returns one; each worker process calls the
+factory once at start-up. The default runs the flow snapshot the task carries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tracemind.errors import TraceMindError, UsageError
+
+DEFAULT_RUNTIME = "tracemind.worker.runtime:FlowRuntime"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One delivery of a task, as a runtime sees it."""
+
+    task_id: str
+    flow_id: str | None
+    attempt: int
+    record: dict[str, Any]
+    """The task record: ``flow`` (snapshot), ``input``, ``trigger``, ``idempotency_key``…"""
+
+
+class Runtime(Protocol):
+    def execute(self, task: Task) -> dict[str, Any]:
+        """Run the task and return its result (a JSON-serializable dict).
+
+        Raise :class:`NonRetryable` for a failure that another attempt cannot fix (the task goes
+        straight to the DLQ); any other exception is retried per the flow's retry policy.
+        """
+
+
+class NonRetryable(TraceMindError):
+    """A failure that retrying cannot fix (e.g. an invalid flow snapshot)."""
+
+
+class FlowRuntime:
+    """Runs the flow snapshot carried by the task, with ``ctx`` = task id, flow id, attempt and
+    the trigger metadata (``_trigger``)."""
+
+    def execute(self, task: Task) -> dict[str, Any]:
+        from tracemind.errors import FlowError
+        from tracemind.flows import FlowSnapshot, run_flow
+
+        try:
+            flow = FlowSnapshot.from_dict(task.record.get("flow"), check_hooks=True).to_flow()
+        except FlowError as exc:
+            raise NonRetryable(str(exc)) from exc
+        ctx: dict[str, Any] = {
+            "task_id": task.task_id,
+            "flow_id": task.flow_id,
+            "attempt": task.attempt,
+            "_trigger": task.record.get("trigger"),
+        }
+        state = task.record.get("input") or {}
+        return run_flow(flow, dict(state), ctx)
+
+
+def load_factory(spec: str) -> Any:
+    """Import ``module:factory`` and return the callable; UsageError with one line otherwise."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--runtime {spec!r}: expected module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is a bad --runtime
+        raise UsageError(f"--runtime {spec!r}: cannot import {module_name} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"--runtime {spec!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def make_runtime(spec: str) -> Runtime:
+    runtime = load_factory(spec)()
+    if not callable(getattr(runtime, "execute", None)):
+        raise UsageError(f"--runtime {spec!r}: the factory returned an object without execute()")
+    return runtime  # type: ignore[no-any-return]

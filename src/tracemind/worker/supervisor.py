@@ -1,0 +1,92 @@
+"""The supervision loop shared by ``tm workers start`` and the daemon.
+
+One thread runs it: poll the pool (reap, respawn), return expired leases of any consumer every
+second, and in burst mode stop once nothing is pending or delayed and this pool holds no lease.
+The first SIGTERM/SIGINT drains (workers finish their tasks, up to the drain timeout); a second
+one stops fast — workers are killed and their leases returned.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from tracemind.log import get_logger
+from tracemind.queue.protocol import TaskQueue
+from tracemind.worker.pool import WorkerPool
+
+TICK_S = 0.05
+RECOVER_EVERY_S = 1.0
+BURST_IDLE_CHECKS = 3
+
+
+class Supervisor:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        queue: TaskQueue,
+        *,
+        drain_timeout_s: float,
+        burst: bool = False,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.queue = queue
+        self.drain_timeout_s = drain_timeout_s
+        self.burst = burst
+        self.on_tick = on_tick
+        self.stop_requested = threading.Event()
+        self.signals_seen = 0
+        self.log = get_logger("tracemind.supervisor")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            self.log.info("drain requested", signal=signal.Signals(signum).name)
+            self.stop_requested.set()
+        else:
+            self.log.warning("fast stop requested", signal=signal.Signals(signum).name)
+            self.pool.signal_all(signal.SIGKILL)
+
+    @property
+    def draining(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def run(self) -> bool:
+        """Supervise until a stop is requested (or, in burst mode, the queue is empty); then
+        drain. Returns True when every worker finished in time."""
+        self.queue.recover()
+        self.pool.start()
+        next_recover_s = 0.0
+        idle_checks = 0
+        while not self.stop_requested.is_set():
+            self.pool.poll()
+            now_s = time.monotonic()
+            if now_s >= next_recover_s:
+                self.queue.recover()
+                next_recover_s = now_s + RECOVER_EVERY_S
+            if self.burst:
+                idle_checks = idle_checks + 1 if self._idle() else 0
+                if idle_checks >= BURST_IDLE_CHECKS:
+                    self.log.info("burst finished: nothing pending or delayed")
+                    break
+            if self.on_tick is not None:
+                self.on_tick()
+            self.stop_requested.wait(TICK_S)
+        self.log.info("drain begin", timeout_s=self.drain_timeout_s)
+        drained = self.pool.stop(self.drain_timeout_s)
+        self.log.info("drain end", drained=drained)
+        return drained
+
+    def _idle(self) -> bool:
+        if self.pool.held_leases() > 0:
+            return False
+        stats = self.queue.stats()
+        return stats.pending == 0 and stats.delayed == 0
