@@ -255,3 +255,10 @@ def test_unknown_top_level_keys_are_ignored() -> None:
     doc["flow"]["description"] = "free text"
 
     assert "description" not in parse_flow(doc, "f.yaml").to_dict()
+
+
+def test_empty_edges_key_means_no_edges() -> None:
+    # YAML `edges:` with nothing under it parses as None.
+    doc = {"flow": {"id": "solo", "steps": [{"id": "only", "kind": "finish"}], "edges": None}}
+
+    assert parse_flow(doc, "f.yaml").edges == ()

@@ -1,9 +1,211 @@
-"""``tm daemon start|stop|ps`` (placeholder until the daemon lands)."""
+"""``tm daemon start|stop|ps`` (all gated by TM_ENABLE_DAEMON)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tracemind.cli.common import add_queue_options, print_json
+from tracemind.cli.workers import add_pool_options, positive_float, positive_int
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    return None
+    daemon = commands.add_parser(
+        "daemon", help="the background daemon (needs TM_ENABLE_DAEMON=1)"
+    )
+    verbs = daemon.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    start = verbs.add_parser(
+        "start",
+        help="start the daemon (detached unless --foreground)",
+        description="Start the daemon: a worker pool over the queue, with a heartbeat in the "
+        "state dir. Returns once the daemon is up; a second start reports the running one.",
+    )
+    start.add_argument("--workers", type=positive_int, default=2, metavar="N")
+    start.add_argument("--state-dir", help="state directory (env TM_DAEMON_STATE_DIR)")
+    logs = start.add_mutually_exclusive_group()
+    logs.add_argument("--log-file", help="log file (default: daemon.log in the state dir)")
+    logs.add_argument("--inherit-logs", action="store_true", help="log JSON to stdout")
+    start.add_argument("--foreground", action="store_true", help="run in this process")
+    start.add_argument("--status-bind", metavar="HOST:PORT", help="serve /livez /readyz /status")
+    start.add_argument("--enable-triggers", action="store_true", help="run trigger adapters")
+    start.add_argument("--triggers-config", metavar="FILE", help="triggers.yaml")
+    add_pool_options(start)
+    start.set_defaults(handler=start_command)
+
+    stop = verbs.add_parser("stop", help="drain and stop the daemon")
+    stop.add_argument("--state-dir", help="state directory (env TM_DAEMON_STATE_DIR)")
+    stop.add_argument("--timeout", type=positive_float, default=10.0, metavar="S")
+    stop.add_argument("--no-force", action="store_true", help="never kill after the timeout")
+    stop.set_defaults(handler=stop_command)
+
+    ps = verbs.add_parser("ps", help="is the daemon running, and what is it doing (read-only)")
+    ps.add_argument("--state-dir", help="state directory (env TM_DAEMON_STATE_DIR)")
+    ps.add_argument("--json", action="store_true")
+    add_queue_options(ps)
+    ps.set_defaults(handler=ps_command)
+
+
+def _gate() -> None:
+    from tracemind.config import require_daemon_flag
+
+    require_daemon_flag()
+
+
+def _check_start_args(args: argparse.Namespace) -> None:
+    from tracemind.errors import UsageError
+
+    if args.enable_triggers and not args.triggers_config:
+        raise UsageError("--enable-triggers needs --triggers-config FILE")
+    if args.triggers_config and not args.enable_triggers:
+        raise UsageError("--triggers-config needs --enable-triggers")
+    if args.status_bind:
+        host, sep, port = args.status_bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--status-bind {args.status_bind!r}: expected HOST:PORT")
+    if args.enable_triggers:
+        from tracemind.daemon.components import validate_triggers
+
+        validate_triggers(Path(args.triggers_config))
+
+
+def start_command(args: argparse.Namespace) -> int:
+    _gate()
+    _check_start_args(args)
+    from tracemind import config
+    from tracemind.daemon.state import StateDir
+
+    state_dir = config.state_dir(args.state_dir)
+    log_file = None if args.inherit_logs else Path(args.log_file or state_dir / "daemon.log")
+    if args.foreground:
+        return _run_foreground(args, state_dir, log_file)
+    from tracemind.daemon.control import start_detached
+    from tracemind.daemon.state import liveness
+
+    state = StateDir(state_dir)
+    live = liveness(state)
+    if live.lock_held:
+        print(f"daemon already running (pid {(live.meta or {}).get('pid')})")
+        return 0
+    import secrets
+
+    instance_id = secrets.token_hex(6)
+    argv = _foreground_argv(args, state_dir, log_file)
+    pid = start_detached(state, argv, log_file, instance_id)
+    print(f"daemon started (pid {pid}); state: {state_dir}; log: {log_file or 'stdout'}")
+    return 0
+
+
+def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> list[str]:
+    from tracemind import config
+
+    dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    argv = [
+        "daemon", "start", "--foreground",
+        "--workers", str(args.workers),
+        "--state-dir", str(state_dir),
+        "--queue-dir", str(dirs.queue),
+        "--idempotency-dir", str(dirs.idempotency),
+        "--dlq-dir", str(dirs.dlq),
+        "--runtime", args.runtime,
+        "--lease-s", str(args.lease_s),
+        "--drain-timeout", str(args.drain_timeout),
+    ]  # fmt: skip
+    argv += ["--log-file", str(log_file)] if log_file else ["--inherit-logs"]
+    if args.status_bind:
+        argv += ["--status-bind", args.status_bind]
+    if args.enable_triggers:
+        argv += ["--enable-triggers", "--triggers-config", str(Path(args.triggers_config).absolute())]
+    return argv
+
+
+def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> int:
+    from tracemind import config, log
+    from tracemind.daemon.service import Daemon, DaemonSettings
+
+    sink: Any = log.LogFile(log_file) if log_file else sys.stdout
+    log.configure(sink)
+    settings = DaemonSettings(
+        dirs=config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir),
+        state_dir=state_dir,
+        workers=args.workers,
+        runtime=args.runtime,
+        lease_s=args.lease_s,
+        drain_timeout_s=args.drain_timeout,
+        durable=config.durable(),
+        log_file=log_file,
+        status_bind=args.status_bind,
+        triggers_config=Path(args.triggers_config).absolute() if args.triggers_config else None,
+    )
+    if os.environ.get("TM_DAEMON_INSTANCE_ID"):
+        settings.instance_id = os.environ["TM_DAEMON_INSTANCE_ID"]
+    daemon = Daemon(settings)
+    daemon.log_sink = sink  # type: ignore[attr-defined]
+    try:
+        return daemon.run()
+    except Exception as exc:
+        daemon.log.error("daemon failed", error=str(exc), exc_info=True)
+        raise
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    _gate()
+    import socket
+
+    from tracemind import config
+    from tracemind.daemon.control import request_stop
+    from tracemind.daemon.state import StateDir
+
+    state = StateDir(config.state_dir(args.state_dir))
+    by = f"tm daemon stop (pid {os.getpid()} on {socket.gethostname()})"
+    print(request_stop(state, args.timeout, force=not args.no_force, by=by))
+    return 0
+
+
+def ps_command(args: argparse.Namespace) -> int:
+    _gate()
+    from tracemind import config
+    from tracemind.daemon.state import StateDir
+    from tracemind.daemon.status_doc import dirs_for, status_document
+
+    explicit = None
+    if args.queue_dir or args.dlq_dir or any(
+        os.environ.get(v) for v in ("TM_QUEUE_DIR", "TM_DLQ_DIR", "TM_DATA_DIR")
+    ):
+        explicit = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    state = StateDir(config.state_dir(args.state_dir))
+    doc = status_document(state, dirs_for(state, explicit))
+    if args.json:
+        print_json(doc)
+        return 0
+    _print_table(doc)
+    return 0
+
+
+def _print_table(doc: dict[str, Any]) -> None:
+    if doc["state"] == "stopped":
+        print(f"daemon: not running (state dir {doc['state_dir']})")
+    else:
+        print(
+            f"daemon: {doc['state']}  pid {doc['pid']} on {doc['host']}  since {doc['started_at']}"
+            f"  heartbeat {doc['heartbeat_age_s']}s ago"
+            + ("  DRAINING" if doc["draining"] else "")
+        )
+        w = doc["workers"]
+        ready = "ready" if doc["ready"] else f"not ready ({doc['reason']})"
+        print(f"workers: {w['alive']}/{w['configured']} alive, {w['busy']} busy; {ready}")
+    q = doc["queue"]
+    print(
+        f"queue: {q['pending']} pending, {q['delayed']} delayed, {q['inflight']} in flight; "
+        f"dlq: {doc['dlq']['pending']}"
+    )
+    for trigger in doc["triggers"]:
+        print(
+            f"trigger {trigger.get('id')} ({trigger.get('kind')}): last {trigger.get('last_fire')}"
+            f", next {trigger.get('next_fire')}, enqueued {trigger.get('enqueued')}"
+        )
+    if doc["status_url"]:
+        print(f"status: {doc['status_url']}")

@@ -6,6 +6,7 @@ None of these creates or rewrites a file; they work on directories the caller ca
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +112,7 @@ def _print_task(view: dict[str, Any], as_json: bool) -> None:
     for key in ("task_id", "flow_id", "status", "attempts", "enqueued_at", "finished_at"):
         print(f"{key:12} {view.get(key) if view.get(key) is not None else '-'}")
     if "result" in view:
-        print(f"{'result':12} {view['result']}")
+        print(f"{'result':12} {json.dumps(view['result'], sort_keys=True)}")
     if "error" in view:
         print(f"{'error':12} {view['error']}")
 

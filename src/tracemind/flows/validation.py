@@ -43,7 +43,8 @@ def parse_flow(doc: Any, path: str, *, check_hooks: bool = True) -> Flow:
     entry = raw.get("entry", step_ids[0])
     if not isinstance(entry, str) or entry not in step_ids:
         raise FlowError(path, f"flow.entry {entry!r} names no step")
-    edges = _parse_edges(raw.get("edges", []), set(step_ids), path)
+    raw_edges = raw.get("edges")
+    edges = _parse_edges([] if raw_edges is None else raw_edges, set(step_ids), path)
     check_edges(steps, edges, path)
     check_no_cycle(step_ids, edges, path)
     flow = Flow(

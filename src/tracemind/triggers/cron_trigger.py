@@ -97,4 +97,3 @@ class CronTrigger:
         except OSError as error:
             self.dispatcher.stats.error(f"cannot save trigger state: {error}")
             log.error("trigger_state_save_failed", trigger_id=self.spec.id, error=str(error))
-

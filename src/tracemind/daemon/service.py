@@ -1,0 +1,252 @@
+"""The daemon itself (``tm daemon start --foreground``): lifecycle only.
+
+Start-up order: logging, data directories (must be writable), the state-dir lock (a second
+daemon reports the first and exits 0), return the leases a dead predecessor left, metadata, then
+the worker pool under the supervisor, whose tick refreshes the heartbeat every second and picks
+up stop requests. Stop: drain (workers finish, up to ``drain_timeout_s``), return leases, exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from tracemind import __version__
+from tracemind.clock import iso_utc
+from tracemind.config import DataDirs
+from tracemind.daemon.identity import describe_self
+from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
+from tracemind.errors import QueueError, TraceMindError
+from tracemind.log import get_logger
+
+LOCK_WAIT_S = 3.0
+EXIT_ALREADY_RUNNING = 0
+
+
+class Component(Protocol):
+    """Something the daemon runs beside its workers (the status server, the triggers)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class DaemonSettings:
+    dirs: DataDirs
+    state_dir: Path
+    workers: int
+    runtime: str
+    lease_s: float
+    drain_timeout_s: float
+    durable: bool
+    log_file: Path | None  # None: inherit stdout
+    status_bind: str | None = None
+    triggers_config: Path | None = None
+    instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.state = StateDir(settings.state_dir)
+        self.log = get_logger("tracemind.daemon").bind(instance_id=settings.instance_id)
+        self.components: dict[str, Component] = {}
+        self._next_beat_s = 0.0
+        self._stop_seen = False
+
+    def run(self) -> int:
+        from tracemind.stores import open_stores
+        from tracemind.worker.pool import PoolSettings, WorkerPool
+        from tracemind.worker.runtime import load_factory
+        from tracemind.worker.supervisor import Supervisor
+
+        s = self.settings
+        stores = open_stores(s.dirs, durable=s.durable)
+        check_writable(s.dirs)
+        self.state.prepare()
+        lock_fd = self.state.acquire_lock(LOCK_WAIT_S)
+        if lock_fd is None:
+            meta = self.state.meta() or {}
+            self.log.info("another daemon is running", pid=meta.get("pid"))
+            print(f"tm: daemon already running (pid {meta.get('pid')})", file=sys.stderr)
+            return EXIT_ALREADY_RUNNING
+        try:
+            load_factory(s.runtime)
+            stores.queue.prepare()
+            self._return_predecessor_leases(stores.queue)
+            self.state.clear_stop_request()
+            self._write_metadata()
+            pool = WorkerPool(
+                PoolSettings(
+                    size=s.workers,
+                    instance_id=s.instance_id,
+                    queue_dir=str(s.dirs.queue),
+                    idempotency_dir=str(s.dirs.idempotency),
+                    dlq_dir=str(s.dirs.dlq),
+                    durable=s.durable,
+                    runtime=s.runtime,
+                    lease_s=s.lease_s,
+                    log_file=str(s.log_file) if s.log_file else None,
+                ),
+                stores.queue,
+            )
+            self.supervisor = Supervisor(
+                pool, stores.queue, drain_timeout_s=s.drain_timeout_s, on_tick=self._tick
+            )
+            self.supervisor.install_signal_handlers()
+            signal.signal(signal.SIGHUP, self._on_hup)
+            self._start_components(stores)
+            self.log.info("daemon started", pid=os.getpid(), workers=s.workers)
+            self.pool = pool
+            drained = self.supervisor.run()
+            self._stop_components()
+            self._beat(stopped=True)
+            self.log.info("daemon stopped", drained=drained)
+            return 0
+        finally:
+            os.close(lock_fd)
+
+    def _start_components(self, stores: Any) -> None:
+        """Start the optional components (status server, triggers) configured for this run."""
+        from tracemind.daemon.components import build_components
+
+        self.components = build_components(self.settings, stores)
+        for name, component in self.components.items():
+            component.start()
+            self.log.info("component started", component=name)
+
+    def _stop_components(self) -> None:
+        for name, component in reversed(list(self.components.items())):
+            try:
+                component.stop()
+            except TraceMindError as exc:
+                self.log.error("component failed to stop", component=name, error=str(exc))
+
+    def _return_predecessor_leases(self, queue: Any) -> None:
+        previous = self.state.meta()
+        if previous and isinstance(previous.get("instance_id"), str):
+            returned = queue.recover([f"{previous['instance_id']}-"])
+            if returned:
+                self.log.warning(
+                    "returned leases of a dead daemon",
+                    previous_instance=previous["instance_id"],
+                    leases=returned,
+                )
+
+    def _write_metadata(self) -> None:
+        s = self.settings
+        now_s = time.time()
+        meta = {
+            **describe_self(),
+            "instance_id": s.instance_id,
+            "started_at": iso_utc(now_s),
+            "started_at_s": now_s,
+            "version": __version__,
+            "dirs": s.dirs.to_dict(),
+            "state_dir": str(s.state_dir),
+            "workers": s.workers,
+            "runtime": s.runtime,
+            "lease_s": s.lease_s,
+            "drain_timeout_s": s.drain_timeout_s,
+            "log_file": str(s.log_file) if s.log_file else None,
+            "status_url": status_url(s.status_bind),
+            "triggers_config": str(s.triggers_config) if s.triggers_config else None,
+        }
+        self.state.write_pid(os.getpid())
+        self.state.write_json(self.state.meta_path, meta)
+
+    def _tick(self) -> None:
+        if not self._stop_seen and self.state.stop_request_path.exists():
+            request = self.state.read_json(self.state.stop_request_path) or {}
+            if request.get("instance_id") in (None, self.settings.instance_id):
+                self._stop_seen = True
+                self.log.info("stop requested", by=request.get("by"))
+                self.state.write_json(
+                    self.state.stop_ack_path,
+                    {"instance_id": self.settings.instance_id, "at": time.time()},
+                )
+                self.supervisor.stop_requested.set()
+        if time.monotonic() >= self._next_beat_s:
+            self._beat()
+            self._next_beat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+
+    def _beat(self, *, stopped: bool = False) -> None:
+        pool_status = self.pool.status() if hasattr(self, "pool") else {}
+        draining = self.supervisor.draining
+        ready, reason = self._readiness(pool_status, draining)
+        beat = {
+            "instance_id": self.settings.instance_id,
+            "at": time.time(),
+            "pid": os.getpid(),
+            "draining": draining,
+            "stopped": stopped,
+            "workers": pool_status,
+            "ready": ready and not stopped,
+            "reason": reason,
+            "outcomes": self.pool.outcomes.to_dict() if hasattr(self, "pool") else {},
+            "components": {name: c.describe() for name, c in self.components.items()},
+        }
+        with contextlib.suppress(OSError):
+            self.state.write_json(self.state.heartbeat_path, beat)
+
+    def _readiness(self, pool_status: dict[str, Any], draining: bool) -> tuple[bool, str | None]:
+        if draining:
+            return False, "draining"
+        if pool_status.get("crash_looping"):
+            return False, "workers are crash-looping"
+        if pool_status.get("alive", 0) < self.settings.workers:
+            return False, "workers not alive"
+        try:
+            check_writable(self.settings.dirs)
+        except QueueError as exc:
+            return False, str(exc)
+        return True, None
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        from tracemind.log import LogFile
+
+        sink = getattr(self, "log_sink", None)
+        if isinstance(sink, LogFile):
+            sink.reopen()
+        self.pool.signal_all(signal.SIGHUP)
+        self.log.info("log file reopened")
+
+
+def status_url(bind: str | None) -> str | None:
+    if not bind:
+        return None
+    host, _, port = bind.rpartition(":")
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def check_writable(dirs: DataDirs) -> None:
+    """Raise QueueError naming the first data directory this process cannot write (by really
+    creating and removing a probe file: permission bits alone do not tell, e.g. for root)."""
+    from tracemind.fsutil import ensure_dir
+
+    for directory in (dirs.queue, dirs.idempotency, dirs.dlq):
+        ensure_dir(directory)
+        probe = directory / f".probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise QueueError(
+                f"{directory}: not writable by uid {os.getuid()} gid {os.getgid()} "
+                f"({exc.strerror}); in a container set TM_UID/TM_GID in .env to the data "
+                "directory's owner"
+            ) from None

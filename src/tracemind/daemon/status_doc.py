@@ -1,0 +1,76 @@
+"""The status document (``tm daemon ps --json`` and ``GET /status``), read-only.
+
+It is computed the same way from either side of a container boundary: liveness from the state
+dir's lock and heartbeat, counts from the queue directory. Bodies hold counts and states only —
+never task inputs, results or secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tracemind.config import DataDirs
+from tracemind.daemon.state import StateDir, liveness
+
+
+def dirs_for(state: StateDir, explicit: DataDirs | None) -> DataDirs | None:
+    """The data dirs to count: the caller's, else those the daemon recorded (if visible here)."""
+    if explicit is not None:
+        return explicit
+    recorded = (state.meta() or {}).get("dirs") or {}
+    if recorded and Path(recorded.get("queue", "")).is_dir():
+        return DataDirs(
+            Path(recorded["queue"]), Path(recorded["idempotency"]), Path(recorded["dlq"])
+        )
+    return None
+
+
+def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
+    from tracemind.stores import open_stores
+
+    live = liveness(state)
+    meta = live.meta or {}
+    beat = (live.heartbeat or {}) if live.running else {}
+    workers = beat.get("workers") or {}
+    instance = meta.get("instance_id")
+    queue: dict[str, Any] = {"pending": 0, "inflight": 0, "delayed": 0, "oldest_pending_age_s": None}
+    dlq = {"pending": 0}
+    busy = 0
+    if dirs is not None:
+        stores = open_stores(dirs, durable=False)
+        stats = stores.queue.stats()
+        queue = {
+            "pending": stats.pending,
+            "inflight": stats.inflight,
+            "delayed": stats.delayed,
+            "oldest_pending_age_s": stats.oldest_pending_age_s,
+        }
+        dlq = {"pending": stores.dlq.count()}
+        if live.running and isinstance(instance, str):
+            busy = stores.queue.held_by(f"{instance}-")
+    components = beat.get("components") or {}
+    return {
+        "running": live.running,
+        "state": live.state,
+        "pid": meta.get("pid"),
+        "host": meta.get("host"),
+        "instance_id": instance,
+        "started_at": meta.get("started_at"),
+        "heartbeat_age_s": None if live.heartbeat_age_s is None else round(live.heartbeat_age_s, 3),
+        "draining": bool(beat.get("draining", False)),
+        "ready": bool(beat.get("ready", False)),
+        "reason": beat.get("reason") if live.running else live.state,
+        "workers": {
+            "configured": int(meta.get("workers") or 0),
+            "alive": int(workers.get("alive") or 0),
+            "busy": busy,
+            "crash_looping": bool(workers.get("crash_looping", False)),
+        },
+        "queue": queue,
+        "dlq": dlq,
+        "triggers": (components.get("triggers") or {}).get("triggers", []),
+        "status_url": meta.get("status_url"),
+        "version": meta.get("version"),
+        "state_dir": str(state.root),
+    }
