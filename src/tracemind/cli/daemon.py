@@ -10,6 +10,7 @@ from typing import Any
 
 from tracemind.cli.common import add_queue_options, print_json
 from tracemind.cli.workers import add_pool_options, positive_float, positive_int
+from tracemind.errors import TraceMindError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,6 +147,9 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
     daemon.log_sink = sink  # type: ignore[attr-defined]
     try:
         return daemon.run()
+    except TraceMindError as exc:
+        daemon.log.error("daemon failed", error=str(exc))
+        raise
     except Exception as exc:
         daemon.log.error("daemon failed", error=str(exc), exc_info=True)
         raise
