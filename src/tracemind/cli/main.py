@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tracemind import __version__
-from tracemind.cli import daemon, dlq, inspect, submit, workers
+from tracemind.cli import daemon, dlq, health, inspect, submit, workers
 from tracemind.errors import TraceMindError
 
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show Python tracebacks for errors"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (submit, inspect, dlq, workers, daemon):
+    for group in (submit, inspect, dlq, workers, daemon, health):
         group.register(commands)
     return parser
 

@@ -5,12 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracemind.daemon.state import StateDir
+
 if TYPE_CHECKING:
     from tracemind.daemon.service import Component, DaemonSettings
 
 
 def build_components(settings: DaemonSettings, stores: Any) -> dict[str, Component]:
-    return {}
+    """The status server (``--status-bind``) and the triggers (``--enable-triggers``)."""
+    components: dict[str, Component] = {}
+    if settings.status_bind:
+        from tracemind.status.server import StatusServer
+
+        components["status"] = StatusServer(
+            settings.status_bind,
+            StateDir(settings.state_dir),
+            settings.dirs,
+            str(settings.log_file) if settings.log_file else None,
+        )
+    return components
 
 
 def validate_triggers(path: Path) -> None:

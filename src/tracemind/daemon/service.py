@@ -102,7 +102,11 @@ class Daemon:
                 stores.queue,
             )
             self.supervisor = Supervisor(
-                pool, stores.queue, drain_timeout_s=s.drain_timeout_s, on_tick=self._tick
+                pool,
+                stores.queue,
+                drain_timeout_s=s.drain_timeout_s,
+                on_tick=self._tick,
+                on_drain=self._beat,
             )
             self.supervisor.install_signal_handlers()
             signal.signal(signal.SIGHUP, self._on_hup)
@@ -121,9 +125,13 @@ class Daemon:
         """Start the optional components (status server, triggers) configured for this run."""
         from tracemind.daemon.components import build_components
 
-        self.components = build_components(self.settings, stores)
-        for name, component in self.components.items():
-            component.start()
+        for name, component in build_components(self.settings, stores).items():
+            try:
+                component.start()
+            except BaseException:
+                self._stop_components()
+                raise
+            self.components[name] = component
             self.log.info("component started", component=name)
 
     def _stop_components(self) -> None:
@@ -176,7 +184,7 @@ class Daemon:
                     self.state.stop_ack_path,
                     {"instance_id": self.settings.instance_id, "at": time.time()},
                 )
-                self.supervisor.stop_requested.set()
+                self.supervisor.request_stop()
         if time.monotonic() >= self._next_beat_s:
             self._beat()
             self._next_beat_s = time.monotonic() + HEARTBEAT_INTERVAL_S

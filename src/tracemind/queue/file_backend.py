@@ -294,6 +294,12 @@ class FileQueue:
         age = None if oldest_due_ms is None else max(0.0, (now_ms - oldest_due_ms) / 1000)
         return QueueStats(pending, delayed, inflight, age, damaged)
 
+    def waiting_since(self, epoch_s: float) -> int:
+        """Tasks enqueued at or after ``epoch_s`` and never delivered yet, read-only."""
+        since = f"{int(epoch_s * 1000):012x}"
+        names = map(PendingName.parse, scan_names(self.pending_dir))
+        return sum(1 for n in names if n and n.attempts == 0 and n.task_id[:12] >= since)
+
     def held_by(self, consumer_prefix: str) -> int:
         names = map(InflightName.parse, scan_names(self.inflight_dir))
         return sum(1 for n in names if n is not None and n.consumer.startswith(consumer_prefix))

@@ -88,7 +88,7 @@ class Consumer:
         *,
         lease_s: float,
         rng: random.Random | None = None,
-        on_finished: Callable[[str, float], None] | None = None,
+        on_finished: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self.queue = queue
         self.runtime = runtime
@@ -147,7 +147,7 @@ class Consumer:
                 return
         self.log.info("task " + outcome, error=failure.error if failure else None)
         if self.on_finished is not None:
-            self.on_finished(outcome, time.monotonic() - started_s)
+            self.on_finished(outcome, time.monotonic() - started_s, lease.attempt)
 
     def _settle(
         self,

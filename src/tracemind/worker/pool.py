@@ -65,8 +65,10 @@ class Outcomes:
     duration_sum_s: float = 0.0
     duration_count: int = 0
 
-    def add(self, outcome: str, duration_s: float) -> None:
+    def add(self, outcome: str, duration_s: float, attempt: int) -> None:
         self.counts[outcome] += 1
+        if attempt == 1:
+            self.counts["first_attempts"] += 1
         self.duration_sum_s += duration_s
         self.duration_count += 1
         for i, bound in enumerate(DURATION_BUCKETS_S):
@@ -178,7 +180,9 @@ class WorkerPool:
         for line in lines:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 event = json.loads(line)
-                self.outcomes.add(str(event["outcome"]), float(event["duration_s"]))
+                self.outcomes.add(
+                    str(event["outcome"]), float(event["duration_s"]), int(event["attempt"])
+                )
 
     def held_leases(self) -> int:
         return self.queue.held_by(self.consumer_prefix)

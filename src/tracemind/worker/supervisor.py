@@ -32,12 +32,14 @@ class Supervisor:
         drain_timeout_s: float,
         burst: bool = False,
         on_tick: Callable[[], None] | None = None,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
         self.queue = queue
         self.drain_timeout_s = drain_timeout_s
         self.burst = burst
         self.on_tick = on_tick
+        self.on_drain = on_drain
         self.stop_requested = threading.Event()
         self.signals_seen = 0
         self.log = get_logger("tracemind.supervisor")
@@ -50,10 +52,17 @@ class Supervisor:
         self.signals_seen += 1
         if self.signals_seen == 1:
             self.log.info("drain requested", signal=signal.Signals(signum).name)
-            self.stop_requested.set()
+            self.request_stop()
         else:
             self.log.warning("fast stop requested", signal=signal.Signals(signum).name)
             self.pool.signal_all(signal.SIGKILL)
+
+    def request_stop(self) -> None:
+        """Begin the drain: stop taking tasks (``on_drain`` runs at once, e.g. to turn the
+        readiness probe to 503 before the workers are told)."""
+        self.stop_requested.set()
+        if self.on_drain is not None:
+            self.on_drain()
 
     @property
     def draining(self) -> bool:

@@ -1,0 +1,86 @@
+"""Prometheus metrics: gauges read from the queue (so they include what any process enqueued),
+counters and the duration histogram as reported by this daemon's workers since it started."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from tracemind.config import DataDirs
+from tracemind.daemon.state import StateDir, liveness
+from tracemind.stores import open_stores
+
+
+class QueueCollector(Collector):
+    def __init__(self, state: StateDir, dirs: DataDirs) -> None:
+        self.state = state
+        self.dirs = dirs
+
+    def collect(self) -> Iterator[Metric]:
+        stores = open_stores(self.dirs, durable=False)
+        stats = stores.queue.stats()
+        live = liveness(self.state)
+        beat: dict[str, Any] = live.heartbeat or {} if live.running else {}
+        yield _gauge("tracemind_queue_pending", "Tasks due and waiting for a worker.", stats.pending)
+        yield _gauge("tracemind_queue_delayed", "Tasks waiting for a retry or due time.", stats.delayed)
+        yield _gauge("tracemind_queue_inflight", "Tasks leased by a worker.", stats.inflight)
+        yield _gauge("tracemind_dlq_entries", "Tasks in the dead-letter queue.", stores.dlq.count())
+        yield _gauge(
+            "tracemind_queue_oldest_pending_age_seconds",
+            "How long the oldest due task has waited (0 when none).",
+            stats.oldest_pending_age_s or 0.0,
+        )
+        workers = beat.get("workers") or {}
+        yield _gauge("tracemind_workers_alive", "Worker processes alive.", workers.get("alive", 0))
+        yield _gauge("tracemind_daemon_up", "1 while the daemon's heartbeat is fresh.", live.running)
+        outcomes = beat.get("outcomes") or {}
+        counts = outcomes.get("counts") or {}
+        for name, key, text in (
+            ("tracemind_tasks_acked", "succeeded", "Tasks that succeeded."),
+            ("tracemind_tasks_retried", "retrying", "Failed attempts scheduled for a retry."),
+            ("tracemind_tasks_dead_lettered", "dead-lettered", "Tasks moved to the DLQ."),
+        ):
+            counter = CounterMetricFamily(name, text + " Since this daemon started.")
+            counter.add_metric([], float(counts.get(key, 0)))
+            yield counter
+        enqueued = CounterMetricFamily(
+            "tracemind_tasks_enqueued",
+            "Tasks enqueued (by any process) since this daemon started: those its workers took "
+            "up for a first attempt plus those still waiting for one.",
+        )
+        started_s = float((live.meta or {}).get("started_at_s") or 0.0) if live.running else 0.0
+        waiting = stores.queue.waiting_since(started_s) if started_s else 0
+        enqueued.add_metric([], float(counts.get("first_attempts", 0) + waiting))
+        yield enqueued
+        yield _histogram(outcomes)
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=float(value))
+
+
+def _histogram(outcomes: dict[str, Any]) -> HistogramMetricFamily:
+    bounds = outcomes.get("duration_buckets_s") or []
+    counts = outcomes.get("duration_bucket_counts") or []
+    buckets = [(f"{b:g}", float(c)) for b, c in zip(bounds, counts, strict=False)]
+    buckets.append(("+Inf", float(outcomes.get("duration_count", 0))))
+    histogram = HistogramMetricFamily(
+        "tracemind_task_duration_seconds", "Time a worker spent on one attempt."
+    )
+    histogram.add_metric([], buckets, sum_value=float(outcomes.get("duration_sum_s", 0.0)))
+    return histogram
+
+
+def render(state: StateDir, dirs: DataDirs) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(state, dirs))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

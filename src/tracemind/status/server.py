@@ -1,0 +1,129 @@
+"""The status server: gunicorn serving :mod:`tracemind.status.wsgi`, as a child process of the
+daemon (not a thread: gunicorn's arbiter needs its process's main thread).
+
+It never outlives the daemon: the arbiter gets PR_SET_PDEATHSIG=SIGKILL, its worker exits when
+the arbiter is gone, and ``/livez`` answers 503 anyway once the daemon's heartbeat is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from tracemind.config import DataDirs
+from tracemind.daemon.state import StateDir
+from tracemind.errors import TraceMindError
+from tracemind.log import get_logger
+
+STARTUP_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
+
+
+class StatusServerError(TraceMindError):
+    """The status server could not start (port taken, gunicorn failed)."""
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_port_free(bind: str) -> None:
+    host, port = split_bind(bind)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StatusServerError(f"status port {bind} is already in use") from None
+            raise StatusServerError(f"cannot bind the status server to {bind}: {exc}") from None
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class StatusServer:
+    """A daemon component (start/stop/describe) running gunicorn on ``bind``."""
+
+    def __init__(
+        self, bind: str, state: StateDir, dirs: DataDirs, log_file: str | None
+    ) -> None:
+        self.bind = bind
+        self.state = state
+        self.dirs = dirs
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = get_logger("tracemind.status")
+
+    def start(self) -> None:
+        check_port_free(self.bind)
+        tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "--bind", self.bind,
+            "--workers", "1",
+            "--worker-class", "gthread",
+            "--threads", "2",
+            "--no-control-socket",
+            "--config", "python:tracemind.status.gunicorn_conf",
+            "tracemind.status.wsgi:app",
+        ]  # fmt: skip
+        if tmp_dir:
+            argv[-1:-1] = ["--worker-tmp-dir", tmp_dir]
+        env = dict(
+            os.environ,
+            TM_STATUS_STATE_DIR=str(self.state.root),
+            TM_STATUS_QUEUE_DIR=str(self.dirs.queue),
+            TM_STATUS_IDEMPOTENCY_DIR=str(self.dirs.idempotency),
+            TM_STATUS_DLQ_DIR=str(self.dirs.dlq),
+            TM_STATUS_LOG_FILE=self.log_file or "",
+        )
+        self.process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+        self._wait_listening()
+        self.log.info("status server started", bind=self.bind, pid=self.process.pid)
+
+    def _wait_listening(self) -> None:
+        host, port = split_bind(self.bind)
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StatusServerError(
+                    f"status server on {self.bind} exited with code {self.process.returncode}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                (connect_host, port), timeout=0.5
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise StatusServerError(f"status server on {self.bind} did not start listening")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def describe(self) -> dict[str, Any]:
+        alive = self.process is not None and self.process.poll() is None
+        return {"bind": self.bind, "alive": alive}
