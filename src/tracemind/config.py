@@ -30,7 +30,11 @@ class DataDirs:
     dlq: Path
 
     def to_dict(self) -> dict[str, str]:
-        return {"queue": str(self.queue), "idempotency": str(self.idempotency), "dlq": str(self.dlq)}
+        return {
+            "queue": str(self.queue),
+            "idempotency": str(self.idempotency),
+            "dlq": str(self.dlq),
+        }
 
 
 def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> Path:

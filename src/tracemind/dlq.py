@@ -72,7 +72,10 @@ class DeadLetterStore:
             path = self.root / name
             if is_temporary(name) or path.is_dir():
                 continue
-            if not (name.endswith(".json") and is_task_id(name[:-5])) or self.get(name[:-5]) is None:
+            if (
+                not (name.endswith(".json") and is_task_id(name[:-5]))
+                or self.get(name[:-5]) is None
+            ):
                 bad.append(path)
         return bad
 

@@ -10,12 +10,9 @@ data before the rename, the directory entry after it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -81,7 +78,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def _write_tmp(tmp_dir: Path, stem: str, data: bytes, *, sync: bool) -> Path:
-    tmp = tmp_dir / f"{stem}.{secrets.token_hex(4)}.tmp"
+    tmp = tmp_dir / f"{stem}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
@@ -123,7 +120,9 @@ def write_many_atomic(
     directory is synced once. A crash part-way leaves some targets written and others absent,
     never a torn file.
     """
-    staged = [(target, _write_tmp(tmp_dir, target.name, data, sync=False)) for target, data in items]
+    staged = [
+        (target, _write_tmp(tmp_dir, target.name, data, sync=False)) for target, data in items
+    ]
     if durable and staged and not sync_filesystem(tmp_dir):
         for _, tmp in staged:
             fd = os.open(tmp, os.O_RDONLY)
@@ -141,6 +140,9 @@ def write_many_atomic(
 
 def sync_filesystem(any_path: Path) -> bool:
     """``syncfs(2)`` the file system holding ``any_path``; False where the call is unavailable."""
+    import ctypes
+    import ctypes.util
+
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
         return False

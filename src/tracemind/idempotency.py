@@ -33,7 +33,9 @@ class KeyRecord:
 
 
 class IdempotencyStore:
-    def __init__(self, root: Path, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self, root: Path, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S
+    ) -> None:
         self.root = root
         self.durable = durable
         self.lock_timeout_s = lock_timeout_s

@@ -14,9 +14,7 @@ from tracemind.errors import TraceMindError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    daemon = commands.add_parser(
-        "daemon", help="the background daemon (needs TM_ENABLE_DAEMON=1)"
-    )
+    daemon = commands.add_parser("daemon", help="the background daemon (needs TM_ENABLE_DAEMON=1)")
     verbs = daemon.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     start = verbs.add_parser(
@@ -119,7 +117,11 @@ def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path |
     if args.status_bind:
         argv += ["--status-bind", args.status_bind]
     if args.enable_triggers:
-        argv += ["--enable-triggers", "--triggers-config", str(Path(args.triggers_config).absolute())]
+        argv += [
+            "--enable-triggers",
+            "--triggers-config",
+            str(Path(args.triggers_config).absolute()),
+        ]
     return argv
 
 
@@ -176,8 +178,10 @@ def ps_command(args: argparse.Namespace) -> int:
     from tracemind.daemon.status_doc import dirs_for, status_document
 
     explicit = None
-    if args.queue_dir or args.dlq_dir or any(
-        os.environ.get(v) for v in ("TM_QUEUE_DIR", "TM_DLQ_DIR", "TM_DATA_DIR")
+    if (
+        args.queue_dir
+        or args.dlq_dir
+        or any(os.environ.get(v) for v in ("TM_QUEUE_DIR", "TM_DLQ_DIR", "TM_DATA_DIR"))
     ):
         explicit = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
     state = StateDir(config.state_dir(args.state_dir))
@@ -195,8 +199,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     else:
         print(
             f"daemon: {doc['state']}  pid {doc['pid']} on {doc['host']}  since {doc['started_at']}"
-            f"  heartbeat {doc['heartbeat_age_s']}s ago"
-            + ("  DRAINING" if doc["draining"] else "")
+            f"  heartbeat {doc['heartbeat_age_s']}s ago" + ("  DRAINING" if doc["draining"] else "")
         )
         w = doc["workers"]
         ready = "ready" if doc["ready"] else f"not ready ({doc['reason']})"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tracemind import __version__
-from tracemind.cli import daemon, dlq, health, inspect, submit, workers
+from tracemind.cli import daemon, dlq, health, inspect, submit, triggers, workers
 from tracemind.errors import TraceMindError
 
 
@@ -22,11 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="TraceMind: run flows now, or queue them for the daemon's workers.",
     )
     parser.add_argument("--version", action="version", version=f"tm {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show Python tracebacks for errors"
-    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (submit, inspect, dlq, workers, daemon, health):
+    for group in (submit, inspect, dlq, workers, daemon, health, triggers):
         group.register(commands)
     return parser
 

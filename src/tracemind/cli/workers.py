@@ -30,9 +30,11 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_pool_options(parser: argparse.ArgumentParser) -> None:
-    from tracemind.worker.runtime import DEFAULT_RUNTIME
+DEFAULT_RUNTIME = "tracemind.worker.runtime:FlowRuntime"
+"""Runs the flow snapshot each task carries (see tracemind.worker.runtime)."""
 
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
         default=DEFAULT_RUNTIME,

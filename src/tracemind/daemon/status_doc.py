@@ -34,7 +34,12 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
     beat = (live.heartbeat or {}) if live.running else {}
     workers = beat.get("workers") or {}
     instance = meta.get("instance_id")
-    queue: dict[str, Any] = {"pending": 0, "inflight": 0, "delayed": 0, "oldest_pending_age_s": None}
+    queue: dict[str, Any] = {
+        "pending": 0,
+        "inflight": 0,
+        "delayed": 0,
+        "oldest_pending_age_s": None,
+    }
     dlq = {"pending": 0}
     busy = 0
     if dirs is not None:

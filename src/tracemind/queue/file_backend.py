@@ -77,7 +77,12 @@ class FileQueue:
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
-        self._log = get_logger("tracemind.queue")
+
+    @property
+    def _log(self) -> Any:
+        return get_logger(
+            "tracemind.queue"
+        )  # not at construction: keeps structlog off `tm enqueue`
 
     # -- writers -------------------------------------------------------------------------------
 
@@ -107,7 +112,11 @@ class FileQueue:
         now_s = self.clock()
         while (candidate := self._next_due(now_s)) is not None:
             claim = InflightName(
-                candidate.task_id, candidate.attempts + 1, consumer, new_token(), _ms(now_s + lease_s)
+                candidate.task_id,
+                candidate.attempts + 1,
+                consumer,
+                new_token(),
+                _ms(now_s + lease_s),
             )
             claimed = self.inflight_dir / str(claim)
             try:
@@ -183,7 +192,9 @@ class FileQueue:
         self.renew(lease, FENCE_LEASE_S)  # hold the lease while the new copy is written
         now_s = self.clock()
         record = with_failure(lease.record, lease.attempt, failure, now_s)
-        target = self.pending_dir / str(PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt))
+        target = self.pending_dir / str(
+            PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt)
+        )
         write_atomic(target, dump_json(record), tmp_dir=self.tmp_dir, durable=self.durable)
         self._discard(self.inflight_dir / str(lease.handle), None)
 

@@ -13,8 +13,8 @@ first wins (the others get ENOENT):
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -29,7 +29,7 @@ _INFLIGHT_RE = re.compile(
 def new_task_id(now_s: float | None = None) -> str:
     """A unique, time-sortable id: 12 hex digits of milliseconds, then 10 random hex digits."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
-    return f"{ms:012x}{secrets.token_hex(5)}"
+    return f"{ms:012x}{os.urandom(5).hex()}"
 
 
 def is_task_id(text: str) -> bool:
@@ -37,7 +37,7 @@ def is_task_id(text: str) -> bool:
 
 
 def new_token() -> str:
-    return secrets.token_hex(4)
+    return os.urandom(4).hex()
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ class InflightName:
     deadline_ms: int
 
     def __str__(self) -> str:
-        return (
-            f"{self.task_id}_{self.attempt}_{self.consumer}_{self.token}_{self.deadline_ms:013d}.json"
-        )
+        return f"{self.task_id}_{self.attempt}_{self.consumer}_{self.token}_{self.deadline_ms:013d}.json"
 
     @classmethod
     def parse(cls, name: str) -> InflightName | None:

@@ -50,4 +50,4 @@ logconfig_dict = {
     "root": {"handlers": ["json"], "level": "WARNING"},
 }
 accesslog = "-"
-access_log_format = '%(m)s %(U)s %(s)s %(M)sms'
+access_log_format = "%(m)s %(U)s %(s)s %(M)sms"

@@ -30,8 +30,12 @@ class QueueCollector(Collector):
         stats = stores.queue.stats()
         live = liveness(self.state)
         beat: dict[str, Any] = live.heartbeat or {} if live.running else {}
-        yield _gauge("tracemind_queue_pending", "Tasks due and waiting for a worker.", stats.pending)
-        yield _gauge("tracemind_queue_delayed", "Tasks waiting for a retry or due time.", stats.delayed)
+        yield _gauge(
+            "tracemind_queue_pending", "Tasks due and waiting for a worker.", stats.pending
+        )
+        yield _gauge(
+            "tracemind_queue_delayed", "Tasks waiting for a retry or due time.", stats.delayed
+        )
         yield _gauge("tracemind_queue_inflight", "Tasks leased by a worker.", stats.inflight)
         yield _gauge("tracemind_dlq_entries", "Tasks in the dead-letter queue.", stores.dlq.count())
         yield _gauge(
@@ -41,7 +45,9 @@ class QueueCollector(Collector):
         )
         workers = beat.get("workers") or {}
         yield _gauge("tracemind_workers_alive", "Worker processes alive.", workers.get("alive", 0))
-        yield _gauge("tracemind_daemon_up", "1 while the daemon's heartbeat is fresh.", live.running)
+        yield _gauge(
+            "tracemind_daemon_up", "1 while the daemon's heartbeat is fresh.", live.running
+        )
         outcomes = beat.get("outcomes") or {}
         counts = outcomes.get("counts") or {}
         for name, key, text in (

@@ -57,9 +57,7 @@ def _die_with_parent() -> None:
 class StatusServer:
     """A daemon component (start/stop/describe) running gunicorn on ``bind``."""
 
-    def __init__(
-        self, bind: str, state: StateDir, dirs: DataDirs, log_file: str | None
-    ) -> None:
+    def __init__(self, bind: str, state: StateDir, dirs: DataDirs, log_file: str | None) -> None:
         self.bind = bind
         self.state = state
         self.dirs = dirs
@@ -106,8 +104,9 @@ class StatusServer:
                 raise StatusServerError(
                     f"status server on {self.bind} exited with code {self.process.returncode}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                (connect_host, port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((connect_host, port), timeout=0.5),
             ):
                 return
             time.sleep(0.05)

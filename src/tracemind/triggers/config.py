@@ -87,11 +87,12 @@ def check_config(
             if raw_id in first_label:
                 problems.append(f"{label}: duplicate id (also {first_label[raw_id]})")
             first_label.setdefault(raw_id, f"trigger #{index}")
-        spec = _read_trigger(FieldReader(raw, label, problems), file.parent.absolute(), env)
+        reader = FieldReader(raw, label, problems)
+        spec, flow = _read_trigger(reader, file.parent.absolute(), env)
+        if flow is not None and flow_loader is not None:
+            _check_flow(flow, flow_loader, label, problems)  # also when other keys are wrong
         if spec is not None:
             _check_templates(spec.input, spec.kind, label, problems, warnings)
-            if flow_loader is not None:
-                _check_flow(spec.flow, flow_loader, label, problems)
             specs.append(spec)
     _check_shared_ports(specs, shown, problems)
     if not data:
@@ -138,8 +139,9 @@ def _read(file: Path, shown: str, problems: list[str]) -> list[Any] | None:
 
 def _read_trigger(
     reader: FieldReader, base: Path, environ: Mapping[str, str]
-) -> AnyTriggerSpec | None:
-    """Read the common keys, then the kind's; None when anything is wrong."""
+) -> tuple[AnyTriggerSpec | None, Path | None]:
+    """Read the common keys, then the kind's: (the spec or None when anything is wrong, the
+    flow file when it exists)."""
     before = len(reader.problems)
     trigger_id = reader.string("id", required=True)
     if trigger_id is not None and not _ID.fullmatch(trigger_id):
@@ -154,12 +156,12 @@ def _read_trigger(
     flow = _flow_path(reader, base)
     inputs = reader.mapping("input")
     if kind is None:
-        return None  # without a kind, its keys (and so the unknown ones) are unknown too
+        return None, flow  # without a kind, its keys (and so the unknown ones) are unknown too
     build = read_kind(reader, kind, base, environ)
     reader.finish()
     if len(reader.problems) > before or build is None or trigger_id is None or flow is None:
-        return None
-    return build(trigger_id, flow, inputs)
+        return None, flow
+    return build(trigger_id, flow, inputs), flow
 
 
 def _flow_path(reader: FieldReader, base: Path) -> Path | None:

@@ -129,9 +129,9 @@ class Consumer:
             retryable = True
             try:
                 with time_limit(_timeout_s(lease.record)):
-                    result = self.runtime.execute(task)
-                if not isinstance(result, dict):
-                    result = {"value": result}
+                    returned: Any = self.runtime.execute(task)
+                # A user runtime may return anything; a result is always stored as an object.
+                result = returned if isinstance(returned, dict) else {"value": returned}
             except NonRetryable as exc:
                 failure, retryable = Failure(str(exc), traceback.format_exc()), False
             except Exception as exc:  # a step's failure, whatever it is, is the task's outcome

@@ -154,7 +154,9 @@ class WorkerPool:
             os.close(slot.events)
         slot.process = None
         if self.stopping:
-            self.log.info("worker exited", slot=slot.index, exit_code=code, leases_returned=returned)
+            self.log.info(
+                "worker exited", slot=slot.index, exit_code=code, leases_returned=returned
+            )
             return
         slot.young_deaths = slot.young_deaths + 1 if lived_s < YOUNG_S else 0
         backoff_s = min(MAX_BACKOFF_S, 0.5 * 2 ** max(0, slot.young_deaths - 1))

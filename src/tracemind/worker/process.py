@@ -97,7 +97,9 @@ def main() -> int:
             event = {"outcome": outcome, "duration_s": duration_s, "attempt": attempt}
             events.write(json.dumps(event) + "\n")
 
-    consumer = Consumer(queue, runtime, spec.consumer_id, lease_s=spec.lease_s, on_finished=finished)
+    consumer = Consumer(
+        queue, runtime, spec.consumer_id, lease_s=spec.lease_s, on_finished=finished
+    )
 
     def term(signum: int, frame: FrameType | None) -> None:
         consumer.stopping.set()

@@ -13,8 +13,6 @@ from typing import Any, Protocol
 
 from tracemind.errors import TraceMindError, UsageError
 
-DEFAULT_RUNTIME = "tracemind.worker.runtime:FlowRuntime"
-
 
 @dataclass(frozen=True)
 class Task:
