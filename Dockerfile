@@ -58,7 +58,7 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
         --find-links /tmp/wheels /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
-    && /opt/venv/bin/python -c "import tracemind"
+    && /opt/venv/bin/tm --version
 
 # The bundled example steps and flows; compose and most deployments mount their own over /app.
 COPY app /app

@@ -46,6 +46,9 @@ case "${1:-}" in
         ;;
 esac
 
+# `docker info` answers at once with or without an engine; the timeout guards a wedged socket.
+engine_answers() { timeout 15 docker info >/dev/null 2>&1; }
+
 say() { printf 'docker-engine: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
@@ -94,7 +97,7 @@ fi
 
 # 2. Engine running --------------------------------------------------------------------------------
 step_begin
-if docker info >/dev/null 2>&1; then
+if engine_answers; then
     step_done "dockerd: already answering, skipped start"
 else
     mkdir -p -- "$(dirname -- "$DOCKERD_LOG")"
@@ -102,7 +105,7 @@ else
     setsid dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 </dev/null &
     dockerd_pid=$!
     deadline=$((SECONDS + DOCKERD_WAIT))
-    until docker info >/dev/null 2>&1; do
+    until engine_answers; do
         if ! kill -0 "$dockerd_pid" 2>/dev/null; then
             tail -n 30 -- "$DOCKERD_LOG" >&2 || true
             die "dockerd exited during startup; log: $DOCKERD_LOG"

@@ -131,7 +131,7 @@ def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
         for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for pattern in (".git", ".venv", "data", ".env", "**/__pycache__", ".pytest_cache"):
+    for pattern in (".git", ".venv*", "data", ".env", "**/__pycache__", ".pytest_cache"):
         assert pattern in patterns, pattern
     # The Dockerfile's COPY sources must stay in the context.
     for needed in ("pyproject.toml", "README.md", "src", "app"):
