@@ -68,7 +68,7 @@ def _check_start_args(args: argparse.Namespace) -> None:
     if args.enable_triggers:
         from tracemind.daemon.components import validate_triggers
 
-        validate_triggers(Path(args.triggers_config))
+        validate_triggers(Path(args.triggers_config))  # exit 2 before anything starts
 
 
 def start_command(args: argparse.Namespace) -> int:
