@@ -72,7 +72,7 @@ def init_command(args: argparse.Namespace) -> int:
     from tracemind.triggers import write_sample
 
     for created in write_sample(Path(args.path), force=args.force):
-        print(f"wrote {created}")
+        print(f"created {created}/" if created.is_dir() else f"wrote {created}")
     print(f"next: tm triggers validate --path {args.path}")
     return 0
 
@@ -119,7 +119,8 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         runner.stop()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)
     print("triggers stopped", file=sys.stderr)
     return 0
 

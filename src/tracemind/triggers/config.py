@@ -174,7 +174,7 @@ def _flow_path(reader: FieldReader, base: Path) -> Path | None:
         if not reader.has(key):
             reader.problem("missing required key 'flow' (the flow file to enqueue)")
         return None
-    flow = base / value
+    flow = base / Path(value).expanduser()
     if not flow.is_file():
         reader.problem(f"{key}: flow file not found: {value}")
         return None

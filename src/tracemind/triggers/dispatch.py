@@ -44,6 +44,26 @@ class Submitter(Protocol):
     ) -> SubmitOutcome: ...
 
 
+class SerializedSubmitter:
+    """Wraps a Submitter so that it is called by one thread at a time (webhook requests, cron
+    and filesystem threads all submit; the wrapped one need not be thread-safe)."""
+
+    def __init__(self, inner: Submitter) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    def submit(
+        self,
+        flow: Any,
+        inputs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> SubmitOutcome:
+        with self._lock:
+            return self.inner.submit(flow, inputs, idempotency_key=idempotency_key, trigger=trigger)
+
+
 class TriggerStats:
     """Thread-safe counters and times of one trigger, as shown by ``ps``."""
 

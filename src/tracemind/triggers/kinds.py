@@ -88,7 +88,7 @@ def _read_filesystem(reader: FieldReader, base: Path) -> SpecBuilder | None:
         return None
     if value is None:
         return None
-    path = base / value
+    path = base / Path(value).expanduser()
     if not path.is_dir():
         reader.problem(f"path: directory not found: {value} (resolved to {path})")
         return None

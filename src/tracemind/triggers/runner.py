@@ -25,7 +25,12 @@ import structlog
 
 from tracemind.clock import Clock, system_clock
 from tracemind.triggers.cron_trigger import CronTrigger
-from tracemind.triggers.dispatch import Dispatcher, Submitter, TriggerStats
+from tracemind.triggers.dispatch import (
+    Dispatcher,
+    SerializedSubmitter,
+    Submitter,
+    TriggerStats,
+)
 from tracemind.triggers.fs_trigger import FilesystemTrigger
 from tracemind.triggers.model import (
     CronSpec,
@@ -64,7 +69,7 @@ class TriggerRunner:
         start_timeout_s: float = 10.0,
     ) -> None:
         self.config = config
-        self.submitter = submitter
+        self.submitter = SerializedSubmitter(submitter)
         self.store = TriggerStateStore(Path(state_dir))
         self.flow_loader = flow_loader or default_flow_loader
         self.clock = clock
