@@ -93,7 +93,10 @@ def start_command(args: argparse.Namespace) -> int:
 
     instance_id = secrets.token_hex(6)
     argv = _foreground_argv(args, state_dir, log_file)
-    pid = start_detached(state, argv, log_file, instance_id)
+    pid, started = start_detached(state, argv, log_file, instance_id)
+    if not started:
+        print(f"daemon already running (pid {pid})")
+        return 0
     print(f"daemon started (pid {pid}); state: {state_dir}; log: {log_file or 'stdout'}")
     return 0
 
@@ -145,8 +148,7 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
     )
     if os.environ.get("TM_DAEMON_INSTANCE_ID"):
         settings.instance_id = os.environ["TM_DAEMON_INSTANCE_ID"]
-    daemon = Daemon(settings)
-    daemon.log_sink = sink  # type: ignore[attr-defined]
+    daemon = Daemon(settings, log_sink=sink)
     try:
         return daemon.run()
     except TraceMindError as exc:

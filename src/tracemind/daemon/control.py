@@ -31,9 +31,10 @@ class StartFailed(TraceMindError):
 
 def start_detached(
     state: StateDir, foreground_argv: Sequence[str], log_file: Path | None, instance_id: str
-) -> int:
+) -> tuple[int, bool]:
     """Launch ``tm daemon start --foreground …`` in a new session and wait for its first
-    heartbeat. Returns the daemon PID; raises StartFailed with the log path and last lines."""
+    heartbeat. Returns the daemon PID and whether it is the one launched here (False: another
+    start won the race for the lock); raises StartFailed with the log path and last lines."""
     state.prepare()
     env = dict(os.environ, TM_DAEMON_INSTANCE_ID=instance_id)
     if log_file is not None:
@@ -57,12 +58,12 @@ def start_detached(
     while time.monotonic() < deadline:
         beat = state.heartbeat()
         if beat is not None and beat.get("instance_id") == instance_id:
-            return child.pid
+            return child.pid, True
         code = child.poll()
         if code is not None:
             if code == 0:  # another daemon held the lock; it reported itself
                 meta = state.meta() or {}
-                return int(meta.get("pid", 0))
+                return int(meta.get("pid", 0)), False
             raise StartFailed(_failure_message(log_file, f"daemon exited with code {code}"))
         time.sleep(0.05)
     raise StartFailed(_failure_message(log_file, f"no heartbeat within {START_TIMEOUT_S:g} s"))

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tracemind import __version__
 from tracemind.clock import iso_utc
@@ -26,6 +26,9 @@ from tracemind.daemon.identity import describe_self
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
 from tracemind.errors import QueueError, TraceMindError
 from tracemind.log import get_logger
+
+if TYPE_CHECKING:
+    from tracemind.stores import Stores
 
 LOCK_WAIT_S = 3.0
 EXIT_ALREADY_RUNNING = 0
@@ -57,8 +60,9 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings) -> None:
+    def __init__(self, settings: DaemonSettings, log_sink: Any = None) -> None:
         self.settings = settings
+        self.log_sink = log_sink
         self.state = StateDir(settings.state_dir)
         self.log = get_logger("tracemind.daemon").bind(instance_id=settings.instance_id)
         self.components: dict[str, Component] = {}
@@ -66,10 +70,9 @@ class Daemon:
         self._stop_seen = False
 
     def run(self) -> int:
+        """Run until stopped; 0 after a drain (or when another daemon already runs)."""
         from tracemind.stores import open_stores
-        from tracemind.worker.pool import PoolSettings, WorkerPool
         from tracemind.worker.runtime import load_factory
-        from tracemind.worker.supervisor import Supervisor
 
         s = self.settings
         stores = open_stores(s.dirs, durable=s.durable)
@@ -87,32 +90,11 @@ class Daemon:
             self._return_predecessor_leases(stores.queue)
             self.state.clear_stop_request()
             self._write_metadata()
-            pool = WorkerPool(
-                PoolSettings(
-                    size=s.workers,
-                    instance_id=s.instance_id,
-                    queue_dir=str(s.dirs.queue),
-                    idempotency_dir=str(s.dirs.idempotency),
-                    dlq_dir=str(s.dirs.dlq),
-                    durable=s.durable,
-                    runtime=s.runtime,
-                    lease_s=s.lease_s,
-                    log_file=str(s.log_file) if s.log_file else None,
-                ),
-                stores.queue,
-            )
-            self.supervisor = Supervisor(
-                pool,
-                stores.queue,
-                drain_timeout_s=s.drain_timeout_s,
-                on_tick=self._tick,
-                on_drain=self._beat,
-            )
+            self._build_supervisor(stores)
             self.supervisor.install_signal_handlers()
             signal.signal(signal.SIGHUP, self._on_hup)
             self._start_components(stores)
             self.log.info("daemon started", pid=os.getpid(), workers=s.workers)
-            self.pool = pool
             drained = self.supervisor.run()
             self._stop_components()
             self._beat(stopped=True)
@@ -121,7 +103,32 @@ class Daemon:
         finally:
             os.close(lock_fd)
 
-    def _start_components(self, stores: Any) -> None:
+    def _build_supervisor(self, stores: Stores) -> None:
+        from tracemind.worker.pool import PoolSettings, WorkerPool
+        from tracemind.worker.supervisor import Supervisor
+
+        s = self.settings
+        settings = PoolSettings(
+            size=s.workers,
+            instance_id=s.instance_id,
+            queue_dir=str(s.dirs.queue),
+            idempotency_dir=str(s.dirs.idempotency),
+            dlq_dir=str(s.dirs.dlq),
+            durable=s.durable,
+            runtime=s.runtime,
+            lease_s=s.lease_s,
+            log_file=str(s.log_file) if s.log_file else None,
+        )
+        self.pool = WorkerPool(settings, stores.queue)
+        self.supervisor = Supervisor(
+            self.pool,
+            stores.queue,
+            drain_timeout_s=s.drain_timeout_s,
+            on_tick=self._tick,
+            on_drain=self._beat,
+        )
+
+    def _start_components(self, stores: Stores) -> None:
         """Start the optional components (status server, triggers) configured for this run."""
         from tracemind.daemon.components import build_components
 
@@ -190,7 +197,7 @@ class Daemon:
             self._next_beat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     def _beat(self, *, stopped: bool = False) -> None:
-        pool_status = self.pool.status() if hasattr(self, "pool") else {}
+        pool_status = self.pool.status()
         draining = self.supervisor.draining
         ready, reason = self._readiness(pool_status, draining)
         beat = {
@@ -202,7 +209,7 @@ class Daemon:
             "workers": pool_status,
             "ready": ready and not stopped,
             "reason": reason,
-            "outcomes": self.pool.outcomes.to_dict() if hasattr(self, "pool") else {},
+            "outcomes": self.pool.outcomes.to_dict(),
             "components": {name: c.describe() for name, c in self.components.items()},
         }
         with contextlib.suppress(OSError):
@@ -224,9 +231,8 @@ class Daemon:
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         from tracemind.log import LogFile
 
-        sink = getattr(self, "log_sink", None)
-        if isinstance(sink, LogFile):
-            sink.reopen()
+        if isinstance(self.log_sink, LogFile):
+            self.log_sink.reopen()
         self.pool.signal_all(signal.SIGHUP)
         self.log.info("log file reopened")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracemind.errors import LockTimeout, TraceMindError
+from tracemind.errors import TraceMindError
 from tracemind.fsutil import dump_json, ensure_dir, file_mode, write_atomic
 
 HEARTBEAT_INTERVAL_S = 1.0
@@ -149,7 +149,3 @@ def liveness(state: StateDir, now_s: float | None = None) -> Liveness:
     else:
         status = "stopped"
     return Liveness(status, held, age, meta, beat)
-
-
-def lock_timeout_error(state: StateDir, timeout_s: float) -> LockTimeout:
-    return LockTimeout(f"{state.lock_path}: not acquired within {timeout_s:g} s")
