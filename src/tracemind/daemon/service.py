@@ -68,6 +68,7 @@ class Daemon:
         self.components: dict[str, Component] = {}
         self._next_beat_s = 0.0
         self._stop_seen = False
+        self._reopen_requested = False
 
     def run(self) -> int:
         """Run until stopped; 0 after a drain (or when another daemon already runs)."""
@@ -89,11 +90,11 @@ class Daemon:
             stores.queue.prepare()
             self._return_predecessor_leases(stores.queue)
             self.state.clear_stop_request()
-            self._write_metadata()
             self._build_supervisor(stores)
             self.supervisor.install_signal_handlers()
             signal.signal(signal.SIGHUP, self._on_hup)
             self._start_components(stores)
+            self._write_metadata()
             self.log.info("daemon started", pid=os.getpid(), workers=s.workers)
             drained = self.supervisor.run()
             self._stop_components()
@@ -125,8 +126,16 @@ class Daemon:
             stores.queue,
             drain_timeout_s=s.drain_timeout_s,
             on_tick=self._tick,
-            on_drain=self._beat,
+            on_drain=self._on_drain,
         )
+
+    def _on_drain(self) -> None:
+        """The drain begins: readiness turns 503 at once, and triggers stop submitting (the
+        status server keeps answering until the workers are done)."""
+        self._beat()
+        triggers = self.components.get("triggers")
+        if triggers is not None:
+            triggers.stop()
 
     def _start_components(self, stores: Stores) -> None:
         """Start the optional components (status server, triggers) configured for this run."""
@@ -182,6 +191,9 @@ class Daemon:
         self.state.write_json(self.state.meta_path, meta)
 
     def _tick(self) -> None:
+        if self._reopen_requested:
+            self._reopen_requested = False
+            self._reopen_log()
         if not self._stop_seen and self.state.stop_request_path.exists():
             request = self.state.read_json(self.state.stop_request_path) or {}
             if request.get("instance_id") in (None, self.settings.instance_id):
@@ -229,6 +241,11 @@ class Daemon:
         return True, None
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        # Only take note: the handler runs in the main thread, which may be inside a log write
+        # holding the (non-reentrant) log locks that a reopen or a log call here would wait for.
+        self._reopen_requested = True
+
+    def _reopen_log(self) -> None:
         from tracemind.log import LogFile
 
         if isinstance(self.log_sink, LogFile):
