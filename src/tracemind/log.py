@@ -26,7 +26,8 @@ class LogFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        # Reentrant: SIGHUP's handler may reopen while the interrupted thread is mid-write.
+        self._lock = threading.RLock()
         self._handle = self._open()
 
     def _open(self) -> TextIO:

@@ -78,7 +78,9 @@ def start_command(args: argparse.Namespace) -> int:
     from tracemind.daemon.state import StateDir
 
     state_dir = config.state_dir(args.state_dir)
-    log_file = None if args.inherit_logs else Path(args.log_file or state_dir / "daemon.log")
+    log_file = (
+        None if args.inherit_logs else Path(args.log_file or state_dir / "daemon.log").absolute()
+    )
     if args.foreground:
         return _run_foreground(args, state_dir, log_file)
     from tracemind.daemon.control import start_detached

@@ -95,7 +95,9 @@ def request_stop(state: StateDir, timeout_s: float, *, force: bool, by: str) -> 
         {"instance_id": meta.get("instance_id"), "requested_at": time.time(), "by": by},
     )
     local = is_same_process(meta)
-    if local:
+    beat = live.heartbeat or {}
+    draining = beat.get("instance_id") == meta.get("instance_id") and bool(beat.get("draining"))
+    if local and not draining:  # to a draining daemon a second SIGTERM means "kill the workers"
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(meta["pid"]), signal.SIGTERM)
     if _wait_unlocked(state, timeout_s):

@@ -90,11 +90,11 @@ class Daemon:
             stores.queue.prepare()
             self._return_predecessor_leases(stores.queue)
             self.state.clear_stop_request()
+            self._write_metadata()
             self._build_supervisor(stores)
             self.supervisor.install_signal_handlers()
             signal.signal(signal.SIGHUP, self._on_hup)
             self._start_components(stores)
-            self._write_metadata()
             self.log.info("daemon started", pid=os.getpid(), workers=s.workers)
             drained = self.supervisor.run()
             self._stop_components()
@@ -269,15 +269,16 @@ def check_writable(dirs: DataDirs) -> None:
     from tracemind.fsutil import ensure_dir
 
     for directory in (dirs.queue, dirs.idempotency, dirs.dlq):
-        ensure_dir(directory)
         probe = directory / f".probe-{os.getpid()}"
         try:
+            ensure_dir(directory)  # inside the try: an uncreatable directory needs the hint too
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
             os.unlink(probe)
-        except OSError as exc:
+        except (OSError, QueueError) as exc:
+            why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
             raise QueueError(
                 f"{directory}: not writable by uid {os.getuid()} gid {os.getgid()} "
-                f"({exc.strerror}); in a container set TM_UID/TM_GID in .env to the data "
+                f"({why or exc}); in a container set TM_UID/TM_GID in .env to the data "
                 "directory's owner"
             ) from None

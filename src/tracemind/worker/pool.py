@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,8 @@ class WorkerPool:
             self._read_events(slot)
             if slot.process is not None and slot.process.poll() is not None:
                 self._reap(slot, now_s)
+            elif slot.process is not None and now_s - slot.started_s >= YOUNG_S:
+                slot.young_deaths = 0  # it outlived a failed start: no longer crash-looping
             if slot.process is None and not self.stopping and now_s >= slot.respawn_at_s:
                 self.log.info("worker respawning", slot=slot.index, young_deaths=slot.young_deaths)
                 self._spawn(slot)
@@ -209,14 +212,17 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signum)
 
-    def stop(self, drain_timeout_s: float) -> bool:
+    def stop(self, drain_timeout_s: float, on_tick: Callable[[], None] | None = None) -> bool:
         """Ask every worker to finish its task and exit; kill those still running after
-        ``drain_timeout_s``; return every lease the pool still holds. True if all drained."""
+        ``drain_timeout_s``; return every lease the pool still holds. True if all drained.
+        ``on_tick`` keeps running meanwhile (the daemon's heartbeat must not go stale)."""
         self.stopping = True
         self.signal_all(signal.SIGTERM)
         deadline_s = time.monotonic() + drain_timeout_s
         while self.alive() and time.monotonic() < deadline_s:
             self.poll()
+            if on_tick is not None:
+                on_tick()
             time.sleep(0.02)
         drained = self.alive() == 0
         if not drained:

@@ -42,6 +42,8 @@ class Supervisor:
         self.on_drain = on_drain
         self.stop_requested = threading.Event()
         self.signals_seen = 0
+        self.last_signal: str | None = None
+        self._fast_stop_logged = False
         self.log = get_logger("tracemind.supervisor")
 
     def install_signal_handlers(self) -> None:
@@ -49,20 +51,18 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags and kill(2) here: logging or file I/O could deadlock on a lock the
+        # interrupted main thread holds. The loop does the rest within one tick.
         self.signals_seen += 1
+        self.last_signal = signal.Signals(signum).name
         if self.signals_seen == 1:
-            self.log.info("drain requested", signal=signal.Signals(signum).name)
-            self.request_stop()
+            self.stop_requested.set()
         else:
-            self.log.warning("fast stop requested", signal=signal.Signals(signum).name)
             self.pool.signal_all(signal.SIGKILL)
 
     def request_stop(self) -> None:
-        """Begin the drain: stop taking tasks (``on_drain`` runs at once, e.g. to turn the
-        readiness probe to 503 before the workers are told)."""
+        """Begin the drain (from the loop's own thread or any other; never blocks)."""
         self.stop_requested.set()
-        if self.on_drain is not None:
-            self.on_drain()
 
     @property
     def draining(self) -> bool:
@@ -89,10 +89,21 @@ class Supervisor:
             if self.on_tick is not None:
                 self.on_tick()
             self.stop_requested.wait(TICK_S)
+        if self.last_signal is not None:
+            self.log.info("drain requested", signal=self.last_signal)
         self.log.info("drain begin", timeout_s=self.drain_timeout_s)
-        drained = self.pool.stop(self.drain_timeout_s)
+        if self.on_drain is not None:
+            self.on_drain()  # e.g. readiness turns 503 before the workers are told
+        drained = self.pool.stop(self.drain_timeout_s, on_tick=self._drain_tick)
         self.log.info("drain end", drained=drained)
         return drained
+
+    def _drain_tick(self) -> None:
+        if self.signals_seen > 1 and not self._fast_stop_logged:
+            self._fast_stop_logged = True
+            self.log.warning("fast stop requested", signal=self.last_signal)
+        if self.on_tick is not None:
+            self.on_tick()
 
     def _idle(self) -> bool:
         if self.pool.held_leases() > 0:

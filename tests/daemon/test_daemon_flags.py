@@ -1,0 +1,65 @@
+"""TM_ENABLE_DAEMON gates every ``tm daemon`` verb (and ``tm run --detached``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from daemon_harness import ECHO_FLOW, DaemonEnv
+
+VERBS = [
+    ("daemon", "start"),
+    ("daemon", "start", "--foreground"),
+    ("daemon", "stop"),
+    ("daemon", "ps"),
+    ("daemon", "ps", "--json"),
+]
+
+
+@pytest.mark.parametrize("flag", [None, "0", "no", ""])
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_daemon_verbs_need_the_flag(
+    daemon_env: DaemonEnv, verb: tuple[str, ...], flag: str | None
+) -> None:
+    # Given: an environment without TM_ENABLE_DAEMON (or with a false value)
+    env = dict(daemon_env.env)
+    del env["TM_ENABLE_DAEMON"]
+    if flag is not None:
+        env["TM_ENABLE_DAEMON"] = flag
+
+    # When: any daemon verb runs
+    proc = daemon_env.tm(*verb, "--state-dir", daemon_env.state_dir, env=env)
+
+    # Then: exit 1, a message naming the variable, and nothing was created or started
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "TM_ENABLE_DAEMON" in proc.stderr
+    assert proc.stdout == ""
+    assert not daemon_env.state_dir.exists()
+    assert not daemon_env.data_dir.exists()
+
+
+def test_default_state_dir_is_not_created_without_the_flag(daemon_env: DaemonEnv) -> None:
+    # Given: no --state-dir, so the state dir would be $TM_DATA_DIR/state
+    env = dict(daemon_env.env)
+    del env["TM_ENABLE_DAEMON"]
+
+    # When: start runs without the flag
+    proc = daemon_env.tm("daemon", "start", env=env)
+
+    # Then: nothing exists under the data dir
+    assert proc.returncode == 1
+    assert "TM_ENABLE_DAEMON" in proc.stderr
+    assert not daemon_env.data_dir.exists()
+
+
+def test_detached_run_needs_the_flag(daemon_env: DaemonEnv) -> None:
+    env = dict(daemon_env.env)
+    del env["TM_ENABLE_DAEMON"]
+    flow = daemon_env.root / "echo.json"
+    flow.write_text(json.dumps(ECHO_FLOW))
+
+    proc = daemon_env.tm("run", flow, "--detached", env=env)
+
+    assert proc.returncode == 1
+    assert "TM_ENABLE_DAEMON" in proc.stderr
+    assert not daemon_env.data_dir.exists()
