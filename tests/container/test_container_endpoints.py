@@ -50,6 +50,11 @@ def _acked(stack: Project) -> float:
     return families["tracemind_tasks_acked:counter"]["tracemind_tasks_acked_total{}"]
 
 
+def _enqueued(stack: Project) -> float:
+    families = _metrics(stack.get("/metrics").body)
+    return families["tracemind_tasks_enqueued:counter"]["tracemind_tasks_enqueued_total{}"]
+
+
 def _bodies(stack: Project) -> dict[str, str]:
     return {path: stack.get(path).body for path in ENDPOINTS}
 
@@ -78,6 +83,7 @@ def test_up_wait_is_healthy_and_every_endpoint_answers_without_task_inputs(
         lambda: stack.tm_json("task", "show", running_id)["status"] == "inflight",
         timeout_s=15,
     )
+    stack.wait_for("both enqueues to be counted", lambda: _enqueued(stack) >= 2, timeout_s=10)
 
     # When every endpoint is read while the task runs.
     live, health, ready = (stack.get(p) for p in ("/livez", "/healthz", "/readyz"))

@@ -67,6 +67,8 @@ class Daemon:
         self.log = get_logger("tracemind.daemon").bind(instance_id=settings.instance_id)
         self.components: dict[str, Component] = {}
         self._next_beat_s = 0.0
+        self._enqueued_total = 0
+        self.started_s = time.time()
         self._stop_seen = False
         self._reopen_requested = False
 
@@ -120,6 +122,7 @@ class Daemon:
             lease_s=s.lease_s,
             log_file=str(s.log_file) if s.log_file else None,
         )
+        self.queue = stores.queue
         self.pool = WorkerPool(settings, stores.queue)
         self.supervisor = Supervisor(
             self.pool,
@@ -170,7 +173,7 @@ class Daemon:
 
     def _write_metadata(self) -> None:
         s = self.settings
-        now_s = time.time()
+        now_s = self.started_s
         meta = {
             **describe_self(),
             "instance_id": s.instance_id,
@@ -222,10 +225,20 @@ class Daemon:
             "ready": ready and not stopped,
             "reason": reason,
             "outcomes": self.pool.outcomes.to_dict(),
+            "enqueued_total": self._count_enqueued(),
             "components": {name: c.describe() for name, c in self.components.items()},
         }
         with contextlib.suppress(OSError):
             self.state.write_json(self.state.heartbeat_path, beat)
+
+    def _count_enqueued(self) -> int:
+        """Tasks enqueued (by any process) since this daemon started: first attempts its workers
+        took up plus tasks still waiting for one. Kept monotonic, as a Prometheus counter must
+        be, across the instant a task moves from waiting to taken up."""
+        waiting = self.queue.waiting_since(self.started_s)
+        taken = self.pool.outcomes.counts["first_attempts"]
+        self._enqueued_total = max(self._enqueued_total, taken + waiting)
+        return self._enqueued_total
 
     def _readiness(self, pool_status: dict[str, Any], draining: bool) -> tuple[bool, str | None]:
         if draining:

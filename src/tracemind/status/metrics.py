@@ -17,8 +17,6 @@ from prometheus_client.registry import Collector
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir, liveness
-from tracemind.fsutil import scan_names
-from tracemind.queue.names import InflightName
 from tracemind.stores import open_stores
 
 
@@ -63,27 +61,11 @@ class QueueCollector(Collector):
         enqueued = CounterMetricFamily(
             "tracemind_tasks_enqueued",
             "Tasks enqueued (by any process) since this daemon started: those its workers took "
-            "up for a first attempt plus those still waiting for one.",
+            "up for a first attempt plus those still waiting for one (per heartbeat).",
         )
-        started_s = float((live.meta or {}).get("started_at_s") or 0.0) if live.running else 0.0
-        waiting = stores.queue.waiting_since(started_s) if started_s else 0
-        # A first attempt that is running right now was taken up but is not reported yet: without
-        # it the counter would drop for as long as the task runs (a "reset" to Prometheus).
-        instance = (live.meta or {}).get("instance_id") if live.running else None
-        running_first = _first_attempts_running(stores.queue, f"{instance}-") if instance else 0
-        enqueued.add_metric([], float(counts.get("first_attempts", 0) + running_first + waiting))
+        enqueued.add_metric([], float(beat.get("enqueued_total", 0)))
         yield enqueued
         yield _histogram(outcomes)
-
-
-def _first_attempts_running(queue: Any, consumer_prefix: str) -> int:
-    """Leases of a first attempt held by this daemon's workers (read-only)."""
-    names = map(InflightName.parse, scan_names(queue.inflight_dir))
-    return sum(
-        1
-        for n in names
-        if n is not None and n.attempt == 1 and n.consumer.startswith(consumer_prefix)
-    )
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

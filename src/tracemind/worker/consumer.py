@@ -19,6 +19,7 @@ from typing import Any
 
 from tracemind.log import get_logger
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
+from tracemind.queue.records import max_attempts_of
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
 IDLE_POLL_S = 0.02
@@ -89,6 +90,7 @@ class Consumer:
         lease_s: float,
         rng: random.Random | None = None,
         on_finished: Callable[[str, float, int], None] | None = None,
+        on_started: Callable[[int], None] | None = None,
     ) -> None:
         self.queue = queue
         self.runtime = runtime
@@ -96,6 +98,7 @@ class Consumer:
         self.lease_s = lease_s
         self.rng = rng or random.Random()
         self.on_finished = on_finished
+        self.on_started = on_started
         self.stopping = threading.Event()
         self.log = get_logger("tracemind.worker")
 
@@ -121,6 +124,8 @@ class Consumer:
     def _process(self, lease: Lease) -> None:
         task = Task(lease.task_id, lease.record.get("flow_id"), lease.attempt, lease.record)
         self.log.info("task started")
+        if self.on_started is not None:
+            self.on_started(lease.attempt)
         started_s = time.monotonic()
         outcome: str
         with LeaseKeeper(self.queue, lease, self.lease_s) as keeper:
@@ -159,7 +164,7 @@ class Consumer:
         if failure is None:
             self.queue.ack(lease, result or {})
             return "succeeded"
-        max_attempts = int(lease.record.get("max_attempts", 1))
+        max_attempts = max_attempts_of(lease.record)
         if retryable and lease.attempt < max_attempts:
             delay_s = _retry_policy_delay_ms(lease.record, lease.attempt, self.rng) / 1000
             self.queue.retry(lease, failure, delay_s)

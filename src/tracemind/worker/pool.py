@@ -66,10 +66,12 @@ class Outcomes:
     duration_sum_s: float = 0.0
     duration_count: int = 0
 
-    def add(self, outcome: str, duration_s: float, attempt: int) -> None:
-        self.counts[outcome] += 1
+    def started(self, attempt: int) -> None:
         if attempt == 1:
             self.counts["first_attempts"] += 1
+
+    def add(self, outcome: str, duration_s: float, attempt: int) -> None:
+        self.counts[outcome] += 1
         self.duration_sum_s += duration_s
         self.duration_count += 1
         for i, bound in enumerate(DURATION_BUCKETS_S):
@@ -185,6 +187,9 @@ class WorkerPool:
         for line in lines:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 event = json.loads(line)
+                if event.get("event") == "started":
+                    self.outcomes.started(int(event["attempt"]))
+                    continue
                 self.outcomes.add(
                     str(event["outcome"]), float(event["duration_s"]), int(event["attempt"])
                 )

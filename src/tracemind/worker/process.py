@@ -92,13 +92,22 @@ def main() -> int:
     dirs = DataDirs(Path(spec.queue_dir), Path(spec.idempotency_dir), Path(spec.dlq_dir))
     queue = open_stores(dirs, durable=spec.durable).queue
 
+    def started(attempt: int) -> None:
+        if events is not None:
+            events.write(json.dumps({"event": "started", "attempt": attempt}) + "\n")
+
     def finished(outcome: str, duration_s: float, attempt: int) -> None:
         if events is not None:
             event = {"outcome": outcome, "duration_s": duration_s, "attempt": attempt}
             events.write(json.dumps(event) + "\n")
 
     consumer = Consumer(
-        queue, runtime, spec.consumer_id, lease_s=spec.lease_s, on_finished=finished
+        queue,
+        runtime,
+        spec.consumer_id,
+        lease_s=spec.lease_s,
+        on_finished=finished,
+        on_started=started,
     )
 
     def term(signum: int, frame: FrameType | None) -> None:
