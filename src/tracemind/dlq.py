@@ -84,12 +84,11 @@ class DeadLetterStore:
         return sum(1 for path in moved if path is not None)
 
     def count(self) -> int:
-        return sum(
-            1 for name in scan_names(self.root) if name.endswith(".json") and is_task_id(name[:-5])
-        )
+        """How many readable entries there are (a damaged entry is not a dead task)."""
+        return sum(1 for _ in self.entries())
 
     def newest_first(self) -> list[dict[str, Any]]:
-        return sorted(self.entries(), key=lambda e: float(e.get("dead_at", 0.0)), reverse=True)
+        return sorted(self.entries(), key=_dead_at, reverse=True)
 
     def _archive(self, task_id: str, folder: str, stamp_key: str) -> bool:
         """Move the entry to ``folder/`` with ``stamp_key`` set to now; False if it was absent."""
@@ -112,3 +111,9 @@ class DeadLetterStore:
 
     def mark_requeued(self, task_id: str) -> bool:
         return self._archive(task_id, "requeued", "requeued_at")
+
+
+def _dead_at(entry: dict[str, Any]) -> float:
+    """When the entry died, for sorting (an entry without a usable time sorts last)."""
+    value = entry.get("dead_at")
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -54,10 +54,13 @@ def ensure_dir(path: Path) -> Path:
             break
         probe = probe.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        for created in missing:
+        for directory in reversed(missing):  # outermost first
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                continue  # made by another process just now (maybe another uid: not ours to chmod)
             # setgid: files made inside inherit the directory's group, whichever side made them.
-            os.chmod(created, (0o777 & ~current_umask()) | stat.S_ISGID)
+            os.chmod(directory, (0o777 & ~current_umask()) | stat.S_ISGID)
     except NotADirectoryError as exc:
         raise QueueError(f"{path}: a path component is not a directory") from exc
     except PermissionError as exc:
@@ -97,14 +100,25 @@ def _write_tmp(tmp_dir: Path, stem: str, data: bytes, *, sync: bool) -> Path:
     return tmp
 
 
+def write_error(path: Path, exc: OSError) -> QueueError:
+    """The one-line error for a write the file system refused (permission, full disk, ...)."""
+    return QueueError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 def write_atomic(target: Path, data: bytes, *, tmp_dir: Path, durable: bool) -> None:
-    """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename."""
-    tmp = _write_tmp(tmp_dir, target.name, data, sync=durable)
+    """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename;
+    :class:`QueueError` when the file system refuses the write."""
+    try:
+        tmp = _write_tmp(tmp_dir, target.name, data, sync=durable)
+    except OSError as exc:
+        raise write_error(tmp_dir, exc) from exc
     try:
         os.rename(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(target, exc) from exc
         raise
     if durable:
         fsync_dir(target.parent)
@@ -118,20 +132,27 @@ def write_many_atomic(
     All temporary files are written first, then one ``syncfs`` (falling back to per-file
     ``fdatasync``) makes their data durable, then each is renamed into place, then each target
     directory is synced once. A crash part-way leaves some targets written and others absent,
-    never a torn file.
+    never a torn file; a write the file system refuses raises :class:`QueueError` (targets
+    renamed before it stay written).
     """
-    staged = [
-        (target, _write_tmp(tmp_dir, target.name, data, sync=False)) for target, data in items
-    ]
-    if durable and staged and not sync_filesystem(tmp_dir):
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in items:
+            staged.append((target, _write_tmp(tmp_dir, target.name, data, sync=False)))
+        if durable and staged and not sync_filesystem(tmp_dir):
+            for _, tmp in staged:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        for target, tmp in staged:
+            os.rename(tmp, target)
+    except OSError as exc:
         for _, tmp in staged:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-    for target, tmp in staged:
-        os.rename(tmp, target)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # those already renamed are gone from tmp/ and stay written
+        raise write_error(tmp_dir, exc) from exc
     if durable:
         for directory in {target.parent for target, _ in staged}:
             fsync_dir(directory)
@@ -178,6 +199,8 @@ def scan_names(directory: Path) -> Iterator[str]:
         return
     except PermissionError as exc:
         raise QueueError(f"{directory}: cannot list (permission denied)") from exc
+    except NotADirectoryError as exc:
+        raise QueueError(f"{directory}: a path component is not a directory") from exc
 
 
 def is_missing(exc: OSError) -> bool:

@@ -13,14 +13,17 @@ under the key's stripe lock, so submissions racing each other from different pro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracemind.errors import LockTimeout
+from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import dump_json, ensure_dir, file_mode, read_json, write_atomic
+from tracemind.quarantine import quarantine
 
 LOCK_TIMEOUT_S = 10.0
 
@@ -63,15 +66,20 @@ class IdempotencyStore:
                 f"idempotency key lock {lock.lock_file} not acquired within "
                 f"{self.lock_timeout_s:g} s (another process holds it, or is paused)"
             ) from None
+        except OSError as exc:  # after Timeout, which is an OSError too
+            raise QueueError(f"{lock.lock_file}: cannot open the lock ({exc.strerror})") from exc
         try:
             yield
         finally:
             lock.release()
 
+    def _path(self, key: str) -> Path:
+        return self.root / "keys" / f"{self._digest(key)}.json"
+
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
         try:
-            data = read_json(self.root / "keys" / f"{self._digest(key)}.json")
+            data = read_json(self._path(key))
             return KeyRecord(str(data["key"]), str(data["task_id"]), float(data["created_at"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -79,11 +87,27 @@ class IdempotencyStore:
     def put(self, key: str, task_id: str, now_s: float, *, durable: bool | None = None) -> None:
         """Point ``key`` at ``task_id`` (call while holding :meth:`locked`); ``durable`` overrides
         the store's setting for callers that sync a whole batch themselves."""
-        keys = ensure_dir(self.root / "keys")
+        ensure_dir(self.root / "keys")
         record = {"key": key, "task_id": task_id, "created_at": now_s}
         write_atomic(
-            keys / f"{self._digest(key)}.json",
+            self._path(key),
             dump_json(record),
             tmp_dir=ensure_dir(self.root / "tmp"),
             durable=self.durable if durable is None else durable,
         )
+
+    def quarantine_damaged(self, key: str) -> bool:
+        """Move the record of ``key`` aside if it exists but cannot be read (call while holding
+        :meth:`locked`); True when it was moved."""
+        path = self._path(key)
+        if not path.exists() or self.get(key) is not None:
+            return False
+        return quarantine(path, self.root, "unreadable idempotency key record") is not None
+
+    def release(self, key: str, task_id: str) -> None:
+        """Forget ``key`` if it still points at ``task_id`` (its task was never enqueued)."""
+        with self.locked(key):
+            record = self.get(key)
+            if record is not None and record.task_id == task_id:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(key))

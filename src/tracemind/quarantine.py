@@ -7,23 +7,27 @@ import os
 import time
 from pathlib import Path
 
+from tracemind.errors import QueueError
 from tracemind.fsutil import ensure_dir
 from tracemind.log import get_logger
 
 
 def quarantine(path: Path, root: Path, reason: str) -> Path | None:
-    """Move ``path`` into ``root/quarantine/`` (keeping its name, plus a time suffix) and log it.
+    """Move ``path`` into ``root/quarantine/`` (keeping its name, plus a time and a random
+    suffix) and log it.
 
     Returns the new path, or None when the file was already gone (another writer moved it) or
     cannot be moved (then it is left in place and logged, and readers keep skipping it).
     """
     log = get_logger("tracemind.quarantine")
-    target = ensure_dir(root / "quarantine") / f"{path.name}.{int(time.time() * 1000)}"
+    # The random part keeps two damaged files of one name (from two directories) apart.
+    suffix = f"{int(time.time() * 1000)}.{os.urandom(3).hex()}"
     try:
+        target = ensure_dir(root / "quarantine") / f"{path.name}.{suffix}"
         os.rename(path, target)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except (OSError, QueueError) as exc:
         log.error("damaged record left in place", path=str(path), reason=reason, error=str(exc))
         return None
     log.warning("damaged record quarantined", path=str(path), moved_to=str(target), reason=reason)

@@ -9,11 +9,13 @@ key and the task. Keys are checked and written under the key's cross-process loc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tracemind.clock import Clock, system_clock
+from tracemind.errors import TraceMindError
 from tracemind.idempotency import IdempotencyStore, KeyRecord
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask, TaskQueue, TaskStatus
@@ -115,14 +117,24 @@ class QueueSubmitter:
             )
             new.append(NewTask(task_id, record, now_s))
             results.append(SubmitResult(task_id, False))
-        self.queue.enqueue(new)
+        try:
+            self.queue.enqueue(new)
+        except BaseException:
+            # Keys must not point at tasks that were never enqueued: a retry would be refused
+            # as a "duplicate" of nothing for IN_PROGRESS_GRACE_S.
+            for key, task_id in in_batch.items():
+                with contextlib.suppress(TraceMindError, OSError):
+                    self.keys.release(key, task_id)
+            raise
         return results
 
     def _claim_key(self, key: str, task_id: str, now_s: float, *, batch: bool) -> str | None:
         """Point ``key`` at ``task_id`` unless it already blocks; returns the blocking task id."""
         with self.keys.locked(key):
             existing = self.keys.get(key)
-            if existing is not None and self._blocks(existing, now_s):
+            if existing is None:
+                self.keys.quarantine_damaged(key)
+            elif self._blocks(existing, now_s):
                 return existing.task_id
             # In a batch the key records are made durable by the batch's single sync.
             self.keys.put(key, task_id, now_s, durable=None if not batch else False)

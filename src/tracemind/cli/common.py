@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,12 +41,28 @@ def open_submitter(args: argparse.Namespace) -> QueueSubmitter:
     return open_stores_from(args).submitter(config.idempotency_ttl_s())
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number out of range: {text}")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_object(text: str, what: str) -> dict[str, Any]:
-    """A JSON object from ``text``; anything else is a one-line UsageError naming ``what``."""
+    """A JSON object from ``text``; anything else is a one-line UsageError naming ``what``.
+
+    Strict JSON: NaN, Infinity and numbers too large for a float are rejected (they could not
+    be written back out as JSON)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:
+        raise UsageError(f"{what}: malformed JSON ({exc})") from None
     if not isinstance(value, dict):
         raise UsageError(f"{what}: must be a JSON object, got {type(value).__name__}")
     return value
@@ -59,8 +76,19 @@ def read_input(value: str) -> dict[str, Any]:
             text = path.read_text()
         except OSError as exc:
             raise UsageError(f"-i {value}: cannot read {path} ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"-i {value}: {path} is not UTF-8 text") from None
         return parse_object(text, f"-i {value}")
     return parse_object(value, "-i")
+
+
+def log_to_stderr() -> None:
+    """Send log lines (e.g. a damaged record moved aside) to stderr, keeping stdout for output.
+
+    Only for verbs that may log: it imports structlog, which the thin ``tm enqueue`` avoids."""
+    from tracemind import log
+
+    log.configure(sys.stderr, level="warning")
 
 
 def print_json(value: Any) -> None:

@@ -53,6 +53,7 @@ def queue_counts(args: argparse.Namespace) -> dict[str, Any]:
     stores = open_stores_from(args)
     counts = stores.queue.stats().to_dict()
     counts["dead"] = stores.dlq.count()
+    counts["damaged"] += len(stores.dlq.damaged())
     return counts
 
 

@@ -38,7 +38,13 @@ from tracemind.queue.protocol import (
     TaskInfo,
     TaskStatus,
 )
-from tracemind.queue.records import dead_entry, done_entry, with_failure
+from tracemind.queue.records import (
+    count_of,
+    dead_entry,
+    done_entry,
+    max_attempts_of,
+    with_failure,
+)
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 FENCE_LEASE_S = 60.0
@@ -209,7 +215,13 @@ class FileQueue:
         self.prepare()
         now_ms = _ms(self.clock())
         dead = tuple(dead_consumers)
-        names = [n for n in map(InflightName.parse, scan_names(self.inflight_dir)) if n]
+        names: list[InflightName] = []
+        for entry in scan_names(self.inflight_dir):
+            parsed = InflightName.parse(entry)
+            if parsed is not None:
+                names.append(parsed)
+            elif not is_temporary(entry):
+                quarantine(self.inflight_dir / entry, self.root, "not a lease file name")
         due = [n for n in names if n.deadline_ms <= now_ms or _matches(n.consumer, dead)]
         if not due:
             return 0
@@ -244,7 +256,7 @@ class FileQueue:
             return False
         except (OSError, ValueError) as exc:
             return quarantine(path, self.root, f"unreadable task record: {exc}") is not None
-        if name.attempt >= int(record.get("max_attempts", 1)):
+        if name.attempt >= max_attempts_of(record):
             return self._dead_letter_lost(name, record)
         target = self.pending_dir / str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
         try:
@@ -322,7 +334,7 @@ class FileQueue:
             return TaskInfo(
                 task_id,
                 TaskStatus.SUCCEEDED,
-                int(entry.get("attempts", 0)),
+                count_of(entry.get("attempts")),
                 entry,
                 finished_s=_float_or_none(entry.get("finished_at")),
             )
@@ -351,7 +363,7 @@ class FileQueue:
             return TaskInfo(
                 task_id,
                 TaskStatus.DEAD,
-                int(dead.get("attempts", 0)),
+                count_of(dead.get("attempts")),
                 dead,
                 finished_s=_float_or_none(dead.get("dead_at")),
             )

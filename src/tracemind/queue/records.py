@@ -34,6 +34,18 @@ def new_record(
     }
 
 
+def max_attempts_of(record: dict[str, Any]) -> int:
+    """The record's ``max_attempts``; 1 when it is missing or not a positive integer (a record
+    damaged that way is not retried, it goes to the DLQ where a person can look at it)."""
+    value = record.get("max_attempts")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def count_of(value: Any) -> int:
+    """An attempt count read from a record: 0 unless it is a non-negative integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def with_failure(
     record: dict[str, Any], attempt: int, failure: Failure, now_s: float
 ) -> dict[str, Any]:
