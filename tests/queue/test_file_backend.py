@@ -1,0 +1,257 @@
+"""File-backend specifics: the on-disk names, and the copies a crash can leave behind.
+
+A crash between two steps of a state change leaves two files for one task. These tests build
+exactly those leftovers and check that recovery and leasing keep the task running once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+
+from tm_testing import FakeClock, make_task
+from tracemind.fsutil import dump_json
+from tracemind.queue.file_backend import FileQueue
+from tracemind.queue.names import InflightName, PendingName
+from tracemind.queue.protocol import Failure, Lease, TaskStatus
+from tracemind.queue.records import dead_entry, with_failure
+from tracemind.stores import Stores
+
+LEASE_S = 30.0
+
+
+def _lease(queue: FileQueue, consumer: str = "c1") -> Lease:
+    lease = queue.lease(consumer, LEASE_S)
+    assert lease is not None
+    return lease
+
+
+def _names(directory: Any) -> list[str]:
+    return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def test_state_lives_in_file_names_with_wall_clock_deadlines(
+    stores: Stores, clock: FakeClock
+) -> None:
+    task = make_task(clock)
+    stores.queue.enqueue([task])
+    [pending] = _names(stores.queue.pending_dir)
+    assert PendingName.parse(pending) == PendingName(int(clock() * 1000), task.task_id, 0)
+
+    _lease(stores.queue, "pool-0-ab")
+
+    [inflight] = _names(stores.queue.inflight_dir)
+    name = InflightName.parse(inflight)
+    assert name is not None
+    assert (name.task_id, name.attempt, name.consumer) == (task.task_id, 1, "pool-0-ab")
+    assert name.deadline_ms == int((clock() + LEASE_S) * 1000)
+    assert _names(stores.queue.pending_dir) == []
+
+
+def test_a_stale_pending_copy_of_a_succeeded_task_is_discarded_not_leased(
+    stores: Stores, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    # Given a task that succeeded, and a pending copy of it that a crash left behind
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    stale = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
+    shutil.copy(stale, queue.tmp_dir / "copy")
+    queue.ack(_lease(queue), {"ok": 1})
+    os.rename(queue.tmp_dir / "copy", stale)
+    # When a consumer looks for work
+    lease = queue.lease("c2", LEASE_S)
+    # Then the copy is not delivered, it is removed, and the task stays succeeded
+    assert lease is None
+    assert _names(queue.pending_dir) == []
+    info = queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert any("stale copy of a succeeded task" in e["event"] for e in logs)
+
+
+def test_a_stale_inflight_copy_of_a_succeeded_task_is_discarded_by_recovery(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a succeeded task and an expired inflight copy of it (ack crashed before the unlink)
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    lease = _lease(queue)
+    inflight = queue.inflight_dir / str(lease.handle)
+    shutil.copy(inflight, queue.tmp_dir / "copy")
+    queue.ack(lease, {"ok": 1})
+    os.rename(queue.tmp_dir / "copy", inflight)
+    # When its lease expires and recovery runs
+    clock.advance(LEASE_S + 1)
+    queue.recover()
+    # Then it is not returned to pending
+    assert _names(queue.inflight_dir) == []
+    assert _names(queue.pending_dir) == []
+    assert queue.lease("c2", LEASE_S) is None
+    info = queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("new_copy_leased_first", [False, True])
+def test_retry_crash_window_runs_the_task_once_more_not_twice(
+    stores: Stores, clock: FakeClock, new_copy_leased_first: bool
+) -> None:
+    # Given a retry that wrote the new pending copy and crashed before removing the inflight one
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    lease = _lease(queue, "dead-0")
+    record = with_failure(lease.record, lease.attempt, Failure("boom"), clock())
+    retry_copy = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    retry_copy.write_bytes(dump_json(record))
+    deliveries = []
+    if new_copy_leased_first:
+        early = queue.lease("c2", 3600)  # a live consumer took the new copy
+        assert early is not None
+        deliveries.append(early)
+    # When the stale lease expires (or its consumer is declared dead) and recovery runs
+    clock.advance(LEASE_S + 1)
+    queue.recover(["dead-0"])
+    # Then only the new copy is ever delivered: once, as attempt 2
+    while (again := queue.lease("c3", LEASE_S)) is not None:
+        deliveries.append(again)
+    assert [(d.task_id, d.attempt) for d in deliveries] == [(task.task_id, 2)]
+    assert len(_names(queue.inflight_dir)) == 1
+    queue.ack(deliveries[0], {})
+    clock.advance(LEASE_S + 1)
+    assert queue.recover() == 0
+    assert queue.lease("c3", LEASE_S) is None
+
+
+def test_dead_letter_crash_window_discards_the_stale_inflight_copy(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a dead-letter that wrote the DLQ entry and crashed before removing the inflight file
+    queue = stores.queue
+    task = make_task(clock, max_attempts=3)
+    queue.enqueue([task])
+    lease = _lease(queue, "dead-0")
+    stores.dlq.put(task.task_id, dead_entry(lease.record, 1, lease.token, Failure("x"), clock()))
+    # When recovery runs after the lease expired
+    clock.advance(LEASE_S + 1)
+    queue.recover()
+    # Then the task is dead, and not back in the queue (it had attempts left)
+    assert _names(queue.inflight_dir) == []
+    assert _names(queue.pending_dir) == []
+    info = queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.DEAD
+
+
+def test_a_dlq_entry_of_another_delivery_does_not_hide_a_live_lease(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a requeued task whose old DLQ entry (another token) is still there, leased and expired
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    lease = _lease(queue)
+    stores.dlq.put(task.task_id, dead_entry(lease.record, 1, "ffffffff", Failure("old"), clock()))
+    clock.advance(LEASE_S + 1)
+    # When recovery runs, the lease goes back to pending (its token differs)
+    assert queue.recover() == 1
+    again = queue.lease("c2", LEASE_S)
+    assert again is not None and again.attempt == 2
+
+
+def test_recovery_dead_letter_crash_window_is_not_dead_lettered_twice(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given recovery that moved a lost last attempt to the DLQ and crashed before the unlink
+    queue = stores.queue
+    task = make_task(clock, max_attempts=1)
+    queue.enqueue([task])
+    lease = _lease(queue)
+    clock.advance(LEASE_S + 1)
+    stolen = InflightName(task.task_id, 1, "recovery", lease.token, int((clock() + 60) * 1000))
+    os.rename(queue.inflight_dir / str(lease.handle), queue.inflight_dir / str(stolen))
+    stores.dlq.put(task.task_id, dead_entry(lease.record, 1, lease.token, Failure("lost"), clock()))
+    dead_at = stores.dlq.get(task.task_id)
+    # When the recovery lease expires too
+    clock.advance(61)
+    queue.recover()
+    # Then the copy is discarded and the DLQ entry is the original one
+    assert _names(queue.inflight_dir) == []
+    assert stores.dlq.get(task.task_id) == dead_at
+    assert queue.lease("c2", LEASE_S) is None
+
+
+def test_leftover_temporary_files_are_swept_and_never_count(
+    stores: Stores, clock: FakeClock
+) -> None:
+    queue = stores.queue
+    queue.prepare()
+    old = queue.tmp_dir / "x.json.1234abcd.tmp"
+    old.write_bytes(b'{"half')
+    os.utime(old, (0, 0))
+    fresh = queue.tmp_dir / "y.json.1234abcd.tmp"
+    fresh.write_bytes(b'{"half')
+    (queue.pending_dir / ".hidden.tmp").write_bytes(b"{")
+
+    assert queue.stats().to_dict()["pending"] == 0
+    FileQueue(queue.root, stores.dlq, durable=False, clock=clock).prepare()
+
+    assert not old.exists()
+    assert fresh.exists()  # a writer may still be busy with it
+    assert queue.stats().damaged == 0
+
+
+def test_ack_after_the_lease_was_recovered_still_fences_the_returned_copy(
+    stores: Stores, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    # Given a slow consumer whose lease expired and was returned to pending
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    lease = _lease(queue)
+    clock.advance(LEASE_S + 1)
+    assert queue.recover() == 1
+    # When it finishes and acknowledges anyway
+    queue.ack(lease, {"late": True})
+    # Then the returned copy is never delivered
+    assert queue.lease("c2", LEASE_S) is None
+    info = queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert any("after its lease was lost" in e["event"] for e in logs)
+
+
+def test_a_durable_batch_is_synced_once_not_once_per_task(
+    dirs: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, echo_snapshot: Any
+) -> None:
+    # Given a durable queue and counters on every kind of sync
+    from tracemind import fsutil
+    from tracemind.stores import open_stores
+    from tracemind.submit import Submission
+
+    calls: dict[str, int] = {"fsync": 0, "fdatasync": 0, "syncfs": 0}
+    real_fsync, real_fdatasync, real_syncfs = os.fsync, os.fdatasync, fsutil.sync_filesystem
+
+    def count(name: str, real: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+
+        return counted
+
+    monkeypatch.setattr(os, "fsync", count("fsync", real_fsync))
+    monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_fdatasync))
+    monkeypatch.setattr(fsutil, "sync_filesystem", count("syncfs", real_syncfs))
+    stores = open_stores(dirs, durable=True, clock=clock)
+    stores.queue.prepare()
+    # When 200 keyed tasks are submitted as one batch
+    items = [Submission({"n": n}, f"key-{n}") for n in range(200)]
+    results = stores.submitter(60).submit_many(echo_snapshot, items)
+    # Then they are all there, made durable by one file-system sync and a few directory syncs
+    assert stores.queue.stats().pending == 200 and not any(r.duplicate for r in results)
+    if calls["syncfs"] == 1:
+        assert calls["fdatasync"] == 0
+    else:  # no syncfs(2) here: one data sync per file, still no per-task directory sync
+        assert calls["fdatasync"] == 200
+    assert calls["fsync"] <= 2  # the pending directory (and nothing per task)

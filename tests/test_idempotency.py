@@ -1,0 +1,267 @@
+"""Idempotency keys: which submissions are duplicates, across states, TTLs and processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tm_testing import FakeClock, Processes, Tm, wait_until
+from tracemind.config import DataDirs, idempotency_ttl_s
+from tracemind.errors import LockTimeout, QueueError, UsageError
+from tracemind.flows import FlowSnapshot
+from tracemind.idempotency import IdempotencyStore
+from tracemind.queue.protocol import Failure, TaskStatus
+from tracemind.stores import Stores, open_stores
+from tracemind.submit import IN_PROGRESS_GRACE_S, Submission
+
+TTL_S = 3600.0
+LEASE_S = 30.0
+
+
+def _status(stores: Stores, task_id: str) -> TaskStatus | None:
+    info = stores.queue.find(task_id)
+    return None if info is None else info.status
+
+
+def test_a_duplicate_of_a_pending_task_returns_its_id_and_enqueues_nothing(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {"n": 1}, idempotency_key="order-1")
+
+    again = submitter.submit(echo_snapshot, {"n": 2}, idempotency_key="order-1")
+
+    assert first.duplicate is False
+    assert (again.task_id, again.duplicate) == (first.task_id, True)
+    assert stores.queue.stats().pending == 1
+
+
+@pytest.mark.parametrize("state", ["inflight", "delayed"])
+def test_a_duplicate_of_a_running_or_retrying_task_is_refused(
+    stores: Stores, echo_snapshot: FlowSnapshot, state: str
+) -> None:
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    if state == "delayed":
+        stores.queue.retry(lease, Failure("boom"), 60.0)
+    assert _status(stores, first.task_id) == state
+
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+    assert (again.task_id, again.duplicate) == (first.task_id, True)
+    assert stores.queue.stats().pending == 0
+
+
+def test_a_succeeded_task_blocks_its_key_until_the_ttl_after_completion(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given a task that succeeded 10 minutes after it was submitted
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    clock.advance(600)
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    stores.queue.ack(lease, {"done": True})
+    # When the same key comes back just before the TTL (counted from completion) ends
+    clock.advance(TTL_S - 1)
+    within = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    # Then it is a duplicate; just after, it is a new task
+    assert (within.task_id, within.duplicate) == (first.task_id, True)
+    clock.advance(2)
+    after = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    assert after.duplicate is False and after.task_id != first.task_id
+    assert _status(stores, after.task_id) is TaskStatus.PENDING
+
+
+def test_a_zero_ttl_from_the_environment_lets_a_key_in_right_after_success(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    ttl_s = idempotency_ttl_s({"TM_IDEMPOTENCY_TTL_S": "0"})
+    submitter = stores.submitter(ttl_s)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    stores.queue.ack(lease, {})
+
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+    assert ttl_s == 0
+    assert again.duplicate is False and again.task_id != first.task_id
+
+
+@pytest.mark.parametrize("raw", ["-1", "soon"])
+def test_an_invalid_ttl_is_a_usage_error(raw: str) -> None:
+    with pytest.raises(UsageError, match="TM_IDEMPOTENCY_TTL_S"):
+        idempotency_ttl_s({"TM_IDEMPOTENCY_TTL_S": raw})
+
+
+def test_the_key_of_a_dead_task_does_not_block_a_new_submission(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    stores.queue.dead_letter(lease, Failure("boom"))
+
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+    assert again.duplicate is False and again.task_id != first.task_id
+    assert _status(stores, first.task_id) is TaskStatus.DEAD
+    assert _status(stores, again.task_id) is TaskStatus.PENDING
+
+
+def test_a_key_whose_task_never_appeared_blocks_only_for_the_grace_period(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given a submitter that wrote the key and died before enqueueing its task
+    with stores.keys.locked("k"):
+        stores.keys.put("k", "0" * 22, clock())
+    submitter = stores.submitter(TTL_S)
+    # Then the key counts as in progress for a while, then no longer
+    assert submitter.submit(echo_snapshot, {}, idempotency_key="k").duplicate is True
+    clock.advance(IN_PROGRESS_GRACE_S + 1)
+    result = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    assert result.duplicate is False
+    assert _status(stores, result.task_id) is TaskStatus.PENDING
+
+
+def test_duplicates_within_one_batch_resolve_to_the_first(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    submitter = stores.submitter(TTL_S)
+    items = [Submission({"n": n}, key) for n, key in enumerate(["a", "b", "a", None, "a", None])]
+
+    results = submitter.submit_many(echo_snapshot, items)
+
+    a_id, b_id = results[0].task_id, results[1].task_id
+    assert [r.duplicate for r in results] == [False, False, True, False, True, False]
+    assert results[2].task_id == results[4].task_id == a_id
+    assert len({a_id, b_id, results[3].task_id, results[5].task_id}) == 4
+    assert stores.queue.stats().pending == 4
+
+
+def test_a_damaged_key_record_blocks_nothing_and_is_moved_aside_with_a_log_line(
+    stores: Stores, echo_snapshot: FlowSnapshot, logs: list[dict[str, Any]]
+) -> None:
+    # Given a key record that was truncated
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    [record] = (stores.dirs.idempotency / "keys").iterdir()
+    record.write_bytes(b'{"key": "k", "task_')
+    # When the key is submitted again
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    # Then it is accepted as a new task, the damaged record was quarantined and logged,
+    # and the key now points at the new task
+    assert again.duplicate is False and again.task_id != first.task_id
+    assert any(e.get("path") == str(record) and "quarantined" in e["event"] for e in logs)
+    assert list((stores.dirs.idempotency / "quarantine").iterdir())
+    key = stores.keys.get("k")
+    assert key is not None and key.task_id == again.task_id
+
+
+def test_a_failed_enqueue_releases_the_key_it_claimed(
+    dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot, tmp_path: Path
+) -> None:
+    # Given a queue directory that cannot be created (a regular file is in its way)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    broken = DataDirs(blocker / "queue", dirs.idempotency, dirs.dlq)
+    stores = open_stores(broken, durable=False, clock=clock)
+    # When a submission with a key fails to enqueue
+    with pytest.raises(QueueError, match="not a directory"):
+        stores.submitter(TTL_S).submit(echo_snapshot, {}, idempotency_key="k")
+    # Then the key does not point at the task that was never enqueued
+    assert stores.keys.get("k") is None
+    working = open_stores(dirs, durable=False, clock=clock).submitter(TTL_S)
+    assert working.submit(echo_snapshot, {}, idempotency_key="k").duplicate is False
+
+
+def test_a_lock_held_elsewhere_times_out_with_a_clear_error(dirs: DataDirs) -> None:
+    waiter = IdempotencyStore(dirs.idempotency, durable=False, lock_timeout_s=0.2)
+    script = (
+        "import sys, time; from pathlib import Path; "
+        "from tracemind.idempotency import IdempotencyStore; "
+        "s = IdempotencyStore(Path(sys.argv[1]), durable=False)\n"
+        "with s.locked('k'):\n    print('locked', flush=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(dirs.idempotency)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(LockTimeout, match=r"not acquired within 0\.2 s"), waiter.locked("k"):
+            pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_racing_submissions_from_many_processes_create_exactly_one_task(
+    tm: Tm, processes: Processes, flows: Any, tmp_path: Path, dirs: DataDirs
+) -> None:
+    # Given 8 processes ready to submit the same key at the same instant
+    flow = flows.write("race", "tracemind.steps.echo")
+    go = tmp_path / "go"
+    outs = [tmp_path / f"out-{n}.txt" for n in range(8)]
+    procs = [
+        processes.start(
+            [sys.executable, "-m", "tm_test_producer", str(flow), "3", str(out), str(go), "race"],
+            env=tm.env,
+            cwd=tmp_path,
+        )
+        for out in outs
+    ]
+    # When they all start together
+    for out in outs:
+        wait_until(out.with_suffix(".ready").exists, 30, f"{out.name} ready")
+    go.touch()
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    # Then exactly one submission created a task and every other one got its id
+    rows = [line.split() for out in outs for line in out.read_text().splitlines()]
+    assert len(rows) == 24
+    created = [task_id for task_id, duplicate in rows if duplicate == "0"]
+    assert len(created) == 1
+    assert {task_id for task_id, _ in rows} == set(created)
+    stores = open_stores(dirs, durable=False)
+    assert stores.queue.stats().pending == 1
+
+
+def test_tm_enqueue_reports_a_duplicate_as_json(tm: Tm, flows: Any) -> None:
+    flow = flows.write("dup", "tracemind.steps.echo")
+    first = tm.json("enqueue", flow, "-i", "{}", "--idempotency-key", "k", "--json")
+    again = tm.json("enqueue", flow, "-i", "{}", "--idempotency-key", "k", "--json")
+    text = tm("enqueue", flow, "--idempotency-key", "k")
+
+    assert first == {"task_id": first["task_id"], "duplicate": False}
+    assert again == {"task_id": first["task_id"], "duplicate": True}
+    assert text.stdout.strip() == f"{first['task_id']} (duplicate)"
+
+
+def test_tm_enqueue_honours_the_idempotency_ttl_from_the_environment(
+    tm: Tm, flows: Any, dirs: DataDirs
+) -> None:
+    # Given a keyed task that has succeeded
+    flow = flows.write("ttl", "tracemind.steps.echo")
+    first = tm.json("enqueue", flow, "--idempotency-key", "k", "--json")["task_id"]
+    stores = open_stores(dirs, durable=False)
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None and lease.task_id == first
+    stores.queue.ack(lease, {})
+    # Then within the default TTL it is a duplicate, and with TM_IDEMPOTENCY_TTL_S=0 it is not
+    again = tm.json("enqueue", flow, "--idempotency-key", "k", "--json")
+    assert again == {"task_id": first, "duplicate": True}
+    fresh = tm.json(
+        "enqueue", flow, "--idempotency-key", "k", "--json", env={"TM_IDEMPOTENCY_TTL_S": "0"}
+    )
+    assert fresh["duplicate"] is False and fresh["task_id"] != first
+    bad = tm("enqueue", flow, "--idempotency-key", "k", env={"TM_IDEMPOTENCY_TTL_S": "x"})
+    assert bad.returncode == 2 and "TM_IDEMPOTENCY_TTL_S" in bad.stderr
