@@ -10,14 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tracemind import __version__
 from tracemind.cli import daemon, dlq, health, inspect, submit, triggers, workers
 from tracemind.errors import TraceMindError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line (and exit 2), like every other user error of ``tm``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tm",
         description="TraceMind: run flows now, or queue them for the daemon's workers.",
     )

@@ -26,10 +26,22 @@ _INFLIGHT_RE = re.compile(
 )
 
 
+class _IdClock:
+    """Per-process state that keeps ids made in one millisecond in the order they were made."""
+
+    last_ms = -1
+    sequence = 0
+
+
 def new_task_id(now_s: float | None = None) -> str:
-    """A unique, time-sortable id: 12 hex digits of milliseconds, then 10 random hex digits."""
+    """A unique, time-sortable id: 12 hex digits of milliseconds, 4 of a per-process sequence
+    (so a batch made within one millisecond keeps its order), then 6 random hex digits."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
-    return f"{ms:012x}{os.urandom(5).hex()}"
+    if ms == _IdClock.last_ms:
+        _IdClock.sequence = (_IdClock.sequence + 1) & 0xFFFF
+    else:
+        _IdClock.last_ms, _IdClock.sequence = ms, 0
+    return f"{ms:012x}{_IdClock.sequence:04x}{os.urandom(3).hex()}"
 
 
 def is_task_id(text: str) -> bool:
