@@ -1,0 +1,145 @@
+"""``python -m bench``: run every figure, ours and Huey interleaved, print the table, save JSON.
+
+Exit status: 0 when every figure ran (goals missed or not), 1 when a figure failed to run,
+75 when Huey cannot be installed (the smoke test skips on it outside CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import fig_cold_start, fig_disk, fig_drain, fig_enqueue, fig_idle, fig_pickup, fig_status
+from bench.context import Context, Sizes
+from bench.core import FigureResult
+from bench.env import (
+    BENCH_DIR,
+    DEFAULT_SCRATCH,
+    EXIT_NO_COMPETITOR,
+    CompetitorUnavailable,
+    programs,
+    spread_subdirectories,
+    version_of,
+)
+from bench.report import machine, source_revision, table, write_json
+
+FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
+    "cold_start": (1, "CLI cold start", fig_cold_start.run),
+    "enqueue": (2, "Durable enqueue", fig_enqueue.run),
+    "disk": (3, "Raw disk limits", fig_disk.run),
+    "drain": (4, "End-to-end drain", fig_drain.run),
+    "pickup": (5, "Pick-up latency", fig_pickup.run),
+    "idle": (6, "Idle cost", fig_idle.run),
+    "status": (7, "Status endpoint latency", fig_status.run),
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run every benchmark figure, ours and Huey's runs interleaved; print the "
+        "table and save the JSON results. See docs/benchmarks.md.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="A/B rounds per figure (default 5; --quick: 1)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(FIGURES),
+        metavar="NAME",
+        help=f"run only this figure (repeatable): {', '.join(FIGURES)}",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="where the JSON results go (default bench/results)",
+    )
+    parser.add_argument(
+        "--scratch-dir",
+        type=Path,
+        default=DEFAULT_SCRATCH,
+        help="where data directories are made: the disk under test (default bench/.scratch)",
+    )
+    parser.add_argument(
+        "--refresh-huey", action="store_true", help="recreate bench/.venv-huey with the latest Huey"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def run_figure(name: str, ctx: Context) -> FigureResult:
+    number, title, run = FIGURES[name]
+    ctx.say(f"figure {number}: {title}")
+    started = time.monotonic()
+    try:
+        result = run(ctx)
+    except Exception as exc:  # one failed figure must not lose the others' results
+        traceback.print_exc()
+        result = FigureResult(
+            number, name, title, status="error", note=f"{type(exc).__name__}: {exc}"
+        )
+    result.params["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 5)
+    sizes = Sizes.quick(rounds) if args.quick else Sizes.full(rounds)
+    try:
+        progs = programs(refresh_huey=args.refresh_huey)
+    except CompetitorUnavailable as exc:
+        print(f"bench: cannot install the competitor: {exc}", file=sys.stderr)
+        return EXIT_NO_COMPETITOR
+    args.scratch_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.scratch_dir.resolve()))
+    spread = spread_subdirectories(scratch)
+    ctx = Context(progs, sizes, rounds, scratch)
+    started_at = datetime.now(UTC)
+    names = [name for name in FIGURES if not args.only or name in args.only]
+    try:
+        figures = [run_figure(name, ctx) for name in names]
+        host = machine(scratch)
+    finally:
+        ctx.say("removing this run's scratch data (slow where every unlink discards blocks)")
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(table(figures))
+    data = {
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick,
+        "rounds": rounds,
+        "machine": {**host, "scratch_spread_over_block_groups": spread},
+        "versions": {
+            "trace-mind": version_of(progs.python, "trace-mind"),
+            "huey": version_of(progs.huey_python, "huey"),
+        },
+        "source": source_revision(BENCH_DIR.parent),
+        "env": {"TM_FILE_QUEUE_V2": "1"},
+        "figures": {fig.name: fig.to_dict() for fig in figures},
+    }
+    path = args.results_dir / f"{started_at.strftime('%Y%m%dT%H%M%SZ')}.json"
+    write_json(path, data)
+    print(f"\nresults: {path}")
+    return 1 if any(fig.status == "error" for fig in figures) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

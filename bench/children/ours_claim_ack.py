@@ -1,0 +1,38 @@
+"""In-process claim + ack of no-op tasks: ``queue.lease`` then ``queue.ack``, until empty.
+
+Usage: python ours_claim_ack.py FLOW N — seeds N tasks as one batch (untimed), then times the
+loop. Durable (TM_FILE_QUEUE_V2) unless the environment turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main() -> int:
+    flow_path, count = sys.argv[1], int(sys.argv[2])
+    from tracemind import config
+    from tracemind.flows import load_flow
+    from tracemind.stores import open_stores
+    from tracemind.submit import Submission
+
+    stores = open_stores(config.data_dirs(), durable=config.durable())
+    submitter = stores.submitter(config.idempotency_ttl_s())
+    submitter.submit_many(load_flow(flow_path), [Submission({"i": i}) for i in range(count)])
+    queue = stores.queue
+    claimed = 0
+    started = time.perf_counter()
+    while (lease := queue.lease("bench-0", 30.0)) is not None:
+        queue.ack(lease, {})
+        claimed += 1
+    loop_s = time.perf_counter() - started
+    if claimed != count:
+        raise SystemExit(f"ours_claim_ack: claimed {claimed} of {count}")
+    print(json.dumps({"durable": config.durable(), "loop_s": loop_s, "rate": count / loop_s}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
