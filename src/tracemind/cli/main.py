@@ -8,13 +8,27 @@ handlers, so ``tm enqueue`` loads neither the worker pool nor the status server.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from tracemind import __version__
-from tracemind.cli import daemon, dlq, health, inspect, submit, triggers, workers
 from tracemind.errors import TraceMindError
+
+GROUPS = ("submit", "inspect", "dlq", "workers", "daemon", "health", "triggers")
+"""The command-group modules under tracemind.cli, in the order ``tm --help`` lists them."""
+COMMAND_GROUP = {
+    "run": "submit",
+    "enqueue": "submit",
+    "queue": "inspect",
+    "task": "inspect",
+    "dlq": "dlq",
+    "workers": "workers",
+    "daemon": "daemon",
+    "health": "health",
+    "triggers": "triggers",
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -24,7 +38,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command about to run, only its group is built (start-up time)."""
     parser = OneLineParser(
         prog="tm",
         description="TraceMind: run flows now, or queue them for the daemon's workers.",
@@ -32,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (submit, inspect, dlq, workers, daemon, health, triggers):
-        group.register(commands)
+    groups = [COMMAND_GROUP[command]] if command in COMMAND_GROUP else GROUPS
+    for group in groups:
+        importlib.import_module(f"tracemind.cli.{group}").register(commands)
     return parser
 
 
@@ -41,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tracemind.fsutil import share_with_group
 
     share_with_group()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(command).parse_args(words)
     try:
         return int(args.handler(args))
     except TraceMindError as error:

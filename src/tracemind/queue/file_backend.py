@@ -103,8 +103,12 @@ class FileQueue:
 
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
         self.prepare()
+        encoded_flows: dict[int, bytes] = {}
         items = [
-            (self.pending_dir / str(PendingName(_ms(t.due_s), t.task_id, 0)), dump_json(t.record))
+            (
+                self.pending_dir / str(PendingName(_ms(t.due_s), t.task_id, 0)),
+                _encode_record(t.record, encoded_flows),
+            )
             for t in tasks
         ]
         if len(items) == 1:
@@ -368,6 +372,18 @@ class FileQueue:
                 finished_s=_float_or_none(dead.get("dead_at")),
             )
         return None
+
+
+def _encode_record(record: dict[str, Any], encoded_flows: dict[int, bytes]) -> bytes:
+    """``record`` as JSON; a flow snapshot shared by a batch's records is encoded once."""
+    flow = record.get("flow")
+    if not isinstance(flow, dict):
+        return dump_json(record)
+    if id(flow) not in encoded_flows:
+        encoded_flows[id(flow)] = dump_json(flow)
+    rest = dump_json({key: value for key, value in record.items() if key != "flow"})
+    separator = b"," if rest != b"{}" else b""
+    return rest[:-1] + separator + b'"flow":' + encoded_flows[id(flow)] + b"}"
 
 
 def _matches(consumer: str, dead: tuple[str, ...]) -> bool:

@@ -40,16 +40,36 @@ class NonRetryable(TraceMindError):
 
 class FlowRuntime:
     """Runs the flow snapshot carried by the task, with ``ctx`` = task id, flow id, attempt and
-    the trigger metadata (``_trigger``)."""
+    the trigger metadata (``_trigger``). A snapshot is validated once per worker and reused for
+    every task that carries an identical one."""
 
-    def execute(self, task: Task) -> dict[str, Any]:
+    CACHE_SIZE = 64
+
+    def __init__(self) -> None:
+        self._validated: dict[str, tuple[Any, Any]] = {}  # sha256 -> (snapshot, Flow)
+
+    def _flow(self, snapshot: Any) -> Any:
         from tracemind.errors import FlowError
-        from tracemind.flows import FlowSnapshot, run_flow
+        from tracemind.flows import FlowSnapshot
 
+        key = snapshot.get("sha256") if isinstance(snapshot, dict) else None
+        cached = self._validated.get(key) if isinstance(key, str) else None
+        if cached is not None and cached[0] == snapshot:
+            return cached[1]
         try:
-            flow = FlowSnapshot.from_dict(task.record.get("flow"), check_hooks=True).to_flow()
+            flow = FlowSnapshot.from_dict(snapshot, check_hooks=True).to_flow()
         except FlowError as exc:
             raise NonRetryable(str(exc)) from exc
+        if isinstance(key, str):
+            if len(self._validated) >= self.CACHE_SIZE:
+                self._validated.clear()
+            self._validated[key] = (snapshot, flow)
+        return flow
+
+    def execute(self, task: Task) -> dict[str, Any]:
+        from tracemind.flows import run_flow
+
+        flow = self._flow(task.record.get("flow"))
         ctx: dict[str, Any] = {
             "task_id": task.task_id,
             "flow_id": task.flow_id,
