@@ -30,35 +30,49 @@ class TaskTimeout(Exception):
 
 
 class LeaseKeeper:
-    """Renews a lease on a background thread; every lease operation goes through :attr:`lock`."""
+    """Renews the lease its consumer holds, every third of the lease, on one background thread
+    that lives as long as the consumer. Renewals stop the moment :meth:`holding` ends, so the
+    consumer then settles the lease alone."""
 
-    def __init__(self, queue: TaskQueue, lease: Lease, lease_s: float) -> None:
+    def __init__(self, queue: TaskQueue, lease_s: float) -> None:
         self.queue = queue
-        self.lease = lease
         self.lease_s = lease_s
-        self.lock = threading.Lock()
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._lease: Lease | None = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    @contextmanager
+    def holding(self, lease: Lease) -> Iterator[LeaseKeeper]:
+        with self._lock:
+            self._lease, self.lost = lease, False
+            self._changed.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+        try:
+            yield self
+        finally:
+            with self._lock:  # waits for a renewal in progress; none starts after this
+                self._lease = None
 
     def _run(self) -> None:
         log = get_logger("tracemind.worker")
-        while not self._stop.wait(self.lease_s / 3):
-            with self.lock:
+        with self._lock:
+            while True:
+                lease = self._lease
+                if lease is None:
+                    self._changed.wait()
+                    continue
+                self._changed.wait(timeout=self.lease_s / 3)
+                if self._lease is not lease:
+                    continue  # finished (or replaced) while we waited
                 try:
-                    self.queue.renew(self.lease, self.lease_s)
+                    self.queue.renew(lease, self.lease_s)
                 except LeaseLost:
-                    self.lost = True
-                    log.error("lease lost while the task ran", task_id=self.lease.task_id)
-                    return
+                    self.lost, self._lease = True, None
+                    log.error("lease lost while the task ran", task_id=lease.task_id)
 
 
 @contextmanager
@@ -100,6 +114,7 @@ class Consumer:
         self.on_finished = on_finished
         self.on_started = on_started
         self.stopping = threading.Event()
+        self.keeper = LeaseKeeper(queue, lease_s)
         self.log = get_logger("tracemind.worker")
 
     def run(self) -> None:
@@ -128,7 +143,7 @@ class Consumer:
             self.on_started(lease.attempt)
         started_s = time.monotonic()
         outcome: str
-        with LeaseKeeper(self.queue, lease, self.lease_s) as keeper:
+        with self.keeper.holding(lease) as keeper:
             result: dict[str, Any] | None = None
             failure: Failure | None = None
             retryable = True
@@ -141,15 +156,14 @@ class Consumer:
                 failure, retryable = Failure(str(exc), traceback.format_exc()), False
             except Exception as exc:  # a step's failure, whatever it is, is the task's outcome
                 failure = Failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        with keeper.lock:
-            if keeper.lost:
-                self.log.warning("lease was lost; the task will run again elsewhere")
-                return
-            try:
-                outcome = self._settle(lease, result, failure, retryable)
-            except LeaseLost:
-                self.log.warning("lease was lost before the outcome was recorded")
-                return
+        if keeper.lost:
+            self.log.warning("lease was lost; the task will run again elsewhere")
+            return
+        try:
+            outcome = self._settle(lease, result, failure, retryable)
+        except LeaseLost:
+            self.log.warning("lease was lost before the outcome was recorded")
+            return
         self.log.info("task " + outcome, error=failure.error if failure else None)
         if self.on_finished is not None:
             self.on_finished(outcome, time.monotonic() - started_s, lease.attempt)
