@@ -14,7 +14,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracemind.clock import Clock, system_clock
 from tracemind.dlq import DeadLetterStore
@@ -45,6 +45,9 @@ from tracemind.queue.records import (
     max_attempts_of,
     with_failure,
 )
+
+if TYPE_CHECKING:
+    from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 FENCE_LEASE_S = 60.0
@@ -83,6 +86,7 @@ class FileQueue:
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
+        self._watch: DirectoryWatch | None = None
 
     @property
     def _log(self) -> Any:
@@ -174,6 +178,17 @@ class FileQueue:
         names.sort(key=lambda n: (n.due_ms, n.task_id))
         self._candidates = deque(names)
         self._listed_at_s = now_s
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        if self._watch is None:
+            from tracemind.queue.watch import DirectoryWatch
+
+            self.prepare()
+            self._watch = DirectoryWatch(self.pending_dir)
+            return  # look once more: something may have arrived before the watch existed
+        if self._candidates:  # a delayed task: wake when it falls due
+            timeout_s = min(timeout_s, self._candidates[0].due_ms / 1000 - self.clock())
+        self._watch.wait(timeout_s)
 
     def renew(self, lease: Lease, lease_s: float) -> None:
         current: InflightName = lease.handle

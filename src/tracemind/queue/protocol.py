@@ -125,6 +125,10 @@ class TaskQueue(Protocol):
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         """Take the oldest due task for ``consumer`` until now + ``lease_s``; None when none is due."""
 
+    def wait_for_work(self, timeout_s: float) -> None:
+        """Block up to ``timeout_s``, returning early when a task may have become due (a hint:
+        the caller leases again either way)."""
+
     def renew(self, lease: Lease, lease_s: float) -> None:
         """Push the lease deadline to now + ``lease_s``; raises LeaseLost if it was lost."""
 

@@ -22,7 +22,8 @@ from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
 from tracemind.queue.records import max_attempts_of
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
-IDLE_POLL_S = 0.02
+IDLE_WAIT_S = 0.5
+"""Longest an idle consumer sleeps between looks; new tasks wake it at once (inotify)."""
 
 
 class TaskTimeout(Exception):
@@ -121,7 +122,7 @@ class Consumer:
         """Process tasks until :attr:`stopping` is set (a task in progress is finished first)."""
         while not self.stopping.is_set():
             if not self.run_once():
-                self.stopping.wait(IDLE_POLL_S)
+                self.queue.wait_for_work(IDLE_WAIT_S)
 
     def run_once(self) -> bool:
         """Lease and process at most one task; False when none was due."""
