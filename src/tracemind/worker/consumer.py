@@ -22,8 +22,9 @@ from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
 from tracemind.queue.records import max_attempts_of
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
-IDLE_WAIT_S = 0.5
-"""Longest an idle consumer sleeps between looks; new tasks wake it at once (inotify)."""
+IDLE_WAIT_S = 0.1
+"""Longest an idle consumer sleeps between looks (and so how late it notices a stop request);
+new tasks wake it at once (inotify)."""
 
 
 class TaskTimeout(Exception):
