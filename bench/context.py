@@ -33,7 +33,7 @@ class Sizes:
             pickup_samples=200,
             idle_s=60.0,
             status_window_s=10.0,
-            status_seed_tasks=16_000,
+            status_seed_tasks=40_000,  # outlasts the window at ~2,000 tasks/s
         )
 
     @classmethod
@@ -47,7 +47,7 @@ class Sizes:
             pickup_samples=10,
             idle_s=3.0,
             status_window_s=1.0,
-            status_seed_tasks=1_500,
+            status_seed_tasks=8_000,
         )
 
 
