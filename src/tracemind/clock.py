@@ -18,8 +18,3 @@ def iso_utc(epoch_s: float | None) -> str | None:
         return None
     stamp = datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> float:
-    """Epoch seconds from an ISO-8601 time (``Z`` accepted)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

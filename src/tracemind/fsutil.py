@@ -10,7 +10,6 @@ data before the rename, the directory entry after it).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -201,7 +200,3 @@ def scan_names(directory: Path) -> Iterator[str]:
         raise QueueError(f"{directory}: cannot list (permission denied)") from exc
     except NotADirectoryError as exc:
         raise QueueError(f"{directory}: a path component is not a directory") from exc
-
-
-def is_missing(exc: OSError) -> bool:
-    return exc.errno == errno.ENOENT
