@@ -160,14 +160,9 @@ def write_many_atomic(
 
 def sync_filesystem(any_path: Path) -> bool:
     """``syncfs(2)`` the file system holding ``any_path``; False where the call is unavailable."""
-    import ctypes
-    import ctypes.util
+    from tracemind.libc import libc
 
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    syncfs = getattr(libc, "syncfs", None)
+    syncfs = getattr(libc(), "syncfs", None)
     if syncfs is None:
         return False
     fd = os.open(any_path, os.O_RDONLY | os.O_DIRECTORY)

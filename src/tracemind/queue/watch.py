@@ -9,11 +9,12 @@ kernel, including a container and its host sharing a bind mount.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import time
 from pathlib import Path
+
+from tracemind.libc import libc
 
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
@@ -24,12 +25,14 @@ IN_CLOEXEC = 0o2000000
 class DirectoryWatch:
     def __init__(self, directory: Path) -> None:
         self.fd: int | None = None
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+        lib = libc()
+        if lib is None:
+            return
+        with contextlib.suppress(AttributeError):
+            fd = int(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
             if fd < 0:
                 return
-            if int(libc.inotify_add_watch(fd, os.fsencode(directory), IN_CREATE | IN_MOVED_TO)) < 0:
+            if int(lib.inotify_add_watch(fd, os.fsencode(directory), IN_CREATE | IN_MOVED_TO)) < 0:
                 os.close(fd)
                 return
             self.fd = fd

@@ -8,7 +8,6 @@ the arbiter is gone, and ``/livez`` answers 503 anyway once the daemon's heartbe
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -21,10 +20,10 @@ from typing import Any
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir
 from tracemind.errors import TraceMindError
+from tracemind.libc import die_with_parent
 from tracemind.log import get_logger
 
 STARTUP_TIMEOUT_S = 20.0
-PR_SET_PDEATHSIG = 1
 
 
 class StatusServerError(TraceMindError):
@@ -47,11 +46,6 @@ def check_port_free(bind: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise StatusServerError(f"status port {bind} is already in use") from None
             raise StatusServerError(f"cannot bind the status server to {bind}: {exc}") from None
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class StatusServer:
@@ -89,7 +83,7 @@ class StatusServer:
             TM_STATUS_LOG_FILE=self.log_file or "",
         )
         self.process = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         self._wait_listening()
         self.log.info("status server started", bind=self.bind, pid=self.process.pid)

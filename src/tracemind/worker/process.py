@@ -9,7 +9,6 @@ SIGINT is ignored (the supervisor coordinates a Ctrl-C of the whole process grou
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -19,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
+from tracemind.libc import die_with_parent
+
 EXIT_RUNTIME_FAILED = 3
 
 
@@ -44,11 +44,7 @@ class WorkerSpec:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the pool's stop() still terminates its workers
+    die_with_parent()  # not Linux: the pool's stop() still terminates its workers
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 
