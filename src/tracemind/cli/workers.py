@@ -92,9 +92,7 @@ def start_command(args: argparse.Namespace) -> int:
     settings = PoolSettings(
         size=args.workers,
         instance_id=secrets.token_hex(6),
-        queue_dir=str(dirs.queue),
-        idempotency_dir=str(dirs.idempotency),
-        dlq_dir=str(dirs.dlq),
+        dirs=dirs,
         durable=config.durable(),
         runtime=args.runtime,
         lease_s=args.lease_s,

@@ -114,13 +114,11 @@ class Daemon:
         settings = PoolSettings(
             size=s.workers,
             instance_id=s.instance_id,
-            queue_dir=str(s.dirs.queue),
-            idempotency_dir=str(s.dirs.idempotency),
-            dlq_dir=str(s.dirs.dlq),
+            dirs=s.dirs,
             durable=s.durable,
             runtime=s.runtime,
             lease_s=s.lease_s,
-            log_file=str(s.log_file) if s.log_file else None,
+            log_file=s.log_file,
         )
         self.queue = stores.queue
         self.pool = WorkerPool(settings, stores.queue)

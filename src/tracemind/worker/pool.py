@@ -19,8 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tracemind.config import DataDirs
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
 from tracemind.worker.process import WorkerSpec
@@ -48,13 +50,25 @@ class Slot:
 class PoolSettings:
     size: int
     instance_id: str
-    queue_dir: str
-    idempotency_dir: str
-    dlq_dir: str
+    dirs: DataDirs
     durable: bool
     runtime: str
     lease_s: float
-    log_file: str | None
+    log_file: Path | None  # None: workers inherit stdout
+
+    def worker_spec(self, consumer_id: str) -> WorkerSpec:
+        """What one worker process of this pool is told (it runs as this process's child)."""
+        return WorkerSpec(
+            consumer_id=consumer_id,
+            queue_dir=str(self.dirs.queue),
+            idempotency_dir=str(self.dirs.idempotency),
+            dlq_dir=str(self.dirs.dlq),
+            durable=self.durable,
+            runtime=self.runtime,
+            lease_s=self.lease_s,
+            log_file=str(self.log_file) if self.log_file else None,
+            parent_pid=os.getpid(),
+        )
 
 
 @dataclass
@@ -107,21 +121,10 @@ class WorkerPool:
             self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
-        s = self.settings
         slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{secrets.token_hex(2)}"
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
-        spec = WorkerSpec(
-            consumer_id=slot.consumer_id,
-            queue_dir=s.queue_dir,
-            idempotency_dir=s.idempotency_dir,
-            dlq_dir=s.dlq_dir,
-            durable=s.durable,
-            runtime=s.runtime,
-            lease_s=s.lease_s,
-            log_file=s.log_file,
-            parent_pid=os.getpid(),
-        )
+        spec = self.settings.worker_spec(slot.consumer_id)
         env = dict(os.environ, TM_WORKER_SPEC=spec.to_json(), TM_WORKER_EVENTS_FD=str(write_fd))
         slot.process = subprocess.Popen(
             [sys.executable, "-m", "tracemind.worker.process"],
