@@ -15,16 +15,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tm_testing import tm_command
 from tracemind.daemon.identity import is_same_process, start_ticks
 
 SUBPROCESS_TIMEOUT_S = 60.0
@@ -104,24 +102,6 @@ def flaky():
 def exits():
     os._exit(9)
 '''
-
-
-def tm_command() -> list[str]:
-    """``tm`` of the interpreter running the tests (its console script, else ``-m tracemind``)."""
-    script = Path(sys.executable).parent / "tm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tracemind"]
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def process_alive(pid: int, ticks: int | None = None) -> bool:

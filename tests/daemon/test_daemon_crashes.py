@@ -8,8 +8,9 @@ import signal
 import time
 
 import pytest
-from daemon_harness import DaemonEnv, pids_mentioning, process_alive, wait_until
+from daemon_harness import DaemonEnv, pids_mentioning, process_alive
 
+from tm_testing import wait_until
 from tracemind.daemon.identity import start_ticks
 from tracemind.worker.pool import YOUNG_S
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from daemon_harness import DaemonEnv, wait_until
+from daemon_harness import DaemonEnv
+
+from tm_testing import wait_until
 
 TASKS = 1000
 

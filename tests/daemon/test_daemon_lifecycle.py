@@ -9,15 +9,9 @@ import subprocess
 import time
 
 import pytest
-from daemon_harness import (
-    ECHO_FLOW,
-    DaemonEnv,
-    daemon_pids,
-    process_alive,
-    tm_command,
-    wait_until,
-)
+from daemon_harness import ECHO_FLOW, DaemonEnv, daemon_pids, process_alive
 
+from tm_testing import tm_command, wait_until
 from tracemind.daemon.identity import is_same_process
 
 

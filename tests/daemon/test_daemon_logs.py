@@ -8,8 +8,9 @@ import signal
 from datetime import datetime, timedelta
 
 import pytest
-from daemon_harness import DaemonEnv, wait_until
+from daemon_harness import DaemonEnv
 
+from tm_testing import wait_until
 from tracemind.daemon.identity import is_same_process
 
 LIFECYCLE = ["daemon started", "worker spawned", "drain begin", "drain end", "daemon stopped"]

@@ -15,15 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import (
-    DaemonEnv,
-    daemon_pids,
-    pids_mentioning,
-    process_alive,
-    tm_command,
-    wait_until,
-)
+from daemon_harness import DaemonEnv, daemon_pids, pids_mentioning, process_alive
 
+from tm_testing import tm_command, wait_until
 from tracemind.daemon.identity import describe_self, start_ticks
 
 UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_harness import base_env, pids_mentioning, tm_command, wait_until
+from daemon_harness import base_env, pids_mentioning
+
+from tm_testing import tm_command, wait_until
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "daemon_smoke.sh"
 EXAMPLE_FLOW = Path(__file__).resolve().parents[2] / "examples" / "flows" / "hello.yaml"

@@ -16,15 +16,9 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FlowFiles, Tm, json_lines, wait_until
+from tm_testing import FlowFiles, Tm, free_port, json_lines, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import tracemind
+from tm_testing import free_port
 from tracemind.cli import triggers as triggers_cli
 from tracemind.errors import TraceMindError, UsageError
 
@@ -102,12 +103,6 @@ def test_run_help_says_it_only_enqueues(capsys: pytest.CaptureFixture[str]) -> N
 
 
 # ---- `tm triggers run` as a real process ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def env_for(data_dir: Path) -> dict[str, str]:

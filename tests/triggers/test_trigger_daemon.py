@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tm_testing import free_port, wait_until
 from tracemind.daemon.identity import is_same_process
 from tracemind.daemon.state import StateDir
 
@@ -58,23 +59,6 @@ PS_KEYS = {
 def tm_command() -> list[str]:
     script = Path(sys.executable).parent / "tm"
     return [str(script)] if script.exists() else [sys.executable, "-m", "tracemind"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def parse_utc(text: str) -> datetime:
