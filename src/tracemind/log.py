@@ -15,9 +15,14 @@ from typing import Any, TextIO
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger that stamps ``logger=name`` on each event (imports structlog lazily)."""
+    """A structlog logger that stamps ``logger=name`` on each event (imports structlog lazily).
+
+    In a process that configured nothing (a ``tm`` verb that happens to log, e.g. a damaged
+    record moved aside), lines go to stderr, so stdout stays the command's own output."""
     import structlog
 
+    if not structlog.is_configured():
+        configure(sys.stderr)
     return structlog.get_logger().bind(logger=name)
 
 

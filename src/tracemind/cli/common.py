@@ -82,15 +82,6 @@ def read_input(value: str) -> dict[str, Any]:
     return parse_object(value, "-i")
 
 
-def log_to_stderr() -> None:
-    """Send log lines (e.g. a damaged record moved aside) to stderr, keeping stdout for output.
-
-    Only for verbs that may log: it imports structlog, which the thin ``tm enqueue`` avoids."""
-    from tracemind import log
-
-    log.configure(sys.stderr, level="warning")
-
-
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

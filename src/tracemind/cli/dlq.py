@@ -7,7 +7,6 @@ from typing import Any
 
 from tracemind.cli.common import (
     add_queue_options,
-    log_to_stderr,
     open_stores_from,
     print_json,
     task_id_arg,
@@ -86,7 +85,6 @@ def _targets(args: argparse.Namespace) -> list[str]:
 def _apply(args: argparse.Namespace, done_word: str, purge: bool) -> int:
     stores = open_stores_from(args)
     ids = _targets(args)
-    log_to_stderr()
     stores.dlq.quarantine_damaged()  # a writer moves damaged entries aside (and logs them)
     changed = [t for t in ids if (stores.dlq.purge(t) if purge else stores.requeue_dead(t))]
     if args.task_id and not changed:

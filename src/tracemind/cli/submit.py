@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from tracemind.cli.common import (
     add_queue_options,
-    log_to_stderr,
     open_submitter,
     parse_object,
     print_json,
@@ -89,8 +88,6 @@ def enqueue_command(args: argparse.Namespace) -> int:
 
     submissions = read_jsonl(Path(args.inputs), args.idempotency_key_field)
     snapshot = load_flow(args.flow)
-    if args.idempotency_key_field:
-        log_to_stderr()  # a damaged key record is moved aside and logged
     results = open_submitter(args).submit_many(snapshot, submissions)
     duplicates = sum(1 for r in results if r.duplicate)
     summary = {
@@ -110,8 +107,6 @@ def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
 
     state = read_input_arg(raw_input)
     snapshot = load_flow(args.flow)
-    if args.idempotency_key:
-        log_to_stderr()  # a damaged key record is moved aside and logged
     result = open_submitter(args).submit(snapshot, state, idempotency_key=args.idempotency_key)
     if args.json:
         print_json(result.to_dict())
