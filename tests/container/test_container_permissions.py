@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tm_testing import tm_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,11 +35,34 @@ def _needs_root() -> None:
         pytest.skip("needs root to act as two other users (setpriv, chown)")
 
 
+def _needs_tm_runnable_as(uid: int, gid: int) -> None:
+    """The host user is simulated by running this checkout's ``tm`` as another uid, which works
+    only where that uid can reach the checkout (not under a 0700 directory): a property of where
+    the tests run, like tests/cli/test_cli_permissions.py's probe, not of the product."""
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            *tm_command(),
+            "--version",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"this checkout's tm cannot run as uid {uid} here: {probe.stderr.strip()}")
+
+
 @pytest.mark.timeout(150)
 def test_host_user_and_container_user_sharing_a_group_write_each_others_files(
     make_project: Callable[..., Project],
 ) -> None:
     _needs_root()
+    _needs_tm_runnable_as(HOST_UID, SHARED_GID)
     # Given a data dir owned by neither user: root:G, setgid, group-writable (docs/deployment.md).
     project = make_project(
         "tmshare",
