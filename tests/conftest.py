@@ -7,6 +7,7 @@ The helpers these fixtures build on (and that tests import) are in ``tm_testing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -86,16 +87,19 @@ def flows(tmp_path: Path) -> FlowFiles:
 # -- queue backends (the contract suite runs against each) -------------------------------------
 
 
-def _file_backend(dirs: DataDirs, clock: FakeClock) -> QueueHarness:
-    stores = open_stores(dirs, durable=False, clock=clock)
+def _file_backend(dirs: DataDirs, clock: FakeClock, *, durable: bool) -> QueueHarness:
+    stores = open_stores(dirs, durable=durable, clock=clock)
 
     def reopen() -> TaskQueue:
-        return open_stores(dirs, durable=False, clock=clock).queue
+        return open_stores(dirs, durable=durable, clock=clock).queue
 
     return QueueHarness(stores.queue, clock, reopen, stores.submitter)
 
 
-BACKENDS: dict[str, Callable[[DataDirs, FakeClock], QueueHarness]] = {"file": _file_backend}
+BACKENDS: dict[str, Callable[[DataDirs, FakeClock], QueueHarness]] = {
+    "file": functools.partial(_file_backend, durable=False),
+    "file-durable": functools.partial(_file_backend, durable=True),
+}
 """Backend name → factory; a new backend (e.g. Redis) adds one entry and runs the same suite."""
 
 

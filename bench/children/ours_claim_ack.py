@@ -1,4 +1,5 @@
-"""In-process claim + ack of no-op tasks: ``queue.lease`` then ``queue.ack``, until empty.
+"""In-process claim + ack of no-op tasks: ``queue.lease`` then ``queue.ack``, until empty, then
+``queue.flush`` (the acks are committed in groups; the time includes the last commit).
 
 Usage: python ours_claim_ack.py FLOW N — seeds N tasks as one batch (untimed), then times the
 loop. Durable (TM_FILE_QUEUE_V2) unless the environment turns it off.
@@ -27,6 +28,7 @@ def main() -> int:
     while (lease := queue.lease("bench-0", 30.0)) is not None:
         queue.ack(lease, {})
         claimed += 1
+    queue.flush()  # every ack durable (and reported succeeded) before the clock stops
     loop_s = time.perf_counter() - started
     if claimed != count:
         raise SystemExit(f"ours_claim_ack: claimed {claimed} of {count}")

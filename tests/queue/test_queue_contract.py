@@ -91,6 +91,7 @@ def test_ack_stores_the_result_and_the_task_never_runs_again(harness: QueueHarne
     harness.clock.advance(2)
 
     harness.queue.ack(lease, {"answer": 42})
+    harness.queue.flush()  # durable, and so reported, by the time flush returns
 
     info = harness.queue.find(task_id)
     assert info is not None
@@ -233,6 +234,7 @@ def test_find_reports_every_status(harness: QueueHarness) -> None:
         assert lease is not None
         leases[lease.task_id] = lease
     harness.queue.ack(leases[succeeded], {"ok": True})
+    harness.queue.flush()
     harness.queue.dead_letter(leases[dead], Failure("boom"))
     harness.queue.retry(leases[pending], Failure("again"), 0.0)
 

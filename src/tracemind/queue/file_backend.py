@@ -2,8 +2,10 @@
 
 Every state change is one ``rename`` of an exact file name (see :mod:`tracemind.queue.names`), so
 claims are exclusive without any lock, and a process killed at any instant leaves each task in
-exactly one state. Terminal records (``done/``) fence stale copies: a copy of a succeeded task
-that a crash left behind is discarded, never run. The layout and the exact durability guarantee
+exactly one state. An ack appends the outcome to the task's own file and renames it into
+``done/`` (durable acks are committed in groups, see :mod:`tracemind.queue.commit`). Terminal
+records (``done/``) fence stale copies: a copy of a succeeded task that a crash left behind is
+discarded, never run. The layout and the exact durability guarantee
 are written down in docs/queue-format.md.
 """
 
@@ -21,13 +23,13 @@ from tracemind.dlq import DeadLetterStore
 from tracemind.fsutil import (
     dump_json,
     ensure_dir,
-    read_json,
     scan_names,
     write_atomic,
     write_many_atomic,
 )
 from tracemind.log import get_logger
 from tracemind.quarantine import quarantine, sweep_temporaries
+from tracemind.queue.commit import GroupCommitter
 from tracemind.queue.names import InflightName, PendingName, done_name, is_temporary, new_token
 from tracemind.queue.protocol import (
     Failure,
@@ -39,10 +41,12 @@ from tracemind.queue.protocol import (
     TaskStatus,
 )
 from tracemind.queue.records import (
+    completion_entry,
     count_of,
     dead_entry,
-    done_entry,
     max_attempts_of,
+    parse_task_file,
+    succeeded_entry,
     with_failure,
 )
 
@@ -83,10 +87,15 @@ class FileQueue:
         self.inflight_dir = root / "inflight"
         self.done_dir = root / "done"
         self.tmp_dir = root / "tmp"
+        # The hot paths (lease, renew, ack) join names to these strings, not to Path objects.
+        self._pending = f"{self.pending_dir}{os.sep}"
+        self._inflight = f"{self.inflight_dir}{os.sep}"
+        self._done = f"{self.done_dir}{os.sep}"
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
         self._watch: DirectoryWatch | None = None
+        self._committer: GroupCommitter | None = None
 
     @property
     def _log(self) -> Any:
@@ -132,20 +141,21 @@ class FileQueue:
                 new_token(),
                 _ms(now_s + lease_s),
             )
-            claimed = self.inflight_dir / str(claim)
+            claimed = self._inflight + str(claim)
             try:
-                os.rename(self.pending_dir / str(candidate), claimed)
+                os.rename(self._pending + str(candidate), claimed)
             except FileNotFoundError:
                 continue  # another consumer was first
-            if (self.done_dir / done_name(candidate.task_id)).exists():
-                self._discard(claimed, "stale copy of a succeeded task")
+            if os.path.exists(self._done + done_name(candidate.task_id)):
+                self._discard(Path(claimed), "stale copy of a succeeded task")
                 continue
             try:
-                record = read_json(claimed)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
+                record, completion = _read_task(claimed)
             except (OSError, ValueError) as exc:
-                quarantine(claimed, self.root, f"unreadable task record: {exc}")
+                quarantine(Path(claimed), self.root, f"unreadable task record: {exc}")
+                continue
+            if completion is not None:  # acked, but its lease lapsed before it reached done/
+                self._finish_acked(claimed, candidate.task_id)
                 continue
             return Lease(
                 task_id=candidate.task_id,
@@ -194,24 +204,64 @@ class FileQueue:
         current: InflightName = lease.handle
         renewed = current.with_deadline(_ms(self.clock() + lease_s))
         try:
-            os.rename(self.inflight_dir / str(current), self.inflight_dir / str(renewed))
+            os.rename(self._inflight + str(current), self._inflight + str(renewed))
         except FileNotFoundError:
             raise LeaseLost(f"task {lease.task_id}: lease lost (expired and recovered)") from None
         lease.handle = renewed
         lease.deadline_s = renewed.deadline_ms / 1000
 
     def ack(self, lease: Lease, result: dict[str, Any]) -> None:
-        entry = done_entry(lease.record, lease.attempt, lease.token, result, self.clock())
-        write_atomic(
-            self.done_dir / done_name(lease.task_id),
-            dump_json(entry),
-            tmp_dir=self.tmp_dir,
-            durable=self.durable,
-        )
+        line = dump_json(completion_entry(lease.attempt, lease.token, result, self.clock()))
+        source = self._inflight + str(lease.handle)
+        target = self._done + done_name(lease.task_id)
         try:
-            os.unlink(self.inflight_dir / str(lease.handle))
+            _append_line(source, line)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                self._log.warning(
+                    "task acknowledged after its lease was lost", task_id=lease.task_id
+                )
+            # The done record fences any copy recovery made; the result is kept all the same.
+            write_atomic(
+                Path(target),
+                dump_json(lease.record) + b"\n" + line,
+                tmp_dir=self.tmp_dir,
+                durable=self.durable,
+            )
+            self._discard(Path(source), None)
+            return
+        if not self.durable:
+            with contextlib.suppress(FileNotFoundError):  # finished by a recovery meanwhile
+                os.rename(source, target)
+            return
+        if self._committer is None:
+            self._committer = GroupCommitter(self.root, self._commit_failed)
+        self._committer.add(source, target)
+
+    def flush(self) -> None:
+        if self._committer is not None:
+            self._committer.flush()
+
+    def _commit_failed(self, path: str, exc: OSError) -> None:
+        self._log.error(
+            "acknowledgement not committed; recovery will finish it", path=path, error=str(exc)
+        )
+
+    def _finish_acked(self, path: str | Path, task_id: str) -> bool:
+        """Move a task file that carries a completion line into done/ (durable first)."""
+        if self.durable:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        try:
+            os.rename(path, self._done + done_name(task_id))
         except FileNotFoundError:
-            self._log.warning("task acknowledged after its lease was lost", task_id=lease.task_id)
+            return False
+        self._log.warning("finished a task whose acknowledgement was interrupted", task_id=task_id)
+        return True
 
     def retry(self, lease: Lease, failure: Failure, delay_s: float) -> None:
         self.renew(lease, FENCE_LEASE_S)  # hold the lease while the new copy is written
@@ -268,13 +318,13 @@ class FileQueue:
         if stale_dead is not None and stale_dead.get("lease_token") == name.token:
             return self._discard(path, "stale lease of a dead-lettered task")
         try:
-            record = read_json(path)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+            record, completion = _read_task(path)
         except FileNotFoundError:
             return False
         except (OSError, ValueError) as exc:
             return quarantine(path, self.root, f"unreadable task record: {exc}") is not None
+        if completion is not None:
+            return self._finish_acked(path, name.task_id)
         if name.attempt >= max_attempts_of(record):
             return self._dead_letter_lost(name, record)
         target = self.pending_dir / str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
@@ -349,7 +399,7 @@ class FileQueue:
     def find(self, task_id: str) -> TaskInfo | None:
         done = self.done_dir / done_name(task_id)
         if done.exists():
-            entry = _read_or_empty(done)
+            entry = succeeded_entry(*_read_or_empty(done))
             return TaskInfo(
                 task_id,
                 TaskStatus.SUCCEEDED,
@@ -364,7 +414,7 @@ class FileQueue:
         ]
         if leases:
             lease = max(leases, key=lambda n: n.attempt)
-            record = _read_or_empty(self.inflight_dir / str(lease))
+            record, _ = _read_or_empty(self.inflight_dir / str(lease))
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
         waiting = [
             p
@@ -375,7 +425,7 @@ class FileQueue:
             copy = max(waiting, key=lambda p: p.attempts)
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
-            record = _read_or_empty(self.pending_dir / str(copy))
+            record, _ = _read_or_empty(self.pending_dir / str(copy))
             return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
         dead = self.dlq.get(task_id)
         if dead is not None:
@@ -406,12 +456,25 @@ def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
     return any(consumer == d or (d.endswith("-") and consumer.startswith(d)) for d in dead)
 
 
-def _read_or_empty(path: Path) -> dict[str, Any]:
+def _read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    with open(path, "rb") as handle:
+        return parse_task_file(handle.read())
+
+
+def _read_or_empty(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     with contextlib.suppress(OSError, ValueError):
-        data = read_json(path)
-        if isinstance(data, dict):
-            return data
-    return {}
+        return _read_task(path)
+    return {}, None
+
+
+def _append_line(path: str, line: bytes) -> None:
+    """Append ``line`` to an existing file in one write (a crash cannot leave half of it
+    without the other; a torn line after a power loss is ignored by readers)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"\n" + line + b"\n")
+    finally:
+        os.close(fd)
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -21,8 +21,10 @@ Guarantees (the contract test suite in ``tests/queue`` checks them against every
    more than once only when a consumer died or let its lease lapse.
 4. **Terminal means terminal.** Once ``ack`` returned, the task never runs again, even if files
    were damaged or a stale lease is recovered later.
-5. **Durability.** ``enqueue`` and ``ack`` survive SIGKILL of the caller once they return; with
-   ``durable=True`` they also survive power loss. ``enqueue`` of many tasks is one durable batch.
+5. **Durability.** ``enqueue`` and ``ack`` survive SIGKILL of the caller once they return.
+   With ``durable=True``, ``enqueue`` also survives power loss once it returns (many tasks are
+   one durable batch), and an ``ack`` once ``flush`` returned; acks may be made durable in
+   groups, but a task is never *reported* ``succeeded`` (by ``find``) before its ack is durable.
 6. **Damage is local.** A corrupt record affects only itself: it never counts as a task, never
    hides another task and never crashes a reader. Writers move it to a quarantine place.
 7. **Read-only readers.** ``stats`` and ``find`` never create or modify anything and work on a
@@ -133,7 +135,11 @@ class TaskQueue(Protocol):
         """Push the lease deadline to now + ``lease_s``; raises LeaseLost if it was lost."""
 
     def ack(self, lease: Lease, result: dict[str, Any]) -> None:
-        """Mark the task succeeded with ``result`` (durably); it never runs again."""
+        """Mark the task succeeded with ``result``; it never runs again. Durable against power
+        loss (and reported succeeded) by the time ``flush`` returns, possibly sooner."""
+
+    def flush(self) -> None:
+        """Block until every ``ack`` made through this instance is durable and reported."""
 
     def retry(self, lease: Lease, failure: Failure, delay_s: float) -> None:
         """Record the failed attempt and make the task due again after ``delay_s``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tracemind.queue.protocol import Failure
@@ -71,14 +72,46 @@ def with_failure(
     return {**record, "history": history}
 
 
-def done_entry(
-    record: dict[str, Any], attempt: int, token: str, result: dict[str, Any], now_s: float
+def completion_entry(
+    attempt: int, token: str, result: dict[str, Any], now_s: float
 ) -> dict[str, Any]:
-    """The terminal record of a succeeded task (the flow snapshot is dropped; its id is kept)."""
+    """The line an ack appends to the task's file: the outcome of its succeeded attempt."""
+    return {
+        "status": "succeeded",
+        "attempts": attempt,
+        "lease_token": token,
+        "result": result,
+        "finished_at": now_s,
+    }
+
+
+def parse_task_file(data: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(task record, completion or None) from a task file's bytes.
+
+    The record is the first line; an ack appends the completion on a line of its own. A torn or
+    damaged completion line counts as no completion (the attempt is then simply not finished);
+    a damaged record raises ``ValueError``.
+    """
+    first, _, rest = data.partition(b"\n")
+    record = json.loads(first)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    completion = None
+    for line in rest.split(b"\n"):
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("status") == "succeeded":
+            completion = entry
+    return record, completion
+
+
+def succeeded_entry(record: dict[str, Any], completion: dict[str, Any] | None) -> dict[str, Any]:
+    """What readers see of a succeeded task: its record without the flow snapshot (the flow id
+    is kept) merged with its completion."""
     entry = {key: value for key, value in record.items() if key != "flow"}
-    entry.update(
-        status="succeeded", attempts=attempt, lease_token=token, result=result, finished_at=now_s
-    )
+    entry.update(completion or {})
     return entry
 
 

@@ -120,10 +120,14 @@ class Consumer:
         self.log = get_logger("tracemind.worker")
 
     def run(self) -> None:
-        """Process tasks until :attr:`stopping` is set (a task in progress is finished first)."""
-        while not self.stopping.is_set():
-            if not self.run_once():
-                self.queue.wait_for_work(IDLE_WAIT_S)
+        """Process tasks until :attr:`stopping` is set (a task in progress is finished first);
+        returns once every ack is committed."""
+        try:
+            while not self.stopping.is_set():
+                if not self.run_once():
+                    self.queue.wait_for_work(IDLE_WAIT_S)
+        finally:
+            self.queue.flush()
 
     def run_once(self) -> bool:
         """Lease and process at most one task; False when none was due."""

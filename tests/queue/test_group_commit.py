@@ -1,0 +1,153 @@
+"""Durable acks: committed in groups, never reported before they are durable, and finished (not
+run again) when the acking process dies between its ack and the commit."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tm_testing import FakeClock, make_task
+from tracemind.config import DataDirs
+from tracemind.fsutil import dump_json
+from tracemind.queue.commit import GroupCommitter
+from tracemind.queue.file_backend import FileQueue
+from tracemind.queue.names import PendingName
+from tracemind.queue.protocol import Lease, TaskStatus
+from tracemind.queue.records import completion_entry
+from tracemind.stores import Stores, open_stores
+
+LEASE_S = 30.0
+
+
+class Gate:
+    """Holds every commit's sync until opened; counts the syncs that ran."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.syncs = 0
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    gate = Gate()
+    real_sync = GroupCommitter._sync
+
+    def gated_sync(self: GroupCommitter, paths: list[str]) -> None:
+        gate.entered.set()
+        assert gate.open.wait(timeout=10), "test gate never opened"
+        gate.syncs += 1
+        real_sync(self, paths)
+
+    monkeypatch.setattr(GroupCommitter, "_sync", gated_sync)
+    yield gate
+    gate.open.set()  # never leave a commit thread blocked behind the test
+
+
+@pytest.fixture
+def durable(dirs: DataDirs, clock: FakeClock, logs: list[dict[str, Any]]) -> Stores:
+    return open_stores(dirs, durable=True, clock=clock)
+
+
+def _leases(queue: FileQueue, count: int, consumer: str = "c1") -> list[Lease]:
+    queue.enqueue([make_task(queue.clock) for _ in range(count)])
+    leases = [queue.lease(consumer, LEASE_S) for _ in range(count)]
+    assert all(leases)
+    return [lease for lease in leases if lease is not None]
+
+
+def test_an_ack_is_reported_succeeded_only_once_it_is_durable(durable: Stores, gate: Gate) -> None:
+    # Given a durable ack whose commit is held before its sync
+    queue = durable.queue
+    [lease] = _leases(queue, 1)
+    queue.ack(lease, {"answer": 42})
+    assert gate.entered.wait(timeout=10)
+    # Then, until the sync ran, readers still see the task in flight
+    info = queue.find(lease.task_id)
+    assert info is not None and info.status is TaskStatus.INFLIGHT
+    # When the sync completes
+    gate.open.set()
+    queue.flush()
+    # Then it is succeeded, with its result, and its record kept beside the result
+    info = queue.find(lease.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert info.record["result"] == {"answer": 42}
+    assert info.record["input"] == {}
+    assert os.listdir(queue.inflight_dir) == []
+
+
+def test_acks_that_arrive_during_a_sync_share_the_next_one(durable: Stores, gate: Gate) -> None:
+    # Given 40 acks, the first of which is being synced while the other 39 arrive
+    queue = durable.queue
+    leases = _leases(queue, 40)
+    queue.ack(leases[0], {})
+    assert gate.entered.wait(timeout=10)
+    for lease in leases[1:]:
+        queue.ack(lease, {})
+    # When the first sync completes
+    gate.open.set()
+    queue.flush()
+    # Then one more sync committed all the others
+    assert gate.syncs == 2
+    assert len(os.listdir(queue.done_dir)) == 40
+    assert all(queue.find(lease.task_id).status is TaskStatus.SUCCEEDED for lease in leases)  # type: ignore[union-attr]
+
+
+def test_an_ack_whose_commit_never_ran_is_finished_by_recovery_not_run_again(
+    durable: Stores, dirs: DataDirs, clock: FakeClock, gate: Gate, logs: list[dict[str, Any]]
+) -> None:
+    # Given a consumer that acked, then died before its commit ran (the sync never returns)
+    [lease] = _leases(durable.queue, 1, consumer="dead-1")
+    durable.queue.ack(lease, {"answer": 42})
+    assert gate.entered.wait(timeout=10)
+    # When another process recovers the dead consumer's leases
+    other = open_stores(dirs, durable=False, clock=clock).queue
+    assert other.recover(["dead-"]) == 1
+    # Then the task is succeeded with the result of the attempt that ran, and never runs again
+    info = other.find(lease.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert info.record["result"] == {"answer": 42} and info.attempts == 1
+    assert other.lease("c2", LEASE_S) is None
+    assert any("acknowledgement was interrupted" in e["event"] for e in logs)
+    # And the late commit of the dead consumer changes nothing
+    gate.open.set()
+    durable.queue.flush()
+    assert other.find(lease.task_id).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_a_pending_copy_that_carries_a_completion_is_finished_when_leased(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a task file returned to pending just after its ack appended the completion line
+    queue = stores.queue
+    task = make_task(clock)
+    completion = completion_entry(1, "abcd0123", {"ok": True}, clock())
+    queue.prepare()
+    path = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    path.write_bytes(dump_json(task.record) + b"\n" + dump_json(completion) + b"\n")
+    # When a consumer leases
+    # Then nothing runs, and the task is succeeded with the recorded result
+    assert queue.lease("c1", LEASE_S) is None
+    info = queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert info.record["result"] == {"ok": True}
+
+
+def test_a_torn_completion_line_counts_as_no_ack(stores: Stores, clock: FakeClock) -> None:
+    # Given a lease whose completion line was torn (a power loss during the append)
+    queue = stores.queue
+    [lease] = _leases(queue, 1)
+    inflight = queue.inflight_dir / str(lease.handle)
+    with open(inflight, "ab") as handle:
+        handle.write(b'\n{"status":"succeeded","res')
+    # When its lease expires and is recovered
+    clock.advance(LEASE_S + 1)
+    assert queue.recover() == 1
+    # Then the task runs again as its next attempt, its record intact
+    again = queue.lease("c2", LEASE_S)
+    assert again is not None and again.task_id == lease.task_id and again.attempt == 2
+    assert again.record == lease.record
