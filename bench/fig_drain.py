@@ -1,7 +1,8 @@
 """Figure 4 — end-to-end drain of N pre-seeded no-op tasks with 2 worker processes.
 
 Ours: ``tm workers start -n 2 --burst`` (exits once the queue is empty); first claim and last
-completion come from its JSON log (``task started`` / ``task succeeded``). Huey: ``huey_consumer
+completion come from its JSON log (the first ``task started``; the last ``acks committed``, when
+the last group of results became durable). Huey: ``huey_consumer
 huey_app.huey -w 2 -k process`` on SqliteHuey; its tasks' signal handlers detect completion inside
 the consumer and stop it (see children/huey_app.py). Both sides log to a file.
 """
@@ -39,7 +40,7 @@ def ours_drain(ctx: Context, flow: Path, inputs: Path, n: int) -> tuple[float, f
         times = TaskTimes.from_lines(lines)
     if len(times.succeeded_s) != n:
         raise BenchError(f"drain: {len(times.succeeded_s)} of {n} tasks succeeded (ours)")
-    window_s = max(times.succeeded_s.values()) - min(times.started_s.values())
+    window_s = times.last_done_s - min(times.started_s.values())
     return window_s, done.elapsed_s
 
 

@@ -27,12 +27,22 @@ def epoch_s(event: dict[str, Any]) -> float:
 class TaskTimes:
     started_s: dict[str, float] = field(default_factory=dict)
     succeeded_s: dict[str, float] = field(default_factory=dict)
+    committed_s: list[float] = field(default_factory=list)
+    """When each group of durable acks was committed (``acks committed``, no task id)."""
+
+    @property
+    def last_done_s(self) -> float:
+        """When the last success became durable: the last commit, or the last success when acks
+        were not committed in groups (no durable queue)."""
+        return max([*self.succeeded_s.values(), *self.committed_s])
 
     @classmethod
     def from_lines(cls, lines: Iterable[str | bytes]) -> TaskTimes:
         times = cls()
         for line in lines:
             event = parse_line(line)
+            if event is not None and event.get("event") == "acks committed":
+                times.committed_s.append(epoch_s(event))
             if event is None or "task_id" not in event:
                 continue
             if event.get("event") == "task started":

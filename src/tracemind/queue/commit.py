@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tracemind.fsutil import sync_filesystem
+from tracemind.log import get_logger
 
-GATHER_S = 0.002
+GATHER_S = 0.005
 """While acks stream in (the last commit ended less than this ago), wait up to this long for
 more before syncing, so that one flush serves many: the latency an ack may gain under load."""
 GATHER_MAX = 256
@@ -41,6 +42,7 @@ class GroupCommitter:
     """
 
     def __init__(self, fs_dir: Path, on_error: Callable[[str, OSError], None]) -> None:
+        self._log = get_logger("tracemind.queue")
         self.fs_dir = fs_dir
         self.on_error = on_error
         self._changed = threading.Condition(threading.Lock())
@@ -79,6 +81,7 @@ class GroupCommitter:
                 batch, self._queued = self._queued, []
             self._commit(batch)
             last_commit_s = time.monotonic()
+            self._log.info("acks committed", count=len(batch))
             with self._changed:
                 self._committed_count += len(batch)
                 self._changed.notify_all()

@@ -43,13 +43,17 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._lease: Lease | None = None
+        self._renewed_at_s = 0.0  # monotonic: when the lease held now was taken or last renewed
+        self._idle = False
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def holding(self, lease: Lease) -> Iterator[LeaseKeeper]:
         with self._lock:
             self._lease, self.lost = lease, False
-            self._changed.notify()
+            self._renewed_at_s = time.monotonic()
+            if self._idle:  # otherwise the thread is in a timed wait that ends before the renewal
+                self._changed.notify()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
             self._thread.start()
@@ -65,13 +69,19 @@ class LeaseKeeper:
             while True:
                 lease = self._lease
                 if lease is None:
+                    self._idle = True
                     self._changed.wait()
+                    self._idle = False
                     continue
-                self._changed.wait(timeout=self.lease_s / 3)
-                if self._lease is not lease:
-                    continue  # finished (or replaced) while we waited
+                # Renew a third into the lease, then look again. A lease that replaces this
+                # one during the wait was taken later, so the wait ends before it is due.
+                renew_in_s = self._renewed_at_s + self.lease_s / 3 - time.monotonic()
+                if renew_in_s > 0:
+                    self._changed.wait(timeout=renew_in_s)
+                    continue
                 try:
                     self.queue.renew(lease, self.lease_s)
+                    self._renewed_at_s = time.monotonic()
                 except LeaseLost:
                     self.lost, self._lease = True, None
                     log.error("lease lost while the task ran", task_id=lease.task_id)

@@ -20,7 +20,9 @@ from tracemind.worker.pool import WorkerPool
 
 TICK_S = 0.05
 RECOVER_EVERY_S = 1.0
-BURST_IDLE_CHECKS = 3
+BURST_IDLE_CHECKS = 2
+"""Consecutive idle looks before a burst pool stops. One look lists inflight/, then pending/: a
+task claimed between the two listings is in neither, but the next look sees it in inflight/."""
 
 
 class Supervisor:
