@@ -54,12 +54,14 @@ def test_state_lives_in_file_names_with_wall_clock_deadlines(
 def test_a_stale_pending_copy_of_a_succeeded_task_is_discarded_not_leased(
     stores: Stores, clock: FakeClock, logs: list[dict[str, Any]]
 ) -> None:
-    # Given a task that succeeded, and a pending copy of it that a crash left behind
+    # Given a task that succeeded, and a pending copy of an earlier delivery of it (as a recovery
+    # leaves when it returns a lease whose late ack then writes done/)
     queue = stores.queue
     task = make_task(clock)
     queue.enqueue([task])
-    stale = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
-    shutil.copy(stale, queue.tmp_dir / "copy")
+    first = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
+    stale = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    shutil.copy(first, queue.tmp_dir / "copy")
     queue.ack(_lease(queue), {"ok": 1})
     os.rename(queue.tmp_dir / "copy", stale)
     # When a consumer looks for work

@@ -122,11 +122,13 @@ def test_a_garbage_file_name_in_inflight_is_skipped_by_readers_and_quarantined_b
 def test_a_damaged_done_record_still_fences_the_task(
     stores: Stores, clock: FakeClock, kind: str
 ) -> None:
-    # Given a succeeded task whose done record got damaged, and a stale pending copy of it
+    # Given a succeeded task whose done record got damaged, and a stale pending copy of it (as a
+    # recovery leaves when it returns a lease whose late ack then wrote done/)
     task = make_task(clock)
     stores.queue.enqueue([task])
-    stale = stores.queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
-    stale_bytes = stale.read_bytes()
+    first = stores.queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
+    stale = stores.queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    stale_bytes = first.read_bytes()
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None
     stores.queue.ack(lease, {"ok": True})

@@ -48,9 +48,10 @@ def damaged(dirs: DataDirs, flows: FlowFiles) -> dict[str, Any]:
     ms = int(clock() * 1000)
     q = stores.queue
     bad: dict[str, Path] = {
-        # the succeeded task: its done record truncated, and a stale copy back in pending
+        # the succeeded task: its done record truncated, and a stale copy of its first delivery
+        # back in pending (as a recovery of that lease leaves it)
         "done": q.done_dir / f"{done_id}.json",
-        "stale": q.pending_dir / str(PendingName(ms, done_id, 0)),
+        "stale": q.pending_dir / str(PendingName(ms, done_id, 1)),
         "pending-garbage": q.pending_dir / "junk.txt",
         "pending-empty": q.pending_dir / str(PendingName(ms, _fake_id(clock, 1), 0)),
         "pending-torn": q.pending_dir / str(PendingName(ms, _fake_id(clock, 2), 0)),

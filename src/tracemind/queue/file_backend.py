@@ -146,7 +146,12 @@ class FileQueue:
                 os.rename(self._pending + str(candidate), claimed)
             except FileNotFoundError:
                 continue  # another consumer was first
-            if os.path.exists(self._done + done_name(candidate.task_id)):
+            # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
+            # attempts 0, comes from enqueue, or from a DLQ requeue, which checks for done/).
+            stale = candidate.attempts > 0 and os.path.exists(
+                self._done + done_name(candidate.task_id)
+            )
+            if stale:
                 self._discard(Path(claimed), "stale copy of a succeeded task")
                 continue
             try:
