@@ -93,12 +93,12 @@ def run(ctx: Context) -> FigureResult:
             rate[f"ours {span} s"],
             rate[f"huey {span} s"],
             huey_label,
-            GOAL,
+            GOAL if span == "window" else None,  # the goal is drain throughput (docs/benchmarks.md)
             # A rate ratio is the inverse ratio of the times.
             paired_ratio=paired_ratio(samples[f"huey {span} s"], samples[f"ours {span} s"]),
         )
         for span, span_label in (
-            ("window", "first claim → queue empty"),
+            ("window", "first claim → last result durable"),
             ("total", "whole process (start → exit)"),
         )
     ]

@@ -4,8 +4,12 @@ run again) when the acking process dies between its ack and the commit."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +155,35 @@ def test_a_torn_completion_line_counts_as_no_ack(stores: Stores, clock: FakeCloc
     again = queue.lease("c2", LEASE_S)
     assert again is not None and again.task_id == lease.task_id and again.attempt == 2
     assert again.record == lease.record
+
+
+def test_a_process_that_exits_normally_commits_its_acks_first(dirs: DataDirs) -> None:
+    # Given a process that acks on a durable queue and returns without calling flush
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from tm_testing import make_task
+        from tracemind.config import DataDirs
+        from tracemind.stores import open_stores
+
+        dirs = DataDirs(Path({str(dirs.queue)!r}), Path({str(dirs.idempotency)!r}),
+                        Path({str(dirs.dlq)!r}))
+        queue = open_stores(dirs, durable=True).queue
+        queue.enqueue([make_task(queue.clock)])
+        lease = queue.lease("c1", 30.0)
+        queue.ack(lease, {{"answer": 42}})
+        print(lease.task_id)
+        """
+    )
+    tests_dir = str(Path(__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, *sys.path])}
+    # When it exits
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # Then its ack was committed on the way out
+    task_id = done.stdout.strip()
+    info = open_stores(dirs, durable=False).queue.find(task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert info.record["result"] == {"answer": 42}

@@ -15,6 +15,7 @@ next writer to meet the file (recovery or a lease) finishes it rather than runni
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -59,6 +60,7 @@ class GroupCommitter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ack-commit", daemon=True)
                 self._thread.start()
+                atexit.register(self.flush)  # a process that exits normally commits first
             if len(self._queued) in (1, GATHER_MAX):  # wake the thread only when it acts on it
                 self._changed.notify_all()
 
