@@ -32,6 +32,7 @@ import yaml
 from tm_testing import free_port, wait_until
 from tracemind.daemon.identity import is_same_process
 from tracemind.daemon.state import StateDir
+from tracemind.queue.records import parse_task_file
 
 SUBPROCESS_TIMEOUT_S = 60.0
 ECHO_FLOW = """\
@@ -151,7 +152,8 @@ class Site:
             folder = self.data_dir / "queue" / state
             for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
                 with contextlib.suppress(FileNotFoundError):  # claimed or finished meanwhile
-                    found.append(json.loads(path.read_text()))
+                    record, completion = parse_task_file(path.read_bytes())
+                    found.append({**record, **(completion or {})})
         return found
 
     def done_of(self, trigger_id: str) -> list[dict[str, Any]]:
