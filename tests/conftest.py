@@ -144,6 +144,7 @@ def tm_env(data_root: Path, helpers_dir: Path, record_dir: Path) -> dict[str, st
         TM_DATA_DIR=str(data_root),
         TM_FILE_QUEUE_V2="1",
         TM_TEST_RECORD_DIR=str(record_dir),
+        XDG_CACHE_HOME=str(data_root.parent / "xdg-cache"),  # the flow cache, kept out of ~
         PYTHONPATH=os.pathsep.join(filter(None, [str(helpers_dir), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )

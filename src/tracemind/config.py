@@ -3,17 +3,21 @@
 Precedence for each data directory: the command-line flag, then its own variable
 (``TM_QUEUE_DIR``, ``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``), then ``$TM_DATA_DIR/<name>``, then
 ``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
-``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``.
+``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
+validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 from tracemind.errors import DisabledError, UsageError
+from tracemind.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
@@ -23,11 +27,13 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUTHY
 
 
-@dataclass(frozen=True)
-class DataDirs:
-    queue: Path
-    idempotency: Path
-    dlq: Path
+class DataDirs(Value):
+    __slots__ = ("dlq", "idempotency", "queue")
+
+    def __init__(self, queue: Path, idempotency: Path, dlq: Path) -> None:
+        self.queue = queue
+        self.idempotency = idempotency
+        self.dlq = dlq
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -37,13 +43,32 @@ class DataDirs:
         }
 
 
-def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> Path:
+def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> str:
     if flag:
-        return Path(flag).absolute()
-    if env.get(var):
-        return Path(env[var]).absolute()
-    root = env.get("TM_DATA_DIR")
-    return (Path(root) / name).absolute() if root else Path("data", name).absolute()
+        chosen = flag
+    elif env.get(var):
+        chosen = env[var]
+    elif env.get("TM_DATA_DIR"):
+        chosen = os.path.join(env["TM_DATA_DIR"], name)
+    else:
+        chosen = os.path.join("data", name)
+    # Absolute as Path.absolute() makes it: joined to the current directory, ".." left alone.
+    return chosen if os.path.isabs(chosen) else os.path.join(os.getcwd(), chosen)
+
+
+def data_paths(
+    queue_dir: str | None = None,
+    idempotency_dir: str | None = None,
+    dlq_dir: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> tuple[str, str, str]:
+    """The queue, idempotency and dead-letter directories, as absolute path strings: what
+    :func:`data_dirs` returns, without pathlib (which would cost ``tm enqueue`` ~4 ms)."""
+    return (
+        _pick(queue_dir, "TM_QUEUE_DIR", "queue", env),
+        _pick(idempotency_dir, "TM_IDEMPOTENCY_DIR", "idempotency", env),
+        _pick(dlq_dir, "TM_DLQ_DIR", "dlq", env),
+    )
 
 
 def data_dirs(
@@ -52,14 +77,15 @@ def data_dirs(
     dlq_dir: str | None = None,
     env: Mapping[str, str] = os.environ,
 ) -> DataDirs:
-    return DataDirs(
-        queue=_pick(queue_dir, "TM_QUEUE_DIR", "queue", env),
-        idempotency=_pick(idempotency_dir, "TM_IDEMPOTENCY_DIR", "idempotency", env),
-        dlq=_pick(dlq_dir, "TM_DLQ_DIR", "dlq", env),
-    )
+    from pathlib import Path
+
+    queue, idempotency, dlq = data_paths(queue_dir, idempotency_dir, dlq_dir, env)
+    return DataDirs(Path(queue), Path(idempotency), Path(dlq))
 
 
 def state_dir(explicit: str | None = None, env: Mapping[str, str] = os.environ) -> Path:
+    from pathlib import Path
+
     if explicit:
         return Path(explicit).absolute()
     if env.get("TM_DAEMON_STATE_DIR"):
@@ -67,6 +93,20 @@ def state_dir(explicit: str | None = None, env: Mapping[str, str] = os.environ) 
     if env.get("TM_DATA_DIR"):
         return (Path(env["TM_DATA_DIR"]) / "state").absolute()
     return Path.home() / ".trace-mind" / "daemon"
+
+
+def flow_cache_dir(env: Mapping[str, str] = os.environ) -> str | None:
+    """Where ``tm enqueue`` caches validated flow snapshots (see :mod:`tracemind.flows.cache`);
+    None when ``TM_FLOW_CACHE`` turns the cache off or there is no home directory to put it in."""
+    if not truthy(env.get("TM_FLOW_CACHE", "1")):
+        return None
+    root = env.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(root):  # unset, or relative, which the XDG spec says to ignore
+        home = env.get("HOME") or os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        root = os.path.join(home, ".cache")
+    return os.path.join(root, "tracemind", "flows")
 
 
 def durable(env: Mapping[str, str] = os.environ) -> bool:

@@ -16,38 +16,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from tracemind.clock import Clock, system_clock
 from tracemind.fsutil import dump_json, ensure_dir, read_json, scan_names, write_atomic
 from tracemind.quarantine import quarantine
 from tracemind.queue.names import done_name, is_task_id, is_temporary
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+    from tracemind.fsutil import StrPath
+
 
 class DeadLetterStore:
     """Dead-letter entries in one directory; safe for many processes (every write is a rename)."""
 
-    def __init__(self, root: Path, *, durable: bool, clock: Clock = system_clock) -> None:
+    def __init__(self, root: StrPath, *, durable: bool, clock: Clock = system_clock) -> None:
         self.root = root
         self.durable = durable
         self.clock = clock
 
-    def _path(self, task_id: str) -> Path:
-        return self.root / done_name(task_id)
+    def _path(self, task_id: str) -> str:
+        return os.path.join(self.root, done_name(task_id))
 
     def put(self, task_id: str, entry: dict[str, Any]) -> None:
         ensure_dir(self.root)
         write_atomic(
             self._path(task_id),
             dump_json(entry),
-            tmp_dir=ensure_dir(self.root / "tmp"),
+            tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
             durable=self.durable,
         )
 
     def has(self, task_id: str) -> bool:
-        return self._path(task_id).exists()
+        return os.path.exists(self._path(task_id))
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The entry, or None when absent or damaged (damaged entries are skipped by readers)."""
@@ -65,12 +69,12 @@ class DeadLetterStore:
                 if entry is not None:
                     yield entry
 
-    def damaged(self) -> list[Path]:
+    def damaged(self) -> list[str]:
         """Entry files that cannot be read (for writers to quarantine; readers only count them)."""
         bad = []
         for name in scan_names(self.root):
-            path = self.root / name
-            if is_temporary(name) or path.is_dir():
+            path = os.path.join(self.root, name)
+            if is_temporary(name) or os.path.isdir(path):
                 continue
             if (
                 not (name.endswith(".json") and is_task_id(name[:-5]))
@@ -97,9 +101,14 @@ class DeadLetterStore:
             return False
         now = self.clock()
         entry[stamp_key] = now
-        archive = ensure_dir(self.root / folder) / f"{task_id}.{int(now * 1000)}.json"
+        archive = os.path.join(
+            ensure_dir(os.path.join(self.root, folder)), f"{task_id}.{int(now * 1000)}.json"
+        )
         write_atomic(
-            archive, dump_json(entry), tmp_dir=ensure_dir(self.root / "tmp"), durable=self.durable
+            archive,
+            dump_json(entry),
+            tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
+            durable=self.durable,
         )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(task_id))

@@ -5,6 +5,9 @@ in a ``tmp/`` directory on the same file system, made group-writable *before* it
 then renamed into place. A reader therefore sees either the old file or the whole new one, never a
 torn one. ``durable=True`` adds the syncs that make the result survive a power loss (the file's
 data before the rename, the directory entry after it).
+
+Paths are strings or ``pathlib.Path`` objects alike: everything here goes through ``os`` and
+``os.path``, so ``tm enqueue`` can start without importing pathlib.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
 
 from tracemind.errors import QueueError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
+    StrPath = str | os.PathLike[str]
 
 _umask_cache: list[int] = []
 
@@ -43,15 +50,17 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as a setgid, group-writable directory; leave existing ones."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists():
+def ensure_dir(path: StrPath) -> str:
+    """Create ``path`` (and parents) as a setgid, group-writable directory; leave existing ones.
+    Returns ``path`` as a string."""
+    missing: list[str] = []
+    probe = os.fspath(path).rstrip(os.sep) or os.sep
+    while not os.path.exists(probe):
         missing.append(probe)
-        if probe.parent == probe:
+        parent = _parent(probe)
+        if parent == probe:
             break
-        probe = probe.parent
+        probe = parent
     try:
         for directory in reversed(missing):  # outermost first
             try:
@@ -66,12 +75,17 @@ def ensure_dir(path: Path) -> Path:
         raise QueueError(f"{path}: cannot create directory (permission denied)") from exc
     except OSError as exc:
         raise QueueError(f"{path}: cannot create directory ({exc.strerror})") from exc
-    if not path.is_dir():
+    if not os.path.isdir(path):
         raise QueueError(f"{path}: not a directory")
-    return path
+    return os.fspath(path)
 
 
-def fsync_dir(path: Path) -> None:
+def _parent(path: StrPath) -> str:
+    """The directory ``path`` is in (``.`` for a bare name), as ``Path.parent`` would say."""
+    return os.path.dirname(path) or os.curdir
+
+
+def fsync_dir(path: StrPath) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -79,8 +93,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_tmp(tmp_dir: Path, stem: str, data: bytes, *, sync: bool) -> Path:
-    tmp = tmp_dir / f"{stem}.{os.urandom(4).hex()}.tmp"
+def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
+    tmp = os.path.join(tmp_dir, f"{stem}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
@@ -99,16 +113,16 @@ def _write_tmp(tmp_dir: Path, stem: str, data: bytes, *, sync: bool) -> Path:
     return tmp
 
 
-def write_error(path: Path, exc: OSError) -> QueueError:
+def write_error(path: StrPath, exc: OSError) -> QueueError:
     """The one-line error for a write the file system refused (permission, full disk, ...)."""
     return QueueError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
-def write_atomic(target: Path, data: bytes, *, tmp_dir: Path, durable: bool) -> None:
+def write_atomic(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: bool) -> None:
     """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename;
     :class:`QueueError` when the file system refuses the write."""
     try:
-        tmp = _write_tmp(tmp_dir, target.name, data, sync=durable)
+        tmp = _write_tmp(tmp_dir, os.path.basename(target), data, sync=durable)
     except OSError as exc:
         raise write_error(tmp_dir, exc) from exc
     try:
@@ -120,12 +134,12 @@ def write_atomic(target: Path, data: bytes, *, tmp_dir: Path, durable: bool) -> 
             raise write_error(target, exc) from exc
         raise
     if durable:
-        fsync_dir(target.parent)
+        fsync_dir(_parent(target))
 
 
 def write_many_atomic(
-    items: Iterable[tuple[Path, bytes]], *, tmp_dir: Path, durable: bool
-) -> list[Path]:
+    items: Iterable[tuple[StrPath, bytes]], *, tmp_dir: StrPath, durable: bool
+) -> list[StrPath]:
     """Write several files with one sync for the whole batch; returns the targets written.
 
     All temporary files are written first, then one ``syncfs`` (falling back to per-file
@@ -134,10 +148,10 @@ def write_many_atomic(
     never a torn file; a write the file system refuses raises :class:`QueueError` (targets
     renamed before it stay written).
     """
-    staged: list[tuple[Path, Path]] = []
+    staged: list[tuple[StrPath, str]] = []
     try:
         for target, data in items:
-            staged.append((target, _write_tmp(tmp_dir, target.name, data, sync=False)))
+            staged.append((target, _write_tmp(tmp_dir, os.path.basename(target), data, sync=False)))
         if durable and staged and not sync_filesystem(tmp_dir):
             for _, tmp in staged:
                 fd = os.open(tmp, os.O_RDONLY)
@@ -153,12 +167,12 @@ def write_many_atomic(
                 os.unlink(tmp)  # those already renamed are gone from tmp/ and stay written
         raise write_error(tmp_dir, exc) from exc
     if durable:
-        for directory in {target.parent for target, _ in staged}:
+        for directory in {_parent(target) for target, _ in staged}:
             fsync_dir(directory)
     return [target for target, _ in staged]
 
 
-def sync_filesystem(any_path: Path) -> bool:
+def sync_filesystem(any_path: StrPath) -> bool:
     """``syncfs(2)`` the file system holding ``any_path``; False where the call is unavailable."""
     from tracemind.libc import libc
 
@@ -172,7 +186,7 @@ def sync_filesystem(any_path: Path) -> bool:
         os.close(fd)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: StrPath) -> Any:
     """Parse a JSON file; raises ``ValueError`` for a torn or corrupt one, ``OSError`` if unreadable."""
     with open(path, "rb") as handle:
         data = handle.read()
@@ -183,7 +197,7 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
 
 
-def scan_names(directory: Path) -> Iterator[str]:
+def scan_names(directory: StrPath) -> Iterator[str]:
     """File names in ``directory`` (nothing if it does not exist); never creates anything."""
     try:
         with os.scandir(directory) as entries:

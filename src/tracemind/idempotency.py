@@ -14,30 +14,35 @@ under the key's stripe lock, so submissions racing each other from different pro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import dump_json, ensure_dir, file_mode, read_json, write_atomic
 from tracemind.quarantine import quarantine
+from tracemind.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tracemind.fsutil import StrPath
 
 LOCK_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class KeyRecord:
-    key: str
-    task_id: str
-    created_at: float
+class KeyRecord(Value):
+    __slots__ = ("created_at", "key", "task_id")
+
+    def __init__(self, key: str, task_id: str, created_at: float) -> None:
+        self.key = key
+        self.task_id = task_id
+        self.created_at = created_at
 
 
 class IdempotencyStore:
     def __init__(
-        self, root: Path, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S
+        self, root: StrPath, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S
     ) -> None:
         self.root = root
         self.durable = durable
@@ -45,6 +50,8 @@ class IdempotencyStore:
 
     @staticmethod
     def _digest(key: str) -> str:
+        import hashlib  # only submissions with a key pay for it (OpenSSL, ~3 ms)
+
         return hashlib.sha256(key.encode()).hexdigest()[:40]
 
     @contextmanager
@@ -52,9 +59,9 @@ class IdempotencyStore:
         """Hold the key's cross-process lock (raises LockTimeout after ``lock_timeout_s``)."""
         from filelock import FileLock, Timeout
 
-        lock_dir = ensure_dir(self.root / "locks")
+        lock_dir = ensure_dir(os.path.join(self.root, "locks"))
         lock = FileLock(
-            lock_dir / f"{self._digest(key)[:2]}.lock",
+            os.path.join(lock_dir, f"{self._digest(key)[:2]}.lock"),
             timeout=self.lock_timeout_s,
             mode=file_mode(),
             thread_local=False,
@@ -73,8 +80,8 @@ class IdempotencyStore:
         finally:
             lock.release()
 
-    def _path(self, key: str) -> Path:
-        return self.root / "keys" / f"{self._digest(key)}.json"
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
 
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
@@ -87,12 +94,12 @@ class IdempotencyStore:
     def put(self, key: str, task_id: str, now_s: float, *, durable: bool | None = None) -> None:
         """Point ``key`` at ``task_id`` (call while holding :meth:`locked`); ``durable`` overrides
         the store's setting for callers that sync a whole batch themselves."""
-        ensure_dir(self.root / "keys")
+        ensure_dir(os.path.join(self.root, "keys"))
         record = {"key": key, "task_id": task_id, "created_at": now_s}
         write_atomic(
             self._path(key),
             dump_json(record),
-            tmp_dir=ensure_dir(self.root / "tmp"),
+            tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
             durable=self.durable if durable is None else durable,
         )
 
@@ -100,7 +107,7 @@ class IdempotencyStore:
         """Move the record of ``key`` aside if it exists but cannot be read (call while holding
         :meth:`locked`); True when it was moved."""
         path = self._path(key)
-        if not path.exists() or self.get(key) is not None:
+        if not os.path.exists(path) or self.get(key) is not None:
             return False
         return quarantine(path, self.root, "unreadable idempotency key record") is not None
 

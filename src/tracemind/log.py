@@ -2,16 +2,19 @@
 
 Every line carries an ISO-8601 UTC ``timestamp``, ``level``, ``event`` and ``logger``, plus
 whatever is bound in the context (``task_id``, ``flow_id``, ``attempt`` while a task runs).
-``get_logger`` keeps structlog off the thin CLI's import path until something is logged.
+``get_logger`` keeps structlog off the thin CLI's import path until something is logged; this
+module imports nothing else the CLI would not load anyway.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
-from pathlib import Path
-from typing import Any, TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, TextIO
 
 
 def get_logger(name: str) -> Any:
@@ -30,6 +33,8 @@ class LogFile:
     """An append-only log file that can be reopened (SIGHUP, after logrotate moved it)."""
 
     def __init__(self, path: Path) -> None:
+        import threading  # here, not at the top: only the daemon and its workers log to files
+
         self.path = path
         # Reentrant: SIGHUP's handler may reopen while the interrupted thread is mid-write.
         self._lock = threading.RLock()

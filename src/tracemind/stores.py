@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tracemind.clock import Clock, system_clock
-from tracemind.config import DataDirs
 from tracemind.dlq import DeadLetterStore
 from tracemind.idempotency import IdempotencyStore
 from tracemind.queue.file_backend import FileQueue
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.submit import QueueSubmitter
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tracemind.config import DataDirs
+
 _DEAD_FIELDS = ("status", "attempts", "error", "traceback", "dead_at", "lease_token")
 
 
-@dataclass
 class Stores:
-    dirs: DataDirs
-    queue: FileQueue
-    dlq: DeadLetterStore
-    keys: IdempotencyStore
-    clock: Clock
+    def __init__(
+        self,
+        dirs: DataDirs,
+        queue: FileQueue,
+        dlq: DeadLetterStore,
+        keys: IdempotencyStore,
+        clock: Clock,
+    ) -> None:
+        self.dirs = dirs
+        self.queue = queue
+        self.dlq = dlq
+        self.keys = keys
+        self.clock = clock
 
     def submitter(self, ttl_s: float) -> QueueSubmitter:
         return QueueSubmitter(self.queue, self.keys, ttl_s=ttl_s, clock=self.clock)
@@ -48,3 +56,14 @@ def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -
     queue = FileQueue(dirs.queue, dlq, durable=durable, clock=clock)
     keys = IdempotencyStore(dirs.idempotency, durable=durable)
     return Stores(dirs, queue, dlq, keys, clock)
+
+
+def open_submitter(
+    queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, ttl_s: float
+) -> QueueSubmitter:
+    """What ``Stores.submitter`` returns, from the directories as strings (see
+    :func:`tracemind.config.data_paths`): all that ``tm enqueue`` needs."""
+    dlq = DeadLetterStore(dlq_dir, durable=durable)
+    queue = FileQueue(queue_dir, dlq, durable=durable)
+    keys = IdempotencyStore(idempotency_dir, durable=durable)
+    return QueueSubmitter(queue, keys, ttl_s=ttl_s)

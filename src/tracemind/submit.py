@@ -10,51 +10,52 @@ key and the task. Keys are checked and written under the key's cross-process loc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
 
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import TraceMindError
 from tracemind.idempotency import IdempotencyStore, KeyRecord
 from tracemind.queue.names import new_task_id
-from tracemind.queue.protocol import NewTask, TaskQueue, TaskStatus
+from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record
+from tracemind.values import Value
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from tracemind.flows import FlowSnapshot
+    from tracemind.queue.protocol import TaskQueue
 
 IN_PROGRESS_GRACE_S = 60.0
 _LIVE = frozenset({TaskStatus.PENDING, TaskStatus.DELAYED, TaskStatus.INFLIGHT})
 
 
-@dataclass(frozen=True)
-class SubmitResult:
-    task_id: str
-    duplicate: bool
+class SubmitResult(Value):
+    __slots__ = ("duplicate", "task_id")
+
+    def __init__(self, task_id: str, duplicate: bool) -> None:
+        self.task_id = task_id
+        self.duplicate = duplicate
 
     def to_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "duplicate": self.duplicate}
 
 
-@dataclass(frozen=True)
-class Submission:
+class Submission(Value):
     """One task to submit: its input, optional idempotency key, optional trigger metadata."""
 
-    inputs: dict[str, Any]
-    idempotency_key: str | None = None
-    trigger: dict[str, Any] | None = field(default=None)
+    __slots__ = ("idempotency_key", "inputs", "trigger")
 
-
-class Submitter(Protocol):
-    def submit(
+    def __init__(
         self,
-        flow: FlowSnapshot,
         inputs: dict[str, Any],
-        *,
         idempotency_key: str | None = None,
         trigger: dict[str, Any] | None = None,
-    ) -> SubmitResult: ...
+    ) -> None:
+        self.inputs = inputs
+        self.idempotency_key = idempotency_key
+        self.trigger = trigger
 
 
 class QueueSubmitter:

@@ -1,19 +1,25 @@
-"""Pieces shared by the commands: directory options, JSON input, output."""
+"""Pieces shared by the commands: directory options, JSON input, output.
+
+On the start-up path of ``tm enqueue``: argparse, pathlib and typing stay out of its imports.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tracemind.errors import UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from tracemind.stores import Stores
     from tracemind.submit import QueueSubmitter
+
+_INFINITY = float("inf")
 
 
 def add_queue_options(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +43,18 @@ def open_stores_from(args: argparse.Namespace) -> Stores:
 
 def open_submitter(args: argparse.Namespace) -> QueueSubmitter:
     from tracemind import config
+    from tracemind.stores import open_submitter
 
-    return open_stores_from(args).submitter(config.idempotency_ttl_s())
+    return open_submitter(
+        *config.data_paths(args.queue_dir, args.idempotency_dir, args.dlq_dir),
+        durable=config.durable(),
+        ttl_s=config.idempotency_ttl_s(),
+    )
 
 
 def _finite(text: str) -> float:
     number = float(text)
-    if not math.isfinite(number):
+    if number in (_INFINITY, -_INFINITY):  # a literal too large for a float, like 1e999
         raise ValueError(f"number out of range: {text}")
     return number
 
@@ -71,9 +82,10 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
 def read_input(value: str) -> dict[str, Any]:
     """``-i`` takes inline JSON or ``@path`` to a file holding it."""
     if value.startswith("@"):
-        path = Path(value[1:])
+        path = value[1:]
         try:
-            text = path.read_text()
+            with open(path) as file:
+                text = file.read()
         except OSError as exc:
             raise UsageError(f"-i {value}: cannot read {path} ({exc.strerror})") from None
         except UnicodeDecodeError:
@@ -88,8 +100,65 @@ def print_json(value: Any) -> None:
 
 
 def task_id_arg(text: str) -> str:
+    import argparse
+
     from tracemind.queue.names import is_task_id
 
     if not is_task_id(text):
         raise argparse.ArgumentTypeError(f"not a task id: {text!r} (expected 22 hex digits)")
     return text
+
+
+class QuickForm:
+    """The plain spelling of a command, which ``tm`` parses without argparse (see
+    :mod:`tracemind.cli.main`): one positional argument, and options written out in full, each
+    at most once, every value a word of its own that does not start with ``-``.
+
+    ``options`` maps each option string that takes a value to its destination, ``switches``
+    each ``store_true`` flag to its; ``defaults`` holds the destinations of the command's other
+    options (and the defaults that are not None), so that the result has every attribute the
+    argparse parser of the command would set.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], int],
+        *,
+        positional: str,
+        options: dict[str, str],
+        switches: dict[str, str],
+        defaults: dict[str, Any],
+    ) -> None:
+        self.handler = handler
+        self.positional = positional
+        self.options = options
+        self.switches = switches
+        self.defaults = defaults
+
+    def parse(self, words: Sequence[str]) -> dict[str, Any] | None:
+        """The arguments ``words`` spell, or None when they are not in the plain spelling."""
+        values: dict[str, Any] = {
+            **dict.fromkeys(self.options.values()),
+            **dict.fromkeys(self.switches.values(), False),
+            **self.defaults,
+            "handler": self.handler,
+        }
+        given: set[str] = set()
+        remaining = iter(words)
+        for word in remaining:
+            if word in self.switches:
+                values[self.switches[word]] = True
+                continue
+            if word in self.options:
+                dest, value = self.options[word], next(remaining, None)
+                if value is None or value.startswith("-"):
+                    return None
+            elif not word.startswith("-"):
+                dest, value = self.positional, word
+            else:
+                return None
+            if dest in given:
+                return None
+            given.add(dest)
+            values[dest] = value
+        return values if self.positional in given else None

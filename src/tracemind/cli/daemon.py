@@ -14,7 +14,7 @@ from tracemind.errors import TraceMindError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    daemon = commands.add_parser("daemon", help="the background daemon (needs TM_ENABLE_DAEMON=1)")
+    daemon = commands.add_parser("daemon")
     verbs = daemon.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     start = verbs.add_parser(

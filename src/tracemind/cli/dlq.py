@@ -15,7 +15,7 @@ from tracemind.errors import NotFound, UsageError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dlq = commands.add_parser("dlq", help="the dead-letter queue")
+    dlq = commands.add_parser("dlq")
     verbs = dlq.add_subparsers(dest="verb", metavar="VERB", required=True)
     ls = verbs.add_parser("ls", help="dead tasks, newest first (read-only)")
     ls.add_argument("--json", action="store_true")

@@ -11,7 +11,6 @@ TIMEOUT_S = 3.0
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = commands.add_parser(
         "health",
-        help="probe the daemon's status endpoint: exit 0 healthy, 1 not",
         description="GET /readyz (default) or /livez; exit 0 on HTTP 200, 1 otherwise. URL: "
         "--url, else $TM_STATUS_URL, else the daemon's recorded status_url (only on the host "
         f"it recorded: not across a container boundary), else {DEFAULT_URL}.",

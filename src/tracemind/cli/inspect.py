@@ -22,14 +22,14 @@ WAIT_POLL_S = 0.05
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    queue = commands.add_parser("queue", help="inspect the queue")
+    queue = commands.add_parser("queue")
     queue_verbs = queue.add_subparsers(dest="verb", metavar="VERB", required=True)
     stats = queue_verbs.add_parser("stats", help="counts by state (read-only)")
     stats.add_argument("--json", action="store_true")
     add_queue_options(stats)
     stats.set_defaults(handler=stats_command)
 
-    task = commands.add_parser("task", help="inspect one task")
+    task = commands.add_parser("task")
     task_verbs = task.add_subparsers(dest="verb", metavar="VERB", required=True)
     show = task_verbs.add_parser("show", help="a task's status, attempts and result (read-only)")
     show.add_argument("task_id", metavar="ID", type=task_id_arg)

@@ -3,63 +3,38 @@
 Each command group lives in its own module exposing ``register(subparsers)``; handlers take the
 parsed arguments and return the exit code. Modules import their heavy dependencies inside the
 handlers, so ``tm enqueue`` loads neither the worker pool nor the status server.
+
+``tm enqueue`` and ``tm run`` are what scripts start over and over, and importing argparse and
+building its parser costs ~6 ms, a fifth of such a process. So their plain spellings — the
+command, its one argument and its options written out in full (``tm enqueue FLOW -i JSON``) —
+are read by the command's :class:`~tracemind.cli.common.QuickForm` instead, which yields the
+arguments argparse would. Anything else (help, ``--opt=value``, abbreviations, a value starting
+with ``-``, a repeated or unknown option, a mistake) goes to argparse, the one judge of what the
+command line means (``tests/cli/test_quick_parse.py`` holds both to the same answers).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from types import SimpleNamespace
 
-from tracemind import __version__
-from tracemind.errors import TraceMindError
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import Namespace
+    from collections.abc import Sequence
 
-GROUPS = ("submit", "inspect", "dlq", "workers", "daemon", "health", "triggers")
-"""The command-group modules under tracemind.cli, in the order ``tm --help`` lists them."""
-COMMAND_GROUP = {
-    "run": "submit",
-    "enqueue": "submit",
-    "queue": "inspect",
-    "task": "inspect",
-    "dlq": "dlq",
-    "workers": "workers",
-    "daemon": "daemon",
-    "health": "health",
-    "triggers": "triggers",
-}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line (and exit 2), like every other user error of ``tm``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; given the command about to run, only its group is built (start-up time)."""
-    parser = OneLineParser(
-        prog="tm",
-        description="TraceMind: run flows now, or queue them for the daemon's workers.",
-    )
-    parser.add_argument("--version", action="version", version=f"tm {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    groups = [COMMAND_GROUP[command]] if command in COMMAND_GROUP else GROUPS
-    for group in groups:
-        importlib.import_module(f"tracemind.cli.{group}").register(commands)
-    return parser
+QUICK_COMMANDS = ("run", "enqueue")
+"""The commands with a quick form (``tracemind.cli.submit.QUICK_FORMS``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = parse_quick(words) or parse_full(words)
+    # Imported once the arguments are good: `tm --help` and usage errors end above.
+    from tracemind.errors import TraceMindError
     from tracemind.fsutil import share_with_group
 
     share_with_group()
-    words = sys.argv[1:] if argv is None else list(argv)
-    command = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(command).parse_args(words)
     try:
         return int(args.handler(args))
     except TraceMindError as error:
@@ -71,3 +46,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def parse_quick(words: Sequence[str]) -> SimpleNamespace | None:
+    """The arguments in ``words`` if they are the plain spelling of ``tm [--debug] run ...`` or
+    ``tm [--debug] enqueue ...``, else None (then argparse parses them)."""
+    debug = bool(words) and words[0] == "--debug"
+    if debug:
+        words = words[1:]
+    if not words or words[0] not in QUICK_COMMANDS:
+        return None
+    from tracemind.cli.submit import QUICK_FORMS
+
+    command = words[0]
+    values = QUICK_FORMS[command].parse(words[1:])
+    return None if values is None else SimpleNamespace(command=command, debug=debug, **values)
+
+
+def parse_full(words: Sequence[str]) -> Namespace:
+    """The arguments in ``words`` as argparse reads them (it exits 2 with one line if they are
+    wrong, 0 after ``--help``)."""
+    from tracemind.cli.parser import build_parser
+
+    command = next((w for w in words if not w.startswith("-")), None)
+    return build_parser(command).parse_args(words)

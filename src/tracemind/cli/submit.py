@@ -1,14 +1,17 @@
-"""``tm run`` (synchronous, or ``--detached`` into the queue) and ``tm enqueue``."""
+"""``tm run`` (synchronous, or ``--detached`` into the queue) and ``tm enqueue``.
+
+The submitting paths load the flow through the snapshot cache (:mod:`tracemind.flows.cache`)
+and store a new entry only once the task is queued. This module is on the start-up path of
+``tm enqueue``: argparse, pathlib and typing stay out of its imports.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tracemind.cli.common import (
+    QuickForm,
     add_queue_options,
     open_submitter,
     parse_object,
@@ -17,14 +20,18 @@ from tracemind.cli.common import (
 from tracemind.cli.common import read_input as read_input_arg
 from tracemind.errors import UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from tracemind.flows.cache import CachedFlow
     from tracemind.submit import Submission
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
-        help="run a flow now (or --detached: enqueue it for the daemon)",
         description="Run FLOW synchronously and print the final state as JSON. With --detached, "
         "enqueue it for the daemon's workers instead (needs TM_ENABLE_DAEMON=1).",
     )
@@ -38,7 +45,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     enqueue = commands.add_parser(
         "enqueue",
-        help="enqueue a flow for the workers",
         description="Enqueue FLOW with one input (-i) or one task per line of a JSONL file "
         "(--inputs, one durable batch). Prints the task id(s).",
     )
@@ -84,11 +90,10 @@ def enqueue_command(args: argparse.Namespace) -> int:
         return _enqueue_one(args, args.input or "{}")
     if args.idempotency_key:
         raise UsageError("--idempotency-key applies to one task; use --idempotency-key-field")
-    from tracemind.flows import load_flow
-
-    submissions = read_jsonl(Path(args.inputs), args.idempotency_key_field)
-    snapshot = load_flow(args.flow)
-    results = open_submitter(args).submit_many(snapshot, submissions)
+    submissions = read_jsonl(args.inputs, args.idempotency_key_field)
+    flow = _load_flow(args.flow)
+    results = open_submitter(args).submit_many(flow.snapshot, submissions)
+    flow.remember()
     duplicates = sum(1 for r in results if r.duplicate)
     summary = {
         "enqueued": len(results) - duplicates,
@@ -103,11 +108,11 @@ def enqueue_command(args: argparse.Namespace) -> int:
 
 
 def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
-    from tracemind.flows import load_flow
-
     state = read_input_arg(raw_input)
-    snapshot = load_flow(args.flow)
-    result = open_submitter(args).submit(snapshot, state, idempotency_key=args.idempotency_key)
+    flow = _load_flow(args.flow)
+    submitter = open_submitter(args)
+    result = submitter.submit(flow.snapshot, state, idempotency_key=args.idempotency_key)
+    flow.remember()
     if args.json:
         print_json(result.to_dict())
     else:
@@ -116,12 +121,21 @@ def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
     return 0
 
 
-def read_jsonl(path: Path, key_field: str | None) -> list[Submission]:
+def _load_flow(path: str) -> CachedFlow:
+    """The flow to submit, through the cache of validated snapshots (where the user has one)."""
+    from tracemind.config import flow_cache_dir
+    from tracemind.flows.cache import load_flow_cached
+
+    return load_flow_cached(path, flow_cache_dir())
+
+
+def read_jsonl(path: str, key_field: str | None) -> list[Submission]:
     """Every line of ``path`` as a submission; any bad line rejects the whole file."""
     from tracemind.submit import Submission
 
     try:
-        lines = path.read_text().splitlines()
+        with open(path) as file:
+            lines = file.read().splitlines()
     except OSError as exc:
         raise UsageError(f"--inputs {path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
@@ -141,3 +155,39 @@ def read_jsonl(path: Path, key_field: str | None) -> list[Submission]:
     if not submissions:
         raise UsageError(f"--inputs {path}: no input lines")
     return submissions
+
+
+_QUEUE_DIRS = {
+    "--queue-dir": "queue_dir",
+    "--idempotency-dir": "idempotency_dir",
+    "--dlq-dir": "dlq_dir",
+}
+
+QUICK_FORMS = {
+    "run": QuickForm(
+        run_command,
+        positional="flow",
+        options={
+            "-i": "input",
+            "--input": "input",
+            "--idempotency-key": "idempotency_key",
+            **_QUEUE_DIRS,
+        },
+        switches={"--detached": "detached", "--json": "json"},
+        defaults={"input": "{}"},
+    ),
+    "enqueue": QuickForm(
+        enqueue_command,
+        positional="flow",
+        options={
+            "-i": "input",
+            "--input": "input",
+            "--idempotency-key": "idempotency_key",
+            **_QUEUE_DIRS,
+        },
+        switches={"--json": "json"},
+        defaults={"inputs": None, "idempotency_key_field": None},  # batches go through argparse
+    ),
+}
+"""The plain spellings of ``tm run`` and ``tm enqueue`` (see :mod:`tracemind.cli.main`); they
+must agree with :func:`register`, which ``tests/cli/test_quick_parse.py`` checks."""

@@ -20,9 +20,7 @@ _RUN_DESCRIPTION = (
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    triggers = commands.add_parser(
-        "triggers", help="cron, filesystem and webhook triggers that enqueue flows"
-    )
+    triggers = commands.add_parser("triggers")
     verbs = triggers.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     init = verbs.add_parser(

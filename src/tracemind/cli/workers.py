@@ -60,7 +60,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    workers = commands.add_parser("workers", help="run a worker pool in the foreground")
+    workers = commands.add_parser("workers")
     verbs = workers.add_subparsers(dest="verb", metavar="VERB", required=True)
     start = verbs.add_parser(
         "start",

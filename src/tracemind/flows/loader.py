@@ -1,7 +1,7 @@
 """Read a flow file (YAML or JSON), validate it and snapshot it.
 
-Imports stay light (this is on the path of ``tm enqueue``): ``yaml`` is imported only when a
-YAML file is parsed.
+``yaml`` is imported only when a YAML file is parsed. ``tm enqueue`` comes here only when its
+snapshot cache (:mod:`tracemind.flows.cache`) has nothing valid for the file.
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def load_flow(path: str | os.PathLike[str], *, check_hooks: bool = True) -> Flow
     raises :class:`FlowError` with a one-line message naming ``path`` as given.
     """
     shown = os.fspath(path)
-    data = _read_bytes(shown)
-    doc = parse_document(data, shown)
-    flow = parse_flow(doc, shown, check_hooks=check_hooks)
-    source_path = os.path.abspath(shown)
-    return FlowSnapshot.of(flow, source_path, hashlib.sha256(data).hexdigest())
+    return snapshot_bytes(_read_bytes(shown), shown, check_hooks=check_hooks)
+
+
+def snapshot_bytes(data: bytes, path: str, *, check_hooks: bool = True) -> FlowSnapshot:
+    """Parse and validate ``data``, the content of the flow file at ``path``, and snapshot it
+    (see :func:`load_flow`)."""
+    doc = parse_document(data, path)
+    flow = parse_flow(doc, path, check_hooks=check_hooks)
+    return FlowSnapshot.of(flow, os.path.abspath(path), hashlib.sha256(data).hexdigest())
 
 
 def parse_document(data: bytes, path: str) -> Any:

@@ -1,21 +1,27 @@
-"""A validated flow frozen for a detached task: runnable without the original file."""
+"""A validated flow frozen for a detached task: runnable without the original file.
+
+The validator is imported by the methods that validate, not with this module: ``tm enqueue``
+takes snapshots from its cache (:mod:`tracemind.flows.cache`) without loading it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from tracemind.errors import FlowError
-from tracemind.flows.model import Flow
-from tracemind.flows.validation import parse_flow
+from tracemind.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tracemind.flows.model import Flow
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _UNKNOWN_SOURCE = "<snapshot>"
 
 
-@dataclass(frozen=True)
-class FlowSnapshot:
+class FlowSnapshot(Value):
     """The normalized flow mapping plus where it came from.
 
     ``flow`` is what :meth:`Flow.to_dict` returns (the content under the file's ``flow`` key,
@@ -25,9 +31,12 @@ class FlowSnapshot:
     ``flow`` as read-only.
     """
 
-    flow: dict[str, Any]
-    source_path: str
-    sha256: str
+    __slots__ = ("flow", "sha256", "source_path")
+
+    def __init__(self, flow: dict[str, Any], source_path: str, sha256: str) -> None:
+        self.flow = flow
+        self.source_path = source_path
+        self.sha256 = sha256
 
     @classmethod
     def of(cls, flow: Flow, source_path: str, sha256: str) -> FlowSnapshot:
@@ -45,6 +54,8 @@ class FlowSnapshot:
         Never touches ``source_path`` on disk. Hooks are imported only with ``check_hooks``.
         Raises :class:`FlowError` (naming the recorded source path) when anything is malformed.
         """
+        from tracemind.flows.validation import parse_flow
+
         if not isinstance(data, Mapping):
             raise FlowError(_UNKNOWN_SOURCE, "a flow snapshot must be a mapping")
         source_path = data.get("source_path")
@@ -58,4 +69,6 @@ class FlowSnapshot:
 
     def to_flow(self, *, check_hooks: bool = False) -> Flow:
         """Re-validate and return the :class:`Flow` (``source_path`` kept for messages)."""
+        from tracemind.flows.validation import parse_flow
+
         return parse_flow({"flow": self.flow}, self.source_path, check_hooks=check_hooks)

@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from tracemind.fsutil import sync_filesystem
 from tracemind.log import get_logger
@@ -42,7 +41,9 @@ class GroupCommitter:
     with its completion line, to be finished by recovery.
     """
 
-    def __init__(self, fs_dir: Path, on_error: Callable[[str, OSError], None]) -> None:
+    def __init__(
+        self, fs_dir: str | os.PathLike[str], on_error: Callable[[str, OSError], None]
+    ) -> None:
         self._log = get_logger("tracemind.queue")
         self.fs_dir = fs_dir
         self.on_error = on_error

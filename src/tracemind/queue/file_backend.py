@@ -12,11 +12,9 @@ are written down in docs/queue-format.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import deque
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tracemind.clock import Clock, system_clock
 from tracemind.dlq import DeadLetterStore
@@ -29,7 +27,6 @@ from tracemind.fsutil import (
 )
 from tracemind.log import get_logger
 from tracemind.quarantine import quarantine, sweep_temporaries
-from tracemind.queue.commit import GroupCommitter
 from tracemind.queue.names import InflightName, PendingName, done_name, is_temporary, new_token
 from tracemind.queue.protocol import (
     Failure,
@@ -50,7 +47,14 @@ from tracemind.queue.records import (
     with_failure,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from tracemind.fsutil import StrPath
+    from tracemind.queue.commit import GroupCommitter
     from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
@@ -71,7 +75,7 @@ class FileQueue:
 
     def __init__(
         self,
-        root: Path,
+        root: StrPath,
         dlq: DeadLetterStore,
         *,
         durable: bool,
@@ -83,19 +87,33 @@ class FileQueue:
         self.durable = durable
         self.clock = clock
         self.relist_interval_s = relist_interval_s
-        self.pending_dir = root / "pending"
-        self.inflight_dir = root / "inflight"
-        self.done_dir = root / "done"
-        self.tmp_dir = root / "tmp"
-        # The hot paths (lease, renew, ack) join names to these strings, not to Path objects.
-        self._pending = f"{self.pending_dir}{os.sep}"
-        self._inflight = f"{self.inflight_dir}{os.sep}"
-        self._done = f"{self.done_dir}{os.sep}"
+        # Directories as strings ending in a separator: names are joined to them with "+"
+        # (no pathlib on `tm enqueue`'s path, nor on the lease/ack hot path).
+        self._pending = os.path.join(root, "pending", "")
+        self._inflight = os.path.join(root, "inflight", "")
+        self._done = os.path.join(root, "done", "")
+        self._tmp = os.path.join(root, "tmp")
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
+
+    @functools.cached_property
+    def pending_dir(self) -> Path:
+        return _as_path(self._pending)
+
+    @functools.cached_property
+    def inflight_dir(self) -> Path:
+        return _as_path(self._inflight)
+
+    @functools.cached_property
+    def done_dir(self) -> Path:
+        return _as_path(self._done)
+
+    @functools.cached_property
+    def tmp_dir(self) -> Path:
+        return _as_path(self._tmp)
 
     @property
     def _log(self) -> Any:
@@ -109,9 +127,9 @@ class FileQueue:
         """Create the directories (writers only; readers never call this)."""
         if self._prepared:
             return
-        for directory in (self.pending_dir, self.inflight_dir, self.done_dir, self.tmp_dir):
+        for directory in (self._pending, self._inflight, self._done, self._tmp):
             ensure_dir(directory)
-        sweep_temporaries(self.tmp_dir)
+        sweep_temporaries(self._tmp)
         self._prepared = True
 
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
@@ -119,16 +137,16 @@ class FileQueue:
         encoded_flows: dict[int, bytes] = {}
         items = [
             (
-                self.pending_dir / str(PendingName(_ms(t.due_s), t.task_id, 0)),
+                self._pending + str(PendingName(_ms(t.due_s), t.task_id, 0)),
                 _encode_record(t.record, encoded_flows),
             )
             for t in tasks
         ]
         if len(items) == 1:
             target, data = items[0]
-            write_atomic(target, data, tmp_dir=self.tmp_dir, durable=self.durable)
+            write_atomic(target, data, tmp_dir=self._tmp, durable=self.durable)
         elif items:
-            write_many_atomic(items, tmp_dir=self.tmp_dir, durable=self.durable)
+            write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
 
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         self.prepare()
@@ -152,12 +170,12 @@ class FileQueue:
                 self._done + done_name(candidate.task_id)
             )
             if stale:
-                self._discard(Path(claimed), "stale copy of a succeeded task")
+                self._discard(claimed, "stale copy of a succeeded task")
                 continue
             try:
                 record, completion = _read_task(claimed)
             except (OSError, ValueError) as exc:
-                quarantine(Path(claimed), self.root, f"unreadable task record: {exc}")
+                quarantine(claimed, self.root, f"unreadable task record: {exc}")
                 continue
             if completion is not None:  # acked, but its lease lapsed before it reached done/
                 self._finish_acked(claimed, candidate.task_id)
@@ -184,12 +202,12 @@ class FileQueue:
 
     def _relist(self, now_s: float) -> None:
         names: list[PendingName] = []
-        for name in scan_names(self.pending_dir):
+        for name in scan_names(self._pending):
             parsed = PendingName.parse(name)
             if parsed is not None:
                 names.append(parsed)
             elif not is_temporary(name):
-                quarantine(self.pending_dir / name, self.root, "not a task file name")
+                quarantine(self._pending + name, self.root, "not a task file name")
         names.sort(key=lambda n: (n.due_ms, n.task_id))
         self._candidates = deque(names)
         self._listed_at_s = now_s
@@ -199,7 +217,7 @@ class FileQueue:
             from tracemind.queue.watch import DirectoryWatch
 
             self.prepare()
-            self._watch = DirectoryWatch(self.pending_dir)
+            self._watch = DirectoryWatch(self._pending)
             return  # look once more: something may have arrived before the watch existed
         if self._candidates:  # a delayed task: wake when it falls due
             timeout_s = min(timeout_s, self._candidates[0].due_ms / 1000 - self.clock())
@@ -228,18 +246,20 @@ class FileQueue:
                 )
             # The done record fences any copy recovery made; the result is kept all the same.
             write_atomic(
-                Path(target),
+                target,
                 dump_json(lease.record) + b"\n" + line,
-                tmp_dir=self.tmp_dir,
+                tmp_dir=self._tmp,
                 durable=self.durable,
             )
-            self._discard(Path(source), None)
+            self._discard(source, None)
             return
         if not self.durable:
             with contextlib.suppress(FileNotFoundError):  # finished by a recovery meanwhile
                 os.rename(source, target)
             return
         if self._committer is None:
+            from tracemind.queue.commit import GroupCommitter
+
             self._committer = GroupCommitter(self.root, self._commit_failed)
         self._committer.add(source, target)
 
@@ -252,7 +272,7 @@ class FileQueue:
             "acknowledgement not committed; recovery will finish it", path=path, error=str(exc)
         )
 
-    def _finish_acked(self, path: str | Path, task_id: str) -> bool:
+    def _finish_acked(self, path: StrPath, task_id: str) -> bool:
         """Move a task file that carries a completion line into done/ (durable first)."""
         if self.durable:
             with contextlib.suppress(FileNotFoundError):
@@ -272,30 +292,30 @@ class FileQueue:
         self.renew(lease, FENCE_LEASE_S)  # hold the lease while the new copy is written
         now_s = self.clock()
         record = with_failure(lease.record, lease.attempt, failure, now_s)
-        target = self.pending_dir / str(
+        target = self._pending + str(
             PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt)
         )
-        write_atomic(target, dump_json(record), tmp_dir=self.tmp_dir, durable=self.durable)
-        self._discard(self.inflight_dir / str(lease.handle), None)
+        write_atomic(target, dump_json(record), tmp_dir=self._tmp, durable=self.durable)
+        self._discard(self._inflight + str(lease.handle), None)
 
     def dead_letter(self, lease: Lease, failure: Failure) -> None:
         self.renew(lease, FENCE_LEASE_S)
         now_s = self.clock()
         entry = dead_entry(lease.record, lease.attempt, lease.token, failure, now_s)
         self.dlq.put(lease.task_id, entry)
-        self._discard(self.inflight_dir / str(lease.handle), None)
+        self._discard(self._inflight + str(lease.handle), None)
 
     def recover(self, dead_consumers: Iterable[str] = ()) -> int:
         self.prepare()
         now_ms = _ms(self.clock())
         dead = tuple(dead_consumers)
         names: list[InflightName] = []
-        for entry in scan_names(self.inflight_dir):
+        for entry in scan_names(self._inflight):
             parsed = InflightName.parse(entry)
             if parsed is not None:
                 names.append(parsed)
             elif not is_temporary(entry):
-                quarantine(self.inflight_dir / entry, self.root, "not a lease file name")
+                quarantine(self._inflight + entry, self.root, "not a lease file name")
         due = [n for n in names if n.deadline_ms <= now_ms or _matches(n.consumer, dead)]
         if not due:
             return 0
@@ -305,7 +325,7 @@ class FileQueue:
     def _newest_copies(self, inflight: list[InflightName]) -> dict[str, tuple[int, int]]:
         """task id → (highest attempt count seen, 1 if that copy is pending else 0)."""
         newest: dict[str, tuple[int, int]] = {}
-        for p in map(PendingName.parse, scan_names(self.pending_dir)):
+        for p in map(PendingName.parse, scan_names(self._pending)):
             if p is not None:
                 newest[p.task_id] = max(newest.get(p.task_id, (0, 0)), (p.attempts, 1))
         for n in inflight:
@@ -313,8 +333,8 @@ class FileQueue:
         return newest
 
     def _recover_one(self, name: InflightName, newest: dict[str, tuple[int, int]]) -> bool:
-        path = self.inflight_dir / str(name)
-        if (self.done_dir / done_name(name.task_id)).exists():
+        path = self._inflight + str(name)
+        if os.path.exists(self._done + done_name(name.task_id)):
             return self._discard(path, "stale lease of a succeeded task")
         if newest.get(name.task_id, (0, 0)) > (name.attempt, 0):
             # A retry wrote its new copy and crashed before removing this one.
@@ -332,7 +352,7 @@ class FileQueue:
             return self._finish_acked(path, name.task_id)
         if name.attempt >= max_attempts_of(record):
             return self._dead_letter_lost(name, record)
-        target = self.pending_dir / str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
+        target = self._pending + str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
         try:
             os.rename(path, target)
         except FileNotFoundError:
@@ -350,16 +370,16 @@ class FileQueue:
             name.task_id, name.attempt, "recovery", name.token, _ms(self.clock() + FENCE_LEASE_S)
         )
         try:
-            os.rename(self.inflight_dir / str(name), self.inflight_dir / str(stolen))
+            os.rename(self._inflight + str(name), self._inflight + str(stolen))
         except FileNotFoundError:
             return False
         entry = dead_entry(record, name.attempt, name.token, Failure(LOST_ERROR), self.clock())
         self.dlq.put(name.task_id, entry)
-        self._discard(self.inflight_dir / str(stolen), None)
+        self._discard(self._inflight + str(stolen), None)
         self._log.error("task dead-lettered: its last attempt was lost", task_id=name.task_id)
         return True
 
-    def _discard(self, path: Path, reason: str | None) -> bool:
+    def _discard(self, path: StrPath, reason: str | None) -> bool:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -374,7 +394,7 @@ class FileQueue:
         now_ms = _ms(self.clock())
         pending = delayed = damaged = inflight = 0
         oldest_due_ms: int | None = None
-        for name in scan_names(self.pending_dir):
+        for name in scan_names(self._pending):
             parsed = PendingName.parse(name)
             if parsed is None:
                 damaged += 0 if is_temporary(name) else 1
@@ -383,7 +403,7 @@ class FileQueue:
                 oldest_due_ms = min(oldest_due_ms or parsed.due_ms, parsed.due_ms)
             else:
                 delayed += 1
-        for name in scan_names(self.inflight_dir):
+        for name in scan_names(self._inflight):
             if InflightName.parse(name) is not None:
                 inflight += 1
             elif not is_temporary(name):
@@ -394,16 +414,16 @@ class FileQueue:
     def waiting_since(self, epoch_s: float) -> int:
         """Tasks enqueued at or after ``epoch_s`` and never delivered yet, read-only."""
         since = f"{int(epoch_s * 1000):012x}"
-        names = map(PendingName.parse, scan_names(self.pending_dir))
+        names = map(PendingName.parse, scan_names(self._pending))
         return sum(1 for n in names if n and n.attempts == 0 and n.task_id[:12] >= since)
 
     def held_by(self, consumer_prefix: str) -> int:
-        names = map(InflightName.parse, scan_names(self.inflight_dir))
+        names = map(InflightName.parse, scan_names(self._inflight))
         return sum(1 for n in names if n is not None and n.consumer.startswith(consumer_prefix))
 
     def find(self, task_id: str) -> TaskInfo | None:
-        done = self.done_dir / done_name(task_id)
-        if done.exists():
+        done = self._done + done_name(task_id)
+        if os.path.exists(done):
             entry = succeeded_entry(*_read_or_empty(done))
             return TaskInfo(
                 task_id,
@@ -414,23 +434,23 @@ class FileQueue:
             )
         leases = [
             n
-            for n in map(InflightName.parse, scan_names(self.inflight_dir))
+            for n in map(InflightName.parse, scan_names(self._inflight))
             if n is not None and n.task_id == task_id
         ]
         if leases:
             lease = max(leases, key=lambda n: n.attempt)
-            record, _ = _read_or_empty(self.inflight_dir / str(lease))
+            record, _ = _read_or_empty(self._inflight + str(lease))
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
         waiting = [
             p
-            for p in map(PendingName.parse, scan_names(self.pending_dir))
+            for p in map(PendingName.parse, scan_names(self._pending))
             if p is not None and p.task_id == task_id
         ]
         if waiting:
             copy = max(waiting, key=lambda p: p.attempts)
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
-            record, _ = _read_or_empty(self.pending_dir / str(copy))
+            record, _ = _read_or_empty(self._pending + str(copy))
             return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
         dead = self.dlq.get(task_id)
         if dead is not None:
@@ -461,12 +481,12 @@ def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
     return any(consumer == d or (d.endswith("-") and consumer.startswith(d)) for d in dead)
 
 
-def _read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _read_task(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None]:
     with open(path, "rb") as handle:
         return parse_task_file(handle.read())
 
 
-def _read_or_empty(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None]:
     with contextlib.suppress(OSError, ValueError):
         return _read_task(path)
     return {}, None
@@ -484,3 +504,9 @@ def _append_line(path: str, line: bytes) -> None:
 
 def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
+
+
+def _as_path(path: str) -> Path:
+    from pathlib import Path
+
+    return Path(path)

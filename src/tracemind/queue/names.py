@@ -13,17 +13,22 @@ first wins (the others get ENOENT):
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
-from dataclasses import dataclass
 
-TASK_ID_RE = re.compile(r"^[0-9a-f]{22}$")
-CONSUMER_RE = re.compile(r"^[0-9a-z-]{1,64}$")
-_PENDING_RE = re.compile(r"^(\d{13})_([0-9a-f]{22})_(\d{1,6})\.json$")
-_INFLIGHT_RE = re.compile(
-    r"^([0-9a-f]{22})_(\d{1,6})_([0-9a-z-]{1,64})_([0-9a-f]{8})_(\d{13})\.json$"
-)
+from tracemind.values import Value
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_PENDING = r"(\d{13})_([0-9a-f]{22})_(\d{1,6})\.json"
+_INFLIGHT = r"([0-9a-f]{22})_(\d{1,6})_([0-9a-z-]{1,64})_([0-9a-f]{8})_(\d{13})\.json"
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled on first use: compiling both at import would cost every ``tm`` ~0.5 ms."""
+    return re.compile(pattern)
 
 
 class _IdClock:
@@ -45,44 +50,51 @@ def new_task_id(now_s: float | None = None) -> str:
 
 
 def is_task_id(text: str) -> bool:
-    return TASK_ID_RE.match(text) is not None
+    """22 lowercase hex digits."""
+    return len(text) == 22 and _HEX_DIGITS.issuperset(text)
 
 
 def new_token() -> str:
     return os.urandom(4).hex()
 
 
-@dataclass(frozen=True)
-class PendingName:
-    due_ms: int
-    task_id: str
-    attempts: int
+class PendingName(Value):
+    __slots__ = ("attempts", "due_ms", "task_id")
+
+    def __init__(self, due_ms: int, task_id: str, attempts: int) -> None:
+        self.due_ms = due_ms
+        self.task_id = task_id
+        self.attempts = attempts
 
     def __str__(self) -> str:
         return f"{self.due_ms:013d}_{self.task_id}_{self.attempts}.json"
 
     @classmethod
     def parse(cls, name: str) -> PendingName | None:
-        match = _PENDING_RE.match(name)
+        match = _compiled(_PENDING).fullmatch(name)
         if match is None:
             return None
         return cls(int(match[1]), match[2], int(match[3]))
 
 
-@dataclass(frozen=True)
-class InflightName:
-    task_id: str
-    attempt: int
-    consumer: str
-    token: str
-    deadline_ms: int
+class InflightName(Value):
+    __slots__ = ("attempt", "consumer", "deadline_ms", "task_id", "token")
+
+    def __init__(
+        self, task_id: str, attempt: int, consumer: str, token: str, deadline_ms: int
+    ) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        self.consumer = consumer
+        self.token = token
+        self.deadline_ms = deadline_ms
 
     def __str__(self) -> str:
         return f"{self.task_id}_{self.attempt}_{self.consumer}_{self.token}_{self.deadline_ms:013d}.json"
 
     @classmethod
     def parse(cls, name: str) -> InflightName | None:
-        match = _INFLIGHT_RE.match(name)
+        match = _compiled(_INFLIGHT).fullmatch(name)
         if match is None:
             return None
         return cls(match[1], int(match[2]), match[3], match[4], int(match[5]))

@@ -37,12 +37,19 @@ for ``renew`` running beside the task (backends document their own locking).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
 
 from tracemind.errors import TraceMindError
+from tracemind.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any, Protocol
+else:
+    # TaskQueue is a contract for the type checker; at run time it is a plain class, so that the
+    # value classes below come without ``typing`` (~4 ms of every ``tm enqueue``).
+    Protocol = object
 
 
 class TaskStatus(StrEnum):
@@ -57,44 +64,70 @@ class LeaseLost(TraceMindError):
     """The lease expired and was recovered (or the task was acknowledged elsewhere)."""
 
 
-@dataclass(frozen=True)
-class NewTask:
+class NewTask(Value):
     """A task to enqueue: its id, its JSON record, and when it becomes due (epoch seconds)."""
 
-    task_id: str
-    record: dict[str, Any]
-    due_s: float
+    __slots__ = ("due_s", "record", "task_id")
+
+    def __init__(self, task_id: str, record: dict[str, Any], due_s: float) -> None:
+        self.task_id = task_id
+        self.record = record
+        self.due_s = due_s
 
 
-@dataclass
-class Lease:
-    """One delivery of a task to one consumer. ``attempt`` is 1 for the first delivery."""
+class Lease(Value):
+    """One delivery of a task to one consumer. ``attempt`` is 1 for the first delivery.
 
-    task_id: str
-    attempt: int
-    consumer: str
-    token: str
-    deadline_s: float
-    record: dict[str, Any]
-    handle: Any = field(default=None, repr=False)
-    """Backend-private state (the file backend keeps the lease's current file name here)."""
+    ``handle`` is backend-private state (the file backend keeps the lease's current file name
+    there)."""
+
+    __slots__ = ("attempt", "consumer", "deadline_s", "handle", "record", "task_id", "token")
+
+    def __init__(
+        self,
+        task_id: str,
+        attempt: int,
+        consumer: str,
+        token: str,
+        deadline_s: float,
+        record: dict[str, Any],
+        handle: Any = None,
+    ) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        self.consumer = consumer
+        self.token = token
+        self.deadline_s = deadline_s
+        self.record = record
+        self.handle = handle
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(Value):
     """Why an attempt failed: a one-line error and, when there is one, the formatted traceback."""
 
-    error: str
-    traceback: str | None = None
+    __slots__ = ("error", "traceback")
+
+    def __init__(self, error: str, traceback: str | None = None) -> None:
+        self.error = error
+        self.traceback = traceback
 
 
-@dataclass(frozen=True)
-class QueueStats:
-    pending: int
-    delayed: int
-    inflight: int
-    oldest_pending_age_s: float | None
-    damaged: int = 0
+class QueueStats(Value):
+    __slots__ = ("damaged", "delayed", "inflight", "oldest_pending_age_s", "pending")
+
+    def __init__(
+        self,
+        pending: int,
+        delayed: int,
+        inflight: int,
+        oldest_pending_age_s: float | None,
+        damaged: int = 0,
+    ) -> None:
+        self.pending = pending
+        self.delayed = delayed
+        self.inflight = inflight
+        self.oldest_pending_age_s = oldest_pending_age_s
+        self.damaged = damaged
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,16 +139,26 @@ class QueueStats:
         }
 
 
-@dataclass(frozen=True)
-class TaskInfo:
+class TaskInfo(Value):
     """What ``find`` knows of one task; ``record`` is the task record (or the terminal record)."""
 
-    task_id: str
-    status: TaskStatus
-    attempts: int
-    record: dict[str, Any]
-    due_s: float | None = None
-    finished_s: float | None = None
+    __slots__ = ("attempts", "due_s", "finished_s", "record", "status", "task_id")
+
+    def __init__(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        attempts: int,
+        record: dict[str, Any],
+        due_s: float | None = None,
+        finished_s: float | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.attempts = attempts
+        self.record = record
+        self.due_s = due_s
+        self.finished_s = finished_s
 
 
 class TaskQueue(Protocol):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from tracemind.queue.protocol import Failure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 LOST_ATTEMPT = "lost: the worker died or its lease expired"
 

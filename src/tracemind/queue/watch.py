@@ -12,7 +12,6 @@ import contextlib
 import os
 import select
 import time
-from pathlib import Path
 
 from tracemind.libc import libc
 
@@ -23,7 +22,7 @@ IN_CLOEXEC = 0o2000000
 
 
 class DirectoryWatch:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.fd: int | None = None
         lib = libc()
         if lib is None:
