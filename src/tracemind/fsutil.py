@@ -95,13 +95,14 @@ def fsync_dir(path: StrPath) -> None:
 
 def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
     tmp = os.path.join(tmp_dir, f"{stem}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Created with its final mode (0666 & ~umask, the umask keeping group write for a shared
+    # group), not mkstemp's 0600, which would lock the other side of the group out; it is
+    # invisible to readers in tmp/ until the rename either way.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        # mkstemp-style 0600 would lock the other side of a shared group out: widen before rename.
-        os.fchmod(fd, file_mode())
         if sync:
             os.fdatasync(fd)
     except BaseException:
