@@ -58,6 +58,7 @@ export TM_QUEUE_DIR="$TM_DATA_DIR/queue"
 export TM_IDEMPOTENCY_DIR="$TM_DATA_DIR/idempotency"
 export TM_DLQ_DIR="$TM_DATA_DIR/dlq"
 export TM_DAEMON_STATE_DIR="$work/state"
+export XDG_CACHE_HOME="$work/cache"  # the flow cache, kept out of ~
 log="$TM_DAEMON_STATE_DIR/daemon.log"
 daemon_started=0
 
