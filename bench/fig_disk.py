@@ -3,7 +3,9 @@ fraction of the limit that matches their design.
 
 Limit 1: append 200 bytes to one file + fsync (what a journal or SQLite's WAL pays per commit).
 Limit 2: create a file in ``tmp/`` + write 200 bytes + fsync + rename into another directory +
-fsync that directory — exactly what our durable per-task enqueue (and each durable ack) does.
+fsync that directory — exactly what our durable per-task enqueue does. A durable ack appends a
+line and renames, and shares one flush with the acks gathered with it, so it is set against
+limit 1 (one flush per operation): a ratio above 1 means the group commit pays off.
 """
 
 from __future__ import annotations
@@ -101,12 +103,12 @@ def run(ctx: Context) -> FigureResult:
             paired_ratio=paired_ratio(samples["ours per-task"], samples["create+rename+dirfsync"]),
         ),
         Row(
-            "claim + durable ack (in loop) ÷ limit 2",
+            "claim + durable ack (in loop) ÷ limit 1",
             "tasks/s",
             median(samples["ours claim+ack"]),
-            limit2,
-            limit2_label,
-            paired_ratio=paired_ratio(samples["ours claim+ack"], samples["create+rename+dirfsync"]),
+            limit1,
+            "limit 1 (append + fsync)",
+            paired_ratio=paired_ratio(samples["ours claim+ack"], samples["append+fsync"]),
         ),
     ]
     return result
