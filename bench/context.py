@@ -33,7 +33,7 @@ class Sizes:
             pickup_samples=200,
             idle_s=60.0,
             status_window_s=10.0,
-            status_seed_tasks=40_000,  # outlasts the window at ~2,000 tasks/s
+            status_seed_tasks=100_000,  # outlasts the window at ~8,000 tasks/s
         )
 
     @classmethod

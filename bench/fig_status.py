@@ -57,6 +57,17 @@ def get(port: int, path: str) -> int:
         conn.close()
 
 
+def wait_alive(port: int, timeout_s: float) -> bool:
+    """Whether /livez answers 200 within ``timeout_s``: the endpoint starts before the daemon's
+    first heartbeat, which a deep backlog delays (the heartbeat counts the waiting tasks)."""
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        if get(port, "/livez") == 200:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def send_slots(port: int, start_s: float, slots: range, samples: Samples) -> None:
     interval_s = 1 / RATE_PER_S
     for slot in slots:
@@ -116,7 +127,7 @@ def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     port = free_port()
     window_s = ctx.sizes.status_window_s
     with OurPool(tm, data, status_bind=f"{HOST}:{port}") as pool:
-        if get(port, "/livez") != 200:
+        if not wait_alive(port, timeout_s=STARTUP_ALLOWANCE_S):
             raise BenchError("/livez does not answer 200 on a running daemon")
         queue = open_stores(config.data_dirs(env=pool.env), durable=True).queue
         before = queue.stats()
