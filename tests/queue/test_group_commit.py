@@ -187,3 +187,25 @@ def test_a_process_that_exits_normally_commits_its_acks_first(dirs: DataDirs) ->
     info = open_stores(dirs, durable=False).queue.find(task_id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED
     assert info.record["result"] == {"answer": 42}
+
+
+def test_an_ack_whose_file_a_recovery_returned_meanwhile_is_finished_by_the_next_lease(
+    durable: Stores, clock: FakeClock, gate: Gate, logs: list[dict[str, Any]]
+) -> None:
+    # Given an ack appended, and then (its lease having lapsed) its file returned to pending by a
+    # recovery that had read it just before the append, all before the commit's rename
+    queue = durable.queue
+    [lease] = _leases(queue, 1)
+    queue.ack(lease, {"answer": 42})
+    assert gate.entered.wait(timeout=10)
+    returned = queue.pending_dir / str(PendingName(int(clock() * 1000), lease.task_id, 1))
+    os.rename(queue.inflight_dir / str(lease.handle), returned)
+    # When the commit completes
+    gate.open.set()
+    queue.flush()
+    # Then the lost race is logged, and the next lease finishes the task instead of running it
+    assert any("after its lease was lost" in e["event"] for e in logs)
+    assert queue.lease("c2", LEASE_S) is None
+    info = queue.find(lease.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert info.record["result"] == {"answer": 42}

@@ -36,9 +36,10 @@ Move = tuple[str, str]
 class GroupCommitter:
     """Syncs, then renames, every queued move; ``flush`` waits for the moves queued before it.
 
-    ``on_error(path, exc)`` is told about a move that failed for a reason other than the file
-    having been finished already by someone else (ENOENT); the ack then stays in ``inflight/``
-    with its completion line, to be finished by recovery.
+    ``on_error(path, exc)`` is told about a move that failed, unless someone else finished the
+    task already: a failed sync or rename leaves the ack in ``inflight/`` with its completion
+    line, to be finished by recovery; a file gone (ENOENT) without a done record means a
+    recovery took it after the lease lapsed.
     """
 
     def __init__(
@@ -102,8 +103,11 @@ class GroupCommitter:
         for source, target in batch:
             try:
                 os.rename(source, target)
-            except FileNotFoundError:
-                pass  # already finished by recovery or a lease that met the completion line
+            except FileNotFoundError as exc:
+                # Normally finished already, by a recovery or a lease that met the completion
+                # line; if not, a recovery took the file away (the lease had lapsed).
+                if not os.path.exists(target):
+                    self.on_error(source, exc)
             except OSError as exc:
                 self.on_error(source, exc)
 

@@ -254,8 +254,11 @@ class FileQueue:
             self._discard(source, None)
             return
         if not self.durable:
-            with contextlib.suppress(FileNotFoundError):  # finished by a recovery meanwhile
+            try:
                 os.rename(source, target)
+            except FileNotFoundError as exc:
+                if not os.path.exists(target):
+                    self._commit_failed(source, exc)
             return
         if self._committer is None:
             from tracemind.queue.commit import GroupCommitter
@@ -268,6 +271,12 @@ class FileQueue:
             self._committer.flush()
 
     def _commit_failed(self, path: str, exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError):
+            # Between the append and the move, a recovery took the file (the lease had lapsed):
+            # wherever the file went, the next writer to meet its completion line finishes it,
+            # unless that recovery dead-lettered it as lost (its last attempt).
+            self._log.warning("task acknowledged after its lease was lost", path=path)
+            return
         self._log.error(
             "acknowledgement not committed; recovery will finish it", path=path, error=str(exc)
         )
