@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tracemind.queue.records import parse_task_file
+
 if TYPE_CHECKING:
     from conftest import Project
 
@@ -45,9 +47,15 @@ def test_host_enqueue_is_run_by_the_container_and_shown_on_the_host(stack: Proje
     assert shown["result"]["greeting"] == "Hello, host!"
     # It ran in the container (the step reports its hostname: the container's), not here.
     assert shown["result"]["greeted_by"] == stack.container().attrs["Config"]["Hostname"]
-    # And the record on the host belongs to the container user (written through the mount).
+    # And the container acknowledged it through the mount, in the file the host created: the
+    # file kept the shared group (setgid directory) and group write, which let the container's
+    # user append the completion line to it.
     done = stack.data_dir / "queue" / "done" / f"{task_id}.json"
-    assert done.stat().st_uid == stack.uid
+    info = done.stat()
+    assert (info.st_gid, info.st_mode & 0o060) == (stack.gid, 0o060)
+    record, completion = parse_task_file(done.read_bytes())
+    assert record["input"] == {"name": "host"}
+    assert completion is not None and completion["result"]["greeting"] == "Hello, host!"
 
 
 @pytest.mark.timeout(90)
