@@ -3,6 +3,7 @@ run again) when the acking process dies between its ack and the commit."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -209,3 +210,32 @@ def test_an_ack_whose_file_a_recovery_returned_meanwhile_is_finished_by_the_next
     info = queue.find(lease.task_id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED
     assert info.record["result"] == {"answer": 42}
+
+
+def test_a_failed_sync_reports_nothing_succeeded_and_leaves_the_acks_to_recovery(
+    durable: Stores,
+    dirs: DataDirs,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: list[dict[str, Any]],
+) -> None:
+    # Given a file system whose sync fails (an I/O error)
+    def failing_sync(self: GroupCommitter, paths: list[str]) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(GroupCommitter, "_sync", failing_sync)
+    leases = _leases(durable.queue, 3, consumer="w-1")
+    # When the acks are made and flushed
+    for lease in leases:
+        durable.queue.ack(lease, {"ok": True})
+    durable.queue.flush()  # returns: a failed commit does not hang its callers
+    # Then none is reported succeeded, and each failure is logged
+    statuses = {durable.queue.find(lease.task_id).status for lease in leases}  # type: ignore[union-attr]
+    assert statuses == {TaskStatus.INFLIGHT}
+    assert sum("not committed" in e["event"] for e in logs) == 3
+    # And once their consumer is declared dead, recovery finishes them with their results
+    monkeypatch.undo()
+    assert durable.queue.recover(["w-1"]) == 3
+    for lease in leases:
+        info = durable.queue.find(lease.task_id)
+        assert info is not None and info.status is TaskStatus.SUCCEEDED

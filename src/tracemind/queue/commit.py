@@ -8,9 +8,10 @@ flush, as in a database's group commit, instead of paying a flush (or two) each.
 
 Batches form by themselves: an ack that finds the committer idle is committed at once, and
 acks that arrive while acks are streaming in (a backlog being drained) are gathered for up to
-``GATHER_S`` first, so that one flush serves many. The commit thread lives as long as the process and is a daemon thread: an ack it had
-not committed when the process died is still in ``inflight/`` with its completion line, and the
-next writer to meet the file (recovery or a lease) finishes it rather than running it again.
+``GATHER_S`` first, so that one flush serves many. The commit thread lives as long as the
+process (a daemon thread; a normal exit commits first): an ack it had not committed when the
+process died is still in ``inflight/`` with its completion line, and the next writer to meet
+the file (recovery or a lease) finishes it rather than running it again.
 """
 
 from __future__ import annotations
@@ -83,23 +84,28 @@ class GroupCommitter:
                 if time.monotonic() - last_commit_s < GATHER_S:  # acks are streaming in
                     self._changed.wait_for(self._gathered, GATHER_S)
                 batch, self._queued = self._queued, []
-            self._commit(batch)
-            last_commit_s = time.monotonic()
-            self._log.info("acks committed", count=len(batch))
-            with self._changed:
-                self._committed_count += len(batch)
-                self._changed.notify_all()
+            try:
+                if self._commit(batch):
+                    self._log.info("acks committed", count=len(batch))
+            except Exception:  # keep the thread alive, or every later flush() would hang
+                self._log.exception("ack commit failed; recovery will finish these acks")
+            finally:
+                last_commit_s = time.monotonic()
+                with self._changed:
+                    self._committed_count += len(batch)
+                    self._changed.notify_all()
 
     def _gathered(self) -> bool:
         return len(self._queued) >= GATHER_MAX or self._flush_goal > self._committed_count
 
-    def _commit(self, batch: list[Move]) -> None:
+    def _commit(self, batch: list[Move]) -> bool:
+        """Sync, then move each file into place; False when the sync failed."""
         try:
             self._sync([source for source, _ in batch])
         except OSError as exc:  # nothing is known durable: leave every ack to recovery
             for source, _ in batch:
                 self.on_error(source, exc)
-            return
+            return False
         for source, target in batch:
             try:
                 os.rename(source, target)
@@ -110,6 +116,7 @@ class GroupCommitter:
                     self.on_error(source, exc)
             except OSError as exc:
                 self.on_error(source, exc)
+        return True
 
     def _sync(self, paths: list[str]) -> None:
         """Make the appended lines durable: one ``syncfs``, else one ``fdatasync`` per file."""
