@@ -93,6 +93,15 @@ def fsync_dir(path: StrPath) -> None:
         os.close(fd)
 
 
+def fdatasync_file(path: StrPath) -> None:
+    """Make the data of the file at ``path`` durable (whoever wrote it, through any descriptor)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
     tmp = os.path.join(tmp_dir, f"{stem}.{os.urandom(4).hex()}.tmp")
     # Created with its final mode (0666 & ~umask, the umask keeping group write for a shared
@@ -155,11 +164,7 @@ def write_many_atomic(
             staged.append((target, _write_tmp(tmp_dir, os.path.basename(target), data, sync=False)))
         if durable and staged and not sync_filesystem(tmp_dir):
             for _, tmp in staged:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+                fdatasync_file(tmp)
         for target, tmp in staged:
             os.rename(tmp, target)
     except OSError as exc:

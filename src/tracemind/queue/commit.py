@@ -17,12 +17,13 @@ the file (recovery or a lease) finishes it rather than running it again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable
 
-from tracemind.fsutil import sync_filesystem
+from tracemind.fsutil import fdatasync_file, sync_filesystem
 from tracemind.log import get_logger
 
 GATHER_S = 0.005
@@ -123,11 +124,5 @@ class GroupCommitter:
         if sync_filesystem(self.fs_dir):
             return
         for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # finished elsewhere meanwhile
+                fdatasync_file(path)

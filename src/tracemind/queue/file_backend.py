@@ -21,6 +21,7 @@ from tracemind.dlq import DeadLetterStore
 from tracemind.fsutil import (
     dump_json,
     ensure_dir,
+    fdatasync_file,
     scan_names,
     write_atomic,
     write_many_atomic,
@@ -285,11 +286,7 @@ class FileQueue:
         """Move a task file that carries a completion line into done/ (durable first)."""
         if self.durable:
             with contextlib.suppress(FileNotFoundError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+                fdatasync_file(path)
         try:
             os.rename(path, self._done + done_name(task_id))
         except FileNotFoundError:
