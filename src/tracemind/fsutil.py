@@ -199,8 +199,12 @@ def read_json(path: StrPath) -> Any:
     return json.loads(data)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+"""One encoder for every record (``json.dumps`` with options builds one per call)."""
+
+
 def dump_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def scan_names(directory: StrPath) -> Iterator[str]:

@@ -29,6 +29,9 @@ QUICK = [
     ["enqueue", "f.yaml", "-i", "", "--idempotency-key", "k 1"],
     ["enqueue", "f.yaml", "--queue-dir", "q", "--idempotency-dir", "i", "--dlq-dir", "d"],
     ["enqueue", "enqueue", "-i", "@in.json"],
+    ["enqueue", "f.yaml", "--inputs", "in.jsonl"],
+    ["enqueue", "f.yaml", "--inputs", "in.jsonl", "--idempotency-key-field", "id", "--json"],
+    ["enqueue", "f.yaml", "-i", JSON, "--idempotency-key-field", "id"],
     ["--debug", "enqueue", "f.yaml", "-i", JSON],
     ["run", "f.yaml"],
     ["run", "f.yaml", "-i", JSON],
@@ -53,8 +56,9 @@ LEFT_TO_ARGPARSE = [
     ["enqueue", "f.yaml", "--idempotency", "k"],
     ["enqueue", "f.yaml", "-i", JSON, "-i", JSON],
     ["enqueue", "f.yaml", "-i", JSON, "--input", JSON],
-    ["enqueue", "f.yaml", "--inputs", "in.jsonl"],
-    ["enqueue", "f.yaml", "--inputs", "in.jsonl", "--idempotency-key-field", "id"],
+    ["enqueue", "f.yaml", "--inputs", "in.jsonl", "-i", JSON],
+    ["enqueue", "f.yaml", "--input", JSON, "--inputs", "in.jsonl"],
+    ["enqueue", "f.yaml", "--inputs", "a.jsonl", "--inputs", "b.jsonl"],
     ["enqueue", "f.yaml", "g.yaml"],
     ["enqueue", "f.yaml", "--", "-i"],
     ["enqueue", "-", "-i", JSON],
@@ -137,7 +141,7 @@ def test_every_quick_form_matches_the_options_register_declares() -> None:
 
         assert form.positional == positional
         assert form.switches == switches
-        # The quick form may leave options to argparse (the batch ones), never add or rename one.
+        # The quick form may leave options to argparse, never add or rename one.
         assert form.options.items() <= takes_value.items()
         defaults = form.parse(["f.yaml"])
         assert defaults is not None

@@ -5,6 +5,7 @@ On the start-up path of ``tm enqueue``: argparse, pathlib and typing stay out of
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -63,13 +64,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+@functools.cache
+def _strict_decoder() -> json.JSONDecoder:
+    """One decoder for every line of a batch (``json.loads`` with options builds one per call)."""
+    return json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
+
 def parse_object(text: str, what: str) -> dict[str, Any]:
     """A JSON object from ``text``; anything else is a one-line UsageError naming ``what``.
 
     Strict JSON: NaN, Infinity and numbers too large for a float are rejected (they could not
     be written back out as JSON)."""
     try:
-        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        value = _strict_decoder().decode(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
     except ValueError as exc:
@@ -117,7 +124,9 @@ class QuickForm:
     ``options`` maps each option string that takes a value to its destination, ``switches``
     each ``store_true`` flag to its; ``defaults`` holds the destinations of the command's other
     options (and the defaults that are not None), so that the result has every attribute the
-    argparse parser of the command would set.
+    argparse parser of the command would set. ``exclusive`` lists groups of destinations of
+    which argparse accepts at most one (a mutually exclusive group): a command line that gives
+    two is left to argparse, which reports it.
     """
 
     def __init__(
@@ -128,12 +137,14 @@ class QuickForm:
         options: dict[str, str],
         switches: dict[str, str],
         defaults: dict[str, Any],
+        exclusive: tuple[frozenset[str], ...] = (),
     ) -> None:
         self.handler = handler
         self.positional = positional
         self.options = options
         self.switches = switches
         self.defaults = defaults
+        self.exclusive = exclusive
 
     def parse(self, words: Sequence[str]) -> dict[str, Any] | None:
         """The arguments ``words`` spell, or None when they are not in the plain spelling."""
@@ -161,4 +172,6 @@ class QuickForm:
                 return None
             given.add(dest)
             values[dest] = value
-        return values if self.positional in given else None
+        if self.positional not in given or any(len(group & given) > 1 for group in self.exclusive):
+            return None
+        return values

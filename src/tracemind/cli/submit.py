@@ -182,11 +182,14 @@ QUICK_FORMS = {
         options={
             "-i": "input",
             "--input": "input",
+            "--inputs": "inputs",
             "--idempotency-key": "idempotency_key",
+            "--idempotency-key-field": "idempotency_key_field",
             **_QUEUE_DIRS,
         },
         switches={"--json": "json"},
-        defaults={"inputs": None, "idempotency_key_field": None},  # batches go through argparse
+        defaults={},
+        exclusive=(frozenset({"input", "inputs"}),),
     ),
 }
 """The plain spellings of ``tm run`` and ``tm enqueue`` (see :mod:`tracemind.cli.main`); they
