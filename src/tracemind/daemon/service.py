@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from tracemind.stores import Stores
 
 LOCK_WAIT_S = 3.0
+CENSUS_BUDGET = 0.05
+"""Largest share of the supervisor's time that counting waiting tasks may take (deep backlogs)."""
 EXIT_ALREADY_RUNNING = 0
 
 
@@ -68,6 +70,7 @@ class Daemon:
         self.components: dict[str, Component] = {}
         self._next_beat_s = 0.0
         self._enqueued_total = 0
+        self._next_census_s = 0.0  # monotonic: when _count_enqueued may list pending/ again
         self.started_s = time.time()
         self._stop_seen = False
         self._reopen_requested = False
@@ -232,10 +235,20 @@ class Daemon:
     def _count_enqueued(self) -> int:
         """Tasks enqueued (by any process) since this daemon started: first attempts its workers
         took up plus tasks still waiting for one. Kept monotonic, as a Prometheus counter must
-        be, across the instant a task moves from waiting to taken up."""
-        waiting = self.queue.waiting_since(self.started_s)
+        be, across the instant a task moves from waiting to taken up.
+
+        Counting the waiting tasks lists ``pending/``, which with a deep backlog costs tens of
+        milliseconds per 10,000 tasks: it runs with the heartbeat, but is skipped (the counter
+        then follows the tasks taken up alone) while it would use more than
+        :data:`CENSUS_BUDGET` of the supervisor's time."""
         taken = self.pool.outcomes.counts["first_attempts"]
+        started_s = time.monotonic()
+        if started_s < self._next_census_s:
+            self._enqueued_total = max(self._enqueued_total, taken)
+            return self._enqueued_total
+        waiting = self.queue.waiting_since(self.started_s)
         self._enqueued_total = max(self._enqueued_total, taken + waiting)
+        self._next_census_s = started_s + (time.monotonic() - started_s) / CENSUS_BUDGET
         return self._enqueued_total
 
     def _readiness(self, pool_status: dict[str, Any], draining: bool) -> tuple[bool, str | None]:
