@@ -12,6 +12,7 @@ from tracemind.submit import QueueSubmitter
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tracemind.config import DataDirs
+    from tracemind.fsutil import StrPath
 
 _DEAD_FIELDS = ("status", "attempts", "error", "traceback", "dead_at", "lease_token")
 
@@ -52,9 +53,7 @@ class Stores:
 
 def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -> Stores:
     """The stores of ``dirs``; nothing is created on disk until a writer method needs it."""
-    dlq = DeadLetterStore(dirs.dlq, durable=durable, clock=clock)
-    queue = FileQueue(dirs.queue, dlq, durable=durable, clock=clock)
-    keys = IdempotencyStore(dirs.idempotency, durable=durable)
+    queue, dlq, keys = _open(dirs.queue, dirs.idempotency, dirs.dlq, durable, clock)
     return Stores(dirs, queue, dlq, keys, clock)
 
 
@@ -63,7 +62,13 @@ def open_submitter(
 ) -> QueueSubmitter:
     """What ``Stores.submitter`` returns, from the directories as strings (see
     :func:`tracemind.config.data_paths`): all that ``tm enqueue`` needs."""
-    dlq = DeadLetterStore(dlq_dir, durable=durable)
-    queue = FileQueue(queue_dir, dlq, durable=durable)
-    keys = IdempotencyStore(idempotency_dir, durable=durable)
+    queue, _, keys = _open(queue_dir, idempotency_dir, dlq_dir, durable, system_clock)
     return QueueSubmitter(queue, keys, ttl_s=ttl_s)
+
+
+def _open(
+    queue_dir: StrPath, idempotency_dir: StrPath, dlq_dir: StrPath, durable: bool, clock: Clock
+) -> tuple[FileQueue, DeadLetterStore, IdempotencyStore]:
+    dlq = DeadLetterStore(dlq_dir, durable=durable, clock=clock)
+    queue = FileQueue(queue_dir, dlq, durable=durable, clock=clock)
+    return queue, dlq, IdempotencyStore(idempotency_dir, durable=durable)
