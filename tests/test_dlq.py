@@ -68,20 +68,40 @@ def test_a_requeued_task_is_visible_to_a_consumer_that_already_listed(
     assert lease is not None and lease.task_id == task_id
 
 
-def test_requeue_repeated_after_a_crash_does_not_enqueue_twice(
+def test_requeue_after_a_dead_letter_that_crashed_before_removing_its_lease_keeps_one_copy(
     stores: Stores, clock: FakeClock
 ) -> None:
-    # Given a requeue that enqueued the task and crashed before archiving the entry
+    # Given a dead-letter that wrote the DLQ entry and died before deleting its inflight file
+    new = make_task(clock, max_attempts=1)
+    stores.queue.enqueue([new])
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(stores.queue, "_discard", lambda path, reason: False)
+    stores.queue.dead_letter(lease, Failure("boom"))
+    monkeypatch.undo()
+    assert stores.queue.stats().inflight == 1
+    # When the entry is requeued, and later that lease would have expired
+    assert stores.requeue_dead(new.task_id) is True
+    clock.advance(3600)
+    stores.queue.recover()
+    # Then there is one copy of the task, pending
+    assert stores.queue.stats().pending == 1 and stores.queue.stats().inflight == 0
+
+
+def test_requeue_and_purge_of_one_entry_racing_each_other_take_it_once(
+    stores: Stores, clock: FakeClock, dirs: DataDirs
+) -> None:
+    # Given a dead task seen by two processes' stores
     task_id = _kill(stores, clock)
-    entry = stores.dlq.get(task_id)
-    assert entry is not None
-    stores.requeue_dead(task_id)
-    stores.dlq.put(task_id, entry)
-    # When it is run again
-    assert stores.requeue_dead(task_id) is True
-    # Then there is still one copy of the task
+    other = open_stores(dirs, durable=False, clock=clock)
+    # When both requeue it, then both purge it
+    assert [stores.requeue_dead(task_id), other.requeue_dead(task_id)] == [True, False]
+    assert [stores.dlq.purge(task_id), other.dlq.purge(task_id)] == [False, False]
+    # Then it is pending once, with one requeue audit copy and no purge
     assert stores.queue.stats().pending == 1
-    assert stores.dlq.get(task_id) is None
+    assert len(list((stores.dlq.root / "requeued").iterdir())) == 1
+    assert not (stores.dlq.root / "purged").exists()
 
 
 def test_requeue_of_an_unknown_task_changes_nothing(stores: Stores) -> None:

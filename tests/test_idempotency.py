@@ -14,9 +14,9 @@ from tracemind.config import DataDirs, idempotency_ttl_s
 from tracemind.errors import LockTimeout, QueueError, UsageError
 from tracemind.flows import FlowSnapshot
 from tracemind.idempotency import IdempotencyStore
-from tracemind.queue.protocol import Failure, TaskStatus
+from tracemind.queue.protocol import Failure, NewTask, TaskStatus
 from tracemind.stores import Stores, open_stores
-from tracemind.submit import IN_PROGRESS_GRACE_S, Submission
+from tracemind.submit import QueueSubmitter, Submission
 
 TTL_S = 3600.0
 LEASE_S = 30.0
@@ -117,19 +117,150 @@ def test_the_key_of_a_dead_task_does_not_block_a_new_submission(
     assert _status(stores, again.task_id) is TaskStatus.PENDING
 
 
-def test_a_key_whose_task_never_appeared_blocks_only_for_the_grace_period(
-    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+class _Crash(BaseException):
+    """Stands for a SIGKILL: not an Exception, so nothing on the way rolls back."""
+
+
+def _crash_after(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> None:
+    """Make ``target.name`` do its work and then die like a killed process would."""
+    real = getattr(target, name)
+
+    def run_then_die(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise _Crash
+
+    monkeypatch.setattr(target, name, run_then_die)
+
+
+def _submit_crashing(submitter: QueueSubmitter, echo_snapshot: FlowSnapshot) -> None:
+    """A keyed batch of three whose process 'dies' (the rollback must not run on a kill, so
+    the crash is raised past it: a BaseException that we then treat as the process's end)."""
+    items = [Submission({"n": n}, f"k{n}") for n in range(3)]
+    with pytest.raises(_Crash):
+        submitter.submit_many(echo_snapshot, items)
+
+
+@pytest.mark.parametrize("dies_after", ["stage", "put_many", "publish"])
+def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_per_key(
+    stores: Stores,
+    echo_snapshot: FlowSnapshot,
+    monkeypatch: pytest.MonkeyPatch,
+    dies_after: str,
 ) -> None:
-    # Given a submitter that wrote the key and died before enqueueing its task
-    with stores.keys.locked("k"):
-        stores.keys.put("k", "0" * 22, clock())
+    # Given a keyed batch whose process dies right after one of its steps, and whose
+    # rollback never runs (a killed process runs no handler)
     submitter = stores.submitter(TTL_S)
-    # Then the key counts as in progress for a while, then no longer
-    assert submitter.submit(echo_snapshot, {}, idempotency_key="k").duplicate is True
-    clock.advance(IN_PROGRESS_GRACE_S + 1)
-    result = submitter.submit(echo_snapshot, {}, idempotency_key="k")
-    assert result.duplicate is False
-    assert _status(stores, result.task_id) is TaskStatus.PENDING
+    target = stores.keys if dies_after == "put_many" else stores.queue
+    _crash_after(monkeypatch, target, dies_after)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
+    _submit_crashing(submitter, echo_snapshot)
+    monkeypatch.undo()
+    # When the client retries the same batch
+    retry = submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(3)])
+    # Then every key names a task that exists, and there is exactly one task per key
+    assert stores.queue.stats().pending == 3
+    for n, result in enumerate(retry):
+        info = stores.queue.find(result.task_id)
+        assert info is not None and info.status is TaskStatus.PENDING
+        assert info.record["input"] == {"n": n}
+        key = stores.keys.get(f"k{n}")
+        assert key is not None and key.task_id == result.task_id
+    # and the retry reports a duplicate exactly when the first attempt's key records survived
+    assert {r.duplicate for r in retry} == {dies_after != "stage"}
+    # (a batch that died before its key records leaves orphans, invisible, for settling)
+    assert len(stores.queue.staged()) == (3 if dies_after == "stage" else 0)
+
+
+def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one batch that died after writing its keys, and one that died before
+    submitter = stores.submitter(TTL_S)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
+    _crash_after(monkeypatch, stores.keys, "put_many")
+    _submit_crashing(submitter, echo_snapshot)
+    monkeypatch.undo()
+    keyed = {f"k{n}": stores.keys.get(f"k{n}") for n in range(3)}
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    _crash_after(monkeypatch, stores.queue, "stage")
+    with pytest.raises(_Crash):
+        submitter.submit_many(echo_snapshot, [Submission({}, "orphan")])
+    monkeypatch.undo()
+    assert len(stores.queue.staged()) == 4 and stores.queue.stats().pending == 0
+    # When the daemon settles staged tasks
+    assert stores.settle_staged() == 4
+    # Then the keyed ones are visible, the orphan is gone, and nothing is left staged
+    assert stores.queue.staged() == []
+    assert stores.queue.stats().pending == 3
+    for record in keyed.values():
+        assert record is not None
+        assert _status(stores, record.task_id) is TaskStatus.PENDING
+    assert stores.keys.get("orphan") is None
+
+
+def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot, dirs: DataDirs
+) -> None:
+    # Given a task staged under a key whose lock a live process holds
+    task = _new_task(clock, echo_snapshot, "busy")
+    [name] = stores.queue.stage([task])
+    script = (
+        "import sys; from tracemind.idempotency import IdempotencyStore; "
+        "s = IdempotencyStore(sys.argv[1], durable=False)\n"
+        "with s.locked('busy'):\n    print('locked', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(dirs.idempotency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # When settling runs, Then it leaves the task to its submitter
+        assert stores.settle_staged() == 0
+        assert stores.queue.is_staged(name)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    # and once that submitter is gone (it never wrote the key), the task is removed
+    assert stores.settle_staged() == 1
+    assert stores.queue.staged() == []
+
+
+def _new_task(clock: FakeClock, snapshot: FlowSnapshot, key: str) -> NewTask:
+    from tracemind.queue.names import new_task_id
+    from tracemind.queue.records import new_record
+
+    task_id = new_task_id(clock())
+    record = new_record(
+        task_id=task_id,
+        flow=snapshot.to_dict(),
+        inputs={},
+        max_attempts=1,
+        enqueued_at=clock(),
+        idempotency_key=key,
+    )
+    return NewTask(task_id, record, clock())
+
+
+def test_a_key_is_decided_without_listing_the_queue(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a key whose task is pending
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+    # When it is submitted again, no directory of the queue is listed
+    def no_listing(*args: Any) -> Any:
+        raise AssertionError("a duplicate-key check listed a directory")
+
+    monkeypatch.setattr("tracemind.queue.file_backend.scan_names", no_listing)
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+    assert (again.task_id, again.duplicate) == (first.task_id, True)
 
 
 def test_duplicates_within_one_batch_resolve_to_the_first(
@@ -265,3 +396,49 @@ def test_tm_enqueue_honours_the_idempotency_ttl_from_the_environment(
     assert fresh["duplicate"] is False and fresh["task_id"] != first
     bad = tm("enqueue", flow, "--idempotency-key", "k", env={"TM_IDEMPOTENCY_TTL_S": "x"})
     assert bad.returncode == 2 and "TM_IDEMPOTENCY_TTL_S" in bad.stderr
+
+
+def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_sleeps(
+    dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given submitter A paused in the middle of writing its keyed task (as SIGSTOP would)
+    import threading
+
+    from tracemind.queue import file_backend
+
+    paused, resume = threading.Event(), threading.Event()
+    real_write = file_backend.write_atomic
+
+    def pausing_write(*args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name == "submitter-a":
+            paused.set()
+            assert resume.wait(30)
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(file_backend, "write_atomic", pausing_write)
+    a = open_stores(dirs, durable=False, clock=clock).submitter(TTL_S)
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(a.submit(echo_snapshot, {}, idempotency_key="k")),
+        name="submitter-a",
+    )
+    thread.start()
+    try:
+        assert paused.wait(10)
+        # When it stays paused far longer than any grace period, and B submits the same key
+        clock.advance(3600)
+        b = open_stores(dirs, durable=False, clock=clock)
+        b.keys.lock_timeout_s = 0.3
+        # Then B is told the key is busy; it never gets a second task for it
+        with pytest.raises(LockTimeout):
+            b.submitter(TTL_S).submit(echo_snapshot, {}, idempotency_key="k")
+    finally:
+        resume.set()
+        thread.join(10)
+    # And once A resumes, its task is the one task of the key
+    [first] = results
+    assert first.duplicate is False
+    stores = open_stores(dirs, durable=False, clock=clock)
+    assert stores.queue.stats().pending == 1
+    again = stores.submitter(TTL_S).submit(echo_snapshot, {}, idempotency_key="k")
+    assert (again.task_id, again.duplicate) == (first.task_id, True)

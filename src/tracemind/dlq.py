@@ -14,7 +14,6 @@ to recognise a stale copy of that same delivery after a crash). Reads never crea
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from tracemind.clock import Clock, system_clock
@@ -94,32 +93,51 @@ class DeadLetterStore:
     def newest_first(self) -> list[dict[str, Any]]:
         return sorted(self.entries(), key=_dead_at, reverse=True)
 
-    def _archive(self, task_id: str, folder: str, stamp_key: str) -> bool:
-        """Move the entry to ``folder/`` with ``stamp_key`` set to now; False if it was absent."""
-        entry = self.get(task_id)
-        if entry is None:
-            return False
+    def entry_path(self, task_id: str) -> str:
+        """Where the entry of ``task_id`` lives (for writers that move it atomically)."""
+        return self._path(task_id)
+
+    def archive(self, entry: dict[str, Any], folder: str, stamp_key: str) -> str:
+        """Write an audit copy of ``entry`` to ``folder/`` with ``stamp_key`` set to now."""
         now = self.clock()
-        entry[stamp_key] = now
         archive = os.path.join(
-            ensure_dir(os.path.join(self.root, folder)), f"{task_id}.{int(now * 1000)}.json"
+            ensure_dir(os.path.join(self.root, folder)),
+            f"{entry.get('task_id')}.{int(now * 1000)}.json",
         )
         write_atomic(
             archive,
-            dump_json(entry),
+            dump_json({**entry, stamp_key: now}),
             tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
             durable=self.durable,
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(task_id))
-        return True
+        return archive
 
     def purge(self, task_id: str) -> bool:
-        """Remove the entry, keeping an audit copy in ``purged/``; False if there was none."""
-        return self._archive(task_id, "purged", "purged_at")
+        """Remove the entry, keeping an audit copy in ``purged/``; False if there was none.
 
-    def mark_requeued(self, task_id: str) -> bool:
-        return self._archive(task_id, "requeued", "requeued_at")
+        The entry is taken by one ``rename`` into ``purged/`` (so a purge racing another purge
+        or a requeue of the same entry either wins it whole or reports False), then stamped with
+        ``purged_at`` in place.
+        """
+        if self.get(task_id) is None:
+            return False
+        folder = ensure_dir(os.path.join(self.root, "purged"))
+        taken = os.path.join(folder, f"{task_id}.{int(self.clock() * 1000)}.json")
+        try:
+            os.rename(self._path(task_id), taken)
+        except FileNotFoundError:
+            return False
+        try:
+            entry = read_json(taken)
+        except (OSError, ValueError):
+            return True  # taken whole; it only lacks its stamp
+        write_atomic(
+            taken,
+            dump_json({**entry, "purged_at": self.clock()}),
+            tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
+            durable=self.durable,
+        )
+        return True
 
 
 def _dead_at(entry: dict[str, Any]) -> float:

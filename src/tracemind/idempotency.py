@@ -2,29 +2,39 @@
 
 Layout::
 
-    <idempotency-dir>/keys/<sha256(key)[:40]>.json   {"key", "task_id", "created_at"}
+    <idempotency-dir>/keys/<sha256(key)[:40]>.json   {"key", "task_id", "created_at", "due_ms"}
     <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
     <idempotency-dir>/tmp/
 
 A key record only *points* at a task; whether the key still blocks a new submission is decided
-from the task's state in the queue (see :mod:`tracemind.submit`). Deciding and writing happen
-under the key's stripe lock, so submissions racing each other from different processes agree.
+from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
+locks of its keys from the moment it reads them until its tasks are visible, so the lock, not a
+clock, says whether a claim is still being made: a submitter that dies releases its locks with
+its last descriptor, and one that is paused keeps them (the others wait, then give up with
+:class:`~tracemind.errors.LockTimeout`; none of them takes the key over).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from tracemind.errors import LockTimeout, QueueError
-from tracemind.fsutil import dump_json, ensure_dir, file_mode, read_json, write_atomic
+from tracemind.fsutil import (
+    dump_json,
+    ensure_dir,
+    file_mode,
+    read_json,
+    write_atomic,
+    write_many_atomic,
+)
 from tracemind.quarantine import quarantine
 from tracemind.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from tracemind.fsutil import StrPath
 
@@ -32,12 +42,24 @@ LOCK_TIMEOUT_S = 10.0
 
 
 class KeyRecord(Value):
-    __slots__ = ("created_at", "key", "task_id")
+    """``key`` points at ``task_id``, written at ``created_at``; ``due_ms`` is the task's due
+    time as enqueued (None in records written before tasks were staged)."""
 
-    def __init__(self, key: str, task_id: str, created_at: float) -> None:
+    __slots__ = ("created_at", "due_ms", "key", "task_id")
+
+    def __init__(self, key: str, task_id: str, created_at: float, due_ms: int | None) -> None:
         self.key = key
         self.task_id = task_id
         self.created_at = created_at
+        self.due_ms = due_ms
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "task_id": self.task_id,
+            "created_at": self.created_at,
+            "due_ms": self.due_ms,
+        }
 
 
 class IdempotencyStore:
@@ -55,30 +77,44 @@ class IdempotencyStore:
         return hashlib.sha256(key.encode()).hexdigest()[:40]
 
     @contextmanager
-    def locked(self, key: str) -> Iterator[None]:
+    def locked(self, key: str, *, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the key's cross-process lock (raises LockTimeout after ``lock_timeout_s``)."""
+        with self.locked_many([key], timeout_s=timeout_s):
+            yield
+
+    @contextmanager
+    def locked_many(self, keys: Iterable[str], *, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the locks of every key in ``keys`` (their stripes, taken in one global order so
+        two batches never deadlock); raises LockTimeout when one is not acquired in time."""
+        stripes = sorted({self._digest(key)[:2] for key in keys})
+        if not stripes:
+            yield
+            return
         from filelock import FileLock, Timeout
 
         lock_dir = ensure_dir(os.path.join(self.root, "locks"))
-        lock = FileLock(
-            os.path.join(lock_dir, f"{self._digest(key)[:2]}.lock"),
-            timeout=self.lock_timeout_s,
-            mode=file_mode(),
-            thread_local=False,
-        )
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockTimeout(
-                f"idempotency key lock {lock.lock_file} not acquired within "
-                f"{self.lock_timeout_s:g} s (another process holds it, or is paused)"
-            ) from None
-        except OSError as exc:  # after Timeout, which is an OSError too
-            raise QueueError(f"{lock.lock_file}: cannot open the lock ({exc.strerror})") from exc
-        try:
+        wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        with ExitStack() as held:
+            for stripe in stripes:
+                lock = FileLock(
+                    os.path.join(lock_dir, f"{stripe}.lock"),
+                    timeout=wait_s,
+                    mode=file_mode(),
+                    thread_local=False,
+                )
+                try:
+                    lock.acquire()
+                except Timeout:
+                    raise LockTimeout(
+                        f"idempotency key lock {lock.lock_file} not acquired within "
+                        f"{wait_s:g} s (another process holds it, or is paused)"
+                    ) from None
+                except OSError as exc:  # after Timeout, which is an OSError too
+                    raise QueueError(
+                        f"{lock.lock_file}: cannot open the lock ({exc.strerror})"
+                    ) from exc
+                held.callback(lock.release)
             yield
-        finally:
-            lock.release()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
@@ -87,34 +123,45 @@ class IdempotencyStore:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
         try:
             data = read_json(self._path(key))
-            return KeyRecord(str(data["key"]), str(data["task_id"]), float(data["created_at"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            due_ms = data.get("due_ms")
+            return KeyRecord(
+                str(data["key"]),
+                str(data["task_id"]),
+                float(data["created_at"]),
+                due_ms if isinstance(due_ms, int) and not isinstance(due_ms, bool) else None,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def put(self, key: str, task_id: str, now_s: float, *, durable: bool | None = None) -> None:
-        """Point ``key`` at ``task_id`` (call while holding :meth:`locked`); ``durable`` overrides
-        the store's setting for callers that sync a whole batch themselves."""
+    def put_many(self, records: Iterable[KeyRecord]) -> None:
+        """Point each record's key at its task, durably when the store is (call while holding
+        :meth:`locked_many` for those keys)."""
+        items = [(self._path(r.key), dump_json(r.to_dict())) for r in records]
+        if not items:
+            return
         ensure_dir(os.path.join(self.root, "keys"))
-        record = {"key": key, "task_id": task_id, "created_at": now_s}
-        write_atomic(
-            self._path(key),
-            dump_json(record),
-            tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
-            durable=self.durable if durable is None else durable,
-        )
+        tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
+        if len(items) == 1:
+            write_atomic(*items[0], tmp_dir=tmp_dir, durable=self.durable)
+        else:
+            write_many_atomic(items, tmp_dir=tmp_dir, durable=self.durable)
+
+    def put(self, key: str, task_id: str, now_s: float, due_ms: int | None = None) -> None:
+        """Point ``key`` at ``task_id`` (call while holding :meth:`locked`)."""
+        self.put_many([KeyRecord(key, task_id, now_s, due_ms)])
 
     def quarantine_damaged(self, key: str) -> bool:
         """Move the record of ``key`` aside if it exists but cannot be read (call while holding
         :meth:`locked`); True when it was moved."""
         path = self._path(key)
-        if not os.path.exists(path) or self.get(key) is not None:
+        if not os.path.lexists(path) or self.get(key) is not None:
             return False
         return quarantine(path, self.root, "unreadable idempotency key record") is not None
 
-    def release(self, key: str, task_id: str) -> None:
-        """Forget ``key`` if it still points at ``task_id`` (its task was never enqueued)."""
-        with self.locked(key):
-            record = self.get(key)
-            if record is not None and record.task_id == task_id:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path(key))
+    def forget(self, key: str, task_id: str) -> None:
+        """Remove the record of ``key`` if it points at ``task_id`` (call while holding
+        :meth:`locked`)."""
+        record = self.get(key)
+        if record is not None and record.task_id == task_id:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(key))

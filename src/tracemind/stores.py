@@ -6,15 +6,12 @@ from tracemind.clock import Clock, system_clock
 from tracemind.dlq import DeadLetterStore
 from tracemind.idempotency import IdempotencyStore
 from tracemind.queue.file_backend import FileQueue
-from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.submit import QueueSubmitter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tracemind.config import DataDirs
     from tracemind.fsutil import StrPath
-
-_DEAD_FIELDS = ("status", "attempts", "error", "traceback", "dead_at", "lease_token")
 
 
 class Stores:
@@ -35,20 +32,13 @@ class Stores:
     def submitter(self, ttl_s: float) -> QueueSubmitter:
         return QueueSubmitter(self.queue, self.keys, ttl_s=ttl_s, clock=self.clock)
 
+    def settle_staged(self) -> int:
+        """Publish or remove what dead submitters left staged (see :mod:`tracemind.submit`)."""
+        return self.submitter(ttl_s=0.0).settle_staged()
+
     def requeue_dead(self, task_id: str) -> bool:
-        """Put a dead task back in the queue (same id, attempts from 1 again, history kept) and
-        archive its DLQ entry. Safe to repeat after a crash: a task already back in the queue is
-        not enqueued twice. False when the DLQ has no such entry."""
-        entry = self.dlq.get(task_id)
-        if entry is None:
-            return False
-        info = self.queue.find(task_id)
-        if info is None or info.status is TaskStatus.DEAD:  # nothing but the DLQ holds it
-            record = {k: v for k, v in entry.items() if k not in _DEAD_FIELDS}
-            record["requeued_at"] = self.clock()
-            self.queue.enqueue([NewTask(task_id, record, self.clock())])
-        self.dlq.mark_requeued(task_id)
-        return True
+        """Put a dead task back in the queue (see :meth:`FileQueue.requeue`)."""
+        return self.queue.requeue(task_id)
 
 
 def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -> Stores:

@@ -1,20 +1,29 @@
 """Submitting flows: the one place that turns (flow, input, idempotency key) into queued tasks.
 
 Idempotency rule: a key blocks a new submission while its task is pending, delayed, in flight,
-or succeeded less than ``ttl_s`` ago; the key of a dead task (or of a task that no longer exists)
-does not. A key whose task is not visible yet but was claimed less than
-:data:`IN_PROGRESS_GRACE_S` ago counts as in progress: another submitter is between writing the
-key and the task. Keys are checked and written under the key's cross-process lock.
+or succeeded less than ``ttl_s`` ago; the key of a dead task does not.
+
+How a keyed submission stays exact whatever happens to its process:
+
+1. take the stripe locks of every key of the batch (held until step 4 is over);
+2. decide each key from its record and the queue (O(1) per key, see :meth:`QueueSubmitter._blocks`);
+3. write the new tasks to the queue's ``staging/`` (invisible to consumers), then the key
+   records pointing at them;
+4. publish: one rename per task from ``staging/`` into ``pending/``.
+
+A submitter killed anywhere leaves nothing half-made: before step 3's key records its staged
+tasks are orphans that :meth:`QueueSubmitter.settle_staged` removes; after them, the next holder
+of the key's lock (a retry, another submitter, or the daemon's settling) finds the task staged
+and publishes it, so a key that answers "duplicate" always names a task that exists. A paused
+submitter keeps its locks: nobody decides by the clock that its claim is dead.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 from tracemind.clock import Clock, system_clock
-from tracemind.errors import TraceMindError
+from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.idempotency import IdempotencyStore, KeyRecord
-from tracemind.queue.names import new_task_id
+from tracemind.queue.names import PendingName, new_task_id
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record
 from tracemind.values import Value
@@ -25,10 +34,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tracemind.flows import FlowSnapshot
-    from tracemind.queue.protocol import TaskQueue
+    from tracemind.queue.file_backend import FileQueue
 
-IN_PROGRESS_GRACE_S = 60.0
-_LIVE = frozenset({TaskStatus.PENDING, TaskStatus.DELAYED, TaskStatus.INFLIGHT})
+SETTLE_LOCK_WAIT_S = 0.05
+"""How long settling waits for a key's lock: a held lock means a live submitter is at work."""
 
 
 class SubmitResult(Value):
@@ -59,11 +68,11 @@ class Submission(Value):
 
 
 class QueueSubmitter:
-    """Submits to a :class:`TaskQueue`, deduplicating through an :class:`IdempotencyStore`."""
+    """Submits to a :class:`FileQueue`, deduplicating through an :class:`IdempotencyStore`."""
 
     def __init__(
         self,
-        queue: TaskQueue,
+        queue: FileQueue,
         keys: IdempotencyStore,
         *,
         ttl_s: float,
@@ -88,25 +97,52 @@ class QueueSubmitter:
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
     ) -> list[SubmitResult]:
         """Submit every item as one durable batch; duplicates (also within the batch) are
-        reported with the task id they resolve to and enqueue nothing."""
+        reported with the task id they resolve to and enqueue nothing. When this returns, every
+        new task and key record is durable (with a durable queue)."""
         now_s = self.clock()
+        keys = [s.idempotency_key for s in submissions if s.idempotency_key is not None]
+        if not keys:
+            new, results = self._new_tasks(flow, submissions, now_s, {})
+            self.queue.enqueue(new)
+            return results
+        with self.keys.locked_many(keys):
+            known = self._decide(keys, now_s)
+            new, results = self._new_tasks(flow, submissions, now_s, known)
+            self._write_keyed(new)
+        return results
+
+    def _decide(self, keys: list[str], now_s: float) -> dict[str, str]:
+        """key → the task id it resolves to, for each key that blocks a new submission."""
+        blocking: dict[str, str] = {}
+        for key in dict.fromkeys(keys):
+            record = self.keys.get(key)
+            if record is None:
+                self.keys.quarantine_damaged(key)
+            elif self._blocks(record, now_s):
+                blocking[key] = record.task_id
+        return blocking
+
+    def _new_tasks(
+        self,
+        flow: FlowSnapshot,
+        submissions: Sequence[Submission],
+        now_s: float,
+        known: dict[str, str],
+    ) -> tuple[list[NewTask], list[SubmitResult]]:
+        """The tasks to create and every item's result; ``known`` maps keys to the task they
+        resolve to and gains the keys of new tasks (a key repeated in a batch is a duplicate)."""
         snapshot = flow.to_dict()
         max_attempts = int(flow.flow["retry"]["max_attempts"])
         results: list[SubmitResult] = []
         new: list[NewTask] = []
-        in_batch: dict[str, str] = {}
         for item in submissions:
             key = item.idempotency_key
-            if key is not None and key in in_batch:
-                results.append(SubmitResult(in_batch[key], True))
+            if key is not None and key in known:
+                results.append(SubmitResult(known[key], True))
                 continue
             task_id = new_task_id(now_s)
             if key is not None:
-                existing = self._claim_key(key, task_id, now_s, batch=len(submissions) > 1)
-                if existing is not None:
-                    results.append(SubmitResult(existing, True))
-                    continue
-                in_batch[key] = task_id
+                known[key] = task_id
             record = new_record(
                 task_id=task_id,
                 flow=snapshot,
@@ -118,35 +154,102 @@ class QueueSubmitter:
             )
             new.append(NewTask(task_id, record, now_s))
             results.append(SubmitResult(task_id, False))
-        try:
-            self.queue.enqueue(new)
-        except BaseException:
-            # Keys must not point at tasks that were never enqueued: a retry would be refused
-            # as a "duplicate" of nothing for IN_PROGRESS_GRACE_S.
-            for key, task_id in in_batch.items():
-                with contextlib.suppress(TraceMindError, OSError):
-                    self.keys.release(key, task_id)
-            raise
-        return results
+        return new, results
 
-    def _claim_key(self, key: str, task_id: str, now_s: float, *, batch: bool) -> str | None:
-        """Point ``key`` at ``task_id`` unless it already blocks; returns the blocking task id."""
-        with self.keys.locked(key):
-            existing = self.keys.get(key)
-            if existing is None:
-                self.keys.quarantine_damaged(key)
-            elif self._blocks(existing, now_s):
-                return existing.task_id
-            # In a batch the key records are made durable by the batch's single sync.
-            self.keys.put(key, task_id, now_s, durable=None if not batch else False)
-        return None
+    def _write_keyed(self, new: list[NewTask]) -> None:
+        """Steps 3 and 4 of the module's protocol, for the new tasks of a keyed batch (call
+        holding their keys' locks). A failure rolls back what is not yet visible."""
+        keyed = [t for t in new if t.record["idempotency_key"] is not None]
+        plain = [t for t in new if t.record["idempotency_key"] is None]
+        records = [
+            KeyRecord(t.record["idempotency_key"], t.task_id, t.due_s, int(t.due_s * 1000))
+            for t in keyed
+        ]
+        names = [staged_name(r.task_id, r.due_ms) for r in records]
+        try:
+            self.queue.stage(keyed)
+            self.keys.put_many(records)
+            self.queue.publish(names)
+        except BaseException:
+            self.queue.unstage(names)
+            for record in records:
+                self.keys.forget(record.key, record.task_id)
+            raise
+        self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
-        info = self.queue.find(record.task_id)
+        """Whether ``record``'s task still holds its key (call holding the key's lock).
+
+        O(1): a task staged by a submitter that died after writing this record is published
+        now; a task with no terminal record is live (pending, delayed or in flight: under the
+        key's lock nothing else can have made the record).
+        """
+        if record.due_ms is None:
+            return self._blocks_legacy(record, now_s)
+        if self.queue.is_staged(staged_name(record.task_id, record.due_ms)):
+            self._roll_forward(record)
+            return True
+        info = self.queue.finished(record.task_id)
         if info is None:
-            return now_s - record.created_at < IN_PROGRESS_GRACE_S
-        if info.status in _LIVE:
             return True
         if info.status is TaskStatus.SUCCEEDED:
             return info.finished_s is None or now_s - info.finished_s < self.ttl_s
         return False
+
+    def _blocks_legacy(self, record: KeyRecord, now_s: float) -> bool:
+        """A record written before tasks were staged: the task blocks only if it can be found."""
+        info = self.queue.find(record.task_id)
+        if info is None:
+            return False
+        if info.status is TaskStatus.SUCCEEDED:
+            return info.finished_s is None or now_s - info.finished_s < self.ttl_s
+        return info.status is not TaskStatus.DEAD
+
+    def _roll_forward(self, record: KeyRecord) -> None:
+        assert record.due_ms is not None
+        if self.queue.publish([staged_name(record.task_id, record.due_ms)]):
+            _log().warning(
+                "published a task whose submitter died after claiming its key",
+                task_id=record.task_id,
+            )
+
+    def settle_staged(self) -> int:
+        """Finish what dead submitters left in ``staging/``: publish each staged task its key
+        points at, remove the others (their submitter died before writing the key). A task
+        whose key lock is held is left to its live submitter. Returns how many were settled."""
+        settled = 0
+        for name in self.queue.staged():
+            record = self.queue.staged_record(name)
+            key = None if record is None else record.get("idempotency_key")
+            try:
+                with self.keys.locked_many(
+                    [key] if isinstance(key, str) else [], timeout_s=SETTLE_LOCK_WAIT_S
+                ):
+                    settled += self._settle_one(name, key)
+            except LockTimeout:
+                continue
+            except TraceMindError as exc:
+                _log().error("staged task not settled", task=str(name), error=str(exc))
+        return settled
+
+    def _settle_one(self, name: str, key: object) -> int:
+        """Settle one staged task (call holding its key's lock)."""
+        if not isinstance(key, str):
+            return 1 if self.queue.quarantine_staged(name, "unreadable staged task") else 0
+        record = self.keys.get(key)
+        if record is not None and staged_name(record.task_id, record.due_ms) == name:
+            return 1 if self.queue.publish([name]) else 0
+        self.queue.unstage([name])
+        _log().warning("removed a task staged by a submitter that died before its key", task=name)
+        return 1
+
+
+def staged_name(task_id: str, due_ms: int | None) -> str:
+    """The name a task is staged and published under."""
+    return str(PendingName(due_ms or 0, task_id, 0))
+
+
+def _log() -> Any:
+    from tracemind.log import get_logger  # not at import: keeps structlog off `tm enqueue`
+
+    return get_logger("tracemind.submit")

@@ -100,7 +100,11 @@ def start_command(args: argparse.Namespace) -> int:
     )
     pool = WorkerPool(settings, stores.queue)
     supervisor = Supervisor(
-        pool, stores.queue, drain_timeout_s=args.drain_timeout, burst=args.burst
+        pool,
+        stores.queue,
+        drain_timeout_s=args.drain_timeout,
+        burst=args.burst,
+        settle=stores.settle_staged,
     )
     supervisor.install_signal_handlers()
     supervisor.run()

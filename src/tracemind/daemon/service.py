@@ -131,6 +131,7 @@ class Daemon:
             drain_timeout_s=s.drain_timeout_s,
             on_tick=self._tick,
             on_drain=self._on_drain,
+            settle=stores.settle_staged,
         )
 
     def _on_drain(self) -> None:

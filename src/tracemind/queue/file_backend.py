@@ -22,8 +22,10 @@ from tracemind.fsutil import (
     dump_json,
     ensure_dir,
     fdatasync_file,
+    fsync_dir,
     scan_names,
     write_atomic,
+    write_error,
     write_many_atomic,
 )
 from tracemind.log import get_logger
@@ -93,6 +95,7 @@ class FileQueue:
         self._pending = os.path.join(root, "pending", "")
         self._inflight = os.path.join(root, "inflight", "")
         self._done = os.path.join(root, "done", "")
+        self._staging = os.path.join(root, "staging", "")
         self._tmp = os.path.join(root, "tmp")
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
@@ -128,7 +131,7 @@ class FileQueue:
         """Create the directories (writers only; readers never call this)."""
         if self._prepared:
             return
-        for directory in (self._pending, self._inflight, self._done, self._tmp):
+        for directory in (self._pending, self._inflight, self._done, self._staging, self._tmp):
             ensure_dir(directory)
         sweep_temporaries(self._tmp)
         self._prepared = True
@@ -148,6 +151,96 @@ class FileQueue:
             write_atomic(target, data, tmp_dir=self._tmp, durable=self.durable)
         elif items:
             write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
+
+    def stage(self, tasks: Sequence[NewTask]) -> list[str]:
+        """Write ``tasks`` where no consumer sees them (``staging/``, under their pending names),
+        durably when the queue is; returns their names for :meth:`publish`."""
+        self.prepare()
+        encoded_flows: dict[int, bytes] = {}
+        names = [str(PendingName(_ms(t.due_s), t.task_id, 0)) for t in tasks]
+        items = [
+            (self._staging + name, _encode_record(t.record, encoded_flows))
+            for name, t in zip(names, tasks, strict=True)
+        ]
+        if len(items) == 1:
+            write_atomic(*items[0], tmp_dir=self._tmp, durable=self.durable)
+        elif items:
+            write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
+        return names
+
+    def publish(self, names: Iterable[str]) -> int:
+        """Make staged tasks visible to consumers, each by one rename (a name already published,
+        or rolled back, is skipped); returns how many this call moved."""
+        moved = 0
+        for name in names:
+            try:
+                os.rename(self._staging + name, self._pending + name)
+            except FileNotFoundError:
+                continue
+            moved += 1
+        if moved and self.durable:
+            fsync_dir(self._pending)
+        return moved
+
+    def unstage(self, names: Iterable[str]) -> None:
+        """Roll staged tasks back (those already published stay)."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(self._staging + name)
+
+    def is_staged(self, name: str) -> bool:
+        return os.path.lexists(self._staging + name)
+
+    def staged(self) -> list[str]:
+        """Names of the staged tasks (normally none: only a submitter that died leaves any)."""
+        return [n for n in scan_names(self._staging) if PendingName.parse(n) is not None]
+
+    def quarantine_staged(self, name: str, reason: str) -> bool:
+        return quarantine(self._staging + name, self.root, reason) is not None
+
+    def staged_record(self, name: str) -> dict[str, Any] | None:
+        """The record of a staged task; None when it is gone or unreadable."""
+        try:
+            record, _ = _read_task(self._staging + name)
+        except (OSError, ValueError):
+            return None
+        return record
+
+    def requeue(self, task_id: str) -> bool:
+        """Move a dead task back into the queue (same id, attempts from 1 again, history kept);
+        False when the DLQ has no such entry.
+
+        The move is one ``rename`` of the DLQ entry into ``pending/``, so however many processes
+        requeue (or purge) the same entry at once, exactly one of them moves it; a crash leaves
+        it either dead or pending, never both. Readers strip the dead-letter fields from a
+        requeued record (:func:`~tracemind.queue.records.parse_task_file`).
+        """
+        entry = self.dlq.get(task_id)
+        if entry is None:
+            return False
+        self.prepare()
+        self._discard_dead_copies(task_id, entry.get("lease_token"))
+        target = self._pending + str(PendingName(_ms(self.clock()), task_id, 0))
+        try:
+            os.rename(self.dlq.entry_path(task_id), target)
+        except FileNotFoundError:
+            return False  # another process requeued or purged it first
+        except OSError as exc:
+            raise write_error(target, exc) from exc
+        if self.durable:
+            fsync_dir(self._pending)
+            fsync_dir(self.dlq.root)
+        self.dlq.archive(entry, "requeued", "requeued_at")
+        self._log.info("task requeued from the dead-letter queue", task_id=task_id)
+        return True
+
+    def _discard_dead_copies(self, task_id: str, token: object) -> None:
+        """Delete inflight copies of the delivery that dead-lettered ``task_id`` (a crash between
+        writing the DLQ entry and deleting the copy leaves one; with the entry moved away,
+        recovery could no longer tell that it is stale)."""
+        for name in map(InflightName.parse, scan_names(self._inflight)):
+            if name is not None and name.task_id == task_id and name.token == token:
+                self._discard(self._inflight + str(name), "stale lease of a dead-lettered task")
 
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         self.prepare()
@@ -417,6 +510,31 @@ class FileQueue:
         age = None if oldest_due_ms is None else max(0.0, (now_ms - oldest_due_ms) / 1000)
         return QueueStats(pending, delayed, inflight, age, damaged)
 
+    def finished(self, task_id: str) -> TaskInfo | None:
+        """The task's terminal state (succeeded or dead) in O(1); None while it is anywhere else
+        (pending, delayed, in flight, staged) or does not exist. Succeeded is looked up first:
+        a task that finishes during the call is reported finished or not, never wrongly dead."""
+        done = self._done + done_name(task_id)
+        if os.path.lexists(done):
+            entry = succeeded_entry(*_read_or_empty(done))
+            return TaskInfo(
+                task_id,
+                TaskStatus.SUCCEEDED,
+                count_of(entry.get("attempts")),
+                entry,
+                finished_s=_float_or_none(entry.get("finished_at")),
+            )
+        dead = self.dlq.get(task_id)
+        if dead is not None:
+            return TaskInfo(
+                task_id,
+                TaskStatus.DEAD,
+                count_of(dead.get("attempts")),
+                dead,
+                finished_s=_float_or_none(dead.get("dead_at")),
+            )
+        return None
+
     def waiting_since(self, epoch_s: float) -> int:
         """Tasks enqueued at or after ``epoch_s`` and never delivered yet, read-only."""
         since = f"{int(epoch_s * 1000):012x}"
@@ -429,15 +547,8 @@ class FileQueue:
 
     def find(self, task_id: str) -> TaskInfo | None:
         done = self._done + done_name(task_id)
-        if os.path.exists(done):
-            entry = succeeded_entry(*_read_or_empty(done))
-            return TaskInfo(
-                task_id,
-                TaskStatus.SUCCEEDED,
-                count_of(entry.get("attempts")),
-                entry,
-                finished_s=_float_or_none(entry.get("finished_at")),
-            )
+        if os.path.lexists(done):
+            return self.finished(task_id)
         leases = [
             n
             for n in map(InflightName.parse, scan_names(self._inflight))
@@ -458,16 +569,7 @@ class FileQueue:
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
             record, _ = _read_or_empty(self._pending + str(copy))
             return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
-        dead = self.dlq.get(task_id)
-        if dead is not None:
-            return TaskInfo(
-                task_id,
-                TaskStatus.DEAD,
-                count_of(dead.get("attempts")),
-                dead,
-                finished_s=_float_or_none(dead.get("dead_at")),
-            )
-        return None
+        return self.finished(task_id)
 
 
 def _encode_record(record: dict[str, Any], encoded_flows: dict[int, bytes]) -> bytes:

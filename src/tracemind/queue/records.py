@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 LOST_ATTEMPT = "lost: the worker died or its lease expired"
+DEAD_FIELDS = frozenset({"status", "attempts", "error", "traceback", "dead_at", "lease_token"})
+"""What :func:`dead_entry` adds to a task record (a requeue moves the entry back as it is)."""
 
 
 def new_record(
@@ -99,6 +101,8 @@ def parse_task_file(data: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]
     record = json.loads(first)
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
+    if "dead_at" in record:  # a DLQ entry moved back into the queue by a requeue
+        record = {k: v for k, v in record.items() if k not in DEAD_FIELDS}
     completion = None
     for line in rest.split(b"\n"):
         try:

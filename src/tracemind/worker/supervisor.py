@@ -35,9 +35,11 @@ class Supervisor:
         burst: bool = False,
         on_tick: Callable[[], None] | None = None,
         on_drain: Callable[[], None] | None = None,
+        settle: Callable[[], object] | None = None,
     ) -> None:
         self.pool = pool
         self.queue = queue
+        self.settle = settle
         self.drain_timeout_s = drain_timeout_s
         self.burst = burst
         self.on_tick = on_tick
@@ -62,6 +64,12 @@ class Supervisor:
         else:
             self.pool.signal_all(signal.SIGKILL)
 
+    def _recover(self) -> None:
+        """Return expired leases, and settle what dead submitters staged."""
+        self.queue.recover()
+        if self.settle is not None:
+            self.settle()
+
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""
         self.stop_requested.set()
@@ -73,7 +81,7 @@ class Supervisor:
     def run(self) -> bool:
         """Supervise until a stop is requested (or, in burst mode, the queue is empty); then
         drain. Returns True when every worker finished in time."""
-        self.queue.recover()
+        self._recover()
         self.pool.start()
         next_recover_s = 0.0
         idle_checks = 0
@@ -81,7 +89,7 @@ class Supervisor:
             self.pool.poll()
             now_s = time.monotonic()
             if now_s >= next_recover_s:
-                self.queue.recover()
+                self._recover()
                 next_recover_s = now_s + RECOVER_EVERY_S
             if self.burst:
                 idle_checks = idle_checks + 1 if self._idle() else 0
