@@ -20,6 +20,7 @@ imports tracemind under a stricter umask (077, 022) pays one ``fchmod`` per crea
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 
@@ -87,8 +88,9 @@ def create_exclusive(path: StrPath, flags: int) -> int:
 def open_or_create(path: StrPath, flags: int) -> int:
     """Open ``path`` with ``flags`` (without ``O_CREAT``), first creating it with mode
     :data:`FILE_MODE` if it does not exist (a file someone else created keeps its mode: it may
-    not be ours to change). For lock files and other files that are never removed."""
-    while True:
+    not be ours to change). For lock files and other files that are never removed. Raises
+    ``OSError``; ``FileNotFoundError`` for a dangling symlink (it is never followed to create)."""
+    for _ in range(3):
         try:
             return create_exclusive(path, flags)
         except FileExistsError:
@@ -97,6 +99,7 @@ def open_or_create(path: StrPath, flags: int) -> int:
             return os.open(path, flags)
         except FileNotFoundError:
             continue  # removed between the two opens: create it again
+    raise FileNotFoundError(errno.ENOENT, "exists but cannot be opened (a dangling symlink?)", path)
 
 
 def ensure_dir(path: StrPath) -> str:

@@ -208,3 +208,27 @@ def test_a_directory_another_process_creates_at_the_same_moment_is_used_as_it_is
     assert target.is_dir()
     assert stat.S_IMODE(target.stat().st_mode) == DIR_MODE
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == DIR_MODE
+
+
+def test_a_lock_file_is_created_0660_and_an_existing_one_opened_as_it_is(tmp_path: Path) -> None:
+    from tracemind import fsutil
+
+    old_umask = os.umask(0o077)
+    try:
+        fsutil._umask_cache[:] = []
+        # A missing lock file is created 0660 under umask 077...
+        os.close(fsutil.open_or_create(tmp_path / "new.lock", os.O_RDWR))
+        # ... one that exists keeps its mode...
+        (tmp_path / "old.lock").touch(mode=0o640)
+        (tmp_path / "old.lock").chmod(0o640)
+        os.close(fsutil.open_or_create(tmp_path / "old.lock", os.O_RDONLY))
+        # ... and a dangling symlink is an error, not a file created where it points
+        (tmp_path / "dangling.lock").symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(FileNotFoundError):
+            fsutil.open_or_create(tmp_path / "dangling.lock", os.O_RDWR)
+    finally:
+        os.umask(old_umask)
+        fsutil._umask_cache[:] = []
+    assert stat.S_IMODE((tmp_path / "new.lock").stat().st_mode) == FILE_MODE
+    assert stat.S_IMODE((tmp_path / "old.lock").stat().st_mode) == 0o640
+    assert not (tmp_path / "elsewhere").exists()
