@@ -45,13 +45,13 @@ RUN if [ ! -x /usr/bin/tini ]; then \
     && /usr/bin/tini --version
 
 # A fixed numeric user, so Kubernetes' runAsNonRoot can verify it; compose runs the container as
-# the host user instead (user: TM_UID:TM_GID), and every file the daemon makes is group-writable.
+# the host user instead (user: TM_UID:TM_GID); the daemon makes files 0660 and directories 2770.
 RUN groupadd --gid 10001 tracemind \
     && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin tracemind \
     && mkdir -p /data \
     && chown 10001:10001 /data \
-    && chmod 2775 /data
+    && chmod 2770 /data
 
 COPY --from=build /wheels /tmp/wheels
 RUN python3 -m venv /opt/venv \

@@ -1,21 +1,28 @@
 """Small file-system primitives shared by the stores: atomic writes, durable syncs, shared modes.
 
 Everything on the shared data directory is written through :func:`write_atomic`: a temporary file
-in a ``tmp/`` directory on the same file system, made group-writable *before* it becomes visible,
-then renamed into place. A reader therefore sees either the old file or the whole new one, never a
+in a ``tmp/`` directory on the same file system, given its final mode (:data:`FILE_MODE`) *before*
+it becomes visible, then renamed into place. A reader therefore sees either the old file or the whole new one, never a
 torn one. ``durable=True`` adds the syncs that make the result survive a power loss (the file's
 data before the rename, the directory entry after it).
 
 Paths are strings or ``pathlib.Path`` objects alike: everything here goes through ``os`` and
 ``os.path``, so ``tm enqueue`` can start without importing pathlib.
+
+Modes: whatever the caller's umask, files created on the data directory are :data:`FILE_MODE`
+(``0660``) and directories :data:`DIR_MODE` (``2770``, setgid so entries inherit the directory's
+group): the owner and the data's group read and write, nobody else can read, traverse or lock
+anything. Every TraceMind process sets the umask :data:`PROCESS_UMASK` at start
+(:func:`share_with_group`), so creating with an explicit mode costs nothing more; a program that
+imports tracemind under a stricter umask (077, 022) pays one ``fchmod`` per created file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import stat
 
 from tracemind.errors import QueueError
 
@@ -26,11 +33,18 @@ if TYPE_CHECKING:
 
     StrPath = str | os.PathLike[str]
 
+FILE_MODE = 0o660
+"""Mode of every file created on the data directory: owner and group read+write, others nothing."""
+DIR_MODE = 0o2770
+"""Mode of every directory created there: setgid, owner and group rwx, others nothing."""
+PROCESS_UMASK = 0o007
+"""The umask every TraceMind process runs with: keeps the group's bits, clears the others'."""
+
 _umask_cache: list[int] = []
 
 
 def current_umask() -> int:
-    """The process umask (read once; the CLI sets it at start-up)."""
+    """The process umask (read once; :func:`share_with_group` sets it at start-up)."""
     if not _umask_cache:
         mask = os.umask(0o022)
         os.umask(mask)
@@ -39,20 +53,58 @@ def current_umask() -> int:
 
 
 def share_with_group() -> None:
-    """Clear the group-write bit from the umask, so a host user and a container user in one group
-    can both write what the other created (umask 002 semantics, keeping the caller's other bits)."""
-    mask = os.umask(0)
-    os.umask(mask & ~0o020)
-    _umask_cache.clear()
+    """Set the process umask to :data:`PROCESS_UMASK` (007): what this process creates is
+    readable and writable by the data's group — a host user and a container user sharing a group
+    use each other's files — and by nobody else, whatever umask the process was started with."""
+    os.umask(PROCESS_UMASK)
+    _umask_cache[:] = [PROCESS_UMASK]
 
 
 def file_mode() -> int:
-    return 0o666 & ~current_umask()
+    """The mode to create data files and lock files with (:data:`FILE_MODE`)."""
+    return FILE_MODE
+
+
+def umask_strips_file_mode() -> bool:
+    """Whether the umask would take bits from :data:`FILE_MODE` (an ``fchmod`` must follow a
+    create); False under :data:`PROCESS_UMASK`, so TraceMind's own processes never pay it."""
+    return bool(current_umask() & FILE_MODE)
+
+
+def create_exclusive(path: StrPath, flags: int) -> int:
+    """Create ``path`` (it must not exist: ``O_CREAT | O_EXCL`` are added to ``flags``) with mode
+    :data:`FILE_MODE` whatever the umask; returns the open descriptor. Raises ``OSError``
+    (``FileExistsError`` when it exists)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    if umask_strips_file_mode():
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def open_or_create(path: StrPath, flags: int) -> int:
+    """Open ``path`` with ``flags`` (without ``O_CREAT``), first creating it with mode
+    :data:`FILE_MODE` if it does not exist (a file someone else created keeps its mode: it may
+    not be ours to change). For lock files and other files that are never removed. Raises
+    ``OSError``; ``FileNotFoundError`` for a dangling symlink (it is never followed to create)."""
+    for _ in range(3):
+        try:
+            return create_exclusive(path, flags)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            continue  # removed between the two opens: create it again
+    raise FileNotFoundError(errno.ENOENT, "exists but cannot be opened (a dangling symlink?)", path)
 
 
 def ensure_dir(path: StrPath) -> str:
-    """Create ``path`` (and parents) as a setgid, group-writable directory; leave existing ones.
-    Returns ``path`` as a string."""
+    """Create ``path`` (and parents) with mode :data:`DIR_MODE` (setgid, group rwx, nothing for
+    others); leave existing ones as they are. Returns ``path`` as a string."""
     missing: list[str] = []
     probe = os.fspath(path).rstrip(os.sep) or os.sep
     while not os.path.exists(probe):
@@ -64,11 +116,12 @@ def ensure_dir(path: StrPath) -> str:
     try:
         for directory in reversed(missing):  # outermost first
             try:
-                os.mkdir(directory)
+                os.mkdir(directory, 0o770)  # no access for others, even before the chmod
             except FileExistsError:
                 continue  # made by another process just now (maybe another uid: not ours to chmod)
-            # setgid: files made inside inherit the directory's group, whichever side made them.
-            os.chmod(directory, (0o777 & ~current_umask()) | stat.S_ISGID)
+            # setgid: files made inside inherit the directory's group, whichever side made them;
+            # chmod, not mkdir's mode, which the umask would filter.
+            os.chmod(directory, DIR_MODE)
     except NotADirectoryError as exc:
         raise QueueError(f"{path}: a path component is not a directory") from exc
     except PermissionError as exc:
@@ -104,10 +157,10 @@ def fdatasync_file(path: StrPath) -> None:
 
 def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
     tmp = os.path.join(tmp_dir, f"{stem}.{os.urandom(4).hex()}.tmp")
-    # Created with its final mode (0666 & ~umask, the umask keeping group write for a shared
-    # group), not mkstemp's 0600, which would lock the other side of the group out; it is
+    # Created with its final mode (FILE_MODE: the data's group reads and writes it, nobody else
+    # can), not mkstemp's 0600, which would lock the other side of the group out; it is
     # invisible to readers in tmp/ until the rename either way.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = create_exclusive(tmp, os.O_WRONLY)
     try:
         view = memoryview(data)
         while view:

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -63,13 +64,13 @@ def test_host_user_and_container_user_sharing_a_group_write_each_others_files(
 ) -> None:
     _needs_root()
     _needs_tm_runnable_as(HOST_UID, SHARED_GID)
-    # Given a data dir owned by neither user: root:G, setgid, group-writable (docs/deployment.md).
+    # Given a data dir owned by neither user: root:G 2770 (docs/deployment.md, "Permissions").
     project = make_project(
         "tmshare",
         uid=CONTAINER_UID,
         gid=SHARED_GID,
         data_owner=(0, SHARED_GID),
-        data_mode=0o2775,
+        data_mode=0o2770,
     )
     host = (HOST_UID, SHARED_GID)  # `setpriv --reuid --regid --clear-groups`: group G only
 
@@ -102,19 +103,44 @@ def test_host_user_and_container_user_sharing_a_group_write_each_others_files(
     assert stopped.stdout.startswith("daemon stopped"), stopped.stdout
     assert project.wait_exited(timeout_s=20)["ExitCode"] == 0
 
-    # Then nobody hit a permission error, and everything on the volume stays shareable:
-    # group G, group-writable, directories setgid; both users created some of it.
+    # Then nobody hit a permission error, and everything on the volume is shared with group G
+    # and nobody else: files 0660, directories 2770; both users created some of it.
     log = "\n".join(project.logs(stdout=True, stderr=True))
     assert "ermission denied" not in log and "not writable" not in log, log[-3000:]
     owners: set[int] = set()
-    for path in [project.data_dir, *project.data_dir.rglob("*")]:
+    for path in project.data_dir.rglob("*"):
         info = path.lstat()
         owners.add(info.st_uid)
         assert info.st_gid == SHARED_GID, f"{path}: group {info.st_gid}"
-        assert info.st_mode & stat.S_IWGRP, f"{path}: {stat.filemode(info.st_mode)}"
-        if stat.S_ISDIR(info.st_mode):
-            assert info.st_mode & stat.S_ISGID, f"{path}: {stat.filemode(info.st_mode)}"
+        expected = 0o2770 if stat.S_ISDIR(info.st_mode) else 0o660
+        assert stat.S_IMODE(info.st_mode) == expected, f"{path}: {stat.filemode(info.st_mode)}"
     assert {HOST_UID, CONTAINER_UID} <= owners, owners
+    # And a user outside G cannot open the daemon's lock or a task, even where every directory
+    # lets others through (each file's own mode keeps them out).
+    for path in [project.data_dir, *project.data_dir.rglob("*")]:
+        if path.is_dir():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | stat.S_IXOTH)
+    done_file = next((project.data_dir / "queue" / "done").iterdir())
+    secrets = [project.data_dir / "state" / "daemon.lock", done_file]
+    opened = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={LOCKED_OUT_UID}",
+            f"--regid={LOCKED_OUT_GID}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import os, sys\nfor p in sys.argv[1:]:\n"
+            "    try: os.close(os.open(p, os.O_RDONLY)); print('opened')\n"
+            "    except PermissionError: print('denied')",
+            *map(str, secrets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert opened.stdout.split() == ["denied", "denied"], opened.stdout + opened.stderr
 
 
 @pytest.mark.timeout(180)
@@ -168,7 +194,7 @@ def test_unwritable_data_stops_the_daemon_at_once_naming_tm_uid_gid_and_env(
     # When the directory is fixed as the line says.
     if os.geteuid() == 0:
         os.chown(project.data_dir, LOCKED_OUT_UID, LOCKED_OUT_GID)
-    os.chmod(project.data_dir, 0o2775)
+    os.chmod(project.data_dir, 0o2770)
 
     # Then the next retry comes up healthy by itself, after one error line per failed attempt.
     project.wait_for("the next retry to come up healthy", project.is_healthy, timeout_s=120)

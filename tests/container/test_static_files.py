@@ -199,7 +199,8 @@ def test_systemd_unit_runs_the_daemon_in_the_foreground() -> None:
     assert settings["ExecStart"].split()[0].endswith("/tm")
     assert "tm daemon start --foreground --inherit-logs" in settings["ExecStart"]
     assert settings["Restart"] == "on-failure"
-    assert settings["UMask"] == "0002"
+    assert settings["UMask"] == "0007"
+    assert settings["StateDirectoryMode"] == "2770"
     assert settings["EnvironmentFile"]
     assert _duration_s(settings["TimeoutStopSec"]) > DRAIN_TIMEOUT_S
 

@@ -186,6 +186,6 @@ def test_state_file_is_group_writable_json(make_trigger: MakeTrigger, project: P
     trigger.start(T0)
     trigger.step(datetime(2024, 5, 1, 12, 1, tzinfo=UTC))
     path = project / "state" / "triggers" / "tick.json"
-    assert path.stat().st_mode & 0o777 == 0o664
+    assert path.stat().st_mode & 0o777 == 0o660
     assert '"last_fire": "2024-05-01T12:01:00Z"' in path.read_text()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]

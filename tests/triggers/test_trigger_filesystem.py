@@ -223,7 +223,7 @@ def test_the_record_is_kept_in_the_state_dir_and_pruned_when_files_go(
     polls(watcher, 2)
     state_file = project / "state" / "triggers" / "ingest.json"
     assert json.loads(state_file.read_text())["files"] == {"a.json": f"2:{MTIME_S * 10**9}"}
-    assert state_file.stat().st_mode & 0o777 == 0o664
+    assert state_file.stat().st_mode & 0o777 == 0o660
     (incoming / "a.json").unlink()
     polls(watcher, 1, start=2)
     assert json.loads(state_file.read_text())["files"] == {}

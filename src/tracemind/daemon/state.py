@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tracemind.errors import TraceMindError
-from tracemind.fsutil import dump_json, ensure_dir, file_mode, write_atomic
+from tracemind.fsutil import dump_json, ensure_dir, open_or_create, write_atomic
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_STALE_S = 5.0
@@ -60,7 +60,7 @@ class StateDir:
     def acquire_lock(self, timeout_s: float) -> int | None:
         """Take the daemon lock, waiting up to ``timeout_s``; returns the held fd, or None when
         another live daemon holds it. The fd must stay open for the daemon's whole life."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+        fd = open_or_create(self.lock_path, os.O_RDWR)  # 0660: others cannot open it to lock it
         deadline = time.monotonic() + timeout_s
         while True:
             try:

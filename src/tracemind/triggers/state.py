@@ -3,7 +3,7 @@
 Layout: ``<state dir>/triggers/<trigger id>.json`` holding
 ``{"started_at": ISO, "last_fire": ISO | null, "files": {"<relative path>": "<size>:<mtime_ns>"}}``.
 
-Contract: :meth:`TriggerStateStore.save` is atomic (temp file in the same directory, chmod 0o664,
+Contract: :meth:`TriggerStateStore.save` is atomic (temp file in the same directory, chmod 0o660,
 ``os.replace``), so a reader sees the old or the new state, never a torn one. A damaged file is
 logged and read as "no state" — the trigger then behaves as on a first start, and the idempotency
 store still catches repeats within its TTL. Not safe for two processes running the *same* trigger
@@ -26,8 +26,8 @@ import structlog
 from tracemind.triggers.model import iso_utc, parse_iso_utc
 
 log = structlog.get_logger("tracemind.triggers")
-_FILE_MODE = 0o664
-_DIR_MODE = 0o775
+_FILE_MODE = 0o660  # fsutil.FILE_MODE: the data's group reads and writes, nobody else
+_DIR_MODE = 0o770  # setgid comes from the state dir (fsutil.DIR_MODE)
 
 
 @dataclass

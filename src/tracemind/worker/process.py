@@ -59,7 +59,7 @@ def main() -> int:
     spec = WorkerSpec.from_json(os.environ["TM_WORKER_SPEC"])
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.umask(os.umask(0) & ~0o020)
+    os.umask(0o007)  # fsutil.PROCESS_UMASK: group rw, nothing for others, whatever the pool's
 
     from tracemind import log
     from tracemind.config import DataDirs
