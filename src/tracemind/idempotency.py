@@ -84,11 +84,25 @@ class IdempotencyStore:
         return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
 
     def get(self, key: str) -> KeyRecord | None:
-        """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
+        """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
+        torn, of the wrong shape, or not a regular file, which is never opened).
+
+        A record this process may not read is no damage and is not taken as absent either (that
+        would give the key a second task): :class:`QueueError` naming the fix."""
+        path = self._path(key)
         try:
-            data = read_json(self._path(key))
+            data = read_json(path)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+        except OSError as exc:
+            from tracemind.problems import unreadable_error
+
+            raise unreadable_error(path, exc) from exc
+        try:
             return KeyRecord(str(data["key"]), str(data["task_id"]), float(data["created_at"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return None
 
     def put(self, key: str, task_id: str, now_s: float, *, durable: bool | None = None) -> None:
@@ -107,7 +121,7 @@ class IdempotencyStore:
         """Move the record of ``key`` aside if it exists but cannot be read (call while holding
         :meth:`locked`); True when it was moved."""
         path = self._path(key)
-        if not os.path.exists(path) or self.get(key) is not None:
+        if not os.path.lexists(path) or self.get(key) is not None:
             return False
         return quarantine(path, self.root, "unreadable idempotency key record") is not None
 

@@ -18,7 +18,8 @@ from flask import Flask, Response, jsonify
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir, liveness
-from tracemind.daemon.status_doc import status_document
+from tracemind.daemon.status_doc import problem_reason, status_document
+from tracemind.problems import unreadable_records
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -72,6 +73,11 @@ def create_app(state: StateDir, dirs: DataDirs) -> Flask:
             return unavailable({"ready": False, "reason": "draining"})
         if not beat.get("ready"):
             return unavailable({"ready": False, "reason": beat.get("reason") or "not ready"})
+        count, first = unreadable_records(dirs.queue)
+        if count:
+            return unavailable(
+                {"ready": False, "reason": problem_reason(count), "unreadable_records": first}
+            )
         return jsonify(ready=True)
 
     @app.get("/status")
