@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 FENCE_LEASE_S = 60.0
+UNREADABLE_RETRY_S = 1.0
+"""How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
 
 
@@ -106,6 +108,8 @@ class FileQueue:
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
         self._board: ProblemBoard | None = None
+        self._held_back: dict[PendingName, float] = {}
+        """Pending names this process may not read → when to try again (epoch seconds)."""
 
     @functools.cached_property
     def pending_dir(self) -> Path:
@@ -172,6 +176,7 @@ class FileQueue:
                 continue
             except OSError as exc:
                 self._unreadable("pending/" + str(candidate), exc)
+                self._held_back[candidate] = now_s + UNREADABLE_RETRY_S
                 continue
             try:
                 if self._board is not None and self._board.reported:
@@ -246,9 +251,13 @@ class FileQueue:
 
     def _relist(self, now_s: float) -> None:
         names: list[PendingName] = []
+        held, self._held_back = self._held_back, {}
         for name, regular in scan_entries(self._pending):
             parsed = PendingName.parse(name)
             if parsed is not None and regular:
+                if held and held.get(parsed, now_s) > now_s:
+                    self._held_back[parsed] = held[parsed]  # not readable a moment ago
+                    continue
                 names.append(parsed)
             elif not is_temporary(name):
                 reason = "not a task file name" if parsed is None else "not a regular file"
