@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from special_entries import HUGE_BYTES, KINDS, NOT_REGULAR, make_entry
 
+from special_entries import HUGE_BYTES, NOT_REGULAR, make_entry
 from tm_testing import FakeClock, make_task
 from tracemind.errors import QueueError
 from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_json, read_regular
@@ -320,7 +320,7 @@ def test_readers_and_writers_never_call_an_entry_they_may_not_read_damaged(
     stores.queue.enqueue([other])
     [pending] = list(stores.queue.pending_dir.iterdir())
     unreadable.add(str(pending))
-    with pytest.raises(QueueError, match="cannot read .*group"):
+    with pytest.raises(QueueError, match=r"cannot read .*group"):
         stores.queue.find(other.task_id)
     # An idempotency record: the key neither counts as new nor is quarantined
     submitter = stores.submitter(3600.0)
