@@ -1,10 +1,11 @@
 """The status endpoint: a read-only Flask view of the daemon's state dir and queue.
 
 ``create_app`` takes its dependencies (state dir, data dirs). The probes read only the state
-dir (a lock probe and the heartbeat), so they stay fast under load; ``/status`` and ``/metrics``
-list the queue directories, so their bodies are reused for up to :data:`COUNTS_MAX_AGE_S` (one
-listing a second, however many scrapers). Bodies carry counts and states only — never task
-inputs, results or secrets.
+dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
+not read (one small file each, none normally), so they stay fast under load; ``/status`` and
+``/metrics`` list the queue directories, so their bodies are reused for up to
+:data:`COUNTS_MAX_AGE_S` (one listing a second, however many scrapers). Bodies carry counts and
+states only — never task inputs, results or secrets.
 """
 
 from __future__ import annotations
