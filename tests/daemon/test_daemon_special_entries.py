@@ -156,8 +156,9 @@ def test_a_special_entry_in_every_store_directory_stops_nothing(
         # And a DLQ writer moves the entry named like a DLQ entry aside
         assert _answers(tm, "dlq", "requeue", "--all").returncode == 0
         # And the daemon stops when asked
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=20) == 0
+        stop = tm("daemon", "stop", "--state-dir", state, env=env, timeout_s=30)
+        assert stop.returncode == 0, stop.stderr
+        assert daemon.wait(timeout=10) == 0
     finally:
         if daemon.poll() is None:
             daemon.kill()
