@@ -15,9 +15,16 @@ to recognise a stale copy of that same delivery after a crash). Reads never crea
 from __future__ import annotations
 
 import os
+import stat
 
 from tracemind.clock import Clock, system_clock
-from tracemind.fsutil import dump_json, ensure_dir, read_json, scan_names, write_atomic
+from tracemind.fsutil import (
+    dump_json,
+    ensure_dir,
+    read_json,
+    scan_entries,
+    write_atomic,
+)
 from tracemind.quarantine import quarantine
 from tracemind.queue.names import done_name, is_task_id, is_temporary
 
@@ -53,33 +60,62 @@ class DeadLetterStore:
         return os.path.exists(self._path(task_id))
 
     def get(self, task_id: str) -> dict[str, Any] | None:
-        """The entry, or None when absent or damaged (damaged entries are skipped by readers)."""
+        """The entry, or None when absent or damaged (damaged entries are skipped by readers).
+
+        An entry this process may not read is None too, but it is no damage: it is logged once
+        (with the fix), never listed by :meth:`damaged`, so never quarantined."""
         try:
-            entry = read_json(self._path(task_id))
-        except (OSError, ValueError):
+            return self._load(self._path(task_id))
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                from tracemind.problems import log_unreadable
+
+                log_unreadable(self._path(task_id), exc)
+            return None
+
+    def _load(self, path: str) -> dict[str, Any] | None:
+        """The entry at ``path``; None when damaged (torn, not an object, not a regular file);
+        ``OSError`` when it cannot be read (absent, or this process may not read it)."""
+        try:
+            entry = read_json(path)
+        except ValueError:  # DamagedEntry included: a FIFO or symlink is never opened
             return None
         return entry if isinstance(entry, dict) else None
 
     def entries(self) -> Iterator[dict[str, Any]]:
-        """Every readable entry, in no particular order."""
-        for name in scan_names(self.root):
-            if name.endswith(".json") and is_task_id(name[:-5]):
+        """Every readable entry, in no particular order (only regular files are opened)."""
+        for name, regular in scan_entries(self.root):
+            if regular and name.endswith(".json") and is_task_id(name[:-5]):
                 entry = self.get(name[:-5])
                 if entry is not None:
                     yield entry
 
     def damaged(self) -> list[str]:
-        """Entry files that cannot be read (for writers to quarantine; readers only count them)."""
+        """Entries that are damaged (for writers to quarantine; readers only count them): files
+        that do not parse or are not named like an entry, and anything that is not a regular
+        file — a FIFO, socket, device or symlink, or a directory named like an entry. An entry
+        this process may not read is not damaged (see :meth:`get`)."""
         bad = []
-        for name in scan_names(self.root):
+        for name, regular in scan_entries(self.root):
             path = os.path.join(self.root, name)
-            if is_temporary(name) or os.path.isdir(path):
+            named_like_entry = name.endswith(".json") and is_task_id(name[:-5])
+            if is_temporary(name):
                 continue
-            if (
-                not (name.endswith(".json") and is_task_id(name[:-5]))
-                or self.get(name[:-5]) is None
-            ):
+            if not regular:
+                if named_like_entry or not _is_real_dir(path):
+                    bad.append(path)  # subdirectories (tmp/, purged/, ...) are the store's own
+                continue
+            if not named_like_entry:
                 bad.append(path)
+                continue
+            try:
+                if self._load(path) is None:
+                    bad.append(path)
+            except OSError as exc:
+                if not isinstance(exc, FileNotFoundError):
+                    from tracemind.problems import log_unreadable
+
+                    log_unreadable(path, exc)
         return bad
 
     def quarantine_damaged(self) -> int:
@@ -138,6 +174,14 @@ class DeadLetterStore:
             durable=self.durable,
         )
         return True
+
+
+def _is_real_dir(path: str) -> bool:
+    """Whether ``path`` is a directory itself (not a symlink to one)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _dead_at(entry: dict[str, Any]) -> float:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 
 from tracemind.errors import QueueError
 
@@ -148,7 +149,7 @@ def fsync_dir(path: StrPath) -> None:
 
 def fdatasync_file(path: StrPath) -> None:
     """Make the data of the file at ``path`` durable (whoever wrote it, through any descriptor)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # never blocks on a FIFO
     try:
         os.fdatasync(fd)
     finally:
@@ -245,11 +246,92 @@ def sync_filesystem(any_path: StrPath) -> bool:
         os.close(fd)
 
 
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+"""The largest record any store reads (64 MiB, far above any legitimate task, result or entry):
+a larger file is damage, and is never read into memory."""
+
+_READ_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+)
+_DAMAGE_ERRNOS = frozenset({errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP})
+"""``open`` errors that mean the entry is not a regular file: a symlink (``O_NOFOLLOW``), a
+socket or a device without a driver."""
+
+
+class DamagedEntry(ValueError):
+    """A store entry that is not a regular file (FIFO, socket, device, directory, symlink) or
+    is larger than :data:`MAX_RECORD_BYTES`: damage, like a torn record (hence a ``ValueError``)."""
+
+
+def open_regular(path: StrPath) -> int:
+    """Open a store entry for reading without ever blocking or following a symlink; returns the
+    descriptor of a regular file.
+
+    Raises :class:`DamagedEntry` for anything else (closing what was opened), and ``OSError``
+    when the entry cannot be opened: ``FileNotFoundError`` (gone), ``PermissionError`` (EACCES,
+    EPERM: not damage — the caller leaves it where it is)."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno in _DAMAGE_ERRNOS:
+            raise DamagedEntry(f"{path}: not a regular file ({exc.strerror})") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DamagedEntry(f"{path}: not a regular file ({_kind(mode)})")
+    return fd
+
+
+def read_fd(fd: int, path: StrPath, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The whole contents of the regular file open at ``fd`` (left open); :class:`DamagedEntry`
+    when it holds more than ``max_bytes`` (checked before reading, and again while reading a
+    file that grows)."""
+    size = os.fstat(fd).st_size
+    if size > max_bytes:
+        raise DamagedEntry(f"{path}: {size} bytes, more than the {max_bytes} a record may hold")
+    chunks = []
+    total = 0
+    while chunk := os.read(fd, max(size, 4096) + 1):
+        total += len(chunk)
+        if total > max_bytes:
+            raise DamagedEntry(f"{path}: more than the {max_bytes} bytes a record may hold")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_regular(path: StrPath, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The contents of the regular file at ``path``, read without blocking (see
+    :func:`open_regular` for what it raises, plus :class:`DamagedEntry` past ``max_bytes``)."""
+    fd = open_regular(path)
+    try:
+        return read_fd(fd, path, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symlink"),
+    ):
+        if test(mode):
+            return name
+    return f"mode {stat.S_IFMT(mode):o}"
+
+
 def read_json(path: StrPath) -> Any:
-    """Parse a JSON file; raises ``ValueError`` for a torn or corrupt one, ``OSError`` if unreadable."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return json.loads(data)
+    """Parse a JSON store entry (read with :func:`read_regular`); raises ``ValueError`` for a
+    torn, corrupt or non-regular one (:class:`DamagedEntry` is one), ``OSError`` if unreadable."""
+    return json.loads(read_regular(path))
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
@@ -261,11 +343,32 @@ def dump_json(obj: Any) -> bytes:
 
 
 def scan_names(directory: StrPath) -> Iterator[str]:
-    """File names in ``directory`` (nothing if it does not exist); never creates anything."""
+    """File names in ``directory`` (nothing if it does not exist); never creates anything, never
+    looks at what an entry is (see :func:`scan_entries`)."""
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 yield entry.name
+    except FileNotFoundError:
+        return
+    except PermissionError as exc:
+        raise QueueError(f"{directory}: cannot list (permission denied)") from exc
+    except NotADirectoryError as exc:
+        raise QueueError(f"{directory}: a path component is not a directory") from exc
+
+
+def scan_entries(directory: StrPath) -> Iterator[tuple[str, bool]]:
+    """``(name, is_regular)`` for each entry of ``directory`` (nothing if it does not exist).
+    ``is_regular`` comes from the directory listing itself, never following a symlink and never
+    opening anything (one ``lstat`` only where the file system does not report entry types)."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:  # removed since the listing: whatever it was, not a record now
+                    regular = False
+                yield entry.name, regular
     except FileNotFoundError:
         return
     except PermissionError as exc:

@@ -120,9 +120,23 @@ class IdempotencyStore:
         return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
 
     def get(self, key: str) -> KeyRecord | None:
-        """The record for ``key``; None when absent or damaged (a damaged record blocks nothing)."""
+        """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
+        torn, of the wrong shape, or not a regular file, which is never opened).
+
+        A record this process may not read is no damage and is not taken as absent either (that
+        would give the key a second task): :class:`QueueError` naming the fix."""
+        path = self._path(key)
         try:
-            data = read_json(self._path(key))
+            data = read_json(path)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+        except OSError as exc:
+            from tracemind.problems import unreadable_error
+
+            raise unreadable_error(path, exc) from exc
+        try:
             due_ms = data.get("due_ms")
             return KeyRecord(
                 str(data["key"]),
@@ -130,7 +144,7 @@ class IdempotencyStore:
                 float(data["created_at"]),
                 due_ms if isinstance(due_ms, int) and not isinstance(due_ms, bool) else None,
             )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
     def put_many(self, records: Iterable[KeyRecord]) -> None:

@@ -48,7 +48,7 @@ def sweep_temporaries(tmp_dir: StrPath, older_than_s: float = 3600.0) -> int:
         return 0
     for entry in entries:
         with contextlib.suppress(OSError):
-            if entry.stat().st_mtime < cutoff:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                 os.unlink(entry.path)
                 removed += 1
     return removed

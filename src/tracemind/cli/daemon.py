@@ -213,6 +213,14 @@ def _print_table(doc: dict[str, Any]) -> None:
         f"queue: {q['pending']} pending, {q['delayed']} delayed, {q['inflight']} in flight; "
         f"dlq: {doc['dlq']['pending']}"
     )
+    unreadable = doc["unreadable_records"]
+    for problem in unreadable["first"]:
+        print(
+            f"unreadable: {problem['record']} by uid {problem['uid']} ({problem['error']}); "
+            f"{problem['fix']}"
+        )
+    if unreadable["count"] > len(unreadable["first"]):
+        print(f"unreadable: {unreadable['count'] - len(unreadable['first'])} more")
     for trigger in doc["triggers"]:
         print(
             f"trigger {trigger.get('id')} ({trigger.get('kind')}): last {trigger.get('last_fire')}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from tracemind.queue.protocol import TaskInfo
 
 EXIT_DEAD = 1
+EXIT_DAMAGED = 1
 EXIT_TIMEOUT = 3
 WAIT_POLL_S = 0.05
 
@@ -92,6 +94,10 @@ def describe(info: TaskInfo) -> dict[str, Any]:
         view["due_at"] = iso_utc(info.due_s)
     if not record:
         view["damaged"] = True
+        if info.status != "succeeded":  # a done record still fences its task: it succeeded
+            # A damaged copy never runs (the next consumer quarantines it): not pending.
+            view["status"] = "damaged"
+            view["found_as"] = info.status.value
     return view
 
 
@@ -119,7 +125,17 @@ def _print_task(view: dict[str, Any], as_json: bool) -> None:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    _print_task(describe(_find(args)), args.json)
+    """Exit 0, or :data:`EXIT_DAMAGED` (with one line on stderr) when the task's only record is
+    damaged — empty, torn or not a regular file: such a copy never runs."""
+    view = describe(_find(args))
+    _print_task(view, args.json)
+    if view["status"] == "damaged":
+        print(
+            f"tm: error: task {args.task_id}: its record (found {view['found_as']}) is damaged "
+            "and will not run; a consumer moves it to quarantine/",
+            file=sys.stderr,
+        )
+        return EXIT_DAMAGED
     return 0
 
 

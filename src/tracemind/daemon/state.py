@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from tracemind.errors import TraceMindError
-from tracemind.fsutil import dump_json, ensure_dir, open_or_create, write_atomic
+from tracemind.fsutil import dump_json, ensure_dir, open_or_create, read_regular, write_atomic
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_STALE_S = 5.0
+STATE_FILE_MAX_BYTES = 1024 * 1024
+"""daemon.json, heartbeat.json and the stop files are a few KiB; a larger one is damage."""
 
 
 class StateDir:
@@ -82,7 +84,9 @@ class StateDir:
         """Whether some process holds the daemon lock: True, False, or None when unknown (no
         lock file yet means False). Takes a shared lock for an instant, creating nothing."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
+            # Never blocks: a FIFO put where the lock file should be opens at once (and then
+            # cannot be locked, so the state is unknown).
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
             return False
         except OSError:
@@ -96,8 +100,10 @@ class StateDir:
         return False
 
     def read_json(self, path: Path) -> dict[str, Any] | None:
+        """The JSON object in ``path``; None when absent, unreadable or damaged — including
+        anything that is not a regular file, which is never opened in a way that could block."""
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_regular(path, STATE_FILE_MAX_BYTES))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None

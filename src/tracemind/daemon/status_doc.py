@@ -12,6 +12,7 @@ from typing import Any
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir, liveness
+from tracemind.problems import unreadable_records
 
 
 def dirs_for(state: StateDir, explicit: DataDirs | None) -> DataDirs | None:
@@ -24,6 +25,13 @@ def dirs_for(state: StateDir, explicit: DataDirs | None) -> DataDirs | None:
             Path(recorded["queue"]), Path(recorded["idempotency"]), Path(recorded["dlq"])
         )
     return None
+
+
+def problem_reason(unreadable: int) -> str | None:
+    """The readiness reason while records are unreadable (None when there is none)."""
+    if not unreadable:
+        return None
+    return f"{unreadable} record(s) not readable by a worker (see unreadable_records)"
 
 
 def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
@@ -42,7 +50,9 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
     }
     dlq = {"pending": 0}
     busy = 0
+    unreadable: tuple[int, list[dict[str, Any]]] = (0, [])
     if dirs is not None:
+        unreadable = unreadable_records(dirs.queue)
         stores = open_stores(dirs, durable=False)
         stats = stores.queue.stats()
         queue = {
@@ -64,8 +74,10 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "started_at": meta.get("started_at"),
         "heartbeat_age_s": None if live.heartbeat_age_s is None else round(live.heartbeat_age_s, 3),
         "draining": bool(beat.get("draining", False)),
-        "ready": bool(beat.get("ready", False)),
-        "reason": beat.get("reason") if live.running else live.state,
+        "ready": bool(beat.get("ready", False)) and not unreadable[0],
+        "reason": (beat.get("reason") or problem_reason(unreadable[0]))
+        if live.running
+        else live.state,
         "workers": {
             "configured": int(meta.get("workers") or 0),
             "alive": int(workers.get("alive") or 0),
@@ -75,6 +87,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "queue": queue,
         "dlq": dlq,
         "triggers": (components.get("triggers") or {}).get("triggers", []),
+        "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),
         "version": meta.get("version"),
         "state_dir": str(state.root),

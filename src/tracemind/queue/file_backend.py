@@ -19,10 +19,15 @@ from collections import deque
 from tracemind.clock import Clock, system_clock
 from tracemind.dlq import DeadLetterStore
 from tracemind.fsutil import (
+    DamagedEntry,
     dump_json,
     ensure_dir,
     fdatasync_file,
     fsync_dir,
+    open_regular,
+    read_fd,
+    read_regular,
+    scan_entries,
     scan_names,
     write_atomic,
     write_error,
@@ -57,11 +62,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tracemind.fsutil import StrPath
+    from tracemind.problems import ProblemBoard
     from tracemind.queue.commit import GroupCommitter
     from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 FENCE_LEASE_S = 60.0
+UNREADABLE_RETRY_S = 1.0
+"""How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
 
 
@@ -102,6 +110,9 @@ class FileQueue:
         self._listed_at_s = float("-inf")
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
+        self._board: ProblemBoard | None = None
+        self._held_back: dict[PendingName, float] = {}
+        """Pending names this process may not read → when to try again (epoch seconds)."""
 
     @functools.cached_property
     def pending_dir(self) -> Path:
@@ -201,7 +212,7 @@ class FileQueue:
     def staged_record(self, name: str) -> dict[str, Any] | None:
         """The record of a staged task; None when it is gone or unreadable."""
         try:
-            record, _ = _read_task(self._staging + name)
+            record, _ = parse_task_file(read_regular(self._staging + name))
         except (OSError, ValueError):
             return None
         return record
@@ -246,44 +257,81 @@ class FileQueue:
         self.prepare()
         now_s = self.clock()
         while (candidate := self._next_due(now_s)) is not None:
-            claim = InflightName(
-                candidate.task_id,
-                candidate.attempts + 1,
-                consumer,
-                new_token(),
-                _ms(now_s + lease_s),
-            )
-            claimed = self._inflight + str(claim)
+            source = self._pending + str(candidate)
+            # Opened before the claim: a record this process may not read stays where it is,
+            # and anything but a regular file is never opened in a way that could block.
             try:
-                os.rename(self._pending + str(candidate), claimed)
+                fd = open_regular(source)
             except FileNotFoundError:
                 continue  # another consumer was first
-            # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
-            # attempts 0, comes from enqueue, or from a DLQ requeue, which checks for done/).
-            stale = candidate.attempts > 0 and os.path.exists(
-                self._done + done_name(candidate.task_id)
-            )
-            if stale:
-                self._discard(claimed, "stale copy of a succeeded task")
+            except DamagedEntry as exc:
+                quarantine(source, self.root, str(exc))
+                continue
+            except OSError as exc:
+                self._unreadable("pending/" + str(candidate), exc)
+                self._held_back[candidate] = now_s + UNREADABLE_RETRY_S
                 continue
             try:
-                record, completion = _read_task(claimed)
-            except (OSError, ValueError) as exc:
-                quarantine(claimed, self.root, f"unreadable task record: {exc}")
-                continue
-            if completion is not None:  # acked, but its lease lapsed before it reached done/
-                self._finish_acked(claimed, candidate.task_id)
-                continue
-            return Lease(
-                task_id=candidate.task_id,
-                attempt=claim.attempt,
-                consumer=consumer,
-                token=claim.token,
-                deadline_s=claim.deadline_ms / 1000,
-                record=record,
-                handle=claim,
-            )
+                if self._board is not None and self._board.reported:
+                    self._board.resolve("pending/" + str(candidate))
+                lease = self._claim(candidate, fd, consumer, now_s, lease_s)
+            finally:
+                os.close(fd)
+            if lease is not None:
+                return lease
         return None
+
+    def _claim(
+        self, candidate: PendingName, fd: int, consumer: str, now_s: float, lease_s: float
+    ) -> Lease | None:
+        """Rename ``candidate`` (open at ``fd``) into inflight/ and read it; None when another
+        consumer was first or the copy is not to be run."""
+        claim = InflightName(
+            candidate.task_id,
+            candidate.attempts + 1,
+            consumer,
+            new_token(),
+            _ms(now_s + lease_s),
+        )
+        claimed = self._inflight + str(claim)
+        try:
+            os.rename(self._pending + str(candidate), claimed)
+        except FileNotFoundError:
+            return None  # another consumer was first
+        # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
+        # attempts 0, comes from enqueue, or from a DLQ requeue, which checks for done/).
+        stale = candidate.attempts > 0 and os.path.exists(self._done + done_name(candidate.task_id))
+        if stale:
+            self._discard(claimed, "stale copy of a succeeded task")
+            return None
+        try:
+            record, completion = parse_task_file(read_fd(fd, claimed))
+        except (OSError, ValueError) as exc:
+            quarantine(claimed, self.root, f"unreadable task record: {exc}")
+            return None
+        if completion is not None:  # acked, but its lease lapsed before it reached done/
+            self._finish_acked(claimed, candidate.task_id)
+            return None
+        return Lease(
+            task_id=candidate.task_id,
+            attempt=claim.attempt,
+            consumer=consumer,
+            token=claim.token,
+            deadline_s=claim.deadline_ms / 1000,
+            record=record,
+            handle=claim,
+        )
+
+    def _unreadable(self, relative: str, exc: OSError) -> None:
+        """A record this process may not open: left in place, logged once, reported."""
+        self._problem_board().report(relative, exc)
+
+    def _problem_board(self) -> ProblemBoard:
+        if self._board is None:
+            from tracemind.problems import ProblemBoard
+
+            self._board = ProblemBoard(self.root, self._tmp)
+        return self._board
 
     def _next_due(self, now_s: float) -> PendingName | None:
         """The next pending name to try, from a listing refreshed when stale or exhausted."""
@@ -296,12 +344,17 @@ class FileQueue:
 
     def _relist(self, now_s: float) -> None:
         names: list[PendingName] = []
-        for name in scan_names(self._pending):
+        held, self._held_back = self._held_back, {}
+        for name, regular in scan_entries(self._pending):
             parsed = PendingName.parse(name)
-            if parsed is not None:
+            if parsed is not None and regular:
+                if held and held.get(parsed, now_s) > now_s:
+                    self._held_back[parsed] = held[parsed]  # not readable a moment ago
+                    continue
                 names.append(parsed)
             elif not is_temporary(name):
-                quarantine(self._pending + name, self.root, "not a task file name")
+                reason = "not a task file name" if parsed is None else "not a regular file"
+                quarantine(self._pending + name, self.root, reason)
         names.sort(key=lambda n: (n.due_ms, n.task_id))
         self._candidates = deque(names)
         self._listed_at_s = now_s
@@ -409,12 +462,15 @@ class FileQueue:
         now_ms = _ms(self.clock())
         dead = tuple(dead_consumers)
         names: list[InflightName] = []
-        for entry in scan_names(self._inflight):
+        for entry, regular in scan_entries(self._inflight):
             parsed = InflightName.parse(entry)
-            if parsed is not None:
+            if parsed is not None and regular:
                 names.append(parsed)
             elif not is_temporary(entry):
-                quarantine(self._inflight + entry, self.root, "not a lease file name")
+                reason = "not a lease file name" if parsed is None else "not a regular file"
+                quarantine(self._inflight + entry, self.root, reason)
+        if self._board is not None or os.path.isdir(os.path.join(self.root, "problems")):
+            self._problem_board().sweep()
         due = [n for n in names if n.deadline_ms <= now_ms or _matches(n.consumer, dead)]
         if not due:
             return 0
@@ -442,11 +498,22 @@ class FileQueue:
         if stale_dead is not None and stale_dead.get("lease_token") == name.token:
             return self._discard(path, "stale lease of a dead-lettered task")
         try:
-            record, completion = _read_task(path)
+            fd = open_regular(path)
         except FileNotFoundError:
             return False
+        except DamagedEntry as exc:
+            return quarantine(path, self.root, str(exc)) is not None
+        except OSError as exc:
+            self._unreadable("inflight/" + str(name), exc)
+            return False
+        try:
+            record, completion = parse_task_file(read_fd(fd, path))
         except (OSError, ValueError) as exc:
             return quarantine(path, self.root, f"unreadable task record: {exc}") is not None
+        finally:
+            os.close(fd)
+        if self._board is not None and self._board.reported:
+            self._board.resolve("inflight/" + str(name))
         if completion is not None:
             return self._finish_acked(path, name.task_id)
         if name.attempt >= max_attempts_of(record):
@@ -493,17 +560,17 @@ class FileQueue:
         now_ms = _ms(self.clock())
         pending = delayed = damaged = inflight = 0
         oldest_due_ms: int | None = None
-        for name in scan_names(self._pending):
+        for name, regular in scan_entries(self._pending):
             parsed = PendingName.parse(name)
-            if parsed is None:
+            if parsed is None or not regular:
                 damaged += 0 if is_temporary(name) else 1
             elif parsed.due_ms <= now_ms:
                 pending += 1
                 oldest_due_ms = min(oldest_due_ms or parsed.due_ms, parsed.due_ms)
             else:
                 delayed += 1
-        for name in scan_names(self._inflight):
-            if InflightName.parse(name) is not None:
+        for name, regular in scan_entries(self._inflight):
+            if regular and InflightName.parse(name) is not None:
                 inflight += 1
             elif not is_temporary(name):
                 damaged += 1
@@ -515,7 +582,7 @@ class FileQueue:
         (pending, delayed, in flight, staged) or does not exist. Succeeded is looked up first:
         a task that finishes during the call is reported finished or not, never wrongly dead."""
         done = self._done + done_name(task_id)
-        if os.path.lexists(done):
+        if os.path.exists(done):
             entry = succeeded_entry(*_read_or_empty(done))
             return TaskInfo(
                 task_id,
@@ -547,7 +614,7 @@ class FileQueue:
 
     def find(self, task_id: str) -> TaskInfo | None:
         done = self._done + done_name(task_id)
-        if os.path.lexists(done):
+        if os.path.exists(done):
             return self.finished(task_id)
         leases = [
             n
@@ -589,15 +656,17 @@ def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
     return any(consumer == d or (d.endswith("-") and consumer.startswith(d)) for d in dead)
 
 
-def _read_task(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    with open(path, "rb") as handle:
-        return parse_task_file(handle.read())
-
-
 def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    with contextlib.suppress(OSError, ValueError):
-        return _read_task(path)
-    return {}, None
+    """A task file for a reader: empty when damaged (absent, torn, not a regular file); a
+    :class:`QueueError` naming the fix when this process may not read it (that is no damage)."""
+    try:
+        return parse_task_file(read_regular(path))
+    except PermissionError as exc:
+        from tracemind.problems import unreadable_error
+
+        raise unreadable_error(path, exc) from exc
+    except (OSError, ValueError):
+        return {}, None
 
 
 def _append_line(path: str, line: bytes) -> None:

@@ -1,10 +1,11 @@
 """The status endpoint: a read-only Flask view of the daemon's state dir and queue.
 
 ``create_app`` takes its dependencies (state dir, data dirs). The probes read only the state
-dir (a lock probe and the heartbeat), so they stay fast under load; ``/status`` and ``/metrics``
-list the queue directories, so their bodies are reused for up to :data:`COUNTS_MAX_AGE_S` (one
-listing a second, however many scrapers). Bodies carry counts and states only — never task
-inputs, results or secrets.
+dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
+not read (one small file each, none normally), so they stay fast under load; ``/status`` and
+``/metrics`` list the queue directories, so their bodies are reused for up to
+:data:`COUNTS_MAX_AGE_S` (one listing a second, however many scrapers). Bodies carry counts and
+states only — never task inputs, results or secrets.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from flask import Flask, Response, jsonify
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir, liveness
-from tracemind.daemon.status_doc import status_document
+from tracemind.daemon.status_doc import problem_reason, status_document
+from tracemind.problems import unreadable_records
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -72,6 +74,11 @@ def create_app(state: StateDir, dirs: DataDirs) -> Flask:
             return unavailable({"ready": False, "reason": "draining"})
         if not beat.get("ready"):
             return unavailable({"ready": False, "reason": beat.get("reason") or "not ready"})
+        count, first = unreadable_records(dirs.queue)
+        if count:
+            return unavailable(
+                {"ready": False, "reason": problem_reason(count), "unreadable_records": first}
+            )
         return jsonify(ready=True)
 
     @app.get("/status")
