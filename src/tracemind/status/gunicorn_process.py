@@ -11,7 +11,10 @@ Limits, the same for both servers:
   plus :data:`RESERVED_FDS` (logs, the listening socket, files the app reads), so past it the
   event loop stops accepting (new connections wait in the listen backlog) instead of running
   out of descriptors for the app;
-- an idle kept-alive connection is closed after :data:`KEEPALIVE_S`;
+- an idle kept-alive connection is closed after :data:`KEEPALIVE_S`; a request whose body stops
+  arriving for :data:`BODY_STALL_TIMEOUT_S` is answered 400 (the app never sees it). A client
+  that never finishes its request *header* keeps its connection (it costs no thread) until it
+  closes it or the limit is reached;
 - a stop (SIGTERM) waits :data:`GRACEFUL_TIMEOUT_S` for requests in flight, then closes the
   rest, so clients that never finish a request do not delay it.
 """
@@ -31,8 +34,12 @@ MAX_CONNECTIONS = 1000
 RESERVED_FDS = 64
 KEEPALIVE_S = 5
 GRACEFUL_TIMEOUT_S = 3
-BACKLOG = 1024
-"""Connections the kernel queues before gunicorn accepts them (capped by net.core.somaxconn)."""
+BODY_STALL_TIMEOUT_S = 10
+"""gunicorn's ``timeout``: under the asgi worker, the longest wait for the next piece of a body
+(and how long the event loop may stay silent before the arbiter replaces the worker)."""
+BACKLOG = 100
+"""Connections the kernel queues before the worker accepts them: asyncio listens again with its
+default of 100 whatever gunicorn's ``--backlog`` says, so this is the one that holds."""
 STOP_TIMEOUT_S = GRACEFUL_TIMEOUT_S + 2.0
 
 
@@ -46,6 +53,7 @@ def gunicorn_argv(bind: str, app: str, tmp_dir: str | None = None) -> list[str]:
         "--workers", "1",
         "--worker-class", "asgi",
         "--keep-alive", str(KEEPALIVE_S),
+        "--timeout", str(BODY_STALL_TIMEOUT_S),
         "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
         "--no-control-socket",
         "--config", "python:tracemind.status.gunicorn_conf",
