@@ -190,7 +190,12 @@ class WebhookServer:
             try:
                 message = recv_frame(conn)
                 op = str(message.get("op"))
-                send_frame(conn, self._reply(op, message))
+                try:
+                    reply = self._reply(op, message)
+                except Exception:  # a bug in one request must not end the server; logged in full
+                    log.exception("webhook_request_crashed", op=op)
+                    reply = {"status": 500, "payload": {"error": "internal error"}}
+                send_frame(conn, reply)
             except OSError as error:  # the worker went away mid-call: it answers nobody
                 log.warning("webhook_channel_error", error=str(error))
                 return None
