@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -202,3 +203,54 @@ def test_the_status_server_never_outlives_the_daemon(daemon: Daemon) -> None:
     wait_until(lambda: not any(pid_alive(pid) for pid in served_by), 15, "gunicorn to exit")
     with pytest.raises(OSError):
         get(daemon.url + "/livez")
+
+
+HALF_OPEN_CLIENTS = 200
+PROBE_TIMEOUT_S = 1.0
+PROBE_WINDOW_S = 8.0  # longer than any per-connection wait a server applies before giving up
+
+
+def timed_probe(port: int, route: str) -> tuple[int, float]:
+    """One probe on a fresh connection, as Docker's HEALTHCHECK or kubelet sends it:
+    (status, seconds taken); raises OSError (socket.timeout) past PROBE_TIMEOUT_S."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT_S) as sock:
+        sock.sendall(f"GET {route} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+            if time.monotonic() - started > PROBE_TIMEOUT_S:
+                raise TimeoutError(f"{route} took over {PROBE_TIMEOUT_S} s")
+    return int(reply.split(b" ", 2)[1]), time.monotonic() - started
+
+
+def test_probes_answer_within_a_second_while_200_slow_clients_hold_connections(
+    daemon: Daemon,
+) -> None:
+    # Given a ready daemon and 200 clients: most sent half a request header, the rest nothing
+    daemon.start()
+    wait_until(daemon.ready, 30, "readiness")
+    slow: list[socket.socket] = []
+    try:
+        for n in range(HALF_OPEN_CLIENTS):
+            sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+            slow.append(sock)
+            if n % 4:
+                sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
+
+        # When the probes run for longer than any per-connection wait of the server
+        timings: list[tuple[str, int, float]] = []
+        deadline = time.monotonic() + PROBE_WINDOW_S
+        while time.monotonic() < deadline:
+            for route in ("/livez", "/readyz"):
+                status, took_s = timed_probe(daemon.port, route)
+                timings.append((route, status, took_s))
+            time.sleep(0.2)
+    finally:
+        for sock in slow:
+            sock.close()
+
+    # Then every probe answered 200 within a second (well inside Docker's 5 s)
+    assert len(timings) >= 20
+    assert {(route, status) for route, status, _ in timings} == {("/livez", 200), ("/readyz", 200)}
+    assert max(took_s for _, _, took_s in timings) < PROBE_TIMEOUT_S

@@ -1,5 +1,6 @@
-"""gunicorn settings for the status server: its error and access logs as JSON lines through the
-same structlog processors as the daemon (to the daemon's log file, or stdout)."""
+"""gunicorn settings for the status and webhook servers: their error and access logs as JSON
+lines through the same structlog processors as the daemon (to the daemon's log file, or stdout;
+``TM_GUNICORN_LOG_STREAM=stderr`` for stderr, ``TM_GUNICORN_ACCESS_LOG=0`` for no access log)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import structlog
 
 _log_file = os.environ.get("TM_STATUS_LOG_FILE") or None
+_stream = "stderr" if os.environ.get("TM_GUNICORN_LOG_STREAM") == "stderr" else "stdout"
 
 _processors: list[Any] = [
     structlog.stdlib.add_log_level,
@@ -26,7 +28,11 @@ def _logger_name(logger: Any, method: str, event: dict[str, Any]) -> dict[str, A
 _handler: dict[str, Any] = (
     {"class": "logging.FileHandler", "filename": _log_file, "formatter": "json"}
     if _log_file
-    else {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"}
+    else {
+        "class": "logging.StreamHandler",
+        "stream": f"ext://sys.{_stream}",
+        "formatter": "json",
+    }
 )
 
 logconfig_dict = {
@@ -49,5 +55,5 @@ logconfig_dict = {
     },
     "root": {"handlers": ["json"], "level": "WARNING"},
 }
-accesslog = "-"
+accesslog = None if os.environ.get("TM_GUNICORN_ACCESS_LOG") == "0" else "-"
 access_log_format = "%(m)s %(U)s %(s)s %(M)sms"

@@ -1,5 +1,6 @@
 """The status server: gunicorn serving :mod:`tracemind.status.wsgi`, as a child process of the
-daemon (not a thread: gunicorn's arbiter needs its process's main thread).
+daemon (not a thread: gunicorn's arbiter needs its process's main thread). Its worker model and
+connection limits are those of :mod:`tracemind.status.gunicorn_process`.
 
 It never outlives the daemon: the arbiter gets PR_SET_PDEATHSIG=SIGKILL, its worker exits when
 the arbiter is gone, and ``/livez`` answers 503 anyway once the daemon's heartbeat is stale.
@@ -10,18 +11,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir
 from tracemind.errors import TraceMindError
-from tracemind.libc import die_with_parent
 from tracemind.log import get_logger
+from tracemind.status.gunicorn_process import gunicorn_argv, start_gunicorn, stop_gunicorn
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -62,18 +61,7 @@ class StatusServer:
     def start(self) -> None:
         check_port_free(self.bind)
         tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        argv = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", self.bind,
-            "--workers", "1",
-            "--worker-class", "gthread",
-            "--threads", "2",
-            "--no-control-socket",
-            "--config", "python:tracemind.status.gunicorn_conf",
-            "tracemind.status.wsgi:app",
-        ]  # fmt: skip
-        if tmp_dir:
-            argv[-1:-1] = ["--worker-tmp-dir", tmp_dir]
+        argv = gunicorn_argv(self.bind, "tracemind.status.wsgi:asgi_app", tmp_dir)
         env = dict(
             os.environ,
             TM_STATUS_STATE_DIR=str(self.state.root),
@@ -82,9 +70,7 @@ class StatusServer:
             TM_STATUS_DLQ_DIR=str(self.dirs.dlq),
             TM_STATUS_LOG_FILE=self.log_file or "",
         )
-        self.process = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
+        self.process = start_gunicorn(argv, env)
         self._wait_listening()
         self.log.info("status server started", bind=self.bind, pid=self.process.pid)
 
@@ -108,14 +94,7 @@ class StatusServer:
         raise StatusServerError(f"status server on {self.bind} did not start listening")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_gunicorn(self.process)
 
     def describe(self) -> dict[str, Any]:
         alive = self.process is not None and self.process.poll() is None

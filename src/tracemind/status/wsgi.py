@@ -1,4 +1,6 @@
-"""The WSGI application gunicorn serves, built from the environment the daemon passes down."""
+"""The application gunicorn serves, built from the environment the daemon passes down:
+``app`` is the Flask app; ``asgi_app`` serves it from gunicorn's ``asgi`` worker (see
+:mod:`tracemind.status.bridge` for why)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,12 @@ from pathlib import Path
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir
 from tracemind.status.app import create_app
+from tracemind.status.bridge import WsgiBridge
+
+APP_THREADS = 4
+"""Requests run at once; /status and /metrics reuse one listing a second, probes are cheap."""
+MAX_BODY_BYTES = 64 * 1024
+"""Status routes take no body; a larger one is refused with 413 without reaching Flask."""
 
 app = create_app(
     StateDir(Path(os.environ["TM_STATUS_STATE_DIR"])),
@@ -17,3 +25,4 @@ app = create_app(
         Path(os.environ["TM_STATUS_DLQ_DIR"]),
     ),
 )
+asgi_app = WsgiBridge(app, threads=APP_THREADS, max_body_bytes=MAX_BODY_BYTES)
