@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tracemind.queue.names import new_task_id
+from tracemind.queue.names import PendingName, new_task_id
 from tracemind.queue.protocol import NewTask, TaskQueue
 from tracemind.queue.records import new_record
 from tracemind.submit import QueueSubmitter
@@ -385,3 +385,15 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
             if isinstance(event, dict):
                 events.append(event)
     return events
+
+
+def pending_path(queue: Any, name: PendingName) -> Path:
+    """Where the task file ``name`` lives in ``queue``'s bucketed ``pending/`` (bucket made)."""
+    path = Path(queue.waiting.path_of(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pending_names(queue: Any) -> list[str]:
+    """The task file names waiting in ``queue`` (every bucket), sorted."""
+    return sorted(str(name) for name in queue.waiting.entries())

@@ -29,7 +29,7 @@ from tracemind.errors import QueueError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
     StrPath = str | os.PathLike[str]
@@ -182,15 +182,23 @@ def write_error(path: StrPath, exc: OSError) -> QueueError:
     return QueueError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
-def write_atomic(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: bool) -> None:
+def write_atomic(
+    target: StrPath,
+    data: bytes,
+    *,
+    tmp_dir: StrPath,
+    durable: bool,
+    remake_parent: Callable[[str], None] | None = None,
+) -> None:
     """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename;
-    :class:`QueueError` when the file system refuses the write."""
+    :class:`QueueError` when the file system refuses the write. ``remake_parent`` is for
+    directories that other processes may remove: see :func:`rename_into`."""
     try:
         tmp = _write_tmp(tmp_dir, os.path.basename(target), data, sync=durable)
     except OSError as exc:
         raise write_error(tmp_dir, exc) from exc
     try:
-        os.rename(tmp, target)
+        rename_into(tmp, target, remake_parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -202,7 +210,11 @@ def write_atomic(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: boo
 
 
 def write_many_atomic(
-    items: Iterable[tuple[StrPath, bytes]], *, tmp_dir: StrPath, durable: bool
+    items: Iterable[tuple[StrPath, bytes]],
+    *,
+    tmp_dir: StrPath,
+    durable: bool,
+    remake_parent: Callable[[str], None] | None = None,
 ) -> list[StrPath]:
     """Write several files with one sync for the whole batch; returns the targets written.
 
@@ -220,7 +232,7 @@ def write_many_atomic(
             for _, tmp in staged:
                 fdatasync_file(tmp)
         for target, tmp in staged:
-            os.rename(tmp, target)
+            rename_into(tmp, target, remake_parent)
     except OSError as exc:
         for _, tmp in staged:
             with contextlib.suppress(OSError):
@@ -230,6 +242,52 @@ def write_many_atomic(
         for directory in {_parent(target) for target, _ in staged}:
             fsync_dir(directory)
     return [target for target, _ in staged]
+
+
+def replace_content(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: bool) -> None:
+    """Make the existing file ``target`` hold ``data``, atomically, never creating it: raises
+    ``FileNotFoundError`` when ``target`` is gone (another process moved or removed it), so a
+    writer whose claim on the file was lost cannot bring it back. Without ``renameat2``'s
+    exchange, falls back to a plain rename over ``target`` after checking that it exists."""
+    from tracemind.libc import exchange
+
+    try:
+        tmp = _write_tmp(tmp_dir, os.path.basename(target), data, sync=durable)
+    except OSError as exc:
+        raise write_error(tmp_dir, exc) from exc
+    try:
+        if not exchange(tmp, os.fspath(target)):
+            os.stat(target)  # FileNotFoundError when it is gone
+            os.rename(tmp, target)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise write_error(target, exc) from exc
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # after an exchange: the old content
+
+
+REMAKE_ATTEMPTS = 5
+
+
+def rename_into(source: str, target: StrPath, remake_parent: Callable[[str], None] | None) -> None:
+    """``rename(source, target)``; when the target's directory is missing and ``remake_parent``
+    is given, call it with that directory and try again (a few times: a directory that other
+    processes remove when empty can vanish between the two calls)."""
+    for attempt in range(REMAKE_ATTEMPTS):
+        try:
+            os.rename(source, target)
+            return
+        except FileNotFoundError:
+            if remake_parent is None or attempt == REMAKE_ATTEMPTS - 1:
+                raise
+            if not os.path.lexists(source):
+                raise
+            remake_parent(_parent(target))
 
 
 def sync_filesystem(any_path: StrPath) -> bool:

@@ -29,3 +29,30 @@ def die_with_parent() -> None:
     with contextlib.suppress(AttributeError):
         if (lib := libc()) is not None:
             lib.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def exchange(first: str, second: str) -> bool:
+    """Swap two existing paths atomically (``renameat2(RENAME_EXCHANGE)``, Linux 3.15+).
+
+    False where the call is unavailable (no libc wrapper, or a file system that refuses it);
+    ``FileNotFoundError`` when either path is missing; another ``OSError`` for other failures.
+    """
+    import ctypes
+    import errno
+    import os
+
+    lib = libc()
+    call = getattr(lib, "renameat2", None)
+    if call is None:
+        return False
+    result = call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), second)

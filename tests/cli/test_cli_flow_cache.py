@@ -71,7 +71,7 @@ def project(tm: Tm, tmp_path: Path) -> Project:
 
 
 def _queued_flow_ids(data_root: Path) -> list[str]:
-    pending = sorted((data_root / "queue" / "pending").iterdir())
+    pending = sorted((data_root / "queue" / "pending").glob("*/*/*.json"))
     return [json.loads(path.read_text())["flow_id"] for path in pending]
 
 

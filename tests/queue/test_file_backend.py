@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task
+from tm_testing import FakeClock, make_task, pending_names, pending_path
 from tracemind.fsutil import dump_json
 from tracemind.queue.file_backend import FileQueue
 from tracemind.queue.names import InflightName, PendingName
-from tracemind.queue.protocol import Failure, Lease, TaskStatus
+from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskStatus
 from tracemind.queue.records import dead_entry, with_failure
 from tracemind.stores import Stores
 
@@ -38,7 +38,7 @@ def test_state_lives_in_file_names_with_wall_clock_deadlines(
 ) -> None:
     task = make_task(clock)
     stores.queue.enqueue([task])
-    [pending] = _names(stores.queue.pending_dir)
+    [pending] = pending_names(stores.queue)
     assert PendingName.parse(pending) == PendingName(int(clock() * 1000), task.task_id, 0)
 
     _lease(stores.queue, "pool-0-ab")
@@ -48,7 +48,7 @@ def test_state_lives_in_file_names_with_wall_clock_deadlines(
     assert name is not None
     assert (name.task_id, name.attempt, name.consumer) == (task.task_id, 1, "pool-0-ab")
     assert name.deadline_ms == int((clock() + LEASE_S) * 1000)
-    assert _names(stores.queue.pending_dir) == []
+    assert pending_names(stores.queue) == []
 
 
 def test_a_stale_pending_copy_of_a_succeeded_task_is_discarded_not_leased(
@@ -59,8 +59,8 @@ def test_a_stale_pending_copy_of_a_succeeded_task_is_discarded_not_leased(
     queue = stores.queue
     task = make_task(clock)
     queue.enqueue([task])
-    first = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
-    stale = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    first = pending_path(queue, PendingName(int(clock() * 1000), task.task_id, 0))
+    stale = pending_path(queue, PendingName(int(clock() * 1000), task.task_id, 1))
     shutil.copy(first, queue.tmp_dir / "copy")
     queue.ack(_lease(queue), {"ok": 1})
     os.rename(queue.tmp_dir / "copy", stale)
@@ -68,7 +68,7 @@ def test_a_stale_pending_copy_of_a_succeeded_task_is_discarded_not_leased(
     lease = queue.lease("c2", LEASE_S)
     # Then the copy is not delivered, it is removed, and the task stays succeeded
     assert lease is None
-    assert _names(queue.pending_dir) == []
+    assert pending_names(queue) == []
     info = queue.find(task.task_id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED
     assert any("stale copy of a succeeded task" in e["event"] for e in logs)
@@ -91,41 +91,54 @@ def test_a_stale_inflight_copy_of_a_succeeded_task_is_discarded_by_recovery(
     queue.recover()
     # Then it is not returned to pending
     assert _names(queue.inflight_dir) == []
-    assert _names(queue.pending_dir) == []
+    assert pending_names(queue) == []
     assert queue.lease("c2", LEASE_S) is None
     info = queue.find(task.task_id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED
 
 
-@pytest.mark.parametrize("new_copy_leased_first", [False, True])
 def test_retry_crash_window_runs_the_task_once_more_not_twice(
-    stores: Stores, clock: FakeClock, new_copy_leased_first: bool
+    stores: Stores, clock: FakeClock
 ) -> None:
-    # Given a retry that wrote the new pending copy and crashed before removing the inflight one
+    # Given a retry that rewrote the leased file with the failure and crashed before moving it
+    # back to pending/ (the one window a retry has: there is never a second copy)
+    from tracemind.fsutil import replace_content
+
     queue = stores.queue
     task = make_task(clock)
     queue.enqueue([task])
     lease = _lease(queue, "dead-0")
     record = with_failure(lease.record, lease.attempt, Failure("boom"), clock())
-    retry_copy = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
-    retry_copy.write_bytes(dump_json(record))
-    deliveries = []
-    if new_copy_leased_first:
-        early = queue.lease("c2", 3600)  # a live consumer took the new copy
-        assert early is not None
-        deliveries.append(early)
-    # When the stale lease expires (or its consumer is declared dead) and recovery runs
-    clock.advance(LEASE_S + 1)
+    leased = queue.inflight_dir / str(lease.handle)
+    replace_content(leased, dump_json(record), tmp_dir=queue.tmp_dir, durable=False)
+    # When its consumer is declared dead and recovery runs
     queue.recover(["dead-0"])
-    # Then only the new copy is ever delivered: once, as attempt 2
-    while (again := queue.lease("c3", LEASE_S)) is not None:
-        deliveries.append(again)
-    assert [(d.task_id, d.attempt) for d in deliveries] == [(task.task_id, 2)]
-    assert len(_names(queue.inflight_dir)) == 1
-    queue.ack(deliveries[0], {})
+    # Then the task is delivered once more, as attempt 2, with the failure in its history
+    again = _lease(queue, "c3")
+    assert (again.task_id, again.attempt) == (task.task_id, 2)
+    assert [h["error"] for h in again.record["history"]] == ["boom"]
+    assert queue.lease("c3", LEASE_S) is None
+    queue.ack(again, {})
     clock.advance(LEASE_S + 1)
     assert queue.recover() == 0
     assert queue.lease("c3", LEASE_S) is None
+
+
+def test_a_retry_whose_lease_was_lost_does_not_bring_the_file_back(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a lease that expired and was returned to the queue while its worker was paused
+    queue = stores.queue
+    task = make_task(clock)
+    queue.enqueue([task])
+    lease = _lease(queue, "paused-0")
+    clock.advance(LEASE_S + 1)
+    assert queue.recover() == 1
+    # When the paused worker resumes and retries its attempt
+    with pytest.raises(LeaseLost):
+        queue.retry(lease, Failure("late"), 0.0)
+    # Then there is still one copy of the task, pending
+    assert len(pending_names(queue)) == 1 and _names(queue.inflight_dir) == []
 
 
 def test_dead_letter_crash_window_discards_the_stale_inflight_copy(
@@ -142,7 +155,7 @@ def test_dead_letter_crash_window_discards_the_stale_inflight_copy(
     queue.recover()
     # Then the task is dead, and not back in the queue (it had attempts left)
     assert _names(queue.inflight_dir) == []
-    assert _names(queue.pending_dir) == []
+    assert pending_names(queue) == []
     info = queue.find(task.task_id)
     assert info is not None and info.status is TaskStatus.DEAD
 
@@ -257,4 +270,5 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
         assert calls["fdatasync"] == 0
     else:  # no syncfs(2) here: one data sync per file, still no per-task directory sync
         assert calls["fdatasync"] == 400
-    assert calls["fsync"] <= 3  # staging/, keys/ and pending/ (and nothing per task)
+    # staging/, keys/, the new bucket and its two parents (and nothing per task)
+    assert calls["fsync"] <= 5

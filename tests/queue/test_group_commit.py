@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task
+from tm_testing import FakeClock, make_task, pending_path
 from tracemind.config import DataDirs
 from tracemind.fsutil import dump_json
 from tracemind.queue.commit import GroupCommitter
@@ -132,7 +132,7 @@ def test_a_pending_copy_that_carries_a_completion_is_finished_when_leased(
     task = make_task(clock)
     completion = completion_entry(1, "abcd0123", {"ok": True}, clock())
     queue.prepare()
-    path = queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    path = pending_path(queue, PendingName(int(clock() * 1000), task.task_id, 1))
     path.write_bytes(dump_json(task.record) + b"\n" + dump_json(completion) + b"\n")
     # When a consumer leases
     # Then nothing runs, and the task is succeeded with the recorded result
@@ -199,7 +199,7 @@ def test_an_ack_whose_file_a_recovery_returned_meanwhile_is_finished_by_the_next
     [lease] = _leases(queue, 1)
     queue.ack(lease, {"answer": 42})
     assert gate.entered.wait(timeout=10)
-    returned = queue.pending_dir / str(PendingName(int(clock() * 1000), lease.task_id, 1))
+    returned = pending_path(queue, PendingName(int(clock() * 1000), lease.task_id, 1))
     os.rename(queue.inflight_dir / str(lease.handle), returned)
     # When the commit completes
     gate.open.set()

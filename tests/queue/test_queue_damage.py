@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task
+from tm_testing import FakeClock, make_task, pending_path
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, TaskStatus
@@ -45,7 +45,7 @@ def test_a_damaged_pending_record_is_quarantined_and_the_others_still_run(
     good = [make_task(clock), make_task(clock, due_in_s=-1)]
     stores.queue.enqueue(good)
     bad_id = make_task(clock).task_id
-    bad = stores.queue.pending_dir / str(PendingName(int(clock() * 1000) - 500, bad_id, 0))
+    bad = pending_path(stores.queue, PendingName(int(clock() * 1000) - 500, bad_id, 0))
     bad.write_bytes(DAMAGED_CONTENTS[kind])
     # Then readers do not crash on it
     info = stores.queue.find(bad_id)
@@ -126,8 +126,8 @@ def test_a_damaged_done_record_still_fences_the_task(
     # recovery leaves when it returns a lease whose late ack then wrote done/)
     task = make_task(clock)
     stores.queue.enqueue([task])
-    first = stores.queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 0))
-    stale = stores.queue.pending_dir / str(PendingName(int(clock() * 1000), task.task_id, 1))
+    first = pending_path(stores.queue, PendingName(int(clock() * 1000), task.task_id, 0))
+    stale = pending_path(stores.queue, PendingName(int(clock() * 1000), task.task_id, 1))
     stale_bytes = first.read_bytes()
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None
@@ -211,7 +211,7 @@ def test_readers_skip_a_subdirectory_where_a_record_should_be(
     stores: Stores, clock: FakeClock
 ) -> None:
     stores.queue.enqueue([make_task(clock)])
-    odd = stores.queue.pending_dir / str(PendingName(0, "0" * 22, 0))
+    odd = pending_path(stores.queue, PendingName(0, "0" * 22, 0))
     odd.mkdir()
     os.mkdir(stores.queue.inflight_dir / str(InflightName("1" * 22, 1, "c", "0" * 8, 0)))
 

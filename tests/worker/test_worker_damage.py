@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, FlowFiles, Tm, files_under, json_lines, read_records
+from tm_testing import FakeClock, FlowFiles, Tm, files_under, json_lines, pending_path, read_records
 from tracemind.config import DataDirs
 from tracemind.flows import load_flow
 from tracemind.queue.names import InflightName, PendingName
@@ -51,10 +51,10 @@ def damaged(dirs: DataDirs, flows: FlowFiles) -> dict[str, Any]:
         # the succeeded task: its done record truncated, and a stale copy of its first delivery
         # back in pending (as a recovery of that lease leaves it)
         "done": q.done_dir / f"{done_id}.json",
-        "stale": q.pending_dir / str(PendingName(ms, done_id, 1)),
+        "stale": pending_path(q, PendingName(ms, done_id, 1)),
         "pending-garbage": q.pending_dir / "junk.txt",
-        "pending-empty": q.pending_dir / str(PendingName(ms, _fake_id(clock, 1), 0)),
-        "pending-torn": q.pending_dir / str(PendingName(ms, _fake_id(clock, 2), 0)),
+        "pending-empty": pending_path(q, PendingName(ms, _fake_id(clock, 1), 0)),
+        "pending-torn": pending_path(q, PendingName(ms, _fake_id(clock, 2), 0)),
         "inflight-torn": q.inflight_dir / str(InflightName(_fake_id(clock, 3), 1, "x", "0" * 8, 0)),
         "inflight-garbage": q.inflight_dir / "core",
         "dlq-torn": dirs.dlq / f"{_fake_id(clock, 4)}.json",

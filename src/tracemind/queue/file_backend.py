@@ -27,15 +27,16 @@ from tracemind.fsutil import (
     open_regular,
     read_fd,
     read_regular,
+    replace_content,
     scan_entries,
     scan_names,
     write_atomic,
-    write_error,
     write_many_atomic,
 )
 from tracemind.log import get_logger
 from tracemind.quarantine import quarantine, sweep_temporaries
 from tracemind.queue.names import InflightName, PendingName, done_name, is_temporary, new_token
+from tracemind.queue.pending import PendingDir
 from tracemind.queue.protocol import (
     Failure,
     Lease,
@@ -105,6 +106,10 @@ class FileQueue:
         self._done = os.path.join(root, "done", "")
         self._staging = os.path.join(root, "staging", "")
         self._tmp = os.path.join(root, "tmp")
+        self.waiting = PendingDir(
+            self._pending, queue_root=os.fspath(root), tmp_dir=self._tmp, durable=durable
+        )
+        self._next_bucket_ms: int | None = None
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
@@ -144,24 +149,19 @@ class FileQueue:
             return
         for directory in (self._pending, self._inflight, self._done, self._staging, self._tmp):
             ensure_dir(directory)
+        self.waiting.ring()  # makes the bell that idle consumers watch
         sweep_temporaries(self._tmp)
         self._prepared = True
 
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
         self.prepare()
         encoded_flows: dict[int, bytes] = {}
-        items = [
-            (
-                self._pending + str(PendingName(_ms(t.due_s), t.task_id, 0)),
-                _encode_record(t.record, encoded_flows),
-            )
-            for t in tasks
-        ]
-        if len(items) == 1:
-            target, data = items[0]
-            write_atomic(target, data, tmp_dir=self._tmp, durable=self.durable)
-        elif items:
-            write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
+        self.waiting.place(
+            [
+                (PendingName(_ms(t.due_s), t.task_id, 0), _encode_record(t.record, encoded_flows))
+                for t in tasks
+            ]
+        )
 
     def stage(self, tasks: Sequence[NewTask]) -> list[str]:
         """Write ``tasks`` where no consumer sees them (``staging/``, under their pending names),
@@ -182,16 +182,15 @@ class FileQueue:
     def publish(self, names: Iterable[str]) -> int:
         """Make staged tasks visible to consumers, each by one rename (a name already published,
         or rolled back, is skipped); returns how many this call moved."""
-        moved = 0
+        moved: list[PendingName] = []
         for name in names:
-            try:
-                os.rename(self._staging + name, self._pending + name)
-            except FileNotFoundError:
-                continue
-            moved += 1
-        if moved and self.durable:
-            fsync_dir(self._pending)
-        return moved
+            parsed = PendingName.parse(name)
+            if parsed is not None and self.waiting.move_in(
+                self._staging + name, parsed, sync=False
+            ):
+                moved.append(parsed)
+        self.waiting.sync_buckets(moved)
+        return len(moved)
 
     def unstage(self, names: Iterable[str]) -> None:
         """Roll staged tasks back (those already published stay)."""
@@ -231,15 +230,10 @@ class FileQueue:
             return False
         self.prepare()
         self._discard_dead_copies(task_id, entry.get("lease_token"))
-        target = self._pending + str(PendingName(_ms(self.clock()), task_id, 0))
-        try:
-            os.rename(self.dlq.entry_path(task_id), target)
-        except FileNotFoundError:
+        name = PendingName(_ms(self.clock()), task_id, 0)
+        if not self.waiting.move_in(self.dlq.entry_path(task_id), name):
             return False  # another process requeued or purged it first
-        except OSError as exc:
-            raise write_error(target, exc) from exc
         if self.durable:
-            fsync_dir(self._pending)
             fsync_dir(self.dlq.root)
         self.dlq.archive(entry, "requeued", "requeued_at")
         self._log.info("task requeued from the dead-letter queue", task_id=task_id)
@@ -257,7 +251,7 @@ class FileQueue:
         self.prepare()
         now_s = self.clock()
         while (candidate := self._next_due(now_s)) is not None:
-            source = self._pending + str(candidate)
+            source = self.waiting.path_of(candidate)
             # Opened before the claim: a record this process may not read stays where it is,
             # and anything but a regular file is never opened in a way that could block.
             try:
@@ -268,12 +262,12 @@ class FileQueue:
                 quarantine(source, self.root, str(exc))
                 continue
             except OSError as exc:
-                self._unreadable("pending/" + str(candidate), exc)
+                self._unreadable(self._relative(self.waiting.path_of(candidate)), exc)
                 self._held_back[candidate] = now_s + UNREADABLE_RETRY_S
                 continue
             try:
                 if self._board is not None and self._board.reported:
-                    self._board.resolve("pending/" + str(candidate))
+                    self._board.resolve(self._relative(self.waiting.path_of(candidate)))
                 lease = self._claim(candidate, fd, consumer, now_s, lease_s)
             finally:
                 os.close(fd)
@@ -295,7 +289,7 @@ class FileQueue:
         )
         claimed = self._inflight + str(claim)
         try:
-            os.rename(self._pending + str(candidate), claimed)
+            os.rename(self.waiting.path_of(candidate), claimed)
         except FileNotFoundError:
             return None  # another consumer was first
         # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
@@ -322,6 +316,10 @@ class FileQueue:
             handle=claim,
         )
 
+    def _relative(self, path: str) -> str:
+        """``path`` relative to the queue root (how problem reports name records)."""
+        return os.path.relpath(path, self.root)
+
     def _unreadable(self, relative: str, exc: OSError) -> None:
         """A record this process may not open: left in place, logged once, reported."""
         self._problem_board().report(relative, exc)
@@ -343,19 +341,11 @@ class FileQueue:
         return None
 
     def _relist(self, now_s: float) -> None:
-        names: list[PendingName] = []
+        names, self._next_bucket_ms = self.waiting.oldest_due(_ms(now_s))
         held, self._held_back = self._held_back, {}
-        for name, regular in scan_entries(self._pending):
-            parsed = PendingName.parse(name)
-            if parsed is not None and regular:
-                if held and held.get(parsed, now_s) > now_s:
-                    self._held_back[parsed] = held[parsed]  # not readable a moment ago
-                    continue
-                names.append(parsed)
-            elif not is_temporary(name):
-                reason = "not a task file name" if parsed is None else "not a regular file"
-                quarantine(self._pending + name, self.root, reason)
-        names.sort(key=lambda n: (n.due_ms, n.task_id))
+        if held:  # not readable a moment ago: left alone until their time to try again
+            self._held_back = {n: t for n, t in held.items() if t > now_s}
+            names = [n for n in names if n not in self._held_back]
         self._candidates = deque(names)
         self._listed_at_s = now_s
 
@@ -366,8 +356,11 @@ class FileQueue:
             self.prepare()
             self._watch = DirectoryWatch(self._pending)
             return  # look once more: something may have arrived before the watch existed
+        now_s = self.clock()
         if self._candidates:  # a delayed task: wake when it falls due
-            timeout_s = min(timeout_s, self._candidates[0].due_ms / 1000 - self.clock())
+            timeout_s = min(timeout_s, self._candidates[0].due_ms / 1000 - now_s)
+        elif self._next_bucket_ms is not None:
+            timeout_s = min(timeout_s, self._next_bucket_ms / 1000 - now_s)
         self._watch.wait(timeout_s)
 
     def renew(self, lease: Lease, lease_s: float) -> None:
@@ -441,14 +434,21 @@ class FileQueue:
         return True
 
     def retry(self, lease: Lease, failure: Failure, delay_s: float) -> None:
-        self.renew(lease, FENCE_LEASE_S)  # hold the lease while the new copy is written
+        """The record with this failure replaces the leased file's content in one atomic
+        exchange, and then that file moves to ``pending/``: a crash in between leaves one copy,
+        in flight, which recovery returns (there is never a second copy to look for)."""
+        self.renew(lease, FENCE_LEASE_S)  # hold the lease while the record is rewritten
         now_s = self.clock()
         record = with_failure(lease.record, lease.attempt, failure, now_s)
-        target = self._pending + str(
-            PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt)
-        )
-        write_atomic(target, dump_json(record), tmp_dir=self._tmp, durable=self.durable)
-        self._discard(self._inflight + str(lease.handle), None)
+        leased = self._inflight + str(lease.handle)
+        lost = LeaseLost(f"task {lease.task_id}: lease lost (expired and recovered)")
+        try:
+            replace_content(leased, dump_json(record), tmp_dir=self._tmp, durable=self.durable)
+        except FileNotFoundError:
+            raise lost from None
+        target = PendingName(_ms(now_s + delay_s), lease.task_id, lease.attempt)
+        if not self.waiting.move_in(leased, target):
+            raise lost
 
     def dead_letter(self, lease: Lease, failure: Failure) -> None:
         self.renew(lease, FENCE_LEASE_S)
@@ -472,28 +472,12 @@ class FileQueue:
         if self._board is not None or os.path.isdir(os.path.join(self.root, "problems")):
             self._problem_board().sweep()
         due = [n for n in names if n.deadline_ms <= now_ms or _matches(n.consumer, dead)]
-        if not due:
-            return 0
-        newest = self._newest_copies(names)
-        return sum(1 for name in due if self._recover_one(name, newest))
+        return sum(1 for name in due if self._recover_one(name))
 
-    def _newest_copies(self, inflight: list[InflightName]) -> dict[str, tuple[int, int]]:
-        """task id → (highest attempt count seen, 1 if that copy is pending else 0)."""
-        newest: dict[str, tuple[int, int]] = {}
-        for p in map(PendingName.parse, scan_names(self._pending)):
-            if p is not None:
-                newest[p.task_id] = max(newest.get(p.task_id, (0, 0)), (p.attempts, 1))
-        for n in inflight:
-            newest[n.task_id] = max(newest.get(n.task_id, (0, 0)), (n.attempt, 0))
-        return newest
-
-    def _recover_one(self, name: InflightName, newest: dict[str, tuple[int, int]]) -> bool:
+    def _recover_one(self, name: InflightName) -> bool:
         path = self._inflight + str(name)
         if os.path.exists(self._done + done_name(name.task_id)):
             return self._discard(path, "stale lease of a succeeded task")
-        if newest.get(name.task_id, (0, 0)) > (name.attempt, 0):
-            # A retry wrote its new copy and crashed before removing this one.
-            return self._discard(path, "stale lease superseded by a newer copy")
         stale_dead = self.dlq.get(name.task_id)
         if stale_dead is not None and stale_dead.get("lease_token") == name.token:
             return self._discard(path, "stale lease of a dead-lettered task")
@@ -518,10 +502,8 @@ class FileQueue:
             return self._finish_acked(path, name.task_id)
         if name.attempt >= max_attempts_of(record):
             return self._dead_letter_lost(name, record)
-        target = self._pending + str(PendingName(_ms(self.clock()), name.task_id, name.attempt))
-        try:
-            os.rename(path, target)
-        except FileNotFoundError:
+        target = PendingName(_ms(self.clock()), name.task_id, name.attempt)
+        if not self.waiting.move_in(path, target):
             return False  # the owner renewed or finished in the meantime
         self._log.warning(
             "lease returned to the queue",
@@ -558,24 +540,16 @@ class FileQueue:
 
     def stats(self) -> QueueStats:
         now_ms = _ms(self.clock())
-        pending = delayed = damaged = inflight = 0
-        oldest_due_ms: int | None = None
-        for name, regular in scan_entries(self._pending):
-            parsed = PendingName.parse(name)
-            if parsed is None or not regular:
-                damaged += 0 if is_temporary(name) else 1
-            elif parsed.due_ms <= now_ms:
-                pending += 1
-                oldest_due_ms = min(oldest_due_ms or parsed.due_ms, parsed.due_ms)
-            else:
-                delayed += 1
+        census = self.waiting.census(now_ms)
+        inflight = damaged = 0
         for name, regular in scan_entries(self._inflight):
             if regular and InflightName.parse(name) is not None:
                 inflight += 1
             elif not is_temporary(name):
                 damaged += 1
-        age = None if oldest_due_ms is None else max(0.0, (now_ms - oldest_due_ms) / 1000)
-        return QueueStats(pending, delayed, inflight, age, damaged)
+        oldest = census.oldest_due_ms
+        age = None if oldest is None else max(0.0, (now_ms - oldest) / 1000)
+        return QueueStats(census.pending, census.delayed, inflight, age, census.damaged + damaged)
 
     def finished(self, task_id: str) -> TaskInfo | None:
         """The task's terminal state (succeeded or dead) in O(1); None while it is anywhere else
@@ -604,9 +578,10 @@ class FileQueue:
 
     def waiting_since(self, epoch_s: float) -> int:
         """Tasks enqueued at or after ``epoch_s`` and never delivered yet, read-only."""
-        since = f"{int(epoch_s * 1000):012x}"
-        names = map(PendingName.parse, scan_names(self._pending))
-        return sum(1 for n in names if n and n.attempts == 0 and n.task_id[:12] >= since)
+        since_ms = int(epoch_s * 1000)
+        since = f"{since_ms:012x}"
+        names = self.waiting.entries(since_ms)
+        return sum(1 for n in names if n.attempts == 0 and n.task_id[:12] >= since)
 
     def held_by(self, consumer_prefix: str) -> int:
         names = map(InflightName.parse, scan_names(self._inflight))
@@ -625,16 +600,13 @@ class FileQueue:
             lease = max(leases, key=lambda n: n.attempt)
             record, _ = _read_or_empty(self._inflight + str(lease))
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
-        waiting = [
-            p
-            for p in map(PendingName.parse, scan_names(self._pending))
-            if p is not None and p.task_id == task_id
-        ]
-        if waiting:
-            copy = max(waiting, key=lambda p: p.attempts)
+        copy = self.waiting.find(task_id)
+        if copy is not None:
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
-            record, _ = _read_or_empty(self._pending + str(copy))
+            record, _ = _read_or_empty(self.waiting.path_of(copy))
+            if not record:  # a first-layout file not yet moved into its bucket
+                record, _ = _read_or_empty(self._pending + str(copy))
             return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
         return self.finished(task_id)
 

@@ -15,6 +15,7 @@ import time
 
 from tracemind.libc import libc
 
+IN_ATTRIB = 0x00000004
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_NONBLOCK = 0o4000
@@ -31,7 +32,14 @@ class DirectoryWatch:
             fd = int(lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
             if fd < 0:
                 return
-            if int(lib.inotify_add_watch(fd, os.fsencode(directory), IN_CREATE | IN_MOVED_TO)) < 0:
+            if (
+                int(
+                    lib.inotify_add_watch(
+                        fd, os.fsencode(directory), IN_CREATE | IN_MOVED_TO | IN_ATTRIB
+                    )
+                )
+                < 0
+            ):
                 os.close(fd)
                 return
             self.fd = fd

@@ -1,0 +1,304 @@
+"""``pending/``: tasks waiting for their due time, in buckets by due time.
+
+Layout (see docs/queue-format.md)::
+
+    pending/{due_ms // 1_000_000:07d}/{due_ms // 1000:010d}/{due_ms:013d}_{task_id}_{attempts}.json
+    pending/.bell        touched after every write, so idle consumers wake (inotify IN_ATTRIB)
+
+The outer bucket spans 1,000 s, the inner one a second. A consumer reads only the oldest due
+inner bucket, so what a lease costs depends on how many tasks fall due in one second, never on
+the depth of the backlog or its age. Every arrival is due now or later (enqueue, retry,
+recovery, requeue), so nothing lands in a bucket older than the one being drained: a bucket in
+the past only empties, and the consumer that finds it empty removes it (and its outer bucket once
+that is empty too). An idle queue after a spike is as small as a fresh one. A writer whose
+bucket was removed under it makes it again.
+
+Task files written by the first layout (directly in ``pending/``) are moved into their buckets
+by :meth:`PendingDir.migrate` and by any consumer that meets one: each move is one rename, so a
+crash part-way leaves every file in one of the two places, both of which are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+from tracemind.errors import QueueError
+from tracemind.fsutil import (
+    create_exclusive,
+    ensure_dir,
+    fsync_dir,
+    rename_into,
+    scan_entries,
+    write_atomic,
+    write_error,
+    write_many_atomic,
+)
+from tracemind.quarantine import quarantine
+from tracemind.queue.names import PendingName, is_temporary
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+OUTER_MS = 1_000_000
+INNER_MS = 1_000
+BELL = ".bell"
+PLACE_ATTEMPTS = 5
+"""How often a bucket is made again when consumers keep removing its outer bucket under it."""
+
+
+def bucket_of(due_ms: int) -> str:
+    """The bucket path of a due time, relative to ``pending/``, ending in a separator."""
+    return f"{due_ms // OUTER_MS:07d}/{due_ms // INNER_MS:010d}/"
+
+
+def _bucket_number(name: str, width: int) -> int | None:
+    return int(name) if len(name) == width and name.isdigit() else None
+
+
+class PendingDir:
+    """The bucketed ``pending/`` directory of one queue root.
+
+    Writers call :meth:`place` or :meth:`move_in`; consumers call :meth:`oldest_due`; readers
+    call :meth:`entries`. The directory itself is created by the queue's ``prepare``.
+    """
+
+    def __init__(self, path: str, *, queue_root: str, tmp_dir: str, durable: bool) -> None:
+        self.path = path  # ends in a separator
+        self.queue_root = queue_root
+        self.tmp_dir = tmp_dir
+        self.durable = durable
+
+    def path_of(self, name: PendingName) -> str:
+        return self.path + bucket_of(name.due_ms) + str(name)
+
+    # -- writers -------------------------------------------------------------------------------
+
+    def place(self, items: Sequence[tuple[PendingName, bytes]]) -> None:
+        """Write new task files (durably when the queue is), each whole or not at all."""
+        if not items:
+            return
+        for bucket in {bucket_of(name.due_ms) for name, _ in items}:
+            self._make_bucket(self.path + bucket)
+        targets = [(self.path_of(name), data) for name, data in items]
+        if len(targets) == 1:
+            write_atomic(
+                *targets[0],
+                tmp_dir=self.tmp_dir,
+                durable=self.durable,
+                remake_parent=self._make_bucket,
+            )
+        else:
+            write_many_atomic(
+                targets, tmp_dir=self.tmp_dir, durable=self.durable, remake_parent=self._make_bucket
+            )
+        self.ring()
+
+    def move_in(self, source: str, name: PendingName, *, sync: bool = True) -> bool:
+        """Rename the task file at ``source`` into ``pending/`` as ``name``; False when
+        ``source`` is gone (another process moved it first). With a durable queue the bucket is
+        synced, unless ``sync`` is False (the caller then calls :meth:`sync_buckets`)."""
+        target = self.path_of(name)
+        self._make_bucket(os.path.dirname(target))
+        try:
+            rename_into(source, target, self._make_bucket)
+        except FileNotFoundError:
+            if not os.path.lexists(source):
+                return False
+            gone = OSError(errno.ENOENT, "its bucket keeps disappearing")
+            raise write_error(target, gone) from None
+        except OSError as exc:
+            raise write_error(target, exc) from exc
+        if self.durable and sync:
+            fsync_dir(os.path.dirname(target))
+        self.ring()
+        return True
+
+    def sync_buckets(self, names: Iterable[PendingName]) -> None:
+        """Make the entries of ``names`` durable (a durable queue; one sync per bucket)."""
+        if self.durable:
+            for bucket in {bucket_of(name.due_ms) for name in names}:
+                with contextlib.suppress(FileNotFoundError):  # emptied and removed already
+                    fsync_dir(self.path + bucket)
+
+    def ring(self) -> None:
+        """Wake idle consumers (they watch ``pending/`` for this file's time to change)."""
+        try:
+            os.utime(self.path + BELL)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.close(create_exclusive(self.path + BELL, os.O_WRONLY))
+        except OSError:
+            pass  # only a wake-up hint: consumers look again on their own within 0.1 s
+
+    def _make_bucket(self, inner: str) -> None:
+        """Make the inner bucket directory ``inner`` (and its outer bucket) if missing; with a
+        durable queue, sync the parents of what was made so the new entries survive."""
+        inner = inner.rstrip("/")
+        if os.path.isdir(inner):
+            return
+        outer = os.path.dirname(inner)
+        made_outer = not os.path.isdir(outer)
+        for attempt in range(PLACE_ATTEMPTS):
+            try:
+                ensure_dir(inner)
+                break
+            except QueueError:  # the outer bucket was removed between two mkdirs: again
+                if attempt == PLACE_ATTEMPTS - 1:
+                    raise
+        if self.durable:  # a new directory entry is durable once its parent is synced
+            if made_outer:
+                fsync_dir(self.path)
+            fsync_dir(outer)
+
+    # -- consumers -----------------------------------------------------------------------------
+
+    def oldest_due(self, now_ms: int) -> tuple[list[PendingName], int | None]:
+        """(the names of the oldest bucket that holds a due task, sorted; the start of the next
+        bucket in the future, or None). Removes empty past buckets and moves first-layout
+        files into their buckets on the way."""
+        outer_names = self._sorted_children(self.path, 7, migrate=True)
+        if outer_names is None:  # first-layout files were moved into buckets: list again
+            outer_names = self._sorted_children(self.path, 7, migrate=False) or []
+        for outer_name in outer_names:
+            outer_start_ms = int(outer_name) * OUTER_MS
+            if outer_start_ms > now_ms:
+                return [], outer_start_ms
+            outer = self.path + outer_name + "/"
+            inner_names = self._sorted_children(outer, 10, migrate=False) or []
+            if not inner_names:
+                self._remove_if_past(outer, outer_start_ms + OUTER_MS, now_ms)
+                continue
+            for inner_name in inner_names:
+                inner_start_ms = int(inner_name) * INNER_MS
+                if inner_start_ms > now_ms:
+                    return [], inner_start_ms
+                names = self._task_names(outer + inner_name + "/")
+                if names:
+                    names.sort(key=lambda n: (n.due_ms, n.task_id))
+                    return names, None
+                self._remove_if_past(outer + inner_name, inner_start_ms + INNER_MS, now_ms)
+        return [], None
+
+    def _sorted_children(self, directory: str, width: int, *, migrate: bool) -> list[str] | None:
+        """Bucket names in ``directory``, oldest first; anything else is moved aside. With
+        ``migrate``, first-layout task files are moved into their buckets, and None says that
+        some were (the listing is then out of date)."""
+        buckets = []
+        migrated = False
+        for name, regular in scan_entries(directory):
+            if _bucket_number(name, width) is not None and not regular:
+                buckets.append(name)
+            elif name == BELL or is_temporary(name):
+                continue
+            elif width == 7 and regular and (legacy := PendingName.parse(name)) is not None:
+                if migrate:  # (a file of the first layout, in pending/ itself)
+                    migrated = self.move_in(directory + name, legacy) or migrated
+            else:
+                quarantine(directory + name, self.queue_root, "not a bucket of pending/")
+        buckets.sort()
+        return None if migrated else buckets
+
+    def _task_names(self, bucket: str) -> list[PendingName]:
+        names = []
+        for name, regular in scan_entries(bucket):
+            parsed = PendingName.parse(name)
+            if parsed is not None and regular:
+                names.append(parsed)
+            elif not is_temporary(name):
+                reason = "not a task file name" if parsed is None else "not a regular file"
+                quarantine(bucket + name, self.queue_root, reason)
+        return names
+
+    @staticmethod
+    def _remove_if_past(directory: str, end_ms: int, now_ms: int) -> None:
+        """Remove an empty bucket whose time is over (a second of margin for clock steps)."""
+        if end_ms + INNER_MS <= now_ms:
+            with contextlib.suppress(OSError):  # not empty after all, or gone already
+                os.rmdir(directory)
+
+    def migrate(self) -> int:
+        """Move every first-layout task file into its bucket; returns how many were moved."""
+        moved = 0
+        for name, regular in scan_entries(self.path):
+            legacy = PendingName.parse(name) if regular else None
+            if legacy is not None and self.move_in(self.path + name, legacy):
+                moved += 1
+        return moved
+
+    # -- readers (never create or modify anything) ----------------------------------------------
+
+    def entries(self, since_ms: int = 0) -> Iterator[PendingName]:
+        """Every task name, in no order (buckets that end before ``since_ms`` are skipped;
+        first-layout files are included). Records are never opened."""
+        return (name for name in self._walk(since_ms, damaged=False) if name is not None)
+
+    def _walk(self, since_ms: int, *, damaged: bool) -> Iterator[PendingName | None]:
+        """:meth:`entries`, and with ``damaged`` None for each entry that is not a task file."""
+        for outer_name, regular in scan_entries(self.path):
+            if outer_name == BELL or is_temporary(outer_name):
+                continue
+            outer_number = None if regular else _bucket_number(outer_name, 7)
+            if outer_number is None:
+                legacy = PendingName.parse(outer_name) if regular else None
+                if legacy is not None:
+                    yield legacy
+                elif damaged:
+                    yield None
+                continue
+            if (outer_number + 1) * OUTER_MS <= since_ms:
+                continue
+            outer = self.path + outer_name + "/"
+            for inner_name, inner_regular in scan_entries(outer):
+                inner_number = None if inner_regular else _bucket_number(inner_name, 10)
+                if inner_number is None:
+                    if damaged and not is_temporary(inner_name):
+                        yield None
+                    continue
+                if (inner_number + 1) * INNER_MS <= since_ms:
+                    continue
+                for name, is_file in scan_entries(outer + inner_name):
+                    parsed = PendingName.parse(name) if is_file else None
+                    if parsed is not None:
+                        yield parsed
+                    elif damaged and not is_temporary(name):
+                        yield None
+
+    def find(self, task_id: str) -> PendingName | None:
+        """The waiting copy of ``task_id`` with the most deliveries, or None. O(1) for a task
+        that waits as it was enqueued (due at its enqueue time, never delivered); a delayed or
+        retried task is searched for in every bucket."""
+        enqueued_ms = int(task_id[:12], 16)
+        fresh = PendingName(enqueued_ms, task_id, 0)
+        if os.path.exists(self.path_of(fresh)):
+            return fresh
+        copies = [n for n in self.entries() if n.task_id == task_id]
+        return max(copies, key=lambda n: n.attempts) if copies else None
+
+    def census(self, now_ms: int) -> Census:
+        """How many tasks are due, delayed, damaged, and the oldest due time (a full listing)."""
+        census = Census()
+        for name in self._walk(0, damaged=True):
+            if name is None:
+                census.damaged += 1
+            elif name.due_ms <= now_ms:
+                census.pending += 1
+                if census.oldest_due_ms is None or name.due_ms < census.oldest_due_ms:
+                    census.oldest_due_ms = name.due_ms
+            else:
+                census.delayed += 1
+        return census
+
+
+class Census:
+    """What :meth:`PendingDir.census` counts."""
+
+    __slots__ = ("damaged", "delayed", "oldest_due_ms", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.delayed = 0
+        self.damaged = 0
+        self.oldest_due_ms: int | None = None
