@@ -18,6 +18,7 @@ from collections import deque
 
 from tracemind.clock import Clock, system_clock
 from tracemind.dlq import DeadLetterStore
+from tracemind.errors import QueueError
 from tracemind.fsutil import (
     DamagedEntry,
     dump_json,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
     from tracemind.fsutil import StrPath
     from tracemind.problems import ProblemBoard
+    from tracemind.queue.census import Census
     from tracemind.queue.commit import GroupCommitter
     from tracemind.queue.watch import DirectoryWatch
 
@@ -539,17 +541,43 @@ class FileQueue:
     # -- readers (never create or modify anything) ----------------------------------------------
 
     def stats(self) -> QueueStats:
+        """Exact counts, at a cost that follows what changed since the last census a writer
+        saved (see :mod:`tracemind.queue.census`); read-only."""
+        from tracemind.queue import census
+
         now_ms = _ms(self.clock())
-        census = self.waiting.census(now_ms)
+        counted, _ = census.count_pending(self.waiting, now_ms, census.load(os.fspath(self.root)))
+        return self._stats(counted, now_ms)
+
+    def refresh_census(self) -> QueueStats:
+        """:meth:`stats`, saving what it learnt for later readers (writers only)."""
+        from tracemind.queue import census
+
+        now_ms = _ms(self.clock())
+        root = os.fspath(self.root)
+        previous = census.load(root)
+        counted, settled = census.count_pending(self.waiting, now_ms, previous)
+        if settled != previous:
+            with contextlib.suppress(QueueError):  # a read-only volume: readers list instead
+                census.save(root, self._tmp, settled)
+        return self._stats(counted, now_ms)
+
+    def _stats(self, counted: Census, now_ms: int) -> QueueStats:
         inflight = damaged = 0
         for name, regular in scan_entries(self._inflight):
             if regular and InflightName.parse(name) is not None:
                 inflight += 1
             elif not is_temporary(name):
                 damaged += 1
-        oldest = census.oldest_due_ms
+        oldest = counted.oldest_due_ms
         age = None if oldest is None else max(0.0, (now_ms - oldest) / 1000)
-        return QueueStats(census.pending, census.delayed, inflight, age, census.damaged + damaged)
+        return QueueStats(
+            counted.pending, counted.delayed, inflight, age, counted.damaged + damaged
+        )
+
+    def has_waiting(self) -> bool:
+        """Whether any task is pending or delayed (stops at the first one found); read-only."""
+        return self.waiting.has_any()
 
     def finished(self, task_id: str) -> TaskInfo | None:
         """The task's terminal state (succeeded or dead) in O(1); None while it is anywhere else

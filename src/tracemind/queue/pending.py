@@ -277,28 +277,62 @@ class PendingDir:
         copies = [n for n in self.entries() if n.task_id == task_id]
         return max(copies, key=lambda n: n.attempts) if copies else None
 
-    def census(self, now_ms: int) -> Census:
-        """How many tasks are due, delayed, damaged, and the oldest due time (a full listing)."""
-        census = Census()
-        for name in self._walk(0, damaged=True):
-            if name is None:
-                census.damaged += 1
-            elif name.due_ms <= now_ms:
-                census.pending += 1
-                if census.oldest_due_ms is None or name.due_ms < census.oldest_due_ms:
-                    census.oldest_due_ms = name.due_ms
-            else:
-                census.delayed += 1
-        return census
+    def buckets(self) -> Iterator[Bucket | PendingName | None]:
+        """Every inner bucket (with its directory's mtime), every first-layout task file, and
+        None for every entry of ``pending/`` or of an outer bucket that is neither."""
+        for outer_name, regular in scan_entries(self.path):
+            if outer_name == BELL or is_temporary(outer_name):
+                continue
+            outer_number = None if regular else _bucket_number(outer_name, 7)
+            if outer_number is None:
+                yield PendingName.parse(outer_name) if regular else None
+                continue
+            outer = self.path + outer_name + "/"
+            try:
+                with os.scandir(outer) as entries:
+                    for entry in entries:
+                        if is_temporary(entry.name):
+                            continue
+                        number = _bucket_number(entry.name, 10)
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                            mtime_ns = entry.stat(follow_symlinks=False).st_mtime_ns
+                        except OSError:  # removed since the listing
+                            continue
+                        if number is None or not is_dir:
+                            yield None
+                        else:
+                            yield Bucket(outer + entry.name, number * INNER_MS, mtime_ns)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+
+    def has_any(self) -> bool:
+        """Whether any task file is waiting (stops at the first one)."""
+        for bucket in self.buckets():
+            if isinstance(bucket, PendingName):
+                return True
+            if bucket is not None:
+                for name in self.bucket_entries(bucket):
+                    if name is not None:
+                        return True
+        return False
+
+    def bucket_entries(self, bucket: Bucket) -> Iterator[PendingName | None]:
+        """The task names in ``bucket``, and None for each entry that is not a task file."""
+        for name, is_file in scan_entries(bucket.path):
+            parsed = PendingName.parse(name) if is_file else None
+            if parsed is not None:
+                yield parsed
+            elif not is_temporary(name):
+                yield None
 
 
-class Census:
-    """What :meth:`PendingDir.census` counts."""
+class Bucket:
+    """One inner bucket: its directory, the first millisecond it covers, its mtime."""
 
-    __slots__ = ("damaged", "delayed", "oldest_due_ms", "pending")
+    __slots__ = ("mtime_ns", "path", "start_ms")
 
-    def __init__(self) -> None:
-        self.pending = 0
-        self.delayed = 0
-        self.damaged = 0
-        self.oldest_due_ms: int | None = None
+    def __init__(self, path: str, start_ms: int, mtime_ns: int) -> None:
+        self.path = path
+        self.start_ms = start_ms
+        self.mtime_ns = mtime_ns

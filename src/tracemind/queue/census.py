@@ -1,0 +1,152 @@
+"""Counting the tasks in ``pending/`` at a cost that follows what changed, not the backlog.
+
+Exact counts need every bucket's entries; listing a million names costs a second. But a bucket
+in the past only loses tasks, and a bucket whose directory has not changed since it was counted
+still holds what it held. So a process that writes (the daemon) keeps ``census.json`` in the
+queue directory: for every *settled* bucket — one whose mtime was more than
+:data:`SETTLE_S` older than the moment it was listed — its mtime and counts. Any reader then
+lists only the buckets whose mtime differs from the cached one (or that were not settled), and
+takes the rest from the file: the result is exact, and costs O(buckets + tasks in recently
+changed buckets). The settle margin is git's answer to "racily clean" index entries: a
+directory changed again within the same timestamp tick as its listing would keep its mtime, so
+only buckets that were quiet for a while are trusted.
+
+Readers never write the file; a missing, damaged or foreign file only means a full listing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tracemind.fsutil import dump_json, read_regular, write_atomic
+from tracemind.queue.pending import INNER_MS, Bucket, PendingDir
+from tracemind.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+CENSUS_FILE = "census.json"
+SETTLE_S = 2.0
+"""How long a bucket's directory must have been unchanged before its counts are kept."""
+MAX_CACHED_BUCKETS = 200_000
+"""A bound on the file's size (a backlog spread over more seconds than this lists the rest)."""
+
+
+class Census(Value):
+    """How many tasks are due, delayed and damaged in ``pending/``, and the oldest due time."""
+
+    __slots__ = ("damaged", "delayed", "oldest_due_ms", "pending")
+
+    def __init__(
+        self,
+        pending: int = 0,
+        delayed: int = 0,
+        damaged: int = 0,
+        oldest_due_ms: int | None = None,
+    ) -> None:
+        self.pending = pending
+        self.delayed = delayed
+        self.damaged = damaged
+        self.oldest_due_ms = oldest_due_ms
+
+    def add_due(self, count: int, oldest_ms: int | None) -> None:
+        self.pending += count
+        if oldest_ms is not None and (self.oldest_due_ms is None or oldest_ms < self.oldest_due_ms):
+            self.oldest_due_ms = oldest_ms
+
+
+class _BucketCount:
+    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged."""
+
+    __slots__ = ("damaged", "delayed", "due", "oldest_ms")
+
+    def __init__(self) -> None:
+        self.due = self.delayed = self.damaged = 0
+        self.oldest_ms: int | None = None
+
+
+def count_pending(
+    pending: PendingDir, now_ms: int, cache: dict[str, list[int]] | None = None
+) -> tuple[Census, dict[str, list[int]]]:
+    """(the census of ``pending/`` as of ``now_ms``, the cache entries for its settled buckets).
+
+    ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged, oldest_due_ms]`` as written
+    by :func:`save`; entries are used only for buckets that lie wholly in the past.
+    """
+    census = Census()
+    settled: dict[str, list[int]] = {}
+    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    root_length = len(pending.path)
+    for bucket in pending.buckets():
+        if not isinstance(bucket, Bucket):
+            if bucket is None:
+                census.damaged += 1
+            else:  # a first-layout file
+                _add_name(census, bucket.due_ms, now_ms)
+            continue
+        past = bucket.start_ms + INNER_MS <= now_ms
+        key = bucket.path[root_length:]  # relative: a container and its host share the file
+        cached = cache.get(key) if cache and past else None
+        if cached is not None and cached[0] == bucket.mtime_ns:
+            census.add_due(cached[1], cached[3] if cached[3] >= 0 else None)
+            census.damaged += cached[2]
+            if past and bucket.mtime_ns < settle_ns:
+                settled[key] = cached
+            continue
+        counted = _count_bucket(pending, bucket, now_ms)
+        census.add_due(counted.due, counted.oldest_ms)
+        census.delayed += counted.delayed
+        census.damaged += counted.damaged
+        if past and bucket.mtime_ns < settle_ns and len(settled) < MAX_CACHED_BUCKETS:
+            oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
+            settled[key] = [bucket.mtime_ns, counted.due, counted.damaged, oldest]
+    return census, settled
+
+
+def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
+    if due_ms <= now_ms:
+        census.add_due(1, due_ms)
+    else:
+        census.delayed += 1
+
+
+def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCount:
+    counted = _BucketCount()
+    for name in pending.bucket_entries(bucket):
+        if name is None:
+            counted.damaged += 1
+        elif name.due_ms <= now_ms:
+            counted.due += 1
+            if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
+                counted.oldest_ms = name.due_ms
+        else:
+            counted.delayed += 1
+    return counted
+
+
+def load(queue_root: str) -> dict[str, list[int]] | None:
+    """The cache in ``queue_root``'s census file; None when missing or unusable."""
+    try:
+        doc: Any = json.loads(read_regular(os.path.join(queue_root, CENSUS_FILE)))
+    except (OSError, ValueError):
+        return None
+    buckets = doc.get("buckets") if isinstance(doc, dict) and doc.get("v") == 1 else None
+    if not isinstance(buckets, dict):
+        return None
+    return {
+        str(path): entry
+        for path, entry in buckets.items()
+        if isinstance(entry, list) and len(entry) == 4 and all(type(v) is int for v in entry)
+    }
+
+
+def save(queue_root: str, tmp_dir: str, cache: dict[str, list[int]]) -> None:
+    """Write the cache (not synced: losing it only costs the next reader a longer listing)."""
+    write_atomic(
+        os.path.join(queue_root, CENSUS_FILE),
+        dump_json({"v": 1, "buckets": cache}),
+        tmp_dir=tmp_dir,
+        durable=False,
+    )
