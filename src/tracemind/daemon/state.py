@@ -60,7 +60,13 @@ class StateDir:
     def acquire_lock(self, timeout_s: float) -> int | None:
         """Take the daemon lock, waiting up to ``timeout_s``; returns the held fd, or None when
         another live daemon holds it. The fd must stay open for the daemon's whole life."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+        except OSError as exc:
+            raise TraceMindError(
+                f"{self.lock_path}: cannot open ({exc.strerror}) as uid {os.getuid()} "
+                f"gid {os.getgid()}"
+            ) from None
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracemind.config import DataDirs
+from tracemind.config import MAX_WORKERS, DataDirs
+from tracemind.errors import UsageError
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
 from tracemind.worker.process import WorkerSpec
@@ -104,6 +105,8 @@ class Outcomes:
 
 class WorkerPool:
     def __init__(self, settings: PoolSettings, queue: TaskQueue) -> None:
+        if not 1 <= settings.size <= MAX_WORKERS:
+            raise UsageError(f"a pool runs 1 to {MAX_WORKERS} workers, not {settings.size}")
         self.settings = settings
         self.queue = queue
         self.slots = [Slot(i) for i in range(settings.size)]
