@@ -337,8 +337,9 @@ def check_log_writable(log_file: Path) -> None:
 def not_writable(path: Path, exc: BaseException) -> QueueError:
     """The one-line error for a path this process cannot write, with the fix in a container."""
     why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
+    why = why[:1].lower() + why[1:] if why else str(exc)  # "(read-only file system)"
     return QueueError(
         f"{path}: not writable by uid {os.getuid()} gid {os.getgid()} "
-        f"({why or exc}); in a container set TM_UID/TM_GID in .env to the data "
+        f"({why}); in a container set TM_UID/TM_GID in .env to the data "
         "directory's owner"
     )
