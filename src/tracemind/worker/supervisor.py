@@ -2,7 +2,8 @@
 
 One thread runs it: poll the pool (reap, respawn), return expired leases of any consumer every
 second, and in burst mode stop once nothing is pending or delayed and this pool holds no lease
-(or once its workers crash-loop: a batch job fails rather than respawn them forever).
+(or once its workers keep dying before they start a task: a batch job fails rather than
+respawn them forever; a task that kills its workers is ended by the DLQ instead).
 The first SIGTERM/SIGINT drains (workers finish their tasks, up to the drain timeout); a second
 one stops fast — workers are killed and their leases returned.
 """
@@ -86,7 +87,7 @@ class Supervisor:
             if now_s >= next_recover_s:
                 self.queue.recover()
                 next_recover_s = now_s + RECOVER_EVERY_S
-            if self.burst and self.pool.crash_looping():
+            if self.burst and self.pool.failing_to_start():
                 # A batch job fails instead of respawning forever (e.g. a read-only queue).
                 self.log.error("burst stopped: workers are crash-looping")
                 self.crash_looped = True
