@@ -233,3 +233,50 @@ def test_verify_daemon_explains_what_differs(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert lock_holders(lock) == []
+
+
+STARTING_DAEMON = """
+import fcntl, json, os, sys, time
+from tracemind.daemon.identity import describe_self
+state = sys.argv[1]
+fd = os.open(os.path.join(state, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+open(sys.argv[2], "w").close()
+time.sleep(1.5)  # taking over: daemon.json and the heartbeat still describe the last run
+meta = {**describe_self(), "instance_id": "fedcba987654", "workers": 1, "dirs": {}}
+with open(os.path.join(state, "daemon.json"), "w") as out:
+    json.dump(meta, out)
+for _ in range(300):
+    with open(os.path.join(state, "heartbeat.json"), "w") as out:
+        json.dump({"instance_id": "fedcba987654", "at": time.time(), "pid": os.getpid()}, out)
+    time.sleep(0.2)
+"""
+
+
+def test_start_waits_for_a_daemon_that_is_taking_over(daemon_env: DaemonEnv) -> None:
+    # Given: the state a cleanly stopped daemon left, and a process that takes the lock and only
+    # 1.5 s later writes its own daemon.json and heartbeats, as a daemon starting up does
+    state = daemon_env.state_dir
+    state.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=10)
+    forge(state, gone.pid, instance_id="0123456789ab")
+    last = {"instance_id": "0123456789ab", "at": time.time() - 60, "stopped": True}
+    (state / "heartbeat.json").write_text(json.dumps(last))
+    ready = daemon_env.root / "starting.ready"
+    starting = subprocess.Popen(
+        [sys.executable, "-c", STARTING_DAEMON, str(state), str(ready)], env=daemon_env.env
+    )
+    try:
+        wait_until(ready.exists, 10, "the starting daemon to take the lock")
+
+        # When: start runs meanwhile
+        proc = daemon_env.start("--workers", "1")
+
+        # Then: it waited for the answer, and reports that daemon as running
+        assert proc.returncode == 0, proc.stderr
+        assert f"daemon already running (pid {starting.pid})" in proc.stdout
+        assert daemon_pids(state) == []
+    finally:
+        starting.kill()
+        starting.wait(timeout=10)

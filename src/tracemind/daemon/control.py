@@ -159,8 +159,9 @@ def running_daemon(state: StateDir, wait_s: float = ANSWER_WAIT_S) -> int | None
 
     A daemon answers when its heartbeat is fresh, belongs to the run daemon.json describes, and
     — unless daemon.json places it in another PID namespace or host — its PID is proven to hold
-    the lock. A lock whose holder has not written daemon.json and a heartbeat yet (a daemon
-    starting up) is given up to ``wait_s`` to do so."""
+    the lock. A daemon that just took the lock has not rewritten daemon.json or beaten yet, so
+    the holder is given up to ``wait_s`` to answer; only a recorded daemon proven to hold the
+    lock whose heartbeat went stale (paused, hung) is reported at once."""
     deadline_s = time.monotonic() + wait_s
     while True:
         live = liveness(state)
@@ -171,25 +172,25 @@ def running_daemon(state: StateDir, wait_s: float = ANSWER_WAIT_S) -> int | None
                 f"{state.lock_path}: cannot tell whether a daemon holds it (uid {os.getuid()} "
                 f"gid {os.getgid()} cannot open or lock it; is this user in the data's group?)"
             )
-        why = _no_answer(state, live)
+        verdict = verify_daemon(live.meta or {}, state.lock_path)
+        why = _no_answer(live, verdict)
         if why is None:
             return int((live.meta or {}).get("pid") or 0)
-        starting = live.heartbeat_age_s is None and not (live.heartbeat or {}).get("stopped")
-        if not starting or time.monotonic() >= deadline_s:
+        stopping = bool((live.heartbeat or {}).get("stopped"))  # it releases the lock next
+        hung = verdict.proven and live.state == "unresponsive" and not stopping
+        if hung or time.monotonic() >= deadline_s:
             raise TraceMindError(_busy_message(state, why))
         time.sleep(0.1)
 
 
-def _no_answer(state: StateDir, live: Liveness) -> str | None:
+def _no_answer(live: Liveness, verdict: Verdict) -> str | None:
     """Why the lock's holder does not count as a live daemon, or None when it does."""
-    meta = live.meta or {}
     if live.heartbeat_age_s is None:
         return "no heartbeat of the daemon daemon.json describes"
     if (live.heartbeat or {}).get("stopped"):
         return "the last heartbeat says the daemon stopped"
     if not live.running:
         return f"its heartbeat is {live.heartbeat_age_s:.0f} s old (unresponsive)"
-    verdict = verify_daemon(meta, state.lock_path)
     if verdict.proven or verdict.elsewhere:
         return None
     return verdict.reason
