@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
+MAX_WORKERS = 256
+"""Most worker processes one pool (``tm workers start -n``, ``tm daemon start --workers``) may
+run: each is a Python process of some tens of MB, so far more than this exhausts a host's memory
+before it adds throughput. Run several pools (they share the queue) to go beyond it."""
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
 
 

@@ -132,10 +132,12 @@ def test_unusable_data_dir_fails_start(daemon_env: DaemonEnv) -> None:
 
     proc = daemon_env.start("--queue-dir", str(blocker / "queue"))
 
-    assert proc.returncode != 0
+    # Then: one line naming the directory, before any daemon is launched
+    assert proc.returncode == 1
     assert "started" not in proc.stdout
-    assert str(daemon_env.log_path) in proc.stderr
-    assert "not a directory" in proc.stderr.lower()
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"tm: error: {blocker / 'queue'}: not writable")
+    assert "not a directory" in line.lower()
     assert daemon_pids(daemon_env.state_dir) == []
 
 
@@ -260,9 +262,14 @@ def test_paused_daemon_is_unresponsive_and_stop_escalates(daemon_env: DaemonEnv)
     )
     assert doc["running"] is False and doc["heartbeat_age_s"] > 5
 
-    # And: start does not launch a second daemon beside it
+    # And: start does not launch a second daemon beside it, nor calls it running: it does not
+    # answer, and start says so (naming the lock's holder) with exit 1
     again = daemon_env.start("--workers", "1")
-    assert again.returncode == 0 and f"already running (pid {meta['pid']})" in again.stdout
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "already running" not in again.stdout + again.stderr
+    [line] = again.stderr.splitlines()
+    assert "no daemon answers" in line and "unresponsive" in line
+    assert f"pid {meta['pid']} " in line
     assert daemon_pids(daemon_env.state_dir) == [meta["pid"]]
 
     # And: stop --no-force gives up after its timeout, leaving it alone

@@ -70,11 +70,41 @@ def _strict_decoder() -> json.JSONDecoder:
     return json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
 
 
+def check_text(text: str, what: str) -> str:
+    """``text``, if it is valid Unicode; else a one-line UsageError naming ``what``.
+
+    Bytes of the command line that are not UTF-8 reach Python as lone surrogates
+    (surrogateescape), which no file, JSON document or key hash can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{what}: not valid UTF-8 text (an invalid byte or lone surrogate at character "
+            f"{exc.start + 1})"
+        ) from None
+    return text
+
+
+def _check_strings(value: Any, what: str) -> None:
+    """A UsageError when a string of the decoded JSON ``value`` holds a lone surrogate (what a
+    ``\\ud800`` escape without its pair decodes to): such a value is not valid Unicode."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        escape = "".join(f"\\u{ord(char):04x}" for char in bad)
+        raise UsageError(
+            f"{what}: {escape} is a lone surrogate, not a character (invalid Unicode)"
+        ) from None
+
+
 def parse_object(text: str, what: str) -> dict[str, Any]:
     """A JSON object from ``text``; anything else is a one-line UsageError naming ``what``.
 
     Strict JSON: NaN, Infinity and numbers too large for a float are rejected (they could not
-    be written back out as JSON)."""
+    be written back out as JSON), and so are text that is not valid UTF-8 and ``\\u``
+    escapes of lone surrogates (they could not be written at all)."""
+    check_text(text, what)
     try:
         value = _strict_decoder().decode(text)
     except json.JSONDecodeError as exc:
@@ -83,6 +113,8 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
         raise UsageError(f"{what}: malformed JSON ({exc})") from None
     if not isinstance(value, dict):
         raise UsageError(f"{what}: must be a JSON object, got {type(value).__name__}")
+    if "\\u" in text:  # only an escape can decode to a lone surrogate
+        _check_strings(value, what)
     return value
 
 

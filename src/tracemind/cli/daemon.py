@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tracemind.cli.common import add_queue_options, print_json
-from tracemind.cli.workers import add_pool_options, positive_float, positive_int
+from tracemind.cli.workers import add_pool_options, positive_float, worker_count
 from tracemind.errors import TraceMindError
 
 
@@ -23,7 +23,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Start the daemon: a worker pool over the queue, with a heartbeat in the "
         "state dir. Returns once the daemon is up; a second start reports the running one.",
     )
-    start.add_argument("--workers", type=positive_int, default=2, metavar="N")
+    start.add_argument(
+        "--workers", type=worker_count, default=2, metavar="N", help="worker processes, 1 to 256"
+    )
     start.add_argument("--state-dir", help="state directory (env TM_DAEMON_STATE_DIR)")
     logs = start.add_mutually_exclusive_group()
     logs.add_argument("--log-file", help="log file (default: daemon.log in the state dir)")
@@ -83,14 +85,14 @@ def start_command(args: argparse.Namespace) -> int:
     )
     if args.foreground:
         return _run_foreground(args, state_dir, log_file)
-    from tracemind.daemon.control import start_detached
-    from tracemind.daemon.state import liveness
+    from tracemind.daemon.control import running_daemon, start_detached
 
     state = StateDir(state_dir)
-    live = liveness(state)
-    if live.lock_held:
-        print(f"daemon already running (pid {(live.meta or {}).get('pid')})")
+    running = running_daemon(state)
+    if running is not None:
+        print(f"daemon already running (pid {running})")
         return 0
+    _check_writable(args, state_dir, log_file)
     import secrets
 
     instance_id = secrets.token_hex(6)
@@ -130,11 +132,26 @@ def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path |
     return argv
 
 
+def _check_writable(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> None:
+    """One line and exit 1 (QueueError) when a data directory, the state dir or the log file
+    cannot be written (e.g. a read-only mount), before anything starts."""
+    from tracemind import config
+    from tracemind.daemon.service import check_log_writable, check_writable
+
+    check_writable(config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir), state_dir)
+    if log_file is not None:
+        check_log_writable(log_file)
+
+
 def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> int:
     from tracemind import config, log
-    from tracemind.daemon.service import Daemon, DaemonSettings
+    from tracemind.daemon.service import Daemon, DaemonSettings, not_writable
 
-    sink: Any = log.LogFile(log_file) if log_file else sys.stdout
+    _check_writable(args, state_dir, log_file)
+    try:
+        sink: Any = log.LogFile(log_file) if log_file else sys.stdout
+    except OSError as exc:
+        raise not_writable(log_file or state_dir, exc) from None
     log.configure(sink)
     settings = DaemonSettings(
         dirs=config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir),
@@ -205,6 +222,8 @@ def _print_table(doc: dict[str, Any]) -> None:
             f"daemon: {doc['state']}  pid {doc['pid']} on {doc['host']}  since {doc['started_at']}"
             f"  heartbeat {doc['heartbeat_age_s']}s ago" + ("  DRAINING" if doc["draining"] else "")
         )
+        if doc["pid_verified"] is False:
+            print(f"pid {doc['pid']} not verified here: {doc['pid_note']}")
         w = doc["workers"]
         ready = "ready" if doc["ready"] else f"not ready ({doc['reason']})"
         print(f"workers: {w['alive']}/{w['configured']} alive, {w['busy']} busy; {ready}")

@@ -13,6 +13,7 @@ import sys
 from tracemind.cli.common import (
     QuickForm,
     add_queue_options,
+    check_text,
     open_submitter,
     parse_object,
     print_json,
@@ -108,6 +109,8 @@ def enqueue_command(args: argparse.Namespace) -> int:
 
 
 def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
+    if args.idempotency_key is not None:
+        check_text(args.idempotency_key, "--idempotency-key")
     state = read_input_arg(raw_input)
     flow = _load_flow(args.flow)
     submitter = open_submitter(args)

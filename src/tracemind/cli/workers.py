@@ -20,6 +20,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def worker_count(text: str) -> int:
+    """``-n``/``--workers``: a whole number from 1 to :data:`~tracemind.config.MAX_WORKERS`."""
+    from tracemind.config import MAX_WORKERS
+
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_WORKERS} workers per pool, got {value} (run several pools instead)"
+        )
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -68,7 +80,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Run N worker processes until SIGINT/SIGTERM (graceful drain; a second "
         "signal stops fast). --burst exits 0 once nothing is pending or delayed.",
     )
-    start.add_argument("-n", "--workers", type=positive_int, default=1, metavar="N")
+    start.add_argument(
+        "-n",
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="worker processes, 1 to 256 (default 1)",
+    )
     start.add_argument("--burst", action="store_true", help="exit 0 when the queue is empty")
     add_pool_options(start)
     start.set_defaults(handler=start_command)
@@ -84,9 +103,11 @@ def start_command(args: argparse.Namespace) -> int:
 
     load_factory(args.runtime)
     dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    from tracemind.daemon.service import check_writable
     from tracemind.stores import open_stores
 
     stores = open_stores(dirs, durable=config.durable())
+    check_writable(dirs)  # one line and exit 1, before any worker could crash on it
     stores.queue.prepare()
     log.configure()
     settings = PoolSettings(
@@ -108,4 +129,8 @@ def start_command(args: argparse.Namespace) -> int:
     )
     supervisor.install_signal_handlers()
     supervisor.run()
+    if supervisor.crash_looped:
+        from tracemind.errors import TraceMindError
+
+        raise TraceMindError("--burst: the workers kept dying at start (see the log above)")
     return 0

@@ -1,8 +1,9 @@
 """Controlling a daemon from any process that sees its state dir: start (detached), stop, ps.
 
-Nothing here trusts a PID alone: liveness comes from the state-dir lock and the heartbeat, a stop
+Nothing here trusts daemon.json: liveness comes from the state-dir lock and the heartbeat, a stop
 goes through a stop request the daemon acknowledges, and a PID is signalled only after
-:func:`~tracemind.daemon.identity.is_same_process` confirmed it is the recorded daemon.
+:func:`~tracemind.daemon.identity.verify_daemon` proved from the kernel that it holds the
+daemon's lock. "Already running" is said only of a daemon that answers (:func:`running_daemon`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tracemind.daemon.identity import is_same_process
-from tracemind.daemon.state import StateDir, liveness
+from tracemind.daemon.identity import Verdict, held_by, verify_daemon
+from tracemind.daemon.state import Liveness, StateDir, liveness
 from tracemind.errors import TraceMindError
 
 START_TIMEOUT_S = 30.0
 TAIL_LINES = 15
+ANSWER_WAIT_S = 10.0
+"""How long a start waits for the first heartbeat of a daemon that holds the lock but has not
+beaten yet (it is starting) before it calls the lock's holder a process that does not answer."""
 
 
 class StartFailed(TraceMindError):
@@ -83,43 +87,120 @@ def _failure_message(log_file: Path | None, what: str) -> str:
 def request_stop(state: StateDir, timeout_s: float, *, force: bool, by: str) -> str:
     """Ask the daemon to drain and exit; wait up to ``timeout_s`` for its lock to be released.
 
-    Returns a one-line outcome. After the timeout, with ``force``, a daemon in this PID namespace
-    (verified by identity) is killed with its process group; one elsewhere cannot be.
+    Returns a one-line outcome. The stop request in the state dir reaches a daemon wherever it
+    runs. A daemon proven here (:func:`~tracemind.daemon.identity.verify_daemon`) is also sent
+    SIGTERM, and after the timeout, with ``force``, SIGKILL with its process group. Anything not
+    proven is never signalled: after the timeout the error says what differs.
     """
     live = liveness(state)
     if live.lock_held is False:
         return "daemon is not running"
     meta = live.meta or {}
-    state.write_json(
-        state.stop_request_path,
-        {"instance_id": meta.get("instance_id"), "requested_at": time.time(), "by": by},
-    )
-    local = is_same_process(meta)
+    try:
+        state.prepare()
+        state.write_json(
+            state.stop_request_path,
+            {"instance_id": meta.get("instance_id"), "requested_at": time.time(), "by": by},
+        )
+    except (OSError, TraceMindError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise TraceMindError(
+            f"{state.stop_request_path}: cannot write the stop request ({why})"
+        ) from None
+    verdict = verify_daemon(meta, state.lock_path)
     beat = live.heartbeat or {}
     draining = beat.get("instance_id") == meta.get("instance_id") and bool(beat.get("draining"))
-    if local and not draining:  # to a draining daemon a second SIGTERM means "kill the workers"
+    if verdict.proven and not draining:  # to a draining daemon a second SIGTERM means "kill"
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(meta["pid"]), signal.SIGTERM)
     if _wait_unlocked(state, timeout_s):
         return f"daemon stopped (pid {meta.get('pid')})"
     if not force:
+        unproven = "" if verdict.proven else f"; it was not signalled: {verdict.reason}"
         raise TraceMindError(
             f"daemon (pid {meta.get('pid')}) still running after {timeout_s:g} s (--no-force)"
+            + unproven
         )
-    if not local:
-        raise TraceMindError(
-            f"daemon (pid {meta.get('pid')} on {meta.get('host')}) did not stop within "
-            f"{timeout_s:g} s and runs in another PID namespace or host: it cannot be killed "
-            "from here (stop its container instead)"
-        )
+    verdict = verify_daemon(meta, state.lock_path)  # again: it may have exited meanwhile
+    if not verdict.proven:
+        if state.lock_held() is False:
+            return f"daemon stopped (pid {meta.get('pid')})"
+        raise TraceMindError(_not_signalled(meta, state.lock_path, timeout_s, verdict))
     pid = int(meta["pid"])
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # the daemon leads its own session and process group
+        if os.getpgid(pid) == pid:  # a detached daemon leads its own session and process group
+            os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     _wait_unlocked(state, 5.0)
     _return_leases(meta)
     return f"daemon killed after {timeout_s:g} s (pid {pid}); its leases were returned"
+
+
+def _not_signalled(
+    meta: dict[str, Any], lock_path: Path, timeout_s: float, verdict: Verdict
+) -> str:
+    where = f"pid {meta.get('pid')}" + (f" on {meta['host']}" if meta.get("host") else "")
+    if verdict.elsewhere:
+        advice = "stop its container instead"
+    else:
+        advice = f"the lock is held{held_by(lock_path) or ' by a process not visible here'}"
+        advice += ", which was not signalled"
+    return (
+        f"daemon ({where}) did not stop within {timeout_s:g} s and cannot be killed from here: "
+        f"{verdict.reason}; {advice}"
+    )
+
+
+def running_daemon(state: StateDir, wait_s: float = ANSWER_WAIT_S) -> int | None:
+    """The PID (as recorded) of the live daemon of ``state``, or None when no process holds its
+    lock. Raises TraceMindError (exit 1, one line naming the holder when it is visible) when
+    the lock is held but no daemon answers.
+
+    A daemon answers when its heartbeat is fresh, belongs to the run daemon.json describes, and
+    — unless daemon.json places it in another PID namespace or host — its PID is proven to hold
+    the lock. A daemon that just took the lock has not rewritten daemon.json or beaten yet, so
+    the holder is given up to ``wait_s`` to answer; only a recorded daemon proven to hold the
+    lock whose heartbeat went stale (paused, hung) is reported at once."""
+    deadline_s = time.monotonic() + wait_s
+    while True:
+        live = liveness(state)
+        if live.lock_held is False:
+            return None
+        if live.lock_held is None:
+            raise TraceMindError(
+                f"{state.lock_path}: cannot tell whether a daemon holds it (uid {os.getuid()} "
+                f"gid {os.getgid()} cannot open or lock it; is this user in the data's group?)"
+            )
+        verdict = verify_daemon(live.meta or {}, state.lock_path)
+        why = _no_answer(live, verdict)
+        if why is None:
+            return int((live.meta or {}).get("pid") or 0)
+        stopping = bool((live.heartbeat or {}).get("stopped"))  # it releases the lock next
+        hung = verdict.proven and live.state == "unresponsive" and not stopping
+        if hung or time.monotonic() >= deadline_s:
+            raise TraceMindError(_busy_message(state, why))
+        time.sleep(0.1)
+
+
+def _no_answer(live: Liveness, verdict: Verdict) -> str | None:
+    """Why the lock's holder does not count as a live daemon, or None when it does."""
+    if live.heartbeat_age_s is None:
+        return "no heartbeat of the daemon daemon.json describes"
+    if (live.heartbeat or {}).get("stopped"):
+        return "the last heartbeat says the daemon stopped"
+    if not live.running:
+        return f"its heartbeat is {live.heartbeat_age_s:.0f} s old (unresponsive)"
+    if verdict.proven or verdict.elsewhere:
+        return None
+    return verdict.reason
+
+
+def _busy_message(state: StateDir, why: str) -> str:
+    return (
+        f"{state.lock_path} is held{held_by(state.lock_path)}, but no daemon answers ({why}); not starting another: "
+        "see `tm daemon ps`, and stop the holder if it is not a TraceMind daemon"
+    )
 
 
 def _wait_unlocked(state: StateDir, timeout_s: float) -> bool:

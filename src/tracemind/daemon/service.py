@@ -82,13 +82,10 @@ class Daemon:
 
         s = self.settings
         stores = open_stores(s.dirs, durable=s.durable)
-        check_writable(s.dirs)
+        check_writable(s.dirs, s.state_dir)
         self.state.prepare()
-        lock_fd = self.state.acquire_lock(LOCK_WAIT_S)
+        lock_fd = self._take_lock()
         if lock_fd is None:
-            meta = self.state.meta() or {}
-            self.log.info("another daemon is running", pid=meta.get("pid"))
-            print(f"tm: daemon already running (pid {meta.get('pid')})", file=sys.stderr)
             return EXIT_ALREADY_RUNNING
         try:
             load_factory(s.runtime)
@@ -108,6 +105,22 @@ class Daemon:
             return 0
         finally:
             os.close(lock_fd)
+
+    def _take_lock(self) -> int | None:
+        """The held lock fd; None when a live daemon answers (it is reported on stderr).
+        Raises TraceMindError when the lock is held by something that does not answer."""
+        from tracemind.daemon.control import running_daemon
+
+        for _ in range(3):  # the holder may exit between our attempt and our look at it
+            lock_fd = self.state.acquire_lock(LOCK_WAIT_S)
+            if lock_fd is not None:
+                return lock_fd
+            pid = running_daemon(self.state)
+            if pid is not None:
+                self.log.info("another daemon is running", pid=pid)
+                print(f"tm: daemon already running (pid {pid})", file=sys.stderr)
+                return None
+        raise TraceMindError(f"{self.state.lock_path}: taken by another start each time; retry")
 
     def _build_supervisor(self, stores: Stores) -> None:
         from tracemind.worker.pool import PoolSettings, WorkerPool
@@ -288,12 +301,18 @@ def status_url(bind: str | None) -> str | None:
     return f"http://{host}:{port}"
 
 
-def check_writable(dirs: DataDirs) -> None:
-    """Raise QueueError naming the first data directory this process cannot write (by really
-    creating and removing a probe file: permission bits alone do not tell, e.g. for root)."""
+def check_writable(dirs: DataDirs, *others: Path) -> None:
+    """Raise QueueError naming the first data directory (then each of ``others``, e.g. the
+    state dir) this process cannot write, by really creating and removing a probe file:
+    permission bits alone do not tell (root, a read-only mount)."""
+    check_dirs_writable(dirs.queue, dirs.idempotency, dirs.dlq, *others)
+
+
+def check_dirs_writable(*directories: Path) -> None:
+    """:func:`check_writable` for the given directories, in order."""
     from tracemind.fsutil import ensure_dir
 
-    for directory in (dirs.queue, dirs.idempotency, dirs.dlq):
+    for directory in directories:
         probe = directory / f".probe-{os.getpid()}"
         try:
             ensure_dir(directory)  # inside the try: an uncreatable directory needs the hint too
@@ -301,9 +320,27 @@ def check_writable(dirs: DataDirs) -> None:
             os.close(fd)
             os.unlink(probe)
         except (OSError, QueueError) as exc:
-            why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
-            raise QueueError(
-                f"{directory}: not writable by uid {os.getuid()} gid {os.getgid()} "
-                f"({why or exc}); in a container set TM_UID/TM_GID in .env to the data "
-                "directory's owner"
-            ) from None
+            raise not_writable(directory, exc) from None
+
+
+def check_log_writable(log_file: Path) -> None:
+    """Raise QueueError when the log file cannot be appended to (or created: its directory is
+    probed, the file itself is left for the daemon to create)."""
+    if not log_file.exists():
+        check_dirs_writable(log_file.parent)
+        return
+    try:
+        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise not_writable(log_file, exc) from None
+
+
+def not_writable(path: Path, exc: BaseException) -> QueueError:
+    """The one-line error for a path this process cannot write, with the fix in a container."""
+    why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
+    why = why[:1].lower() + why[1:] if why else str(exc)  # "(read-only file system)"
+    return QueueError(
+        f"{path}: not writable by uid {os.getuid()} gid {os.getgid()} "
+        f"({why}); in a container set TM_UID/TM_GID in .env to the data "
+        "directory's owner"
+    )

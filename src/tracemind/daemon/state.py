@@ -62,7 +62,13 @@ class StateDir:
     def acquire_lock(self, timeout_s: float) -> int | None:
         """Take the daemon lock, waiting up to ``timeout_s``; returns the held fd, or None when
         another live daemon holds it. The fd must stay open for the daemon's whole life."""
-        fd = open_or_create(self.lock_path, os.O_RDWR)  # 0660: others cannot open it to lock it
+        try:
+            fd = open_or_create(self.lock_path, os.O_RDWR)  # 0660: others cannot open it to lock
+        except OSError as exc:
+            raise TraceMindError(
+                f"{self.lock_path}: cannot open ({exc.strerror}) as uid {os.getuid()} "
+                f"gid {os.getgid()}"
+            ) from None
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -1,7 +1,10 @@
 """The status document (``tm daemon ps --json`` and ``GET /status``), read-only.
 
 It is computed the same way from either side of a container boundary: liveness from the state
-dir's lock and heartbeat, counts from the queue directory. Bodies hold counts and states only —
+dir's lock and heartbeat, counts from the queue directory. ``pid_verified`` says whether the
+recorded PID is proven, from here, to be the process holding the daemon lock (None when no
+process holds it); when it is not, ``pid_note`` says what differs (another PID namespace, a
+reused PID, a daemon.json that names a process not holding the lock). Bodies hold counts and states only —
 never task inputs, results or secrets.
 """
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tracemind.config import DataDirs
+from tracemind.daemon.identity import held_by, verify_daemon
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.problems import unreadable_records
 
@@ -65,10 +69,19 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         if live.running and isinstance(instance, str):
             busy = stores.queue.held_by(f"{instance}-")
     components = beat.get("components") or {}
+    verified: bool | None = None
+    note: str | None = None
+    if live.lock_held is not False and meta:
+        verdict = verify_daemon(meta, state.lock_path)
+        verified, note = verdict.proven, (verdict.reason or None)
+        if not verdict.proven and not verdict.elsewhere:
+            note = f"{note}; the lock is held{held_by(state.lock_path) or ' by no process visible here'}"
     return {
         "running": live.running,
         "state": live.state,
         "pid": meta.get("pid"),
+        "pid_verified": verified,
+        "pid_note": note,
         "host": meta.get("host"),
         "instance_id": instance,
         "started_at": meta.get("started_at"),

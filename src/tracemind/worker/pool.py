@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracemind.config import DataDirs
+from tracemind.config import MAX_WORKERS, DataDirs
+from tracemind.errors import UsageError
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
 from tracemind.worker.process import WorkerSpec
@@ -41,6 +42,9 @@ class Slot:
     consumer_id: str = ""
     started_s: float = 0.0
     young_deaths: int = 0
+    idle_deaths: int = 0
+    """Consecutive young deaths of lives that started no task (a worker that cannot start)."""
+    took_task: bool = False
     respawn_at_s: float = 0.0
     events: Any = None
     buffer: bytes = b""
@@ -104,6 +108,8 @@ class Outcomes:
 
 class WorkerPool:
     def __init__(self, settings: PoolSettings, queue: TaskQueue) -> None:
+        if not 1 <= settings.size <= MAX_WORKERS:
+            raise UsageError(f"a pool runs 1 to {MAX_WORKERS} workers, not {settings.size}")
         self.settings = settings
         self.queue = queue
         self.slots = [Slot(i) for i in range(settings.size)]
@@ -135,6 +141,7 @@ class WorkerPool:
         os.close(write_fd)
         slot.events = read_fd
         slot.started_s = time.monotonic()
+        slot.took_task = False
         self.log.info(
             "worker spawned", slot=slot.index, pid=slot.process.pid, consumer=slot.consumer_id
         )
@@ -167,6 +174,8 @@ class WorkerPool:
             )
             return
         slot.young_deaths = slot.young_deaths + 1 if lived_s < YOUNG_S else 0
+        idle_death = lived_s < YOUNG_S and not slot.took_task
+        slot.idle_deaths = slot.idle_deaths + 1 if idle_death else 0
         backoff_s = min(MAX_BACKOFF_S, 0.5 * 2 ** max(0, slot.young_deaths - 1))
         slot.respawn_at_s = now_s + backoff_s
         self.log.warning(
@@ -191,6 +200,7 @@ class WorkerPool:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 event = json.loads(line)
                 if event.get("event") == "started":
+                    slot.took_task = True
                     self.outcomes.started(int(event["attempt"]))
                     continue
                 self.outcomes.add(
@@ -205,6 +215,12 @@ class WorkerPool:
 
     def crash_looping(self) -> bool:
         return any(slot.young_deaths >= CRASH_LOOP_AFTER for slot in self.slots)
+
+    def failing_to_start(self) -> bool:
+        """Whether a slot's workers died young :data:`CRASH_LOOP_AFTER` times in a row without
+        starting a task (a runtime that cannot start, a queue they cannot write): unlike a
+        task that kills its worker, which the DLQ ends, respawning cannot help."""
+        return any(slot.idle_deaths >= CRASH_LOOP_AFTER for slot in self.slots)
 
     def status(self) -> dict[str, Any]:
         return {

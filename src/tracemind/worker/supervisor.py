@@ -1,7 +1,9 @@
 """The supervision loop shared by ``tm workers start`` and the daemon.
 
 One thread runs it: poll the pool (reap, respawn), return expired leases of any consumer every
-second, and in burst mode stop once nothing is pending or delayed and this pool holds no lease.
+second, and in burst mode stop once nothing is pending or delayed and this pool holds no lease
+(or once its workers keep dying before they start a task: a batch job fails rather than
+respawn them forever; a task that kills its workers is ended by the DLQ instead).
 The first SIGTERM/SIGINT drains (workers finish their tasks, up to the drain timeout); a second
 one stops fast — workers are killed and their leases returned.
 """
@@ -48,6 +50,8 @@ class Supervisor:
         self.signals_seen = 0
         self.last_signal: str | None = None
         self._fast_stop_logged = False
+        self.crash_looped = False
+        """In burst mode: the run ended because the workers kept dying at start."""
         self.log = get_logger("tracemind.supervisor")
 
     def install_signal_handlers(self) -> None:
@@ -91,6 +95,11 @@ class Supervisor:
             if now_s >= next_recover_s:
                 self._recover()
                 next_recover_s = now_s + RECOVER_EVERY_S
+            if self.burst and self.pool.failing_to_start():
+                # A batch job fails instead of respawning forever (e.g. a read-only queue).
+                self.log.error("burst stopped: workers are crash-looping")
+                self.crash_looped = True
+                break
             if self.burst:
                 idle_checks = idle_checks + 1 if self._idle() else 0
                 if idle_checks >= BURST_IDLE_CHECKS:
