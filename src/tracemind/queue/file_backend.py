@@ -549,6 +549,9 @@ class FileQueue:
         counted, _ = census.count_pending(self.waiting, now_ms, census.load(os.fspath(self.root)))
         return self._stats(counted, now_ms)
 
+    def maintain(self) -> None:
+        self.refresh_census()
+
     def refresh_census(self) -> QueueStats:
         """:meth:`stats`, saving what it learnt for later readers (writers only)."""
         from tracemind.queue import census

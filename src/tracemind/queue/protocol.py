@@ -194,8 +194,16 @@ class TaskQueue(Protocol):
         """Return expired leases, and every lease of the given consumer ids (or id prefixes), to
         pending — or to the DLQ when they used their last attempt. Returns how many moved."""
 
+    def maintain(self) -> None:
+        """Periodic upkeep by a process that serves the queue (a daemon or a pool), about once
+        a second: bounded work that keeps readers cheap. Never needed for correctness."""
+
     def stats(self) -> QueueStats:
-        """Counts by state, read-only."""
+        """Exact counts by state, read-only. Cost: what changed since the last ``maintain``,
+        not the depth of the queue (a backend may state a different bound)."""
+
+    def has_waiting(self) -> bool:
+        """Whether any task is pending or delayed, read-only; cheaper than ``stats``."""
 
     def held_by(self, consumer_prefix: str) -> int:
         """How many leases consumers whose id starts with ``consumer_prefix`` hold, read-only."""

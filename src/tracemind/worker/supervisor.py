@@ -69,10 +69,12 @@ class Supervisor:
             self.pool.signal_all(signal.SIGKILL)
 
     def _recover(self) -> None:
-        """Return expired leases, and settle what dead submitters staged."""
+        """Return expired leases, settle what dead submitters staged, and refresh the census
+        that lets readers count the queue without listing it."""
         self.queue.recover()
         if self.settle is not None:
             self.settle()
+        self.queue.maintain()
 
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""
@@ -127,5 +129,4 @@ class Supervisor:
     def _idle(self) -> bool:
         if self.pool.held_leases() > 0:
             return False
-        stats = self.queue.stats()
-        return stats.pending == 0 and stats.delayed == 0
+        return not self.queue.has_waiting()
