@@ -397,3 +397,15 @@ def pending_path(queue: Any, name: PendingName) -> Path:
 def pending_names(queue: Any) -> list[str]:
     """The task file names waiting in ``queue`` (every bucket), sorted."""
     return sorted(str(name) for name in queue.waiting.entries())
+
+
+def done_path(queue: Any, task_id: str) -> Path:
+    """Where ``queue`` keeps the done record of ``task_id`` (its hour bucket made)."""
+    path = Path(queue.done_path(task_id))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def done_files(done_dir: Path) -> list[Path]:
+    """Every done record under a queue's ``done/`` directory (all hour buckets), sorted."""
+    return sorted(done_dir.glob("*/*.json"))

@@ -188,7 +188,7 @@ def write_atomic(
     *,
     tmp_dir: StrPath,
     durable: bool,
-    remake_parent: Callable[[str], None] | None = None,
+    remake_parent: Callable[[str], object] | None = None,
 ) -> None:
     """Make ``target`` hold exactly ``data`` (replacing any old file) in one atomic rename;
     :class:`QueueError` when the file system refuses the write. ``remake_parent`` is for
@@ -214,7 +214,7 @@ def write_many_atomic(
     *,
     tmp_dir: StrPath,
     durable: bool,
-    remake_parent: Callable[[str], None] | None = None,
+    remake_parent: Callable[[str], object] | None = None,
 ) -> list[StrPath]:
     """Write several files with one sync for the whole batch; returns the targets written.
 
@@ -274,7 +274,9 @@ def replace_content(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: 
 REMAKE_ATTEMPTS = 5
 
 
-def rename_into(source: str, target: StrPath, remake_parent: Callable[[str], None] | None) -> None:
+def rename_into(
+    source: StrPath, target: StrPath, remake_parent: Callable[[str], object] | None
+) -> None:
     """``rename(source, target)``; when the target's directory is missing and ``remake_parent``
     is given, call it with that directory and try again (a few times: a directory that other
     processes remove when empty can vanish between the two calls)."""

@@ -85,5 +85,7 @@ def test_a_surrogate_pair_is_a_character_and_is_accepted(
 
     assert proc.returncode == 0, proc.stderr
     task_id = json.loads(proc.stdout)["task_id"]
-    [record] = [p for p in (data_root / "queue" / "pending").glob("*/*/*.json") if task_id in p.name]
+    [record] = [
+        p for p in (data_root / "queue" / "pending").glob("*/*/*.json") if task_id in p.name
+    ]
     assert json.loads(record.read_text())["input"] == {"u": "\N{GRINNING FACE}"}

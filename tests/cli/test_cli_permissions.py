@@ -240,7 +240,7 @@ def _runners(done_dir: Path) -> list[int]:
     """The uid that ran each task in ``done_dir`` (the whoami hook's result)."""
     return [
         json.loads(path.read_text().splitlines()[-1])["result"]["uid"]
-        for path in sorted(done_dir.iterdir())
+        for path in sorted(done_dir.glob("*/*.json"))
     ]
 
 
@@ -265,7 +265,7 @@ def test_a_task_one_uid_enqueues_is_run_by_a_worker_of_another_uid_in_the_group(
     for task_id in ids:
         shown = _tm_as(tm, ALICE, SHARED_GID, umask, "task", "show", task_id, "--json")
         assert json.loads(shown.stdout)["status"] == "succeeded", shown.stderr
-    done = sorted((root / "queue" / "done").iterdir())
+    done = sorted((root / "queue" / "done").glob("*/*.json"))
     assert len(done) == 3
     assert [p for p in root.rglob("*") if "quarantine" in p.name] == []
     assert _runners(root / "queue" / "done") == [BOB] * 3

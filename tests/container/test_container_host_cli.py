@@ -50,7 +50,7 @@ def test_host_enqueue_is_run_by_the_container_and_shown_on_the_host(stack: Proje
     # And the container acknowledged it through the mount, in the file the host created: the
     # file kept the shared group (setgid directory) and group write, which let the container's
     # user append the completion line to it.
-    done = stack.data_dir / "queue" / "done" / f"{task_id}.json"
+    [done] = (stack.data_dir / "queue" / "done").glob(f"*/{task_id}.json")
     info = done.stat()
     assert (info.st_gid, info.st_mode & 0o060) == (stack.gid, 0o060)
     record, completion = parse_task_file(done.read_bytes())

@@ -162,7 +162,7 @@ def test_sigkill_mid_run_loses_none_of_500_tasks(stack: Project) -> None:
     inflight_dir = stack.data_dir / "queue" / "inflight"
 
     def done_count() -> int:
-        return sum(1 for task_id in task_ids if (done_dir / f"{task_id}.json").exists())
+        return sum(1 for task_id in task_ids if any(done_dir.glob(f"*/{task_id}.json")))
 
     before_kill = stack.tm_json("daemon", "ps")
     dead_before = before_kill["dlq"]["pending"]

@@ -120,7 +120,7 @@ def test_host_user_and_container_user_sharing_a_group_write_each_others_files(
     for path in [project.data_dir, *project.data_dir.rglob("*")]:
         if path.is_dir():
             path.chmod(stat.S_IMODE(path.stat().st_mode) | stat.S_IXOTH)
-    done_file = next((project.data_dir / "queue" / "done").iterdir())
+    done_file = next((project.data_dir / "queue" / "done").glob("*/*.json"))
     secrets = [project.data_dir / "state" / "daemon.lock", done_file]
     opened = subprocess.run(
         [

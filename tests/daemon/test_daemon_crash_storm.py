@@ -119,7 +119,8 @@ def test_a_crash_storm_loses_nothing_and_reruns_only_what_a_kill_interrupted(
     # And every accepted task succeeded: nothing lost
     done_dir = daemon_env.data_dir / "queue" / "done"
     records = {
-        path.stem: json.loads(path.read_bytes().partition(b"\n")[0]) for path in done_dir.iterdir()
+        path.stem: json.loads(path.read_bytes().partition(b"\n")[0])
+        for path in done_dir.glob("*/*.json")
     }
     assert accepted <= set(records), f"lost: {sorted(accepted - set(records))[:5]}"
     assert not list((daemon_env.data_dir / "dlq").glob("*.json"))

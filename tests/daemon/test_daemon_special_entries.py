@@ -38,7 +38,8 @@ from tm_testing import (
     tm_command,
     wait_until,
 )
-from tracemind.queue.names import InflightName, PendingName, new_task_id
+from tracemind.queue.names import InflightName, PendingName, done_bucket, new_task_id
+from tracemind.queue.pending import bucket_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -60,9 +61,9 @@ def _place_everywhere(data: Path, state: Path, kind: str) -> dict[str, Path]:
     """One entry of ``kind`` in every store directory, named as a record there would be."""
     ids = [new_task_id(time.time()) for _ in range(4)]
     folders = {
-        "pending": data / "queue" / "pending",
+        "pending": data / "queue" / "pending" / bucket_of(0),
         "inflight": data / "queue" / "inflight",
-        "done": data / "queue" / "done",
+        "done": data / "queue" / "done" / done_bucket(ids[2]),
         "dlq": data / "dlq",
         "purged": data / "dlq" / "purged",
         "requeued": data / "dlq" / "requeued",

@@ -98,7 +98,7 @@ def test_acks_that_arrive_during_a_sync_share_the_next_one(durable: Stores, gate
     queue.flush()
     # Then one more sync committed all the others
     assert gate.syncs == 2
-    assert len(os.listdir(queue.done_dir)) == 40
+    assert len(list(queue.done_dir.glob("*/*.json"))) == 40
     assert all(queue.find(lease.task_id).status is TaskStatus.SUCCEEDED for lease in leases)  # type: ignore[union-attr]
 
 

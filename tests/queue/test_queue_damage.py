@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task, pending_path
+from tm_testing import FakeClock, done_path, make_task, pending_path
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, TaskStatus
@@ -132,7 +132,7 @@ def test_a_damaged_done_record_still_fences_the_task(
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None
     stores.queue.ack(lease, {"ok": True})
-    (stores.queue.done_dir / f"{task.task_id}.json").write_bytes(DAMAGED_CONTENTS[kind])
+    done_path(stores.queue, task.task_id).write_bytes(DAMAGED_CONTENTS[kind])
     stale.write_bytes(stale_bytes)
     # When consumers and recovery run
     clock.advance(LEASE_S + 1)
@@ -272,7 +272,7 @@ def test_records_with_fields_of_the_wrong_type_crash_no_reader_or_writer(
     other = stores.queue.lease("c1", LEASE_S)
     assert other is not None
     stores.queue.ack(other, {})
-    (stores.queue.done_dir / f"{done.task_id}.json").write_bytes(dump_json({"attempts": None}))
+    done_path(stores.queue, done.task_id).write_bytes(dump_json({"attempts": None}))
     # Then readers answer, and the odd task's lost lease goes to the DLQ (no retries)
     found = stores.queue.find(done.task_id)
     assert found is not None and (found.status, found.attempts) == (TaskStatus.SUCCEEDED, 0)

@@ -3,7 +3,6 @@ no task is lost, and a task runs twice only when a consumer that held it was kil
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -68,7 +67,7 @@ class Consumers:
 
 def _done_count(dirs: DataDirs) -> int:
     try:
-        return len(os.listdir(dirs.queue / "done"))
+        return len(list((dirs.queue / "done").glob("*/*.json")))
     except FileNotFoundError:
         return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from special_entries import HUGE_BYTES, NOT_REGULAR, make_entry
-from tm_testing import FakeClock, make_task, pending_path
+from tm_testing import FakeClock, done_path, make_task, pending_path
 from tracemind.errors import QueueError
 from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_json, read_regular
 from tracemind.problems import ProblemBoard, unreadable_records
@@ -137,7 +137,7 @@ def test_a_special_done_record_still_fences_and_readers_answer(
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None
     stores.queue.ack(lease, {"ok": True})
-    done = stores.queue.done_dir / f"{task.task_id}.json"
+    done = done_path(stores.queue, task.task_id)
     done.unlink()
     make_entry(done, kind)
 

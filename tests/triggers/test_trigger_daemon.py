@@ -150,7 +150,8 @@ class Site:
         found = []
         for state in states or ("pending", "inflight", "done"):
             folder = self.data_dir / "queue" / state
-            for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            pattern = {"pending": "*/*/*.json", "done": "*/*.json"}.get(state, "*.json")
+            for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
                 with contextlib.suppress(FileNotFoundError):  # claimed or finished meanwhile
                     record, completion = parse_task_file(path.read_bytes())
                     found.append({**record, **(completion or {})})

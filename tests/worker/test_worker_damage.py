@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, FlowFiles, Tm, files_under, json_lines, pending_path, read_records
+from tm_testing import (
+    FakeClock,
+    FlowFiles,
+    Tm,
+    done_path,
+    files_under,
+    json_lines,
+    pending_path,
+    read_records,
+)
 from tracemind.config import DataDirs
 from tracemind.flows import load_flow
 from tracemind.queue.names import InflightName, PendingName
@@ -50,7 +59,7 @@ def damaged(dirs: DataDirs, flows: FlowFiles) -> dict[str, Any]:
     bad: dict[str, Path] = {
         # the succeeded task: its done record truncated, and a stale copy of its first delivery
         # back in pending (as a recovery of that lease leaves it)
-        "done": q.done_dir / f"{done_id}.json",
+        "done": done_path(q, done_id),
         "stale": pending_path(q, PendingName(ms, done_id, 1)),
         "pending-garbage": q.pending_dir / "junk.txt",
         "pending-empty": pending_path(q, PendingName(ms, _fake_id(clock, 1), 0)),

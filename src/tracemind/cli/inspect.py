@@ -1,6 +1,7 @@
-"""Read-only views: ``tm queue stats``, ``tm task show``, ``tm task wait``.
+"""``tm queue stats``, ``tm task show``, ``tm task wait``, and ``tm queue migrate``.
 
-None of these creates or rewrites a file; they work on directories the caller cannot write.
+All but ``migrate`` are read-only: they create or rewrite no file, and work on directories the
+caller cannot write.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     stats.add_argument("--json", action="store_true")
     add_queue_options(stats)
     stats.set_defaults(handler=stats_command)
+    migrate = queue_verbs.add_parser(
+        "migrate",
+        help="move a queue directory of the first layout to the bucketed one",
+        description="Safe to repeat or interrupt; the daemon and worker pools also do it when "
+        "they start. Stop processes of earlier versions first.",
+    )
+    migrate.add_argument("--json", action="store_true")
+    add_queue_options(migrate)
+    migrate.set_defaults(handler=migrate_command)
 
     task = commands.add_parser("task")
     task_verbs = task.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -57,6 +67,15 @@ def queue_counts(args: argparse.Namespace) -> dict[str, Any]:
     counts["dead"] = stores.dlq.count()
     counts["damaged"] += len(stores.dlq.damaged())
     return counts
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    moved = open_stores_from(args).queue.migrate()
+    if args.json:
+        print_json({"moved": moved})
+    else:
+        print(f"moved {moved} record(s); the queue uses the bucketed layout")
+    return 0
 
 
 def stats_command(args: argparse.Namespace) -> int:

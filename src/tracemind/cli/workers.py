@@ -108,7 +108,7 @@ def start_command(args: argparse.Namespace) -> int:
 
     stores = open_stores(dirs, durable=config.durable())
     check_writable(dirs)  # one line and exit 1, before any worker could crash on it
-    stores.queue.prepare()
+    stores.queue.migrate()  # (prepares it too)
     log.configure()
     settings = PoolSettings(
         size=args.workers,

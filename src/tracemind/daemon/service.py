@@ -89,7 +89,7 @@ class Daemon:
             return EXIT_ALREADY_RUNNING
         try:
             load_factory(s.runtime)
-            stores.queue.prepare()
+            stores.queue.migrate()  # (prepares it too)
             self._return_predecessor_leases(stores.queue)
             self.state.clear_stop_request()
             self._write_metadata()

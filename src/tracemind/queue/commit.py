@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tracemind.fsutil import fdatasync_file, sync_filesystem
+from tracemind.fsutil import ensure_dir, fdatasync_file, rename_into, sync_filesystem
 from tracemind.log import get_logger
 
 GATHER_S = 0.005
@@ -109,7 +109,7 @@ class GroupCommitter:
             return False
         for source, target in batch:
             try:
-                os.rename(source, target)
+                rename_into(source, target, ensure_dir)  # (a done bucket is made on first use)
             except FileNotFoundError as exc:
                 # Normally finished already, by a recovery or a lease that met the completion
                 # line; if not, a recovery took the file away (the lease had lapsed).

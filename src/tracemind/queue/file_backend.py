@@ -28,6 +28,7 @@ from tracemind.fsutil import (
     open_regular,
     read_fd,
     read_regular,
+    rename_into,
     replace_content,
     scan_entries,
     scan_names,
@@ -36,7 +37,15 @@ from tracemind.fsutil import (
 )
 from tracemind.log import get_logger
 from tracemind.quarantine import quarantine, sweep_temporaries
-from tracemind.queue.names import InflightName, PendingName, done_name, is_temporary, new_token
+from tracemind.queue.names import (
+    InflightName,
+    PendingName,
+    done_bucket,
+    done_name,
+    is_task_id,
+    is_temporary,
+    new_token,
+)
 from tracemind.queue.pending import PendingDir
 from tracemind.queue.protocol import (
     Failure,
@@ -70,6 +79,8 @@ if TYPE_CHECKING:
     from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
+LAYOUT_FILE = "layout-2"
+"""Present once a queue directory holds no record of the first layout (see :meth:`migrate`)."""
 FENCE_LEASE_S = 60.0
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
@@ -112,6 +123,7 @@ class FileQueue:
             self._pending, queue_root=os.fspath(root), tmp_dir=self._tmp, durable=durable
         )
         self._next_bucket_ms: int | None = None
+        self._layout_current = False
         self._prepared = False
         self._candidates: deque[PendingName] = deque()
         self._listed_at_s = float("-inf")
@@ -249,6 +261,48 @@ class FileQueue:
             if name is not None and name.task_id == task_id and name.token == token:
                 self._discard(self._inflight + str(name), "stale lease of a dead-lettered task")
 
+    def migrate(self) -> int:
+        """Bring a queue directory written by the first layout to this one; returns how many
+        records moved. Safe to repeat, and to interrupt at any instant: every step is one
+        rename, and readers look in both places until the marker file says it is over.
+
+        1. an inflight copy that a first-layout retry left behind (a pending copy with as many
+           deliveries exists) is deleted, as that layout's recovery would have;
+        2. pending files move into their buckets; 3. done records into their hour buckets;
+        4. the marker ``layout-2`` is written.
+        """
+        self.prepare()
+        legacy = [
+            name
+            for name, regular in scan_entries(self._pending)
+            if regular and PendingName.parse(name) is not None
+        ]
+        newest: dict[str, int] = {}
+        for name in legacy:
+            parsed = PendingName.parse(name)
+            assert parsed is not None
+            newest[parsed.task_id] = max(newest.get(parsed.task_id, 0), parsed.attempts)
+        for entry in scan_names(self._inflight):
+            lease = InflightName.parse(entry)
+            if lease is not None and newest.get(lease.task_id, -1) >= lease.attempt:
+                self._discard(self._inflight + entry, "stale lease superseded by a newer copy")
+        moved = self.waiting.migrate()
+        for name, regular in scan_entries(self._done):
+            if regular and name.endswith(".json") and is_task_id(name[:-5]):
+                with contextlib.suppress(FileNotFoundError):
+                    rename_into(self._done + name, self.done_path(name[:-5]), ensure_dir)
+                    moved += 1
+        write_atomic(
+            os.path.join(self.root, LAYOUT_FILE),
+            b"2\n",
+            tmp_dir=self._tmp,
+            durable=self.durable,
+        )
+        self._layout_current = True
+        if moved:
+            self._log.info("queue directory moved to the bucketed layout", records=moved)
+        return moved
+
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         self.prepare()
         now_s = self.clock()
@@ -296,7 +350,7 @@ class FileQueue:
             return None  # another consumer was first
         # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
         # attempts 0, comes from enqueue, or from a DLQ requeue, which checks for done/).
-        stale = candidate.attempts > 0 and os.path.exists(self._done + done_name(candidate.task_id))
+        stale = candidate.attempts > 0 and self._is_done(candidate.task_id)
         if stale:
             self._discard(claimed, "stale copy of a succeeded task")
             return None
@@ -317,6 +371,28 @@ class FileQueue:
             record=record,
             handle=claim,
         )
+
+    def done_path(self, task_id: str) -> str:
+        """Where the terminal record of a succeeded task lives."""
+        return self._done + done_bucket(task_id) + "/" + done_name(task_id)
+
+    def _done_record(self, task_id: str) -> str | None:
+        """The path of the task's done record (where a first-layout queue kept it too), if any.
+        Its existence fences every other copy of the task: a succeeded task never runs again."""
+        path = self.done_path(task_id)
+        if os.path.exists(path):
+            return path
+        flat = self._done + done_name(task_id)
+        return flat if not self._migrated() and os.path.exists(flat) else None
+
+    def _is_done(self, task_id: str) -> bool:
+        return self._done_record(task_id) is not None
+
+    def _migrated(self) -> bool:
+        """Whether this queue holds no first-layout records any more (remembered once seen)."""
+        if not self._layout_current:
+            self._layout_current = os.path.exists(os.path.join(self.root, LAYOUT_FILE))
+        return self._layout_current
 
     def _relative(self, path: str) -> str:
         """``path`` relative to the queue root (how problem reports name records)."""
@@ -378,7 +454,7 @@ class FileQueue:
     def ack(self, lease: Lease, result: dict[str, Any]) -> None:
         line = dump_json(completion_entry(lease.attempt, lease.token, result, self.clock()))
         source = self._inflight + str(lease.handle)
-        target = self._done + done_name(lease.task_id)
+        target = self.done_path(lease.task_id)
         try:
             _append_line(source, line)
         except OSError as exc:
@@ -392,12 +468,13 @@ class FileQueue:
                 dump_json(lease.record) + b"\n" + line,
                 tmp_dir=self._tmp,
                 durable=self.durable,
+                remake_parent=ensure_dir,
             )
             self._discard(source, None)
             return
         if not self.durable:
             try:
-                os.rename(source, target)
+                rename_into(source, target, ensure_dir)
             except FileNotFoundError as exc:
                 if not os.path.exists(target):
                     self._commit_failed(source, exc)
@@ -429,7 +506,7 @@ class FileQueue:
             with contextlib.suppress(FileNotFoundError):
                 fdatasync_file(path)
         try:
-            os.rename(path, self._done + done_name(task_id))
+            rename_into(path, self.done_path(task_id), ensure_dir)
         except FileNotFoundError:
             return False
         self._log.warning("finished a task whose acknowledgement was interrupted", task_id=task_id)
@@ -478,7 +555,7 @@ class FileQueue:
 
     def _recover_one(self, name: InflightName) -> bool:
         path = self._inflight + str(name)
-        if os.path.exists(self._done + done_name(name.task_id)):
+        if self._is_done(name.task_id):
             return self._discard(path, "stale lease of a succeeded task")
         stale_dead = self.dlq.get(name.task_id)
         if stale_dead is not None and stale_dead.get("lease_token") == name.token:
@@ -586,8 +663,8 @@ class FileQueue:
         """The task's terminal state (succeeded or dead) in O(1); None while it is anywhere else
         (pending, delayed, in flight, staged) or does not exist. Succeeded is looked up first:
         a task that finishes during the call is reported finished or not, never wrongly dead."""
-        done = self._done + done_name(task_id)
-        if os.path.exists(done):
+        done = self._done_record(task_id)
+        if done is not None:
             entry = succeeded_entry(*_read_or_empty(done))
             return TaskInfo(
                 task_id,
@@ -619,8 +696,7 @@ class FileQueue:
         return sum(1 for n in names if n is not None and n.consumer.startswith(consumer_prefix))
 
     def find(self, task_id: str) -> TaskInfo | None:
-        done = self._done + done_name(task_id)
-        if os.path.exists(done):
+        if self._is_done(task_id):
             return self.finished(task_id)
         leases = [
             n

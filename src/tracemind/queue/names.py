@@ -4,11 +4,11 @@ A task's record lives in one file whose *name* carries everything that changes w
 or runs, so every state change is one atomic ``rename`` of an exact name, and whoever renames
 first wins (the others get ENOENT):
 
-``pending/{due_ms:013d}_{task_id}_{attempts}.json``
+``pending/{bucket}/{due_ms:013d}_{task_id}_{attempts}.json`` (buckets: :mod:`.pending`)
     ``attempts`` = deliveries so far. Sorting names sorts by due time, then by enqueue time.
 ``inflight/{task_id}_{attempt}_{consumer}_{token}_{deadline_ms:013d}.json``
     ``attempt`` = this delivery's number; the lease deadline is wall-clock milliseconds.
-``done/{task_id}.json`` (the terminal record of a succeeded task)
+``done/{enqueue_ms // 3_600_000:06d}/{task_id}.json`` (the terminal record of a succeeded task)
 """
 
 from __future__ import annotations
@@ -105,6 +105,15 @@ class InflightName(Value):
 
 def done_name(task_id: str) -> str:
     return f"{task_id}.json"
+
+
+DONE_BUCKET_MS = 3_600_000
+
+
+def done_bucket(task_id: str) -> str:
+    """The ``done/`` bucket of a task: the hour it was enqueued in (from its id), so a task's
+    terminal record is found in O(1) and retention removes whole hours."""
+    return f"{int(task_id[:12], 16) // DONE_BUCKET_MS:06d}"
 
 
 def is_temporary(name: str) -> bool:
