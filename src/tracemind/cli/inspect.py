@@ -64,8 +64,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def queue_counts(args: argparse.Namespace) -> dict[str, Any]:
     stores = open_stores_from(args)
     counts = stores.queue.stats().to_dict()
-    counts["dead"] = stores.dlq.count()
-    counts["damaged"] += len(stores.dlq.damaged())
+    counts["dead"], damaged_dead = stores.queue.dead_counts()
+    counts["damaged"] += damaged_dead
     return counts
 
 

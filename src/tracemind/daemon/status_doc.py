@@ -65,7 +65,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
             "delayed": stats.delayed,
             "oldest_pending_age_s": stats.oldest_pending_age_s,
         }
-        dlq = {"pending": stores.dlq.count()}
+        dlq = {"pending": stores.queue.dead_counts()[0]}
         if live.running and isinstance(instance, str):
             busy = stores.queue.held_by(f"{instance}-")
     components = beat.get("components") or {}

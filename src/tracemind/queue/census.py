@@ -126,6 +126,44 @@ def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCo
     return counted
 
 
+DLQ_KEY = "//dlq"
+"""The cache entry of the dead-letter directory: ``[mtime_ns, entries, damaged, -1]``."""
+
+
+def count_dead(
+    dlq_root: str, now_ms: int, cache: dict[str, list[int]] | None
+) -> tuple[int, int, list[int] | None]:
+    """(entries, damaged entries, the cache entry to keep or None) of the dead-letter
+    directory, by name: a file named like an entry counts as one without being opened. Taken
+    from ``cache`` while the directory's mtime is the one counted there."""
+    from tracemind.fsutil import scan_entries
+    from tracemind.queue.names import is_task_id, is_temporary
+
+    try:
+        mtime_ns = os.stat(dlq_root).st_mtime_ns
+    except OSError:
+        return 0, 0, None
+    cached = cache.get(DLQ_KEY) if cache else None
+    if cached is not None and cached[0] == mtime_ns:
+        return cached[1], cached[2], cached
+    entries = damaged = 0
+    for name, regular in scan_entries(dlq_root):
+        if is_temporary(name):
+            continue
+        if regular and name.endswith(".json") and is_task_id(name[:-5]):
+            entries += 1
+        elif regular or _named_like_entry(name) or not os.path.isdir(os.path.join(dlq_root, name)):
+            damaged += 1  # (real subdirectories are the store's own: tmp/, purged/, ...)
+    settled = mtime_ns < (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    return entries, damaged, ([mtime_ns, entries, damaged, -1] if settled else None)
+
+
+def _named_like_entry(name: str) -> bool:
+    from tracemind.queue.names import is_task_id
+
+    return name.endswith(".json") and is_task_id(name[:-5])
+
+
 def load(queue_root: str) -> dict[str, list[int]] | None:
     """The cache in ``queue_root``'s census file; None when missing or unusable."""
     try:

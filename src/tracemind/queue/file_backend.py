@@ -637,10 +637,24 @@ class FileQueue:
         root = os.fspath(self.root)
         previous = census.load(root)
         counted, settled = census.count_pending(self.waiting, now_ms, previous)
+        _, _, dead_entry = census.count_dead(os.fspath(self.dlq.root), now_ms, previous)
+        if dead_entry is not None:
+            settled[census.DLQ_KEY] = dead_entry
         if settled != previous:
             with contextlib.suppress(QueueError):  # a read-only volume: readers list instead
                 census.save(root, self._tmp, settled)
         return self._stats(counted, now_ms)
+
+    def dead_counts(self) -> tuple[int, int]:
+        """(dead-letter entries, damaged entries), by name and from the census while the
+        dead-letter directory is unchanged; read-only."""
+        from tracemind.queue import census
+
+        root = os.fspath(self.root)
+        entries, damaged, _ = census.count_dead(
+            os.fspath(self.dlq.root), _ms(self.clock()), census.load(root)
+        )
+        return entries, damaged
 
     def _stats(self, counted: Census, now_ms: int) -> QueueStats:
         inflight = damaged = 0

@@ -37,7 +37,11 @@ class QueueCollector(Collector):
             "tracemind_queue_delayed", "Tasks waiting for a retry or due time.", stats.delayed
         )
         yield _gauge("tracemind_queue_inflight", "Tasks leased by a worker.", stats.inflight)
-        yield _gauge("tracemind_dlq_entries", "Tasks in the dead-letter queue.", stores.dlq.count())
+        yield _gauge(
+            "tracemind_dlq_entries",
+            "Tasks in the dead-letter queue.",
+            stores.queue.dead_counts()[0],
+        )
         yield _gauge(
             "tracemind_queue_oldest_pending_age_seconds",
             "How long the oldest due task has waited (0 when none).",
