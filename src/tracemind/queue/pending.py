@@ -235,8 +235,11 @@ class PendingDir:
         first-layout files are included). Records are never opened."""
         return (name for name in self._walk(since_ms, damaged=False) if name is not None)
 
-    def _walk(self, since_ms: int, *, damaged: bool) -> Iterator[PendingName | None]:
-        """:meth:`entries`, and with ``damaged`` None for each entry that is not a task file."""
+    def _walk(
+        self, since_ms: int, *, damaged: bool, any_kind: bool = False
+    ) -> Iterator[PendingName | None]:
+        """:meth:`entries`, and with ``damaged`` None for each entry that is not a task file;
+        with ``any_kind``, entries named like a task that are not regular files too."""
         for outer_name, regular in scan_entries(self.path):
             if outer_name == BELL or is_temporary(outer_name):
                 continue
@@ -260,7 +263,7 @@ class PendingDir:
                 if (inner_number + 1) * INNER_MS <= since_ms:
                     continue
                 for name, is_file in scan_entries(outer + inner_name):
-                    parsed = PendingName.parse(name) if is_file else None
+                    parsed = PendingName.parse(name) if is_file or any_kind else None
                     if parsed is not None:
                         yield parsed
                     elif damaged and not is_temporary(name):
@@ -274,7 +277,8 @@ class PendingDir:
         fresh = PendingName(enqueued_ms, task_id, 0)
         if os.path.exists(self.path_of(fresh)):
             return fresh
-        copies = [n for n in self.entries() if n.task_id == task_id]
+        walk = self._walk(0, damaged=False, any_kind=True)  # (a FIFO named so shows as damaged)
+        copies = [n for n in walk if n is not None and n.task_id == task_id]
         return max(copies, key=lambda n: n.attempts) if copies else None
 
     def buckets(self) -> Iterator[Bucket | PendingName | None]:
