@@ -442,3 +442,20 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
     assert stores.queue.stats().pending == 1
     again = stores.submitter(TTL_S).submit(echo_snapshot, {}, idempotency_key="k")
     assert (again.task_id, again.duplicate) == (first.task_id, True)
+
+
+def test_purging_a_dead_task_frees_its_key(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given a keyed task that died and was purged from the DLQ
+    submitter = stores.submitter(TTL_S)
+    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    stores.queue.dead_letter(lease, Failure("boom"))
+    assert stores.purge_dead(first.task_id) is True
+    # When the key is submitted again
+    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    # Then it is a new task: the key did not outlive its task
+    assert again.duplicate is False and again.task_id != first.task_id
+    assert _status(stores, again.task_id) is TaskStatus.PENDING

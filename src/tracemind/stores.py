@@ -36,6 +36,22 @@ class Stores:
         """Publish or remove what dead submitters left staged (see :mod:`tracemind.submit`)."""
         return self.submitter(ttl_s=0.0).settle_staged()
 
+    def purge_dead(self, task_id: str) -> bool:
+        """Remove a dead task for good (an audit copy stays in ``purged/``), and its idempotency
+        key with it: a key must never point at a task that no longer exists, or it would block
+        its key forever (a key whose task is in no terminal state counts as live). The key goes
+        first, under its lock, so a crash in between leaves a dead task without its key (which a
+        dead task's key never blocks anyway). False when the DLQ has no such entry."""
+        entry = self.dlq.get(task_id)
+        if entry is None:
+            return False
+        key = entry.get("idempotency_key")
+        if not isinstance(key, str):
+            return self.dlq.purge(task_id)
+        with self.keys.locked(key):
+            self.keys.forget(key, task_id)
+            return self.dlq.purge(task_id)
+
     def requeue_dead(self, task_id: str) -> bool:
         """Put a dead task back in the queue (see :meth:`FileQueue.requeue`)."""
         return self.queue.requeue(task_id)

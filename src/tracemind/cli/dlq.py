@@ -86,7 +86,7 @@ def _apply(args: argparse.Namespace, done_word: str, purge: bool) -> int:
     stores = open_stores_from(args)
     ids = _targets(args)
     stores.dlq.quarantine_damaged()  # a writer moves damaged entries aside (and logs them)
-    changed = [t for t in ids if (stores.dlq.purge(t) if purge else stores.requeue_dead(t))]
+    changed = [t for t in ids if (stores.purge_dead(t) if purge else stores.requeue_dead(t))]
     if args.task_id and not changed:
         raise NotFound(f"task {args.task_id} is not in the dead-letter queue")
     if args.json:
