@@ -272,3 +272,33 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
         assert calls["fdatasync"] == 400
     # staging/, keys/, the new bucket and its two parents (and nothing per task)
     assert calls["fsync"] <= 5
+
+
+def test_finding_a_task_that_waits_for_its_retry_does_not_list_the_backlog(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a backlog spread over 50 seconds, and a task waiting 60 s for its retry
+    queue = stores.queue
+    for _ in range(50):
+        queue.enqueue([make_task(clock)])
+        clock.advance(1)
+    retried = make_task(clock)
+    queue.enqueue([retried])
+    clock.advance(1)
+    while (lease := queue.lease("c1", LEASE_S)) is not None and lease.task_id != retried.task_id:
+        queue.retry(lease, Failure("not yet"), 0.0)  # (back into the backlog, due now)
+    assert lease is not None
+    queue.retry(lease, Failure("boom"), 60.0)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    # When it is looked up
+    info = queue.find(retried.task_id)
+    # Then it is found as delayed, from the newest buckets, not by listing all 50
+    assert info is not None and info.status is TaskStatus.DELAYED and info.attempts == 1
+    assert len(listed) <= 6, listed

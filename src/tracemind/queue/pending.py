@@ -270,16 +270,38 @@ class PendingDir:
                         yield None
 
     def find(self, task_id: str) -> PendingName | None:
-        """The waiting copy of ``task_id`` with the most deliveries, or None. O(1) for a task
-        that waits as it was enqueued (due at its enqueue time, never delivered); a delayed or
-        retried task is searched for in every bucket."""
+        """The waiting copy of ``task_id``, or None. O(1) for a task that waits as it was
+        enqueued (due at its enqueue time, never delivered). A task waiting for a delay or a
+        retry is due later than most of a backlog, so the buckets are searched newest first,
+        and the search stops at the first bucket that holds it; an unknown id costs a listing
+        of every bucket."""
         enqueued_ms = int(task_id[:12], 16)
         fresh = PendingName(enqueued_ms, task_id, 0)
         if os.path.exists(self.path_of(fresh)):
             return fresh
-        walk = self._walk(0, damaged=False, any_kind=True)  # (a FIFO named so shows as damaged)
-        copies = [n for n in walk if n is not None and n.task_id == task_id]
-        return max(copies, key=lambda n: n.attempts) if copies else None
+        for name, regular in scan_entries(self.path):  # the first layout: flat files
+            parsed = PendingName.parse(name) if regular else None
+            if parsed is not None and parsed.task_id == task_id:
+                return parsed
+        for outer_name in sorted(self._bucket_names(self.path, 7), reverse=True):
+            outer = self.path + outer_name + "/"
+            for inner_name in sorted(self._bucket_names(outer, 10), reverse=True):
+                copies = [
+                    parsed
+                    for name, _ in scan_entries(outer + inner_name)
+                    if (parsed := PendingName.parse(name)) is not None and parsed.task_id == task_id
+                ]
+                if copies:  # (a FIFO named so is found too, and then shows as damaged)
+                    return max(copies, key=lambda n: n.attempts)
+        return None
+
+    @staticmethod
+    def _bucket_names(directory: str, width: int) -> list[str]:
+        return [
+            name
+            for name, regular in scan_entries(directory)
+            if not regular and _bucket_number(name, width) is not None
+        ]
 
     def buckets(self) -> Iterator[Bucket | PendingName | None]:
         """Every inner bucket (with its directory's mtime), every first-layout task file, and
