@@ -73,6 +73,7 @@ class Daemon:
         self._next_census_s = 0.0  # monotonic: when _count_enqueued may list pending/ again
         self.started_s = time.time()
         self._stop_seen = False
+        self._bad_stop_request_logged = False
         self._reopen_requested = False
 
     def run(self) -> int:
@@ -212,9 +213,16 @@ class Daemon:
         if self._reopen_requested:
             self._reopen_requested = False
             self._reopen_log()
-        if not self._stop_seen and self.state.stop_request_path.exists():
-            request = self.state.read_json(self.state.stop_request_path) or {}
-            if request.get("instance_id") in (None, self.settings.instance_id):
+        if not self._stop_seen and os.path.lexists(self.state.stop_request_path):
+            request = self.state.read_json(self.state.stop_request_path)
+            if request is None:  # damaged, or not a file `tm daemon stop` writes: not a request
+                if not self._bad_stop_request_logged:
+                    self._bad_stop_request_logged = True
+                    self.log.warning(
+                        "stop request ignored: not a readable request",
+                        path=str(self.state.stop_request_path),
+                    )
+            elif request.get("instance_id") in (None, self.settings.instance_id):
                 self._stop_seen = True
                 self.log.info("stop requested", by=request.get("by"))
                 self.state.write_json(
