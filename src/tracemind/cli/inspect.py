@@ -1,7 +1,7 @@
-"""``tm queue stats``, ``tm task show``, ``tm task wait``, and ``tm queue migrate``.
+"""``tm queue stats``, ``tm task show``, ``tm task wait``; ``tm queue migrate`` and ``prune``.
 
-All but ``migrate`` are read-only: they create or rewrite no file, and work on directories the
-caller cannot write.
+All but ``migrate`` and ``prune`` are read-only: they create or rewrite no file, and work on
+directories the caller cannot write.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     migrate.add_argument("--json", action="store_true")
     add_queue_options(migrate)
     migrate.set_defaults(handler=migrate_command)
+    prune = queue_verbs.add_parser(
+        "prune",
+        help="remove expired results, keys, DLQ audit copies, quarantined and temporary files",
+        description="What a running daemon does in the background (docs/queue-format.md, "
+        "Retention): for a queue no daemon serves.",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    prune.add_argument("--json", action="store_true")
+    add_queue_options(prune)
+    prune.set_defaults(handler=prune_command)
 
     task = commands.add_parser("task")
     task_verbs = task.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -75,6 +85,20 @@ def migrate_command(args: argparse.Namespace) -> int:
         print_json({"moved": moved})
     else:
         print(f"moved {moved} record(s); the queue uses the bucketed layout")
+    return 0
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from tracemind.config import idempotency_ttl_s
+    from tracemind.retention import Pruner, RetentionPolicy
+
+    policy = RetentionPolicy.from_env(idempotency_ttl_s())
+    removed = Pruner(open_stores_from(args), policy).prune(dry_run=args.dry_run, budget=sys.maxsize)
+    if args.json:
+        print_json({"dry_run": args.dry_run, "removed": dict(removed)})
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(", ".join(f"{verb} {count} {kind}" for kind, count in removed.items()))
     return 0
 
 

@@ -94,6 +94,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def start_command(args: argparse.Namespace) -> int:
+    import functools
     import secrets
 
     from tracemind import config, log
@@ -104,9 +105,11 @@ def start_command(args: argparse.Namespace) -> int:
     load_factory(args.runtime)
     dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
     from tracemind.daemon.service import check_writable
+    from tracemind.retention import Pruner, RetentionPolicy
     from tracemind.stores import open_stores
 
     stores = open_stores(dirs, durable=config.durable())
+    pruner = Pruner(stores, RetentionPolicy.from_env(config.idempotency_ttl_s()))
     check_writable(dirs)  # one line and exit 1, before any worker could crash on it
     stores.queue.migrate()  # (prepares it too)
     log.configure()
@@ -125,7 +128,7 @@ def start_command(args: argparse.Namespace) -> int:
         stores.queue,
         drain_timeout_s=args.drain_timeout,
         burst=args.burst,
-        settle=stores.settle_staged,
+        upkeep=functools.partial(stores.upkeep, pruner),
     )
     supervisor.install_signal_handlers()
     supervisor.run()

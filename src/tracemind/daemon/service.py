@@ -9,6 +9,7 @@ up stop requests. Stop: drain (workers finish, up to ``drain_timeout_s``), retur
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -124,6 +125,8 @@ class Daemon:
         raise TraceMindError(f"{self.state.lock_path}: taken by another start each time; retry")
 
     def _build_supervisor(self, stores: Stores) -> None:
+        from tracemind import config
+        from tracemind.retention import Pruner, RetentionPolicy
         from tracemind.worker.pool import PoolSettings, WorkerPool
         from tracemind.worker.supervisor import Supervisor
 
@@ -138,6 +141,7 @@ class Daemon:
             log_file=s.log_file,
         )
         self.queue = stores.queue
+        self.pruner = Pruner(stores, RetentionPolicy.from_env(config.idempotency_ttl_s()))
         self.pool = WorkerPool(settings, stores.queue)
         self.supervisor = Supervisor(
             self.pool,
@@ -145,7 +149,7 @@ class Daemon:
             drain_timeout_s=s.drain_timeout_s,
             on_tick=self._tick,
             on_drain=self._on_drain,
-            settle=stores.settle_staged,
+            upkeep=functools.partial(stores.upkeep, self.pruner),
         )
 
     def _on_drain(self) -> None:

@@ -669,6 +669,13 @@ class FileQueue:
             counted.pending, counted.delayed, inflight, age, counted.damaged + damaged
         )
 
+    def copies_that_may_be_stale(self) -> set[str]:
+        """Ids of tasks with a copy that a crash could have left beside a done record: every
+        inflight copy, and every pending copy delivered before (a full listing; retention only)."""
+        ids = {n.task_id for n in map(InflightName.parse, scan_names(self._inflight)) if n}
+        ids.update(name.task_id for name in self.waiting.entries() if name.attempts > 0)
+        return ids
+
     def has_waiting(self) -> bool:
         """Whether any task is pending or delayed (stops at the first one found); read-only."""
         return self.waiting.has_any()

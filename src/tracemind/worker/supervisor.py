@@ -37,11 +37,11 @@ class Supervisor:
         burst: bool = False,
         on_tick: Callable[[], None] | None = None,
         on_drain: Callable[[], None] | None = None,
-        settle: Callable[[], object] | None = None,
+        upkeep: Callable[[], object] | None = None,
     ) -> None:
         self.pool = pool
         self.queue = queue
-        self.settle = settle
+        self.upkeep = upkeep
         self.drain_timeout_s = drain_timeout_s
         self.burst = burst
         self.on_tick = on_tick
@@ -69,12 +69,12 @@ class Supervisor:
             self.pool.signal_all(signal.SIGKILL)
 
     def _recover(self) -> None:
-        """Return expired leases, settle what dead submitters staged, and refresh the census
-        that lets readers count the queue without listing it."""
+        """Return expired leases, keep the queue's own books (:meth:`TaskQueue.maintain`), and
+        run the caller's upkeep (settling staged submissions, retention)."""
         self.queue.recover()
-        if self.settle is not None:
-            self.settle()
         self.queue.maintain()
+        if self.upkeep is not None:
+            self.upkeep()
 
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""

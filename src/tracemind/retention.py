@@ -1,0 +1,257 @@
+"""Retention: what the data volume forgets, and when, so a queue can run for months.
+
+| kind | removed | setting (default) |
+|---|---|---|
+| ``results`` | a succeeded task's done record, that long after it finished | ``TM_RESULT_TTL_S`` (7 days) |
+| ``keys`` | an idempotency key whose task succeeded that long ago, or no longer exists | ``TM_IDEMPOTENCY_TTL_S`` (1 day) |
+| ``dlq_audit`` | ``purged/`` and ``requeued/`` copies of DLQ entries | ``TM_DLQ_AUDIT_TTL_S`` (30 days) |
+| ``quarantine`` | files moved aside as damaged | 7 days |
+| ``temporaries`` | leftovers of writers that died mid-write | 1 hour |
+
+Dead-letter entries stay until purged.
+
+**Why removing a result never lets its task run again.** The done record fences every other
+copy of its task (docs/queue-format.md). Copies other than the one that succeeded exist only
+after a crash: an inflight copy whose lease lapsed (recovery deletes it as soon as the lease
+expires, because the done record exists), or a pending copy that a recovery returned just
+before a late ack (deleted when a consumer reaches it, however deep the backlog). So before it
+removes any result, a pass collects the ids of every copy that could still be stale — every
+inflight file and every pending copy delivered before — and keeps their results. What remains
+is a stale lease whose worker is paused: it lapses within its lease, which is why a result TTL
+below :data:`MIN_RESULT_TTL_S` (far above any lease) is refused. Keys go before their results
+(a key whose task no longer exists would otherwise be taken for a live one), and a result TTL
+shorter than the idempotency TTL is refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tracemind.errors import LockTimeout, UsageError
+from tracemind.fsutil import read_regular, scan_entries
+from tracemind.log import get_logger
+from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, is_temporary
+from tracemind.queue.protocol import TaskStatus
+from tracemind.submit import staged_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from tracemind.stores import Stores
+
+DAY_S = 86_400.0
+DEFAULT_RESULT_TTL_S = 7 * DAY_S
+DEFAULT_DLQ_AUDIT_TTL_S = 30 * DAY_S
+QUARANTINE_TTL_S = 7 * DAY_S
+TEMPORARY_TTL_S = 3_600.0
+MIN_RESULT_TTL_S = 3_600.0
+"""Far longer than any lease plus a recovery round: see the module docstring."""
+KINDS = ("results", "keys", "dlq_audit", "quarantine", "temporaries")
+PASS_EVERY_S = 60.0
+PASS_BUDGET = 5_000
+"""At most this many removals per background pass, so a pass never stalls a serving process."""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    key_ttl_s: float = DAY_S
+    dlq_audit_ttl_s: float = DEFAULT_DLQ_AUDIT_TTL_S
+
+    @classmethod
+    def from_env(cls, key_ttl_s: float, env: Mapping[str, str] = os.environ) -> RetentionPolicy:
+        """The policy the environment sets; :class:`UsageError` (one line) for a bad value."""
+        result_ttl_s = _seconds(env, "TM_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+        audit_ttl_s = _seconds(env, "TM_DLQ_AUDIT_TTL_S", DEFAULT_DLQ_AUDIT_TTL_S)
+        if result_ttl_s < MIN_RESULT_TTL_S:
+            raise UsageError(
+                f"TM_RESULT_TTL_S must be at least {MIN_RESULT_TTL_S:g} s (a stale copy of a "
+                f"task must find its result), got {result_ttl_s:g}"
+            )
+        if result_ttl_s < key_ttl_s:
+            raise UsageError(
+                f"TM_RESULT_TTL_S ({result_ttl_s:g} s) must not be shorter than "
+                f"TM_IDEMPOTENCY_TTL_S ({key_ttl_s:g} s): a key must not outlive its result"
+            )
+        return cls(result_ttl_s, key_ttl_s, audit_ttl_s)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise UsageError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+class Pruner:
+    """Removes what :class:`RetentionPolicy` lets go, at most ``budget`` records per call.
+
+    ``prune`` is safe to run from any number of processes at once (every removal tolerates the
+    record being gone already) and to interrupt at any instant.
+    """
+
+    def __init__(self, stores: Stores, policy: RetentionPolicy) -> None:
+        self.stores = stores
+        self.policy = policy
+        self.log = get_logger("tracemind.retention")
+        self.totals: Counter[str] = Counter({kind: 0 for kind in KINDS})
+        """Records removed by this pruner since it was made, by kind (for metrics)."""
+        self._next_pass_s = 0.0
+
+    def prune_if_due(self) -> None:
+        """One bounded pass every :data:`PASS_EVERY_S` (a serving process calls this often)."""
+        now_s = time.monotonic()
+        if now_s < self._next_pass_s:
+            return
+        self._next_pass_s = now_s + PASS_EVERY_S
+        self.totals.update(self.prune(budget=PASS_BUDGET))
+
+    def prune(
+        self, *, now_s: float | None = None, dry_run: bool = False, budget: int = 10_000
+    ) -> Counter[str]:
+        """Remove (or, with ``dry_run``, only count) what has expired; returns counts by kind."""
+        now_s = time.time() if now_s is None else now_s
+        removed: Counter[str] = Counter({kind: 0 for kind in KINDS})
+        for kind, path in self._expired(now_s):
+            if sum(removed.values()) >= budget:
+                break
+            if dry_run:
+                removed[kind] += 1
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed[kind] += 1
+        if not dry_run:
+            self._remove_empty_done_buckets(now_s)
+            if any(removed.values()):
+                self.log.info("expired records removed", **dict(removed))
+        return removed
+
+    def _expired(self, now_s: float) -> Iterator[tuple[str, str]]:
+        yield from self._expired_keys(now_s)  # keys first: see the module docstring
+        yield from self._expired_results(now_s)
+        dlq_root = os.fspath(self.stores.dlq.root)
+        for folder in ("purged", "requeued"):
+            yield from _older_than(
+                "dlq_audit", os.path.join(dlq_root, folder), now_s - self.policy.dlq_audit_ttl_s
+            )
+        for store_root in (self.stores.queue.root, self.stores.dlq.root, self.stores.keys.root):
+            root = os.fspath(store_root)
+            yield from _quarantined(os.path.join(root, "quarantine"), now_s - QUARANTINE_TTL_S)
+            yield from _older_than(
+                "temporaries", os.path.join(root, "tmp"), now_s - TEMPORARY_TTL_S
+            )
+
+    def _expired_results(self, now_s: float) -> Iterator[tuple[str, str]]:
+        """Done records finished (their file's mtime: the ack's append) before the TTL, in hour
+        buckets that ended before it, except those of tasks that may still have a stale copy."""
+        queue = self.stores.queue
+        done_root = os.fspath(queue.done_dir)
+        cutoff_s = now_s - self.policy.result_ttl_s
+        keep: set[str] | None = None
+        for bucket, regular in sorted(scan_entries(done_root)):
+            if (
+                regular
+                or not bucket.isdigit()
+                or (int(bucket) + 1) * DONE_BUCKET_MS > cutoff_s * 1000
+            ):
+                continue
+            folder = os.path.join(done_root, bucket)
+            for name, is_file in scan_entries(folder):
+                if not (is_file and name.endswith(".json") and is_task_id(name[:-5])):
+                    continue
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime >= cutoff_s:
+                        continue
+                    if keep is None:
+                        keep = queue.copies_that_may_be_stale()
+                    if name[:-5] not in keep:
+                        yield "results", path
+
+    def _expired_keys(self, now_s: float) -> Iterator[tuple[str, str]]:
+        """Keys written before the TTL whose task succeeded before it, or no longer exists
+        (checked under the key's lock; a key a submitter holds is left for the next pass)."""
+        keys = self.stores.keys
+        folder = os.path.join(os.fspath(keys.root), "keys")
+        cutoff_s = now_s - self.policy.key_ttl_s
+        for name, regular in scan_entries(folder):
+            if not regular or is_temporary(name):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                if os.lstat(path).st_mtime >= cutoff_s:
+                    continue
+                record = _key_record(path)
+            except OSError:
+                continue
+            if record is None:
+                continue
+            key, task_id, due_ms = record
+            try:
+                with keys.locked(key, timeout_s=0.05):
+                    if self._key_expired(task_id, due_ms, cutoff_s):
+                        yield "keys", path
+            except LockTimeout:
+                continue
+
+    def _key_expired(self, task_id: str, due_ms: int | None, cutoff_s: float) -> bool:
+        """Whether a key may go: its task succeeded before ``cutoff_s``, or no longer exists
+        anywhere (a dead task's key goes when the task is purged)."""
+        queue = self.stores.queue
+        info = queue.finished(task_id)
+        if info is not None:
+            succeeded = info.status is TaskStatus.SUCCEEDED
+            return succeeded and info.finished_s is not None and info.finished_s < cutoff_s
+        if due_ms is not None and queue.is_staged(staged_name(task_id, due_ms)):
+            return False  # its submitter died; settling publishes it
+        # A task found nowhere: looked for twice, as a task can move between two listings.
+        return queue.find(task_id) is None and queue.find(task_id) is None
+
+    def _remove_empty_done_buckets(self, now_s: float) -> None:
+        done_root = os.fspath(self.stores.queue.done_dir)
+        cutoff_ms = (now_s - self.policy.result_ttl_s) * 1000
+        for bucket, regular in scan_entries(done_root):
+            if not regular and bucket.isdigit() and (int(bucket) + 1) * DONE_BUCKET_MS <= cutoff_ms:
+                with contextlib.suppress(OSError):  # not empty: something is kept
+                    os.rmdir(os.path.join(done_root, bucket))
+
+
+def _key_record(path: str) -> tuple[str, str, int | None] | None:
+    import json
+
+    try:
+        data = json.loads(read_regular(path))
+        due_ms = data.get("due_ms")
+        return str(data["key"]), str(data["task_id"]), due_ms if type(due_ms) is int else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _older_than(kind: str, folder: str, cutoff_s: float) -> Iterator[tuple[str, str]]:
+    for name, regular in scan_entries(folder):
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if regular and os.lstat(path).st_mtime < cutoff_s:
+                yield kind, path
+
+
+def _quarantined(folder: str, cutoff_s: float) -> Iterator[tuple[str, str]]:
+    """Quarantined entries by the time in their name (a move keeps the file's own mtime)."""
+    for name, _ in scan_entries(folder):
+        stamp = name.rsplit(".", 2)
+        if len(stamp) == 3 and stamp[1].isdigit() and int(stamp[1]) / 1000 < cutoff_s:
+            path = os.path.join(folder, name)
+            if not os.path.isdir(path) or os.path.islink(path):
+                yield "quarantine", path
