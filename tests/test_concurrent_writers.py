@@ -90,8 +90,10 @@ def _write_batch(path: Path, keys: range) -> None:
 def _assert_one_existing_task_per_key(stores: Stores, task_ids: list[str]) -> None:
     """Every id names a task that exists, and the queue holds exactly one task per key."""
     per_key: Counter[str] = Counter()
-    for path in stores.queue.pending_dir.iterdir():
-        record = json.loads(path.read_bytes().partition(b"\n")[0])
+    for name in stores.queue.waiting.entries():
+        record = json.loads(
+            Path(stores.queue.waiting.path_of(name)).read_bytes().partition(b"\n")[0]
+        )
         per_key[record["idempotency_key"]] += 1
     assert per_key == Counter({f"key-{n}": 1 for n in range(KEYS)})
     for n, task_id in enumerate(task_ids):

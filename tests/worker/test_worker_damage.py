@@ -95,8 +95,9 @@ def test_damaged_records_affect_only_themselves(
     before = files_under(data_root)
     # Readers do not crash, skip the damage, and change nothing
     stats = tm.json("queue", "stats", "--json")
-    assert (stats["pending"], stats["dead"]) == (4 + 3, 1)  # counted by name until quarantined
-    assert stats["damaged"] == 4  # two garbage names, one torn and one garbage DLQ file
+    # (counted by name until quarantined: the torn pending files and the torn DLQ entry)
+    assert (stats["pending"], stats["dead"]) == (4 + 3, 1 + 1)
+    assert stats["damaged"] == 3  # the garbage names in pending/, inflight/ and the DLQ
     assert [e["task_id"] for e in tm.json("dlq", "ls", "--json")] == [damaged["dead_id"]]
     shown = tm.json("task", "show", damaged["done_id"], "--json")
     assert (shown["status"], shown.get("damaged")) == ("succeeded", True)
@@ -128,7 +129,7 @@ def test_damaged_records_affect_only_themselves(
     assert bad["done"].exists()  # the fence stays, damaged or not
     stats = tm.json("queue", "stats", "--json")
     assert (stats["pending"], stats["inflight"], stats["delayed"]) == (0, 0, 0)
-    assert stats["damaged"] == 2  # the DLQ damage waits for a DLQ writer
+    assert (stats["damaged"], stats["dead"]) == (1, 2)  # the DLQ damage waits for a DLQ writer
     # And a DLQ writer and a keyed submission quarantine the rest, logging to stderr
     requeue = tm("dlq", "requeue", "--all", "--json")
     assert requeue.returncode == 0
