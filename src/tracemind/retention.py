@@ -228,6 +228,13 @@ class Pruner:
                     os.rmdir(os.path.join(done_root, bucket))
 
 
+def upkeep(stores: Stores, pruner: Pruner) -> None:
+    """What a serving process does about once a second besides recovery: settle what dead
+    submitters staged, and remove what expired (the pruner paces itself)."""
+    stores.settle_staged()
+    pruner.prune_if_due()
+
+
 def _key_record(path: str) -> tuple[str, str, int | None] | None:
     import json
 

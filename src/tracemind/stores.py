@@ -12,7 +12,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tracemind.config import DataDirs
     from tracemind.fsutil import StrPath
-    from tracemind.retention import Pruner
 
 
 class Stores:
@@ -32,14 +31,6 @@ class Stores:
 
     def submitter(self, ttl_s: float) -> QueueSubmitter:
         return QueueSubmitter(self.queue, self.keys, ttl_s=ttl_s, clock=self.clock)
-
-    def upkeep(self, pruner: Pruner | None = None) -> None:
-        """What a serving process does about once a second besides recovery: settle what dead
-        submitters staged and, when ``pruner`` is given, remove what expired (it paces
-        itself)."""
-        self.settle_staged()
-        if pruner is not None:
-            pruner.prune_if_due()
 
     def settle_staged(self) -> int:
         """Publish or remove what dead submitters left staged (see :mod:`tracemind.submit`)."""

@@ -105,7 +105,7 @@ def start_command(args: argparse.Namespace) -> int:
     load_factory(args.runtime)
     dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
     from tracemind.daemon.service import check_writable
-    from tracemind.retention import Pruner, RetentionPolicy
+    from tracemind.retention import Pruner, RetentionPolicy, upkeep
     from tracemind.stores import open_stores
 
     stores = open_stores(dirs, durable=config.durable())
@@ -128,7 +128,7 @@ def start_command(args: argparse.Namespace) -> int:
         stores.queue,
         drain_timeout_s=args.drain_timeout,
         burst=args.burst,
-        upkeep=functools.partial(stores.upkeep, pruner),
+        upkeep=functools.partial(upkeep, stores, pruner),
     )
     supervisor.install_signal_handlers()
     supervisor.run()

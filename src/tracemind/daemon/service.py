@@ -126,7 +126,7 @@ class Daemon:
 
     def _build_supervisor(self, stores: Stores) -> None:
         from tracemind import config
-        from tracemind.retention import Pruner, RetentionPolicy
+        from tracemind.retention import Pruner, RetentionPolicy, upkeep
         from tracemind.worker.pool import PoolSettings, WorkerPool
         from tracemind.worker.supervisor import Supervisor
 
@@ -149,7 +149,7 @@ class Daemon:
             drain_timeout_s=s.drain_timeout_s,
             on_tick=self._tick,
             on_drain=self._on_drain,
-            upkeep=functools.partial(stores.upkeep, self.pruner),
+            upkeep=functools.partial(upkeep, stores, self.pruner),
         )
 
     def _on_drain(self) -> None:
