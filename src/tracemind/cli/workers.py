@@ -6,6 +6,13 @@ import argparse
 
 from tracemind.cli.common import add_queue_options
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tracemind.queue.registry import Registry
+    from tracemind.worker.pool import WorkerPool
+
 DEFAULT_LEASE_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 8.0
 
@@ -129,11 +136,49 @@ def start_command(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         burst=args.burst,
         upkeep=functools.partial(upkeep, stores, pruner),
+        on_tick=registrar(stores.queue.registry, pool, settings.instance_id),
     )
     supervisor.install_signal_handlers()
-    supervisor.run()
+    try:
+        supervisor.run()
+    finally:
+        stores.queue.registry.deregister(settings.instance_id)
     if supervisor.crash_looped:
         from tracemind.errors import TraceMindError
 
         raise TraceMindError("--burst: the workers kept dying at start (see the log above)")
     return 0
+
+
+def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callable[[], None]:
+    """A supervisor tick that keeps this pool registered as serving the queue (once a second)."""
+    import time
+
+    from tracemind.queue.registry import registration
+
+    started_s = time.time()
+    next_s = 0.0
+
+    def tick() -> None:
+        nonlocal next_s
+        if time.monotonic() < next_s:
+            return
+        next_s = time.monotonic() + 1.0
+        status = pool.status()
+        workers = {
+            "configured": pool.settings.size,
+            "alive": int(status.get("alive") or 0),
+            "busy": pool.held_leases(),
+        }
+        registry.register(
+            registration(
+                instance_id,
+                kind="pool",
+                state_dir=None,
+                started_s=started_s,
+                workers=workers,
+                draining=False,
+            )
+        )
+
+    return tick

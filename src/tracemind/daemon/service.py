@@ -27,6 +27,7 @@ from tracemind.daemon.identity import describe_self
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
 from tracemind.errors import QueueError, TraceMindError
 from tracemind.log import get_logger
+from tracemind.queue.registry import registration
 
 if TYPE_CHECKING:
     from tracemind.stores import Stores
@@ -257,6 +258,23 @@ class Daemon:
         }
         with contextlib.suppress(OSError):
             self.state.write_json(self.state.heartbeat_path, beat)
+        if stopped:
+            self.queue.registry.deregister(self.settings.instance_id)
+        else:
+            self.queue.registry.register(
+                registration(
+                    self.settings.instance_id,
+                    kind="daemon",
+                    state_dir=str(self.state.root),
+                    started_s=self.started_s,
+                    workers={
+                        "configured": self.settings.workers,
+                        "alive": int(pool_status.get("alive") or 0),
+                        "busy": self.pool.held_leases(),
+                    },
+                    draining=draining,
+                )
+            )
 
     def _count_enqueued(self) -> int:
         """Tasks enqueued (by any process) since this daemon started: first attempts its workers

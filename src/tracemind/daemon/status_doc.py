@@ -53,6 +53,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "oldest_pending_age_s": None,
     }
     dlq = {"pending": 0}
+    cluster: list[dict[str, Any]] = []
     busy = 0
     unreadable: tuple[int, list[dict[str, Any]]] = (0, [])
     if dirs is not None:
@@ -66,6 +67,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
             "oldest_pending_age_s": stats.oldest_pending_age_s,
         }
         dlq = {"pending": stores.queue.dead_counts()[0]}
+        cluster = [_member(entry) for entry in stores.queue.registry.live()]
         if live.running and isinstance(instance, str):
             busy = stores.queue.held_by(f"{instance}-")
     components = beat.get("components") or {}
@@ -99,9 +101,25 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         },
         "queue": queue,
         "dlq": dlq,
+        "cluster": cluster,
         "triggers": (components.get("triggers") or {}).get("triggers", []),
         "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),
         "version": meta.get("version"),
         "state_dir": str(state.root),
+    }
+
+
+CLUSTER_FIELDS = ("instance_id", "kind", "host", "pid", "state_dir", "heartbeat_age_s")
+
+
+def _member(entry: dict[str, Any]) -> dict[str, Any]:
+    """One live daemon or pool serving the queue, as ``ps --json`` shows it."""
+    raw = entry.get("workers")
+    workers: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return {
+        **{field: entry.get(field) for field in CLUSTER_FIELDS},
+        "workers": {k: int(workers.get(k) or 0) for k in ("configured", "alive", "busy")},
+        "draining": bool(entry.get("draining")),
+        "version": entry.get("version"),
     }

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from tracemind.problems import ProblemBoard
     from tracemind.queue.census import Census
     from tracemind.queue.commit import GroupCommitter
+    from tracemind.queue.registry import Registry
     from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
@@ -144,6 +145,13 @@ class FileQueue:
     @functools.cached_property
     def done_dir(self) -> Path:
         return _as_path(self._done)
+
+    @functools.cached_property
+    def registry(self) -> Registry:
+        """Who serves this queue (see :mod:`tracemind.queue.registry`)."""
+        from tracemind.queue.registry import Registry
+
+        return Registry(self.root, self._tmp)
 
     @functools.cached_property
     def tmp_dir(self) -> Path:
