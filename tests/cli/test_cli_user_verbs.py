@@ -182,32 +182,58 @@ def test_zsh_completion_loads_the_bash_function_through_bashcompinit(tm: Tm) -> 
     )
 
 
-def test_task_wait_shows_progress_only_on_a_terminal(tm: Tm) -> None:
-    task_id = tm.json("enqueue", HELLO, "--json")["task_id"]
-    args = [*tm_command(), "task", "wait", task_id, "--timeout", "1.5"]
-
-    # On a terminal: a progress line on stderr (rewritten in place), cleared at the end
+def _stderr_on_a_terminal(
+    tm: Tm, args: list[str], env: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """Run ``tm ARGS`` with stderr on a pseudo-terminal; its exit code and what it wrote there."""
     leader, follower = pty.openpty()
     try:
         proc = subprocess.run(
-            args, env=tm.env, cwd=tm.cwd, stdout=subprocess.PIPE, stderr=follower,
-            timeout=60, check=False,
+            [*tm_command(), *args], env={**tm.env, **(env or {})}, cwd=tm.cwd,
+            stdout=subprocess.PIPE, stderr=follower, timeout=60, check=False,
         )  # fmt: skip
         os.close(follower)
         seen = b""
         while True:
             try:
                 chunk = os.read(leader, 4096)
-            except OSError:
+            except OSError:  # EIO once the writer is gone and everything was read
                 break
             if not chunk:
                 break
             seen += chunk
     finally:
         os.close(leader)
-    assert proc.returncode == 3
+    return proc.returncode, seen
+
+
+def test_task_wait_shows_progress_only_on_a_terminal(tm: Tm) -> None:
+    task_id = tm.json("enqueue", HELLO, "--json")["task_id"]
+
+    code, seen = _stderr_on_a_terminal(tm, ["task", "wait", task_id, "--timeout", "1.5"])
+    assert code == 3
     assert b"waiting: 0 of 1 finished" in seen
 
-    # Not on a terminal: nothing on stderr
     piped = tm("task", "wait", task_id, "--timeout", "0.3")
     assert piped.returncode == 3 and piped.stderr == ""
+
+
+def test_a_batch_over_a_second_shows_progress_only_on_a_terminal(tm: Tm, tmp_path: Path) -> None:
+    # Given a flow whose hook module takes 1.5 s to import (validation takes that long)
+    slow = tmp_path / "slowmods"
+    slow.mkdir()
+    (slow / "slow_to_import.py").write_text(
+        "import time\ntime.sleep(1.5)\n\ndef work(ctx, state):\n    return {}\n"
+    )
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"n": 1}\n{"n": 2}\n')
+    env = {"TM_FLOW_CACHE": "0"}
+    args = ["enqueue", "--step", "slow_to_import.work", "--inputs", str(batch)]
+    args += ["--app-dir", str(slow)]
+
+    code, seen = _stderr_on_a_terminal(tm, args, env)
+    assert code == 0
+    assert b"enqueue: validating the flow; 2 inputs read" in seen
+
+    piped = tm(*args, env=env)
+    assert piped.returncode == 0 and piped.stderr == ""

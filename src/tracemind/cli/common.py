@@ -203,6 +203,37 @@ class Progress:
             sys.stderr.flush()
             self._shown = False
 
+    def ticking(self, text: Callable[[], str]) -> _Ticker:
+        """While the returned context is active, show ``text()`` every second (on a terminal:
+        a SIGALRM timer, so a single long call such as one durable batch is covered too)."""
+        return _Ticker(self, text)
+
+
+class _Ticker:
+    def __init__(self, progress: Progress, text: Callable[[], str]) -> None:
+        self._progress = progress
+        self._text = text
+        self._previous: Any = None
+
+    def __enter__(self) -> _Ticker:
+        if self._progress._live:
+            import signal
+
+            def tick(signum: int, frame: Any) -> None:
+                self._progress.show(self._text())
+
+            self._previous = signal.signal(signal.SIGALRM, tick)
+            signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress._live:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+        self._progress.done()
+
 
 def task_id_arg(text: str) -> str:
     import argparse

@@ -126,11 +126,13 @@ def enqueue_command(args: argparse.Namespace) -> int:
     if args.idempotency_key:
         raise UsageError("--idempotency-key applies to one task; use --idempotency-key-field")
     progress = Progress()
-    submissions = read_jsonl(args.inputs, args.idempotency_key_field, _due_s(args))
-    flow = _load(args)
-    progress.show(f"enqueueing {len(submissions)} tasks…")
-    results = open_submitter(args).submit_many(flow.snapshot, submissions)
-    progress.done()
+    phase = "reading the inputs"
+    with progress.ticking(lambda: f"enqueue: {phase} ({progress.elapsed_s:.0f} s)"):
+        submissions = read_jsonl(args.inputs, args.idempotency_key_field, _due_s(args))
+        phase = f"validating the flow; {len(submissions)} inputs read"
+        flow = _load(args)
+        phase = f"writing {len(submissions)} tasks as one durable batch"
+        results = open_submitter(args).submit_many(flow.snapshot, submissions)
     flow.remember()
     _warn_if_workers_cannot_import(args, flow.snapshot)
     duplicates = sum(1 for r in results if r.duplicate)
