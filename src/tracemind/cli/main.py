@@ -75,6 +75,8 @@ def use_app_dirs(args: Any) -> None:
 
     dirs = config.app_dirs(flags)
     os.environ["TM_APP_DIR"] = os.pathsep.join(dirs)
+    if os.getcwd() not in sys.path:  # the current directory comes right after the app dirs
+        sys.path.insert(0, os.getcwd())
     for directory in reversed(dirs):
         if directory in sys.path:
             sys.path.remove(directory)

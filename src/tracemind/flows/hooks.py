@@ -39,7 +39,10 @@ def ensure_cwd_importable() -> None:
 
 
 def add_to_import_path(directories: Sequence[str]) -> None:
-    """Put ``directories`` (the app dirs) first on ``sys.path``, in order, each once."""
+    """Put ``directories`` (the app dirs) first on ``sys.path``, in order, each once, ahead of
+    the current directory (see :func:`ensure_cwd_importable`)."""
+    if directories:
+        ensure_cwd_importable()
     for directory in reversed(directories):
         if directory in sys.path:
             sys.path.remove(directory)
