@@ -5,6 +5,9 @@ Precedence for each data directory: the command-line flag, then its own variable
 ``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
 ``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
 validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
+
+App dirs (where hooks are imported from, before ``PYTHONPATH``): every ``--app-dir``, else
+``TM_APP_DIR`` (directories separated by ``os.pathsep``), else none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from tracemind.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
@@ -85,6 +88,60 @@ def data_dirs(
 
     queue, idempotency, dlq = data_paths(queue_dir, idempotency_dir, dlq_dir, env)
     return DataDirs(Path(queue), Path(idempotency), Path(dlq))
+
+
+def resolve_location(
+    location: str | os.PathLike[str] | DataDirs | None, env: Mapping[str, str] = os.environ
+) -> DataDirs:
+    """The stores a client talks to: the one place that turns a *location* into them.
+
+    None resolves as the CLI does without flags (``TM_QUEUE_DIR``/…, ``TM_DATA_DIR``, then
+    ``data/`` under the current directory); a path is a data root holding ``queue/``,
+    ``idempotency/`` and ``dlq/``; :class:`DataDirs` names the three directories."""
+    from pathlib import Path
+
+    if location is None:
+        return data_dirs(env=env)
+    if isinstance(location, DataDirs):
+        return location
+    root = Path(os.fspath(location)).absolute()
+    return DataDirs(root / "queue", root / "idempotency", root / "dlq")
+
+
+def app_dirs(
+    flags: Sequence[str] | None = None,
+    env: Mapping[str, str] = os.environ,
+    *,
+    check: bool = True,
+) -> tuple[str, ...]:
+    """The app dirs as absolute path strings, in order: ``flags`` (``--app-dir``, repeatable)
+    when given, else ``TM_APP_DIR``. With ``check``, one that is not a directory is a
+    :class:`UsageError` naming it."""
+    if flags:
+        raw, source = list(flags), "--app-dir"
+    else:
+        raw, source = (env.get("TM_APP_DIR") or "").split(os.pathsep), "TM_APP_DIR"
+    found: list[str] = []
+    for entry in raw:
+        if not entry:
+            continue
+        path = os.path.abspath(entry)
+        if check and not os.path.isdir(path):
+            raise UsageError(f"{source} {entry}: not a directory")
+        if path not in found:
+            found.append(path)
+    return tuple(found)
+
+
+def state_path(explicit: str | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """:func:`state_dir` as a string, without pathlib (for ``tm enqueue``)."""
+    if explicit:
+        return os.path.abspath(explicit)
+    if env.get("TM_DAEMON_STATE_DIR"):
+        return os.path.abspath(env["TM_DAEMON_STATE_DIR"])
+    if env.get("TM_DATA_DIR"):
+        return os.path.abspath(os.path.join(env["TM_DATA_DIR"], "state"))
+    return os.path.join(os.path.expanduser("~"), ".trace-mind", "daemon")
 
 
 def state_dir(explicit: str | None = None, env: Mapping[str, str] = os.environ) -> Path:

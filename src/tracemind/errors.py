@@ -1,17 +1,42 @@
 """The error root and the few subclasses the CLI maps to exit codes.
 
 Every error a user can cause derives from :class:`TraceMindError`; its ``exit_code`` is what the
-CLI exits with, and ``str(error)`` is the one line it prints. Anything else escaping to the CLI is
-a bug and is shown with its traceback.
+CLI exits with, and ``str(error)`` is the one line it prints (``tm: error: <line>`` on stderr, or
+``{"error": "<line>", "exit": <code>}`` on stdout with ``--json``). The Python client
+(:class:`tracemind.Client`) raises the same classes. Anything else escaping to the CLI is a bug
+and is shown with its traceback.
+
+The hierarchy (exit code in brackets)::
+
+    TraceMindError [1]        a failure the user can act on
+    ├── UsageError [2]        bad input: malformed JSON, a missing file, an invalid flag value
+    │   └── FlowError [2]     a flow that cannot be loaded or is invalid (names file and step)
+    ├── StepFailed [1]        a step's hook raised during a synchronous run (``tm run``)
+    ├── DisabledError [1]     a feature flag the command needs is not set
+    ├── LockTimeout [1]       a cross-process lock was not acquired in time
+    ├── QueueError [1]        a data directory cannot be used (unwritable, not a directory…)
+    ├── NotFound [1]          a task, DLQ entry or daemon the command names does not exist
+    └── WaitTimeout [3]       tasks waited on were not all finished in time
+
+A few modules add subclasses of these for their own failures (``LeaseLost``, ``StartFailed``,
+``TriggerConfigError``…); they keep their base's exit code.
 """
 
 from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class TraceMindError(Exception):
     """A failure a user can act on: printed as one line, exits with ``exit_code``."""
 
     exit_code = 1
+
+    def to_dict(self) -> dict[str, object]:
+        """What ``tm … --json`` prints on stdout for this error."""
+        return {"error": str(self), "exit": self.exit_code}
 
 
 class UsageError(TraceMindError):
@@ -55,3 +80,17 @@ class QueueError(TraceMindError):
 
 class NotFound(TraceMindError):
     """A task, DLQ entry or daemon that the command names does not exist."""
+
+
+class WaitTimeout(TraceMindError):
+    """Waiting for tasks gave up before all of them finished; ``unfinished`` lists their ids."""
+
+    exit_code = 3
+
+    def __init__(self, unfinished: Sequence[str], timeout_s: float) -> None:
+        self.unfinished = list(unfinished)
+        self.timeout_s = timeout_s
+        first = ", ".join(self.unfinished[:3]) + (" …" if len(self.unfinished) > 3 else "")
+        super().__init__(
+            f"{len(self.unfinished)} task(s) not finished after {timeout_s:g} s: {first}"
+        )

@@ -52,19 +52,22 @@ class SubmitResult(Value):
 
 
 class Submission(Value):
-    """One task to submit: its input, optional idempotency key, optional trigger metadata."""
+    """One task to submit: its input, optional idempotency key, optional trigger metadata, and
+    when it becomes due (epoch seconds; None: now, the time of the submission)."""
 
-    __slots__ = ("idempotency_key", "inputs", "trigger")
+    __slots__ = ("due_s", "idempotency_key", "inputs", "trigger")
 
     def __init__(
         self,
         inputs: dict[str, Any],
         idempotency_key: str | None = None,
         trigger: dict[str, Any] | None = None,
+        due_s: float | None = None,
     ) -> None:
         self.inputs = inputs
         self.idempotency_key = idempotency_key
         self.trigger = trigger
+        self.due_s = due_s
 
 
 class QueueSubmitter:
@@ -152,7 +155,7 @@ class QueueSubmitter:
                 idempotency_key=key,
                 trigger=item.trigger,
             )
-            new.append(NewTask(task_id, record, now_s))
+            new.append(NewTask(task_id, record, now_s if item.due_s is None else item.due_s))
             results.append(SubmitResult(task_id, False))
         return new, results
 

@@ -4,6 +4,7 @@ traceback, the documented exit code (2 bad input, 1 otherwise) and nothing creat
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,58 @@ def test_debug_shows_the_traceback(tm: Tm, inputs: Path) -> None:
 
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "FlowError" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "message", "env"), CASES)
+def test_with_json_the_error_is_one_json_object_on_stdout(
+    tm: Tm,
+    inputs: Path,
+    data_root: Path,
+    args: list[str],
+    code: int,
+    message: str,
+    env: dict[str, str],
+) -> None:
+    proc = tm(*args, "--json", env=env)
+
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert proc.stderr == ""
+    [line] = proc.stdout.splitlines()
+    error = json.loads(line)
+    assert set(error) == {"error", "exit"} and error["exit"] == code
+    assert message in error["error"] and not error["error"].startswith("tm:")
+    assert not data_root.exists(), files_under(data_root)
+
+
+@pytest.mark.parametrize("args", ARGPARSE_CASES)
+def test_with_json_argparse_errors_are_json_too(tm: Tm, inputs: Path, args: str) -> None:
+    proc = tm(*args.split(), "--json")
+
+    assert proc.returncode == 2 and proc.stderr == ""
+    error = json.loads(proc.stdout)
+    assert error["exit"] == 2 and re.search(r"\(see tm( \w+)* --help\)$", error["error"])
+
+
+def test_every_verb_takes_json_and_reports_errors_with_it() -> None:
+    # Every verb of every command takes --json, and a usage error with it is JSON (exit 2).
+    import contextlib
+    import io
+
+    from tracemind.cli.main import main
+    from tracemind.cli.parser import COMMANDS, build_parser, leaf_parsers
+
+    verbs = []
+    for command in COMMANDS:
+        commands = build_parser(command)._subparsers._group_actions[0]  # type: ignore[union-attr]
+        for parser in leaf_parsers(commands):  # type: ignore[arg-type]
+            assert any("--json" in a.option_strings for a in parser._actions), parser.prog
+            verbs.append(parser.prog.split()[1:])
+    assert ["task", "wait"] in verbs and ["init"] in verbs and len(verbs) >= 20
+    for verb in verbs:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+            main([*verb, "--json", "--no-such-option"])
+        assert exited.value.code == 2, verb
+        error = json.loads(out.getvalue())
+        assert error == {"error": error["error"], "exit": 2}, verb
+        assert re.search(r"\(see tm( \w+)* --help\)$", error["error"]), verb

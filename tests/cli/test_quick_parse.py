@@ -38,6 +38,12 @@ QUICK = [
     ["run", "f.yaml", "--detached", "-i", JSON, "--json", "--idempotency-key", "k"],
     ["run", "f.yaml", "--detached", "--queue-dir", "/q", "--dlq-dir", "/d"],
     ["--debug", "run", "--detached", "f.yaml"],
+    ["enqueue", "--step", "pkg.mod.fn", "-i", JSON],
+    ["enqueue", "--step", "pkg.mod:fn", "--inputs", "in.jsonl", "--json"],
+    ["enqueue", "f.yaml", "--delay", "5m"],
+    ["enqueue", "f.yaml", "--at", "2026-12-24T18:00:00Z", "--idempotency-key", "k"],
+    ["enqueue", "f.yaml", "--app-dir", "a", "--app-dir", "b"],
+    ["run", "f.yaml", "--app-dir", "a", "-i", JSON],
 ]
 
 LEFT_TO_ARGPARSE = [
@@ -72,6 +78,13 @@ LEFT_TO_ARGPARSE = [
     ["queue", "stats"],
     ["daemon", "ps"],
     ["frobnicate"],
+    ["enqueue", "f.yaml", "-i", "-"],
+    ["enqueue", "f.yaml", "--inputs", "-"],
+    ["enqueue", "f.yaml", "--delay", "1s", "--at", "2026-01-01T00:00:00Z"],
+    ["enqueue", "--step", "m.f", "--step", "m.g"],
+    ["enqueue", "f.yaml", "--app-dir"],
+    ["enqueue", "f.yaml", "--app-dir", "--json"],
+    ["run", "--app-dir", "a"],
 ]
 
 
@@ -106,6 +119,7 @@ TOKENS = [
     *["run", "enqueue", "f.yaml", "g.json", "", "-", "--", "k", JSON, "-1", "-x"],
     *["-i", "--input", "--inputs", "--json", "--detached", "--debug", "-h", "--inp"],
     *["--idempotency-key", "--idempotency-key-field", "--queue-dir", "--dlq-dir", "--q"],
+    *["--step", "m.f", "--delay", "5m", "--at", "--app-dir"],
 ]
 
 
@@ -137,10 +151,17 @@ def test_every_quick_form_matches_the_options_register_declares() -> None:
             for s in a.option_strings
             if isinstance(a, argparse._StoreTrueAction)
         }
+        appends = {
+            s: a.dest
+            for a in actions
+            for s in a.option_strings
+            if isinstance(a, argparse._AppendAction)
+        }
         [positional] = [a.dest for a in actions if not a.option_strings]
 
         assert form.positional == positional
         assert form.switches == switches
+        assert form.appends == appends
         # The quick form may leave options to argparse, never add or rename one.
         assert form.options.items() <= takes_value.items()
         defaults = form.parse(["f.yaml"])

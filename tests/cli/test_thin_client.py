@@ -23,6 +23,8 @@ SLOW_TO_IMPORT = (
     "inspect",
     "structlog",  # only once something is logged
     "tracemind.flows.validation",  # a cached snapshot is not validated again
+    "tracemind.client.api",  # the Python client: `tm enqueue` submits directly
+    "tracemind.cli.daemon_imports",  # only for hooks outside tracemind
     "yaml",
     "pathlib",
     "threading",  # the ack committer's thread: workers only

@@ -30,10 +30,16 @@ def test_daemon_verbs_need_the_flag(
     # When: any daemon verb runs
     proc = daemon_env.tm(*verb, "--state-dir", daemon_env.state_dir, env=env)
 
-    # Then: exit 1, a message naming the variable, and nothing was created or started
+    # Then: exit 1, a message naming the variable (with --json: as JSON on stdout), and nothing
+    # was created or started
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "TM_ENABLE_DAEMON" in proc.stderr
-    assert proc.stdout == ""
+    if "--json" in verb:
+        assert proc.stderr == ""
+        error = json.loads(proc.stdout)
+        assert error["exit"] == 1 and "TM_ENABLE_DAEMON" in error["error"]
+    else:
+        assert "TM_ENABLE_DAEMON" in proc.stderr
+        assert proc.stdout == ""
     assert not daemon_env.state_dir.exists()
     assert not daemon_env.data_dir.exists()
 

@@ -8,41 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tracemind.cli.scaffold import write_template
 from tracemind.flows import load_flow, run_flow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Verbatim layout of the template's flows/hello.yaml (JSON text in a .yaml file).
-TEMPLATE_FLOW = """{
-  "flow": {
-    "id": "hello",
-    "version": "1.0.0",
-    "entry": "greet",
-    "steps": [
-      {
-        "id": "greet",
-        "kind": "task",
-        "hooks": {
-          "run": "steps.impl.hello_greet"
-        }
-      },
-      {
-        "id": "finish",
-        "kind": "finish"
-      }
-    ],
-    "edges": [
-      {"from": "greet", "to": "finish"}
-    ]
-  }
-}
-"""
-
-TEMPLATE_IMPL = """
-def hello_greet(ctx, state):
-    name = state.get("name") or "world"
-    return {"message": f"Hello, {name}!", "name": name}
-"""
 
 
 @pytest.mark.parametrize("regular_package", [False, True], ids=["namespace", "regular"])
@@ -52,15 +21,12 @@ def test_minimal_template_runs_from_project_root_without_pythonpath(
     isolated_imports: None,
     regular_package: bool,
 ) -> None:
-    # Given a tm-init project (flows/, steps/) and a sys.path that does not reach it
-    (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "hello.yaml").write_text(TEMPLATE_FLOW)
-    (tmp_path / "steps").mkdir()
-    (tmp_path / "steps" / "impl.py").write_text(TEMPLATE_IMPL)
-    if regular_package:
-        (tmp_path / "steps" / "__init__.py").write_text("")
+    # Given the project `tm init` writes (flows/, steps/) and a sys.path that does not reach it
+    write_template("minimal", tmp_path)
+    if not regular_package:
+        (tmp_path / "steps" / "__init__.py").unlink()
     monkeypatch.delitem(sys.modules, "steps", raising=False)
-    monkeypatch.delitem(sys.modules, "steps.impl", raising=False)
+    monkeypatch.delitem(sys.modules, "steps.hello", raising=False)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.chdir(tmp_path)
     assert os.getcwd() not in sys.path
@@ -69,10 +35,10 @@ def test_minimal_template_runs_from_project_root_without_pythonpath(
     snapshot = load_flow("flows/hello.yaml")
     result = run_flow(snapshot, {"name": "TraceMind"}, {"task_id": "t1"})
 
-    # Then the hook came from ./steps/impl.py, found through the cwd put first on sys.path
+    # Then the hook came from ./steps/hello.py, found through the cwd put first on sys.path
     assert sys.path[0] == os.getcwd()
-    assert sys.modules["steps.impl"].__file__ == str(tmp_path / "steps" / "impl.py")
-    assert result == {"name": "TraceMind", "message": "Hello, TraceMind!"}
+    assert sys.modules["steps.hello"].__file__ == str(tmp_path / "steps" / "hello.py")
+    assert result == {"name": "TraceMind", "greeting": "Hello, TraceMind!"}
     assert snapshot.source_path == str(tmp_path / "flows" / "hello.yaml")
 
 

@@ -31,6 +31,7 @@ def test_public_api_is_pinned() -> None:
         "load_flow",
         "parse_flow",
         "run_flow",
+        "step_flow",
     ]
     assert all(hasattr(tracemind.flows, name) for name in tracemind.flows.__all__)
 

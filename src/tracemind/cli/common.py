@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from tracemind.client.api import Client
     from tracemind.stores import Stores
     from tracemind.submit import QueueSubmitter
 
@@ -28,6 +29,29 @@ def add_queue_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--queue-dir", help="queue directory (env TM_QUEUE_DIR)")
     group.add_argument("--idempotency-dir", help="idempotency directory (env TM_IDEMPOTENCY_DIR)")
     group.add_argument("--dlq-dir", help="dead-letter directory (env TM_DLQ_DIR)")
+
+
+def add_app_dir_option(parser: argparse.ArgumentParser, *, where: str) -> None:
+    parser.add_argument(
+        "--app-dir",
+        action="append",
+        metavar="DIR",
+        help=f"import hooks from DIR first ({where}); repeatable; env TM_APP_DIR "
+        "(os.pathsep-separated)",
+    )
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    """The :class:`~tracemind.Client` of the data directories the arguments name."""
+    from tracemind import config
+    from tracemind.client.api import Client
+
+    dirs = config.data_dirs(
+        getattr(args, "queue_dir", None),
+        getattr(args, "idempotency_dir", None),
+        getattr(args, "dlq_dir", None),
+    )
+    return Client(dirs)
 
 
 def open_stores_from(args: argparse.Namespace) -> Stores:
@@ -118,8 +142,20 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
+def read_stdin(what: str) -> str:
+    """All of standard input as text (``-`` for ``-i`` and ``--inputs``)."""
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError:
+        raise UsageError(f"{what}: standard input is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read standard input ({exc.strerror})") from None
+
+
 def read_input(value: str) -> dict[str, Any]:
-    """``-i`` takes inline JSON or ``@path`` to a file holding it."""
+    """``-i`` takes inline JSON, ``@path`` to a file holding it, or ``-`` for standard input."""
+    if value == "-":
+        return parse_object(read_stdin("-i -"), "-i -")
     if value.startswith("@"):
         path = value[1:]
         try:
@@ -138,6 +174,67 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+class Progress:
+    """One line on stderr, rewritten in place, only when stderr is a terminal and the work has
+    taken over ``after_s`` seconds (quick commands and scripts see nothing)."""
+
+    def __init__(self, after_s: float = 1.0) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._started = self._clock()
+        self._after_s = after_s
+        self._shown = False
+        self._live = sys.stderr.isatty()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self._started
+
+    def show(self, text: str) -> None:
+        if self._live and self.elapsed_s >= self._after_s:
+            sys.stderr.write(f"\r\x1b[K{text}")
+            sys.stderr.flush()
+            self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._shown = False
+
+    def ticking(self, text: Callable[[], str]) -> _Ticker:
+        """While the returned context is active, show ``text()`` every second (on a terminal:
+        a SIGALRM timer, so a single long call such as one durable batch is covered too)."""
+        return _Ticker(self, text)
+
+
+class _Ticker:
+    def __init__(self, progress: Progress, text: Callable[[], str]) -> None:
+        self._progress = progress
+        self._text = text
+        self._previous: Any = None
+
+    def __enter__(self) -> _Ticker:
+        if self._progress._live:
+            import signal
+
+            def tick(signum: int, frame: Any) -> None:
+                self._progress.show(self._text())
+
+            self._previous = signal.signal(signal.SIGALRM, tick)
+            signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress._live:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+        self._progress.done()
+
+
 def task_id_arg(text: str) -> str:
     import argparse
 
@@ -154,11 +251,13 @@ class QuickForm:
     at most once, every value a word of its own that does not start with ``-``.
 
     ``options`` maps each option string that takes a value to its destination, ``switches``
-    each ``store_true`` flag to its; ``defaults`` holds the destinations of the command's other
-    options (and the defaults that are not None), so that the result has every attribute the
-    argparse parser of the command would set. ``exclusive`` lists groups of destinations of
-    which argparse accepts at most one (a mutually exclusive group): a command line that gives
-    two is left to argparse, which reports it.
+    each ``store_true`` flag to its, ``appends`` each repeatable option (``action="append"``)
+    to its; ``defaults`` holds the destinations of the command's other options (and the
+    defaults that are not None), so that the result has every attribute the argparse parser of
+    the command would set. ``exclusive`` lists groups of destinations of which argparse accepts
+    at most one (a mutually exclusive group): a command line that gives two is left to
+    argparse, which reports it. ``instead_of_positional`` names the destinations that make the
+    positional argument optional (``tm enqueue --step HOOK`` has no FLOW).
     """
 
     def __init__(
@@ -170,6 +269,8 @@ class QuickForm:
         switches: dict[str, str],
         defaults: dict[str, Any],
         exclusive: tuple[frozenset[str], ...] = (),
+        appends: dict[str, str] | None = None,
+        instead_of_positional: frozenset[str] = frozenset(),
     ) -> None:
         self.handler = handler
         self.positional = positional
@@ -177,12 +278,16 @@ class QuickForm:
         self.switches = switches
         self.defaults = defaults
         self.exclusive = exclusive
+        self.appends = appends or {}
+        self.instead_of_positional = instead_of_positional
 
     def parse(self, words: Sequence[str]) -> dict[str, Any] | None:
         """The arguments ``words`` spell, or None when they are not in the plain spelling."""
         values: dict[str, Any] = {
             **dict.fromkeys(self.options.values()),
+            **dict.fromkeys(self.appends.values()),
             **dict.fromkeys(self.switches.values(), False),
+            **dict.fromkeys([self.positional] if self.instead_of_positional else []),
             **self.defaults,
             "handler": self.handler,
         }
@@ -191,6 +296,13 @@ class QuickForm:
         for word in remaining:
             if word in self.switches:
                 values[self.switches[word]] = True
+                continue
+            if word in self.appends:
+                value = next(remaining, None)
+                if value is None or value.startswith("-"):
+                    return None
+                dest = self.appends[word]
+                values[dest] = [*(values[dest] or []), value]
                 continue
             if word in self.options:
                 dest, value = self.options[word], next(remaining, None)
@@ -204,6 +316,8 @@ class QuickForm:
                 return None
             given.add(dest)
             values[dest] = value
-        if self.positional not in given or any(len(group & given) > 1 for group in self.exclusive):
+        if self.positional not in given and not (given & self.instead_of_positional):
+            return None
+        if any(len(group & given) > 1 for group in self.exclusive):
             return None
         return values

@@ -1,7 +1,8 @@
 """``tm queue stats``, ``tm task show``, ``tm task wait``; ``tm queue migrate`` and ``prune``.
 
 All but ``migrate`` and ``prune`` are read-only: they create or rewrite no file, and work on
-directories the caller cannot write.
+directories the caller cannot write. The read-only ones are the Python client's ``stats``,
+``get`` and ``wait`` (:class:`tracemind.Client`).
 """
 
 from __future__ import annotations
@@ -9,19 +10,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
-from tracemind.cli.common import add_queue_options, open_stores_from, print_json, task_id_arg
-from tracemind.errors import NotFound, UsageError
+from tracemind.cli.common import (
+    Progress,
+    add_queue_options,
+    client_from,
+    open_stores_from,
+    print_json,
+    task_id_arg,
+)
+from tracemind.errors import NotFound, UsageError, WaitTimeout
 
 if TYPE_CHECKING:
-    from tracemind.queue.protocol import TaskInfo
+    from tracemind.client.tasks import TaskInfo
 
 EXIT_DEAD = 1
 EXIT_DAMAGED = 1
-EXIT_TIMEOUT = 3
-WAIT_POLL_S = 0.05
+EXIT_TIMEOUT = WaitTimeout.exit_code
+WAIT_DESCRIPTION = (
+    "Block until every task ID is finished, woken when a task finishes (not by polling). "
+    "Exit 0 when all succeeded, 1 when any is dead, 3 on timeout (2 for an unknown id). "
+    "Prints each task as `tm task show` does (with --json: an object for one ID, a list for "
+    "several). A progress line goes to stderr while it waits, when stderr is a terminal."
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,30 +65,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     task = commands.add_parser("task")
     task_verbs = task.add_subparsers(dest="verb", metavar="VERB", required=True)
-    show = task_verbs.add_parser("show", help="a task's status, attempts and result (read-only)")
+    show = task_verbs.add_parser(
+        "show",
+        help="a task's status, attempts and result (read-only)",
+        description="Exit 0, 1 when the task's record is damaged, 1 when no task has ID.",
+    )
     show.add_argument("task_id", metavar="ID", type=task_id_arg)
     show.add_argument("--json", action="store_true")
     add_queue_options(show)
     show.set_defaults(handler=show_command)
 
     wait = task_verbs.add_parser(
-        "wait",
-        help="block until a task succeeds or dies",
-        description="Exit 0 when the task succeeded, 1 when it is dead, 3 on timeout.",
+        "wait", help="block until tasks succeed or die", description=WAIT_DESCRIPTION
     )
-    wait.add_argument("task_id", metavar="ID", type=task_id_arg)
+    wait.add_argument("task_ids", metavar="ID", nargs="+", type=task_id_arg)
     wait.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S")
     wait.add_argument("--json", action="store_true")
     add_queue_options(wait)
     wait.set_defaults(handler=wait_command)
-
-
-def queue_counts(args: argparse.Namespace) -> dict[str, Any]:
-    stores = open_stores_from(args)
-    counts = stores.queue.stats().to_dict()
-    counts["dead"], damaged_dead = stores.queue.dead_counts()
-    counts["damaged"] += damaged_dead
-    return counts
 
 
 def migrate_command(args: argparse.Namespace) -> int:
@@ -103,7 +109,7 @@ def prune_command(args: argparse.Namespace) -> int:
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    counts = queue_counts(args)
+    counts = client_from(args).stats().to_dict()
     if args.json:
         print_json(counts)
     else:
@@ -112,66 +118,35 @@ def stats_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(info: TaskInfo) -> dict[str, Any]:
-    """The ``tm task show --json`` document of one task."""
-    from tracemind.clock import iso_utc
-
-    record = info.record
-    history = record.get("history") or []
-    view: dict[str, Any] = {
-        "task_id": info.task_id,
-        "flow_id": record.get("flow_id"),
-        "status": info.status.value,
-        "attempts": info.attempts,
-        "enqueued_at": iso_utc(_number(record.get("enqueued_at"))),
-        "finished_at": iso_utc(info.finished_s),
-        "idempotency_key": record.get("idempotency_key"),
-        "trigger": record.get("trigger"),
-        "history": history,
-    }
-    if info.status == "succeeded":
-        view["result"] = record.get("result")
-    elif history or record.get("error"):
-        view["error"] = record.get("error") or history[-1].get("error")
-    if info.due_s is not None and info.status == "delayed":
-        view["due_at"] = iso_utc(info.due_s)
-    if not record:
-        view["damaged"] = True
-        if info.status != "succeeded":  # a done record still fences its task: it succeeded
-            # A damaged copy never runs (the next consumer quarantines it): not pending.
-            view["status"] = "damaged"
-            view["found_as"] = info.status.value
-    return view
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _find(args: argparse.Namespace) -> TaskInfo:
-    info = open_stores_from(args).queue.find(args.task_id)
-    if info is None:
-        raise NotFound(f"task {args.task_id} not found")
-    return info
-
-
-def _print_task(view: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(view)
-        return
+def _print_task(view: dict[str, Any]) -> None:
     for key in ("task_id", "flow_id", "status", "attempts", "enqueued_at", "finished_at"):
         print(f"{key:12} {view.get(key) if view.get(key) is not None else '-'}")
+    if "due_at" in view:
+        print(f"{'due_at':12} {view['due_at']}")
     if "result" in view:
         print(f"{'result':12} {json.dumps(view['result'], sort_keys=True)}")
     if "error" in view:
         print(f"{'error':12} {view['error']}")
 
 
+def _print_tasks(views: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json(views[0] if len(views) == 1 else views)
+        return
+    for index, view in enumerate(views):
+        if index:
+            print()
+        _print_task(view)
+
+
 def show_command(args: argparse.Namespace) -> int:
     """Exit 0, or :data:`EXIT_DAMAGED` (with one line on stderr) when the task's only record is
     damaged — empty, torn or not a regular file: such a copy never runs."""
-    view = describe(_find(args))
-    _print_task(view, args.json)
+    info = client_from(args).get(args.task_id)
+    if info is None:
+        raise NotFound(f"task {args.task_id} not found")
+    view = info.to_dict()
+    _print_tasks([view], args.json)
     if view["status"] == "damaged":
         print(
             f"tm: error: task {args.task_id}: its record (found {view['found_as']}) is damaged "
@@ -183,18 +158,34 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def wait_command(args: argparse.Namespace) -> int:
-    if args.timeout is not None and args.timeout < 0:
+    if args.timeout is not None and not args.timeout >= 0:
         raise UsageError("--timeout must not be negative")
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    client = client_from(args)
+    progress = Progress(after_s=0.0)
+    ids = list(args.task_ids)
+
+    def show(finished: int, total: int) -> None:
+        progress.show(f"waiting: {finished} of {total} finished ({progress.elapsed_s:.0f} s)")
+
     try:
-        info = _find(args)
-    except NotFound:
-        raise UsageError(f"task {args.task_id} not found") from None
-    while info.status not in ("succeeded", "dead"):
-        if deadline is not None and time.monotonic() >= deadline:
-            _print_task(describe(info), args.json)
-            return EXIT_TIMEOUT
-        time.sleep(WAIT_POLL_S)
-        info = _find(args)
-    _print_task(describe(info), args.json)
-    return 0 if info.status == "succeeded" else EXIT_DEAD
+        infos: list[TaskInfo | None] = list(
+            client.wait(ids, timeout_s=args.timeout, on_progress=show)
+        )
+        code = 0 if all(i is not None and i.status == "succeeded" for i in infos) else EXIT_DEAD
+    except NotFound as exc:
+        raise UsageError(str(exc)) from None
+    except WaitTimeout:
+        infos = [client.get(task_id) for task_id in ids]
+        code = EXIT_TIMEOUT
+    finally:
+        progress.done()
+    _print_tasks(
+        [i.to_dict() if i is not None else _gone(t) for t, i in zip(ids, infos, strict=True)],
+        args.json,
+    )
+    return code
+
+
+def _gone(task_id: str) -> dict[str, Any]:
+    """The view of a task that disappeared while waited on (purged from the DLQ)."""
+    return {"task_id": task_id, "status": "gone"}

@@ -22,6 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from argparse import Namespace
     from collections.abc import Sequence
+    from typing import Any
 
 QUICK_COMMANDS = ("run", "enqueue")
 """The commands with a quick form (``tracemind.cli.submit.QUICK_FORMS``)."""
@@ -36,16 +37,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     share_with_group()
     try:
+        use_app_dirs(args)
         return int(args.handler(args))
     except TraceMindError as error:
         if args.debug:
             raise
-        print(f"tm: error: {error}", file=sys.stderr)
+        report(str(error), error.exit_code, as_json=bool(getattr(args, "json", False)))
         return error.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def report(message: str, exit_code: int, *, as_json: bool) -> None:
+    """A user error: ``tm: error: <message>`` on stderr, or with ``--json`` the object
+    ``{"error": <message>, "exit": <code>}`` on stdout (what scripts parse)."""
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps({"error": message, "exit": exit_code}) + "\n")
+        sys.stdout.flush()
+    else:
+        print(f"tm: error: {message}", file=sys.stderr)
+
+
+def use_app_dirs(args: Any) -> None:
+    """Make ``--app-dir`` (else ``TM_APP_DIR``) where this process and its children import
+    hooks from: first on ``sys.path``, and exported as ``TM_APP_DIR`` (absolute) so that a
+    daemon started here, and its workers, inherit them. A missing directory is a UsageError."""
+    import os
+
+    flags = getattr(args, "app_dir", None)
+    if not flags and not os.environ.get("TM_APP_DIR"):
+        return
+    from tracemind import config
+
+    dirs = config.app_dirs(flags)
+    os.environ["TM_APP_DIR"] = os.pathsep.join(dirs)
+    if os.getcwd() not in sys.path:  # the current directory comes right after the app dirs
+        sys.path.insert(0, os.getcwd())
+    for directory in reversed(dirs):
+        if directory in sys.path:
+            sys.path.remove(directory)
+        sys.path.insert(0, directory)
 
 
 def parse_quick(words: Sequence[str]) -> SimpleNamespace | None:
@@ -69,4 +104,4 @@ def parse_full(words: Sequence[str]) -> Namespace:
     from tracemind.cli.parser import build_parser
 
     command = next((w for w in words if not w.startswith("-")), None)
-    return build_parser(command).parse_args(words)
+    return build_parser(command, json_errors="--json" in words).parse_args(words)

@@ -7,16 +7,18 @@ and store a new entry only once the task is queued. This module is on the start-
 
 from __future__ import annotations
 
-import json
 import sys
 
 from tracemind.cli.common import (
+    Progress,
     QuickForm,
+    add_app_dir_option,
     add_queue_options,
     check_text,
     open_submitter,
     parse_object,
     print_json,
+    read_stdin,
 )
 from tracemind.cli.common import read_input as read_input_arg
 from tracemind.errors import UsageError
@@ -26,38 +28,66 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
+    from tracemind.flows import FlowSnapshot
     from tracemind.flows.cache import CachedFlow
     from tracemind.submit import Submission
 
+RUN_DESCRIPTION = (
+    "Run FLOW synchronously in this process and print the final state as JSON. Each step runs "
+    "once: the flow's retry policy and timeout_s apply to queued tasks only (a synchronous run "
+    "is for trying a flow: it reports the first failure at once, exit 1, instead of sleeping "
+    "through backoffs). With --detached, enqueue it for the daemon's workers instead (needs "
+    "TM_ENABLE_DAEMON=1). Exit 0 ok, 1 a step failed, 2 bad input or invalid flow."
+)
+ENQUEUE_DESCRIPTION = (
+    "Enqueue FLOW (or, with --step, a one-step flow around a hook) with one input (-i) or one "
+    "task per line of a JSONL file (--inputs, one durable batch). Prints the task id(s). "
+    "Exit 0 enqueued (or duplicate), 1 the queue cannot be written, 2 bad input or invalid flow."
+)
+
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = commands.add_parser(
-        "run",
-        description="Run FLOW synchronously and print the final state as JSON. With --detached, "
-        "enqueue it for the daemon's workers instead (needs TM_ENABLE_DAEMON=1).",
-    )
+    run = commands.add_parser("run", description=RUN_DESCRIPTION)
     run.add_argument("flow", metavar="FLOW", help="flow file (YAML or JSON)")
-    run.add_argument("-i", "--input", default="{}", help="input: inline JSON object or @path")
+    run.add_argument(
+        "-i", "--input", default="{}", help="input: inline JSON object, @path, or - for stdin"
+    )
     run.add_argument("--detached", action="store_true", help="enqueue instead of running")
     run.add_argument("--idempotency-key", help="with --detached: deduplicate submissions")
-    run.add_argument("--json", action="store_true", help="with --detached: print JSON")
+    run.add_argument("--json", action="store_true", help="print JSON (errors too)")
+    add_app_dir_option(run, where="validating and running the flow here")
     add_queue_options(run)
     run.set_defaults(handler=run_command)
 
-    enqueue = commands.add_parser(
-        "enqueue",
-        description="Enqueue FLOW with one input (-i) or one task per line of a JSONL file "
-        "(--inputs, one durable batch). Prints the task id(s).",
+    enqueue = commands.add_parser("enqueue", description=ENQUEUE_DESCRIPTION)
+    enqueue.add_argument(
+        "flow", metavar="FLOW", nargs="?", help="flow file (YAML or JSON); or give --step"
     )
-    enqueue.add_argument("flow", metavar="FLOW", help="flow file (YAML or JSON)")
+    enqueue.add_argument(
+        "--step",
+        metavar="HOOK",
+        help="instead of FLOW: a one-step flow calling HOOK(ctx, state), e.g. mypkg.jobs.resize",
+    )
     source = enqueue.add_mutually_exclusive_group()
-    source.add_argument("-i", "--input", help="input: inline JSON object or @path (default {})")
-    source.add_argument("--inputs", metavar="FILE.jsonl", help="one JSON object per line")
+    source.add_argument(
+        "-i", "--input", help="input: inline JSON object, @path, or - for stdin (default {})"
+    )
+    source.add_argument(
+        "--inputs", metavar="FILE.jsonl", help="one JSON object per line (- for stdin)"
+    )
     enqueue.add_argument("--idempotency-key", help="deduplicate this submission by key")
     enqueue.add_argument(
         "--idempotency-key-field", metavar="F", help="with --inputs: take each line's key from F"
     )
-    enqueue.add_argument("--json", action="store_true", help="print JSON")
+    when = enqueue.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay", metavar="DURATION", help="keep the task delayed for 30s, 5m, 1h, 2d…"
+    )
+    when.add_argument(
+        "--at", metavar="TIME", help="keep the task delayed until TIME (ISO-8601 with a zone)"
+    )
+    enqueue.add_argument("--json", action="store_true", help="print JSON (errors too)")
+    add_app_dir_option(enqueue, where="validating the flow here")
     add_queue_options(enqueue)
     enqueue.set_defaults(handler=enqueue_command)
 
@@ -78,23 +108,33 @@ def run_command(args: argparse.Namespace) -> int:
         "task_id": None,
         "flow_id": snapshot.flow["id"],
         "attempt": 1,
-        "trigger": None,
+        "_trigger": None,
     }
     print_json(run_flow(snapshot, state, ctx))
     return 0
 
 
 def enqueue_command(args: argparse.Namespace) -> int:
+    if args.step is not None and args.flow is not None:
+        raise UsageError(f"give FLOW or --step HOOK, not both (got {args.flow!r} and --step)")
+    if args.step is None and args.flow is None:
+        raise UsageError("FLOW (a flow file) or --step HOOK is required")
     if args.inputs is None:
         if args.idempotency_key_field:
             raise UsageError("--idempotency-key-field needs --inputs")
         return _enqueue_one(args, args.input or "{}")
     if args.idempotency_key:
         raise UsageError("--idempotency-key applies to one task; use --idempotency-key-field")
-    submissions = read_jsonl(args.inputs, args.idempotency_key_field)
-    flow = _load_flow(args.flow)
-    results = open_submitter(args).submit_many(flow.snapshot, submissions)
+    progress = Progress()
+    phase = "reading the inputs"
+    with progress.ticking(lambda: f"enqueue: {phase} ({progress.elapsed_s:.0f} s)"):
+        submissions = read_jsonl(args.inputs, args.idempotency_key_field, _due_s(args))
+        phase = f"validating the flow; {len(submissions)} inputs read"
+        flow = _load(args)
+        phase = f"writing {len(submissions)} tasks as one durable batch"
+        results = open_submitter(args).submit_many(flow.snapshot, submissions)
     flow.remember()
+    _warn_if_workers_cannot_import(args, flow.snapshot)
     duplicates = sum(1 for r in results if r.duplicate)
     summary = {
         "enqueued": len(results) - duplicates,
@@ -109,13 +149,18 @@ def enqueue_command(args: argparse.Namespace) -> int:
 
 
 def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
+    from tracemind.submit import Submission
+
     if args.idempotency_key is not None:
         check_text(args.idempotency_key, "--idempotency-key")
     state = read_input_arg(raw_input)
-    flow = _load_flow(args.flow)
+    due_s = _due_s(args)
+    flow = _load(args)
     submitter = open_submitter(args)
-    result = submitter.submit(flow.snapshot, state, idempotency_key=args.idempotency_key)
+    submission = Submission(state, args.idempotency_key, due_s=due_s)
+    [result] = submitter.submit_many(flow.snapshot, [submission])
     flow.remember()
+    _warn_if_workers_cannot_import(args, flow.snapshot)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -124,25 +169,62 @@ def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
     return 0
 
 
-def _load_flow(path: str) -> CachedFlow:
-    """The flow to submit, through the cache of validated snapshots (where the user has one)."""
+def _due_s(args: argparse.Namespace) -> float | None:
+    """When the task becomes due (``--delay``/``--at``), None for now; parsed only when given."""
+    delay, at = getattr(args, "delay", None), getattr(args, "at", None)
+    if delay is None and at is None:
+        return None
+    import time
+
+    from tracemind.client.inputs import due_time, parse_delay
+
+    return due_time(time.time(), None if delay is None else parse_delay(delay), at)
+
+
+def _load(args: argparse.Namespace) -> CachedFlow:
+    """The flow to submit: ``--step``'s one-step flow, or FLOW through the cache of validated
+    snapshots (where the user has one)."""
+    from tracemind.flows.cache import CachedFlow
+
+    if getattr(args, "step", None) is not None:
+        from tracemind.flows.single import step_flow
+
+        return CachedFlow(step_flow(check_text(args.step, "--step")))
     from tracemind.config import flow_cache_dir
     from tracemind.flows.cache import load_flow_cached
 
-    return load_flow_cached(path, flow_cache_dir())
+    return load_flow_cached(args.flow, flow_cache_dir())
 
 
-def read_jsonl(path: str, key_field: str | None) -> list[Submission]:
-    """Every line of ``path`` as a submission; any bad line rejects the whole file."""
+def _warn_if_workers_cannot_import(args: argparse.Namespace, snapshot: FlowSnapshot) -> None:
+    """One line on stderr when the daemon serving this queue recorded an import path that
+    lacks a hook module this process imports; nothing for hooks of tracemind itself."""
+    specs = [step.get("hooks", {}).get("run") for step in snapshot.flow["steps"]]
+    modules = {s.split(":")[0].split(".")[0] for s in specs if isinstance(s, str)}
+    modules.discard("tracemind")
+    if not modules:
+        return
+    from tracemind.cli.daemon_imports import warn_unimportable
+
+    warn_unimportable(args, sorted(modules))
+
+
+def read_jsonl(path: str, key_field: str | None, due_s: float | None = None) -> list[Submission]:
+    """Every line of ``path`` (``-``: standard input) as a submission; any bad line rejects the
+    whole file."""
+    from tracemind.client.inputs import key_from_field
     from tracemind.submit import Submission
 
-    try:
-        with open(path) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        raise UsageError(f"--inputs {path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--inputs {path}: not UTF-8 text") from None
+    if path == "-":
+        lines = read_stdin("--inputs -").splitlines()
+    else:
+        try:
+            with open(path) as file:
+                lines = file.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--inputs {path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--inputs {path}: not UTF-8 text") from None
     submissions = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -150,11 +232,8 @@ def read_jsonl(path: str, key_field: str | None) -> list[Submission]:
         state = parse_object(line, f"--inputs {path}:{number}")
         key = None
         if key_field is not None:
-            if key_field not in state:
-                raise UsageError(f"--inputs {path}:{number}: no field {key_field!r} for the key")
-            raw_key = state[key_field]
-            key = raw_key if isinstance(raw_key, str) else json.dumps(raw_key, sort_keys=True)
-        submissions.append(Submission(state, key))
+            key = key_from_field(state, key_field, f"--inputs {path}:{number}")
+        submissions.append(Submission(state, key, due_s=due_s))
     if not submissions:
         raise UsageError(f"--inputs {path}: no input lines")
     return submissions
@@ -165,6 +244,7 @@ _QUEUE_DIRS = {
     "--idempotency-dir": "idempotency_dir",
     "--dlq-dir": "dlq_dir",
 }
+_APP_DIRS = {"--app-dir": "app_dir"}
 
 QUICK_FORMS = {
     "run": QuickForm(
@@ -178,6 +258,7 @@ QUICK_FORMS = {
         },
         switches={"--detached": "detached", "--json": "json"},
         defaults={"input": "{}"},
+        appends=_APP_DIRS,
     ),
     "enqueue": QuickForm(
         enqueue_command,
@@ -186,13 +267,18 @@ QUICK_FORMS = {
             "-i": "input",
             "--input": "input",
             "--inputs": "inputs",
+            "--step": "step",
             "--idempotency-key": "idempotency_key",
             "--idempotency-key-field": "idempotency_key_field",
+            "--delay": "delay",
+            "--at": "at",
             **_QUEUE_DIRS,
         },
         switches={"--json": "json"},
         defaults={},
-        exclusive=(frozenset({"input", "inputs"}),),
+        exclusive=(frozenset({"input", "inputs"}), frozenset({"delay", "at"})),
+        appends=_APP_DIRS,
+        instead_of_positional=frozenset({"step"}),
     ),
 }
 """The plain spellings of ``tm run`` and ``tm enqueue`` (see :mod:`tracemind.cli.main`); they

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracemind.cli.common import add_queue_options
+from tracemind.cli.common import add_app_dir_option, add_queue_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="on stop, how long running tasks may finish before their workers are killed "
         f"(default {DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
+    add_app_dir_option(parser, where="where the workers import hooks from")
     add_queue_options(parser)
 
 

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tracemind import __version__
 from tracemind.clock import iso_utc
-from tracemind.config import DataDirs
+from tracemind.config import DataDirs, app_dirs
 from tracemind.daemon.identity import describe_self
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
 from tracemind.errors import QueueError, TraceMindError
+from tracemind.flows.hooks import import_path
 from tracemind.log import get_logger
 from tracemind.queue.registry import registration
 
@@ -61,6 +62,7 @@ class DaemonSettings:
     status_bind: str | None = None
     triggers_config: Path | None = None
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    app_dirs: tuple[str, ...] = field(default_factory=lambda: app_dirs(check=False))
 
 
 class Daemon:
@@ -210,6 +212,8 @@ class Daemon:
             "log_file": str(s.log_file) if s.log_file else None,
             "status_url": status_url(s.status_bind),
             "triggers_config": str(s.triggers_config) if s.triggers_config else None,
+            "app_dirs": list(s.app_dirs),
+            "import_path": import_path(s.app_dirs),  # where workers import hooks from
         }
         self.state.write_pid(os.getpid())
         self.state.write_json(self.state.meta_path, meta)

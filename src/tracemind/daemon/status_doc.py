@@ -106,6 +106,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),
         "version": meta.get("version"),
+        "app_dirs": meta.get("app_dirs") or [],
         "state_dir": str(state.root),
     }
 

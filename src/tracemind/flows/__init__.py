@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tracemind.flows.loader import load_flow
     from tracemind.flows.model import Edge, Flow, RetryPolicy, Step, StepKind
     from tracemind.flows.runner import run_flow
+    from tracemind.flows.single import step_flow
     from tracemind.flows.snapshot import FlowSnapshot
     from tracemind.flows.validation import parse_flow
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_flow",
     "parse_flow",
     "run_flow",
+    "step_flow",
 ]
 
 _MODULE_OF = {
@@ -43,6 +45,7 @@ _MODULE_OF = {
     "load_flow": "loader",
     "parse_flow": "validation",
     "run_flow": "runner",
+    "step_flow": "single",
 }
 
 if not TYPE_CHECKING:  # the type checker sees the imports above instead

@@ -41,11 +41,17 @@ class NonRetryable(TraceMindError):
 class FlowRuntime:
     """Runs the flow snapshot carried by the task, with ``ctx`` = task id, flow id, attempt and
     the trigger metadata (``_trigger``). A snapshot is validated once per worker and reused for
-    every task that carries an identical one."""
+    every task that carries an identical one. Hooks are imported from the app dirs
+    (``TM_APP_DIR``, set by ``--app-dir``) first, then the current directory and ``sys.path``;
+    a hook that cannot be imported dead-letters the task with where the worker looked."""
 
     CACHE_SIZE = 64
 
     def __init__(self) -> None:
+        from tracemind.config import app_dirs
+        from tracemind.flows.hooks import add_to_import_path
+
+        add_to_import_path(app_dirs(check=False))  # a missing one shows in the import error
         self._validated: dict[str, tuple[Any, Any]] = {}  # sha256 -> (snapshot, Flow)
 
     def _flow(self, snapshot: Any) -> Any:
