@@ -16,6 +16,7 @@ The hierarchy (exit code in brackets)::
     ├── LockTimeout [1]       a cross-process lock was not acquired in time
     ├── QueueError [1]        a data directory cannot be used (unwritable, not a directory…)
     ├── NotFound [1]          a task, DLQ entry or daemon the command names does not exist
+    ├── Cancelled [1]         a task was cancelled (raised between steps, where it stops)
     └── WaitTimeout [3]       tasks waited on were not all finished in time
 
 A few modules add subclasses of these for their own failures (``LeaseLost``, ``StartFailed``,
@@ -80,6 +81,10 @@ class QueueError(TraceMindError):
 
 class NotFound(TraceMindError):
     """A task, DLQ entry or daemon that the command names does not exist."""
+
+
+class Cancelled(TraceMindError):
+    """A task's cancellation was requested; the flow stops before its next step."""
 
 
 class WaitTimeout(TraceMindError):

@@ -60,6 +60,21 @@ def sleep_first(ctx, state):
     return {"attempt_seen": ctx.get("attempt")}
 
 
+def wait_for_cancel(ctx, state):
+    """Mark, then wait (at most 30 s) until the task's cancellation is requested."""
+    _mark(ctx, "started")
+    deadline = time.monotonic() + 30
+    while not ctx["cancel_requested"]() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _mark(ctx, "saw-cancel" if ctx["cancel_requested"]() else "no-cancel")
+    return {}
+
+
+def second_step(ctx, state):
+    _mark(ctx, "second")
+    return {}
+
+
 def kill_worker(ctx, state):
     _mark(ctx, "started")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -83,6 +83,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wait.add_argument("--json", action="store_true")
     add_queue_options(wait)
     wait.set_defaults(handler=wait_command)
+    cancel = task_verbs.add_parser(
+        "cancel",
+        help="cancel waiting tasks; stop running ones before their next step",
+        description="A pending or delayed task becomes cancelled and never runs. A task in "
+        "flight stops before its next step (its step can check ctx['cancel_requested']()) and "
+        "becomes cancelled then, unless it finishes first. Exit 0 when every task was "
+        "cancelled or asked to stop, 1 when one was already finished or is unknown.",
+    )
+    cancel.add_argument("task_ids", metavar="ID", nargs="+", type=task_id_arg)
+    cancel.add_argument("--json", action="store_true")
+    add_queue_options(cancel)
+    cancel.set_defaults(handler=cancel_command)
 
 
 def migrate_command(args: argparse.Namespace) -> int:
@@ -184,6 +196,28 @@ def wait_command(args: argparse.Namespace) -> int:
         args.json,
     )
     return code
+
+
+def cancel_command(args: argparse.Namespace) -> int:
+    from tracemind.errors import TraceMindError
+
+    client = client_from(args)
+    outcome: dict[str, Any] = {"cancelled": [], "requested": [], "errors": {}}
+    for task_id in dict.fromkeys(args.task_ids):
+        try:
+            outcome["cancelled" if client.cancel(task_id) else "requested"].append(task_id)
+        except TraceMindError as exc:
+            outcome["errors"][task_id] = str(exc)
+    if args.json:
+        print_json(outcome)
+    else:
+        for task_id in outcome["cancelled"]:
+            print(f"{task_id}  cancelled")
+        for task_id in outcome["requested"]:
+            print(f"{task_id}  in flight: it stops before its next step")
+        for message in outcome["errors"].values():
+            print(f"tm: error: {message}", file=sys.stderr)
+    return 1 if outcome["errors"] else 0
 
 
 def _gone(task_id: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from tracemind import config
 from tracemind.client.inputs import check_input, check_key, due_time, key_from_field
 from tracemind.client.tasks import QueueCounts, TaskInfo
 from tracemind.clock import Clock, system_clock
-from tracemind.errors import NotFound, UsageError, WaitTimeout
+from tracemind.errors import NotFound, TraceMindError, UsageError, WaitTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -206,7 +206,7 @@ class Client:
         *,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[TaskInfo]:
-        """Block until every task is finished (succeeded or dead) and return them, in the order
+        """Block until every task is finished (succeeded, dead or cancelled) and return them, in the order
         given. Raises :class:`NotFound` for an id no task has, :class:`WaitTimeout` (listing the
         unfinished ids) after ``timeout_s``. Read-only.
 
@@ -220,7 +220,11 @@ class Client:
         from tracemind.client.watch import TerminalWatch
 
         queue = self._stores.queue
-        with TerminalWatch([queue.done_dir, self._stores.dlq.root]) as watch:
+        # Where each task's terminal record will land: its done and cancelled hour buckets, or
+        # the DLQ (so a wake-up means one of them may have finished).
+        folders = {os.path.dirname(queue.done_path(t)) for t in ids}
+        folders |= {os.path.dirname(queue.cancelled_path(t)) for t in ids}
+        with TerminalWatch([*sorted(folders), self._stores.dlq.root]) as watch:
             done: dict[str, TaskInfo] = {}
             for task_id in dict.fromkeys(ids):
                 info = self.get(task_id)
@@ -242,6 +246,21 @@ class Client:
                     finished = queue.finished(task_id)  # O(1), unlike find
                     if finished is not None:
                         done[task_id] = TaskInfo.of(finished)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task. True when it was waiting (pending or delayed): it is ``cancelled`` now
+        and will never run. False when it is in flight: its worker stops it before the next step
+        (the step can look at ``ctx["cancel_requested"]()``), and it is reported ``cancelled``
+        only once it stopped — a task that finishes first stays succeeded. Raises
+        :class:`NotFound` for an unknown task, :class:`TraceMindError` for a finished one."""
+        outcome = self._stores.queue.cancel(task_id)
+        if outcome == "unknown":
+            raise NotFound(f"task {task_id} not found")
+        if outcome == "finished":
+            info = self.get(task_id)
+            status = info.status.value if info is not None else "finished"
+            raise TraceMindError(f"task {task_id} is already {status}: nothing to cancel")
+        return outcome == "cancelled"
 
     def stats(self) -> QueueCounts:
         """Tasks by state, exact, read-only (what ``tm queue stats`` prints)."""

@@ -11,7 +11,7 @@ from tracemind.clock import iso_utc
 from tracemind.queue.protocol import TaskInfo as QueueTaskInfo
 from tracemind.queue.protocol import TaskStatus
 
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD})
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
 """Statuses a task never leaves on its own (``wait`` returns once every task has one)."""
 
 
@@ -22,7 +22,8 @@ class TaskInfo:
     ``status`` is one of :class:`~tracemind.TaskStatus`: ``pending`` (due, waiting for a
     worker), ``delayed`` (until ``due_s``: a ``delay_s``/``at`` or a retry's backoff),
     ``inflight`` (a worker holds it), ``succeeded`` (``result`` holds the final state) or
-    ``dead`` (in the dead-letter queue; ``error`` says why). ``damaged`` is true when the task's
+    ``dead`` (in the dead-letter queue; ``error`` says why) or ``cancelled`` (``tm task cancel``:
+    it will not run). ``damaged`` is true when the task's
     only record is torn or empty: such a copy never runs. Times are epoch seconds."""
 
     task_id: str

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracemind.errors import FlowError, StepFailed
+from tracemind.errors import Cancelled, FlowError, StepFailed
 from tracemind.flows.hooks import Hook, import_hook
 from tracemind.flows.model import Edge, Flow, Step, StepKind
 from tracemind.flows.snapshot import FlowSnapshot
@@ -14,7 +14,11 @@ from tracemind.flows.validation import one_line
 
 
 def run_flow(
-    flow: Flow | FlowSnapshot, state: Mapping[str, Any], ctx: dict[str, Any]
+    flow: Flow | FlowSnapshot,
+    state: Mapping[str, Any],
+    ctx: dict[str, Any],
+    *,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run ``flow`` from its entry and return the final state (a new dict).
 
@@ -30,6 +34,8 @@ def run_flow(
       :class:`StepFailed` carrying the step id, the exception and its formatted traceback; so
       does a switch label that matches no edge when there is no default.
     - A hook that cannot be imported raises :class:`FlowError` (retrying will not help).
+    - ``stop_requested`` (when given) is asked before every step after the first; True raises
+      :class:`Cancelled` (the steps run so far keep their effects).
     - More step executions than the flow has steps (only possible for a hand-built, cyclic
       :class:`Flow`) raises :class:`FlowError` rather than looping forever.
     """
@@ -40,6 +46,8 @@ def run_flow(
     step: Step | None = flow.step(flow.entry)
     executed = 0
     while step is not None:
+        if executed and stop_requested is not None and stop_requested():
+            raise Cancelled(f"cancelled before step {step.id!r}")
         executed += 1
         if executed > len(flow.steps):
             raise FlowError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 from collections import deque
 
@@ -119,6 +120,8 @@ class FileQueue:
         self._inflight = os.path.join(root, "inflight", "")
         self._done = os.path.join(root, "done", "")
         self._staging = os.path.join(root, "staging", "")
+        self._cancelled = os.path.join(root, "cancelled", "")
+        self._cancel_requests = os.path.join(root, "cancel-requests", "")
         self._tmp = os.path.join(root, "tmp")
         self.waiting = PendingDir(
             self._pending, queue_root=os.fspath(root), tmp_dir=self._tmp, durable=durable
@@ -311,6 +314,69 @@ class FileQueue:
             self._log.info("queue directory moved to the bucketed layout", records=moved)
         return moved
 
+    def cancel(self, task_id: str) -> str:
+        """Cancel a task: ``"cancelled"`` when it was waiting (pending or delayed: it never
+        runs; one rename into ``cancelled/``, which a lease's rename of the same file excludes),
+        ``"requested"`` when it is in flight (its worker stops it before its next step, and a
+        copy that recovery or a retry puts back is cancelled instead of run), ``"finished"`` when
+        it is already terminal, ``"unknown"`` when there is no such task."""
+        self.prepare()
+        for _ in range(3):  # a task that moved while we looked is looked for again
+            if self.finished(task_id) is not None:
+                return "finished"
+            name = self.waiting.find(task_id)
+            if name is not None:
+                if self._move_to_cancelled(self.waiting.path_of(name), task_id):
+                    return "cancelled"
+                continue
+            if any(n.task_id == task_id for n in self._inflight_names()):
+                self._request_cancel(task_id)
+                return "requested"
+        return "unknown"
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether someone asked to cancel ``task_id`` while it was in flight; read-only."""
+        return os.path.lexists(self._cancel_requests + task_id)
+
+    def cancel_leased(self, lease: Lease) -> None:
+        """End a leased task as cancelled (its worker stopped it at a cancel request)."""
+        self.renew(lease, FENCE_LEASE_S)
+        if not self._move_to_cancelled(self._inflight + str(lease.handle), lease.task_id):
+            raise LeaseLost(f"task {lease.task_id}: lease lost (expired and recovered)")
+
+    def _request_cancel(self, task_id: str) -> None:
+        ensure_dir(self._cancel_requests)
+        write_atomic(
+            self._cancel_requests + task_id,
+            dump_json({"task_id": task_id, "requested_at": self.clock()}),
+            tmp_dir=self._tmp,
+            durable=self.durable,
+        )
+
+    def _move_to_cancelled(self, source: str, task_id: str) -> bool:
+        """Rename a task file into ``cancelled/`` and stamp it; False when it is gone."""
+        target = self.cancelled_path(task_id)
+        try:
+            rename_into(source, target, ensure_dir)
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(OSError):
+            _append_line(target, dump_json({"status": "cancelled", "cancelled_at": self.clock()}))
+        if self.durable:
+            with contextlib.suppress(OSError):
+                fdatasync_file(target)
+                fsync_dir(os.path.dirname(target))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._cancel_requests + task_id)
+        self._log.info("task cancelled", task_id=task_id)
+        return True
+
+    def cancelled_path(self, task_id: str) -> str:
+        return self._cancelled + done_bucket(task_id) + "/" + done_name(task_id)
+
+    def _inflight_names(self) -> list[InflightName]:
+        return [n for n in map(InflightName.parse, scan_names(self._inflight)) if n is not None]
+
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         self.prepare()
         now_s = self.clock()
@@ -361,6 +427,9 @@ class FileQueue:
         stale = candidate.attempts > 0 and self._is_done(candidate.task_id)
         if stale:
             self._discard(claimed, "stale copy of a succeeded task")
+            return None
+        if candidate.attempts > 0 and self.cancel_requested(candidate.task_id):
+            self._move_to_cancelled(claimed, candidate.task_id)  # asked while it was in flight
             return None
         try:
             record, completion = parse_task_file(read_fd(fd, claimed))
@@ -565,6 +634,8 @@ class FileQueue:
         path = self._inflight + str(name)
         if self._is_done(name.task_id):
             return self._discard(path, "stale lease of a succeeded task")
+        if self.cancel_requested(name.task_id):
+            return self._move_to_cancelled(path, name.task_id)
         stale_dead = self.dlq.get(name.task_id)
         if stale_dead is not None and stale_dead.get("lease_token") == name.token:
             return self._discard(path, "stale lease of a dead-lettered task")
@@ -702,6 +773,17 @@ class FileQueue:
                 entry,
                 finished_s=_float_or_none(entry.get("finished_at")),
             )
+        cancelled = self.cancelled_path(task_id)
+        if os.path.exists(cancelled):
+            record, _ = _read_or_empty(cancelled)
+            stamp = _cancel_stamp(cancelled)
+            return TaskInfo(
+                task_id,
+                TaskStatus.CANCELLED,
+                0,
+                {key: value for key, value in record.items() if key != "flow"} | stamp,
+                finished_s=_float_or_none(stamp.get("cancelled_at")),
+            )
         dead = self.dlq.get(task_id)
         if dead is not None:
             return TaskInfo(
@@ -775,6 +857,17 @@ def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None
         raise unreadable_error(path, exc) from exc
     except (OSError, ValueError):
         return {}, None
+
+
+def _cancel_stamp(path: str) -> dict[str, Any]:
+    """The ``{"status": "cancelled", "cancelled_at"}`` line of a cancelled task's file."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in read_regular(path).split(b"\n")[1:]:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("status") == "cancelled":
+                    return entry
+    return {"status": "cancelled"}
 
 
 def _append_line(path: str, line: bytes) -> None:

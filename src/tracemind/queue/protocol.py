@@ -58,6 +58,7 @@ class TaskStatus(StrEnum):
     INFLIGHT = "inflight"
     SUCCEEDED = "succeeded"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 class LeaseLost(TraceMindError):
@@ -189,6 +190,13 @@ class TaskQueue(Protocol):
 
     def dead_letter(self, lease: Lease, failure: Failure) -> None:
         """Record the failed attempt and move the task to the dead-letter queue."""
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether a cancel of the task was requested while it was in flight (a worker asks
+        between steps; cheap)."""
+
+    def cancel_leased(self, lease: Lease) -> None:
+        """End the leased task as cancelled (terminal); raises LeaseLost if it was lost."""
 
     def recover(self, dead_consumers: Iterable[str] = ()) -> int:
         """Return expired leases, and every lease of the given consumer ids (or id prefixes), to

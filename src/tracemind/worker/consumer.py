@@ -7,6 +7,7 @@ explicit per-flow ``timeout_s`` stops a long task.
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import threading
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from tracemind.errors import Cancelled
 from tracemind.log import get_logger
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
 from tracemind.queue.records import max_attempts_of
@@ -153,7 +155,13 @@ class Consumer:
         return True
 
     def _process(self, lease: Lease) -> None:
-        task = Task(lease.task_id, lease.record.get("flow_id"), lease.attempt, lease.record)
+        task = Task(
+            lease.task_id,
+            lease.record.get("flow_id"),
+            lease.attempt,
+            lease.record,
+            cancel_requested=functools.partial(self.queue.cancel_requested, lease.task_id),
+        )
         self.log.info("task started")
         if self.on_started is not None:
             self.on_started(lease.attempt)
@@ -163,11 +171,14 @@ class Consumer:
             result: dict[str, Any] | None = None
             failure: Failure | None = None
             retryable = True
+            cancelled = False
             try:
                 with time_limit(_timeout_s(lease.record)):
                     returned: Any = self.runtime.execute(task)
                 # A user runtime may return anything; a result is always stored as an object.
                 result = returned if isinstance(returned, dict) else {"value": returned}
+            except Cancelled:
+                cancelled = True
             except NonRetryable as exc:
                 failure, retryable = Failure(str(exc), traceback.format_exc()), False
             except Exception as exc:  # a step's failure, whatever it is, is the task's outcome
@@ -176,7 +187,11 @@ class Consumer:
             self.log.warning("lease was lost; the task will run again elsewhere")
             return
         try:
-            outcome = self._settle(lease, result, failure, retryable)
+            if cancelled:
+                self.queue.cancel_leased(lease)
+                outcome = "cancelled"
+            else:
+                outcome = self._settle(lease, result, failure, retryable)
         except LeaseLost:
             self.log.warning("lease was lost before the outcome was recorded")
             return

@@ -8,7 +8,8 @@ factory once at start-up. The default runs the flow snapshot the task carries.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tracemind.errors import TraceMindError, UsageError
@@ -23,6 +24,9 @@ class Task:
     attempt: int
     record: dict[str, Any]
     """The task record: ``flow`` (snapshot), ``input``, ``trigger``, ``idempotency_key``…"""
+    cancel_requested: Callable[[], bool] = field(default=lambda: False)
+    """Whether someone asked to cancel this task (``tm task cancel``) since it started: a
+    runtime stops at the next safe point by raising :class:`~tracemind.errors.Cancelled`."""
 
 
 class Runtime(Protocol):
@@ -81,9 +85,10 @@ class FlowRuntime:
             "flow_id": task.flow_id,
             "attempt": task.attempt,
             "_trigger": task.record.get("trigger"),
+            "cancel_requested": task.cancel_requested,
         }
         state = task.record.get("input") or {}
-        return run_flow(flow, dict(state), ctx)
+        return run_flow(flow, dict(state), ctx, stop_requested=task.cancel_requested)
 
 
 def load_factory(spec: str) -> Any:

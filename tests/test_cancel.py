@@ -1,0 +1,109 @@
+"""Cancelling tasks: a waiting task never runs; a task in flight stops before its next step,
+or stays succeeded if it finished first; a finished task cannot be cancelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tm_testing import FakeClock, Tm, make_task
+from tracemind.client import Client
+from tracemind.config import DataDirs
+from tracemind.errors import NotFound, TraceMindError
+from tracemind.queue.protocol import Failure, TaskStatus
+from tracemind.stores import Stores
+
+LEASE_S = 30.0
+
+
+def test_a_pending_or_delayed_task_is_cancelled_and_never_leased(
+    stores: Stores, clock: FakeClock
+) -> None:
+    due, delayed = make_task(clock), make_task(clock, due_in_s=60)
+    stores.queue.enqueue([due, delayed])
+
+    assert [stores.queue.cancel(t.task_id) for t in (due, delayed)] == ["cancelled"] * 2
+
+    clock.advance(120)
+    assert stores.queue.lease("c1", LEASE_S) is None
+    for task in (due, delayed):
+        info = stores.queue.find(task.task_id)
+        assert info is not None and info.status is TaskStatus.CANCELLED
+        assert isinstance(info.record.get("cancelled_at"), float)
+    assert stores.queue.stats().to_dict()["pending"] == 0
+
+
+def test_a_task_in_flight_is_asked_to_stop_and_a_later_copy_is_cancelled_not_run(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a task in flight when it is cancelled
+    task = make_task(clock)
+    stores.queue.enqueue([task])
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    assert stores.queue.cancel(task.task_id) == "requested"
+    assert stores.queue.cancel_requested(task.task_id)
+    # When its attempt fails and is retried (the worker did not stop in time)
+    stores.queue.retry(lease, Failure("boom"), 0.0)
+    # Then the retry copy is cancelled instead of delivered
+    assert stores.queue.lease("c2", LEASE_S) is None
+    info = stores.queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.CANCELLED
+    assert not stores.queue.cancel_requested(task.task_id)
+
+
+def test_recovery_of_a_lease_with_a_cancel_request_cancels_it(
+    stores: Stores, clock: FakeClock
+) -> None:
+    task = make_task(clock)
+    stores.queue.enqueue([task])
+    assert stores.queue.lease("dead-0", LEASE_S) is not None
+    assert stores.queue.cancel(task.task_id) == "requested"
+    stores.queue.recover(["dead-0"])
+    info = stores.queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.CANCELLED
+    assert stores.queue.lease("c2", LEASE_S) is None
+
+
+def test_a_task_that_finished_before_it_stopped_stays_succeeded(
+    stores: Stores, clock: FakeClock
+) -> None:
+    task = make_task(clock)
+    stores.queue.enqueue([task])
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    assert stores.queue.cancel(task.task_id) == "requested"
+    stores.queue.ack(lease, {"ok": True})
+    info = stores.queue.find(task.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert stores.queue.cancel(task.task_id) == "finished"
+
+
+def test_the_client_says_what_it_could_not_cancel(dirs: DataDirs, clock: FakeClock) -> None:
+    client = Client(dirs.queue.parent, clock=clock)
+    with pytest.raises(NotFound):
+        client.cancel("0" * 22)
+    stores = client._stores
+    task = make_task(clock, max_attempts=1)
+    stores.queue.enqueue([task])
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None
+    stores.queue.dead_letter(lease, Failure("boom"))
+    with pytest.raises(TraceMindError, match="already dead"):
+        client.cancel(task.task_id)
+
+
+def test_tm_task_cancel_reports_each_task_and_exits_1_for_a_finished_one(
+    tm: Tm, flows: Any
+) -> None:
+    flow = flows.write("echo", "tracemind.steps.echo")
+    waiting = tm.json("enqueue", flow, "--delay", "1h", "--json")["task_id"]
+    out = tm.json("task", "cancel", waiting, "--json")
+    assert out == {"cancelled": [waiting], "requested": [], "errors": {}}
+    assert tm.json("task", "show", waiting, "--json")["status"] == "cancelled"
+    again = tm("task", "cancel", waiting)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert "already cancelled" in again.stderr and "Traceback" not in again.stderr
+    waited = tm("task", "wait", waiting, "--timeout", "5")
+    assert waited.returncode == 1  # cancelled: not succeeded
