@@ -118,6 +118,8 @@ def start_command(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         lease_s=args.lease_s,
         log_file=None,
+        fork=True,  # a foreground pool runs one thread: its workers start without imports
+        report_idle=args.burst,
     )
     pool = WorkerPool(settings, stores.queue)
     supervisor = Supervisor(
