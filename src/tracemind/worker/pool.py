@@ -21,7 +21,6 @@ import contextlib
 import gc
 import json
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -172,10 +171,10 @@ class WorkerPool:
         self.outcomes = Outcomes()
         self.stopping = False
         self.log = get_logger("tracemind.pool")
+        self._preloaded = False
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
 
     @property
     def consumer_prefix(self) -> str:
@@ -187,7 +186,7 @@ class WorkerPool:
             self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
-        slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{secrets.token_hex(2)}"
+        slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{os.urandom(2).hex()}"
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         spec = self.settings.worker_spec(slot.consumer_id)
@@ -230,6 +229,11 @@ class WorkerPool:
         )
 
     def _fork(self, spec: WorkerSpec, write_fd: int) -> ForkedProcess:
+        if not self._preloaded:
+            from tracemind.worker.process import preload
+
+            preload()
+            self._preloaded = True
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()  # else the child would write the pool's buffered lines again
@@ -261,9 +265,7 @@ class WorkerPool:
             os.close(null)
             from tracemind.worker import process
 
-            code = process.main(
-                ForkedStart(spec, write_fd, self._wake_write, FORK_BLOCKED_SIGNALS)
-            )
+            code = process.main(ForkedStart(spec, write_fd, self._wake_write, FORK_BLOCKED_SIGNALS))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # the child must not unwind into the pool: report, then exit

@@ -70,6 +70,18 @@ class ForkedStart:
     blocked: frozenset[signal.Signals]
 
 
+def preload() -> None:
+    """Import what a worker loads before its first task (its consumer, the default runtime's
+    flow modules, ctypes for prctl): the pool calls this once before it forks workers, so
+    each starts with them instead of importing them again."""
+    from tracemind.flows import FlowSnapshot, RetryPolicy, run_flow
+    from tracemind.libc import libc
+    from tracemind.worker.consumer import Consumer
+
+    del Consumer, FlowSnapshot, RetryPolicy, run_flow  # loaded: that is all this is for
+    libc()
+
+
 def _event_writer(fd_text: str | None) -> Any:
     if not fd_text:
         return None

@@ -117,7 +117,9 @@ class Supervisor:
         finally:
             self.pool.close()
             if signal.set_wakeup_fd(-1) not in (-1, self._wake_write):  # not ours: put back
-                self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+                self._previous_wakeup_fd = signal.set_wakeup_fd(
+                    self._wake_write, warn_on_full_buffer=False
+                )
                 signal.set_wakeup_fd(-1)
 
     def _run(self) -> bool:
