@@ -1,8 +1,8 @@
 """Figure 4 — end-to-end drain of N pre-seeded no-op tasks with 2 worker processes.
 
-Two spans, each with a goal of 2× Huey: the drain window (first claim to last completion,
-measured inside each side) and the whole process (``tm workers start -n 2 --burst`` against
-``huey_consumer``, from spawn to exit, start-up and shut-down included).
+Two spans, each with a goal of twice Huey's rate: the drain window (first claim to last
+completion, measured inside each side) and the whole process (``tm workers start -n 2 --burst``
+against ``huey_consumer``, from spawn to exit, start-up and shut-down included).
 
 Ours: ``tm workers start -n 2 --burst`` (exits once the queue is empty); first claim and last
 completion come from its JSON log (the first ``task started``; the last ``acks committed``, when

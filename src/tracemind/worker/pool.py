@@ -411,11 +411,11 @@ class WorkerPool:
         deadline_s = time.monotonic() + drain_timeout_s
         while True:
             self.poll()
+            if on_tick is not None:
+                on_tick()  # also after the last reap: e.g. "fast stop requested" gets logged
             now_s = time.monotonic()
             if not self.alive() or now_s >= deadline_s:
                 break
-            if on_tick is not None:
-                on_tick()
             self.wait(min(DRAIN_TICK_S, deadline_s - now_s))
         drained = self.alive() == 0
         if not drained:
