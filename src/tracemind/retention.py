@@ -107,7 +107,7 @@ class Pruner:
         self.log = get_logger("tracemind.retention")
         self.totals: Counter[str] = Counter({kind: 0 for kind in KINDS})
         """Records removed by this pruner since it was made, by kind (for metrics)."""
-        self._next_pass_s = 0.0
+        self._next_pass_s = time.monotonic() + PASS_EVERY_S  # (a short burst never prunes)
 
     def prune_if_due(self) -> None:
         """One bounded pass every :data:`PASS_EVERY_S` (a serving process calls this often)."""

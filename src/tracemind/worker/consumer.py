@@ -25,8 +25,13 @@ from tracemind.queue.records import max_attempts_of
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
 IDLE_WAIT_S = 0.1
-"""Longest an idle consumer sleeps between looks (and so how late it notices a stop request);
-new tasks wake it at once (inotify)."""
+"""Longest an idle consumer sleeps between looks; new tasks wake it at once (inotify), and a
+stop request from a signal handler (:meth:`Consumer.stop_from_signal`) ends the wait at once."""
+
+
+class _StopWaiting(BaseException):
+    """Raised by :meth:`Consumer.stop_from_signal` to end an idle wait; never leaves ``run``.
+    A BaseException, so that no ``except Exception`` on the way takes it for a failure."""
 
 
 class TaskTimeout(Exception):
@@ -119,6 +124,7 @@ class Consumer:
         rng: random.Random | None = None,
         on_finished: Callable[[str, float, int], None] | None = None,
         on_started: Callable[[int], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
         self.runtime = runtime
@@ -127,19 +133,53 @@ class Consumer:
         self.rng = rng or random.Random()
         self.on_finished = on_finished
         self.on_started = on_started
+        self.on_idle = on_idle
         self.stopping = threading.Event()
+        self._interruptible = False  # True only while run() waits idle in the main thread
         self.keeper = LeaseKeeper(queue, lease_s)
         self.log = get_logger("tracemind.worker")
 
     def run(self) -> None:
         """Process tasks until :attr:`stopping` is set (a task in progress is finished first);
-        returns once every ack is committed."""
+        returns once every ack is committed.
+
+        With ``on_idle``: each time a look finds nothing due after the consumer started or ran a
+        task, its acks are committed first (so none is left in flight) and ``on_idle`` is called;
+        a burst pool stops once every worker said so and nothing waits."""
+        busy = True
         try:
             while not self.stopping.is_set():
-                if not self.run_once():
-                    self.queue.wait_for_work(IDLE_WAIT_S)
+                if self.run_once():
+                    busy = True
+                    continue
+                if busy and self.on_idle is not None:
+                    self.queue.flush()
+                    self.on_idle()
+                busy = False
+                self._wait_idle()
+        except _StopWaiting:
+            pass
         finally:
+            self._interruptible = False
             self.queue.flush()
+
+    def _wait_idle(self) -> None:
+        try:
+            self._interruptible = True
+            if not self.stopping.is_set():
+                self.queue.wait_for_work(IDLE_WAIT_S)
+        finally:
+            self._interruptible = False
+
+    def stop_from_signal(self) -> None:
+        """Ask :meth:`run` to stop; for a signal handler (which runs in the main thread). An
+        idle wait ends at once, by an exception from the handler; a task in progress is
+        finished first. Once ``stopping`` is set no wait begins, so a later signal raises
+        nothing."""
+        self.stopping.set()
+        if self._interruptible:
+            self._interruptible = False
+            raise _StopWaiting
 
     def run_once(self) -> bool:
         """Lease and process at most one task; False when none was due."""

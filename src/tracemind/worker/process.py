@@ -1,6 +1,13 @@
 """A worker process: one consumer loop, started and watched by the pool (``tm workers start`` or
-the daemon). Run as ``python -m tracemind.worker.process`` with its settings in
-``TM_WORKER_SPEC`` (JSON) and an optional events pipe (``TM_WORKER_EVENTS_FD``).
+the daemon). Either run as ``python -m tracemind.worker.process`` with its settings in
+``TM_WORKER_SPEC`` (JSON), an optional events pipe (``TM_WORKER_EVENTS_FD``) and wake pipe
+(``TM_WORKER_WAKE_FD``), or forked by the pool, which calls :func:`main` with a
+:class:`ForkedStart` in the child (see :mod:`tracemind.worker.pool`).
+
+Events are JSON lines on the events pipe: ``started`` when a task is taken, its outcome when it
+is settled, and, when the spec asks for it (a burst pool), ``idle`` when a look found nothing
+to do after a task (its acks committed first); an ``idle`` line is followed by one byte on the
+wake pipe, so that the pool's supervisor wakes for it at once.
 
 The worker dies with its parent (PR_SET_PDEATHSIG), so a killed daemon never leaves workers
 behind; the new daemon returns their leases. SIGTERM: finish the task in progress, then exit.
@@ -9,6 +16,7 @@ SIGINT is ignored (the supervisor coordinates a Ctrl-C of the whole process grou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +42,7 @@ class WorkerSpec:
     lease_s: float
     log_file: str | None  # None: stdout
     parent_pid: int
+    report_idle: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -49,14 +58,42 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+@dataclass(frozen=True)
+class ForkedStart:
+    """What a worker forked by the pool is given instead of its environment. Its signals
+    (``blocked``) stay blocked until the worker's own handlers are in place: until then the
+    handlers it inherited are the pool's."""
+
+    spec: WorkerSpec
+    events_fd: int | None
+    wake_fd: int | None
+    blocked: frozenset[signal.Signals]
+
+
+def preload() -> None:
+    """Import what a worker loads before its first task (its consumer, the default runtime's
+    flow modules, ctypes for prctl): the pool calls this once before it forks workers, so
+    each starts with them instead of importing them again."""
+    from tracemind.flows import FlowSnapshot, RetryPolicy, run_flow
+    from tracemind.libc import libc
+    from tracemind.worker.consumer import Consumer
+
+    del Consumer, FlowSnapshot, RetryPolicy, run_flow  # loaded: that is all this is for
+    libc()
+
+
 def _event_writer(fd_text: str | None) -> Any:
     if not fd_text:
         return None
     return os.fdopen(int(fd_text), "w", buffering=1)
 
 
-def main() -> int:
-    spec = WorkerSpec.from_json(os.environ["TM_WORKER_SPEC"])
+def _optional_fd(fd_text: str | None) -> int | None:
+    return int(fd_text) if fd_text else None
+
+
+def main(forked: ForkedStart | None = None) -> int:
+    spec = forked.spec if forked else WorkerSpec.from_json(os.environ["TM_WORKER_SPEC"])
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0o007)  # fsutil.PROCESS_UMASK: group rw, nothing for others, whatever the pool's
@@ -71,7 +108,12 @@ def main() -> int:
     sink = log.LogFile(Path(spec.log_file)) if spec.log_file else sys.stdout
     log.configure(sink)
     logger = log.get_logger("tracemind.worker").bind(consumer=spec.consumer_id, pid=os.getpid())
-    events = _event_writer(os.environ.get("TM_WORKER_EVENTS_FD"))
+    if forked is None:
+        events = _event_writer(os.environ.get("TM_WORKER_EVENTS_FD"))
+        wake_fd = _optional_fd(os.environ.get("TM_WORKER_WAKE_FD"))
+    else:
+        events = _event_writer(str(forked.events_fd) if forked.events_fd is not None else None)
+        wake_fd = forked.wake_fd
 
     def hup(signum: int, frame: FrameType | None) -> None:
         if isinstance(sink, log.LogFile):
@@ -97,6 +139,13 @@ def main() -> int:
             event = {"outcome": outcome, "duration_s": duration_s, "attempt": attempt}
             events.write(json.dumps(event) + "\n")
 
+    def idle() -> None:
+        if events is not None:
+            events.write('{"event": "idle"}\n')
+        if wake_fd is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+                os.write(wake_fd, b"i")
+
     consumer = Consumer(
         queue,
         runtime,
@@ -104,12 +153,15 @@ def main() -> int:
         lease_s=spec.lease_s,
         on_finished=finished,
         on_started=started,
+        on_idle=idle if spec.report_idle else None,
     )
 
     def term(signum: int, frame: FrameType | None) -> None:
-        consumer.stopping.set()
+        consumer.stop_from_signal()
 
     signal.signal(signal.SIGTERM, term)
+    if forked is not None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, forked.blocked)
     logger.info("worker started", runtime=spec.runtime)
     consumer.run()
     logger.info("worker stopped")

@@ -6,10 +6,18 @@ second, and in burst mode stop once nothing is pending or delayed and this pool 
 respawn them forever; a task that kills its workers is ended by the DLQ instead).
 The first SIGTERM/SIGINT drains (workers finish their tasks, up to the drain timeout); a second
 one stops fast — workers are killed and their leases returned.
+
+Between looks the loop sleeps in :meth:`WorkerPool.wait`, at most :data:`TICK_S`, and wakes at
+once for a signal (a self-pipe, ``signal.set_wakeup_fd``), a worker's exit (its pidfd), a
+worker reporting idle (burst mode) or :meth:`Supervisor.request_stop` from another thread.
+A burst pool looks at the queue only once every live worker reported idle, so it stops within
+a few milliseconds of the last result being committed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -22,9 +30,6 @@ from tracemind.worker.pool import WorkerPool
 
 TICK_S = 0.05
 RECOVER_EVERY_S = 1.0
-BURST_IDLE_CHECKS = 2
-"""Consecutive idle looks before a burst pool stops. One look lists inflight/, then pending/: a
-task claimed between the two listings is in neither, but the next look sees it in inflight/."""
 
 
 class Supervisor:
@@ -53,10 +58,16 @@ class Supervisor:
         self.crash_looped = False
         """In burst mode: the run ended because the workers kept dying at start."""
         self.log = get_logger("tracemind.supervisor")
+        self._wake_read, self._wake_write = os.pipe()  # kept open while this process lives
+        for fd in (self._wake_read, self._wake_write):
+            os.set_blocking(fd, False)
+        self._previous_wakeup_fd: int | None = None
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT drain; every signal with a handler wakes the loop (main thread)."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only flags and kill(2) here: logging or file I/O could deadlock on a lock the
@@ -79,6 +90,20 @@ class Supervisor:
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""
         self.stop_requested.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            os.write(self._wake_write, b"s")
+
+    def _sleep(self, timeout_s: float) -> None:
+        """Wait for the next look: up to ``timeout_s``, less when something happened."""
+        if self.stop_requested.is_set():
+            return
+        self.pool.wait(timeout_s, (self._wake_read,))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 4096):
+                pass
 
     @property
     def draining(self) -> bool:
@@ -87,10 +112,20 @@ class Supervisor:
     def run(self) -> bool:
         """Supervise until a stop is requested (or, in burst mode, the queue is empty); then
         drain. Returns True when every worker finished in time."""
+        try:
+            return self._run()
+        finally:
+            self.pool.close()
+            if signal.set_wakeup_fd(-1) not in (-1, self._wake_write):  # not ours: put back
+                self._previous_wakeup_fd = signal.set_wakeup_fd(
+                    self._wake_write, warn_on_full_buffer=False
+                )
+                signal.set_wakeup_fd(-1)
+
+    def _run(self) -> bool:
         self._recover()
         self.pool.start()
-        next_recover_s = 0.0
-        idle_checks = 0
+        next_recover_s = time.monotonic() + RECOVER_EVERY_S
         while not self.stop_requested.is_set():
             self.pool.poll()
             now_s = time.monotonic()
@@ -102,14 +137,12 @@ class Supervisor:
                 self.log.error("burst stopped: workers are crash-looping")
                 self.crash_looped = True
                 break
-            if self.burst:
-                idle_checks = idle_checks + 1 if self._idle() else 0
-                if idle_checks >= BURST_IDLE_CHECKS:
-                    self.log.info("burst finished: nothing pending or delayed")
-                    break
+            if self.burst and self._burst_done():
+                self.log.info("burst finished: nothing pending or delayed")
+                break
             if self.on_tick is not None:
                 self.on_tick()
-            self.stop_requested.wait(TICK_S)
+            self._sleep(TICK_S)
         if self.last_signal is not None:
             self.log.info("drain requested", signal=self.last_signal)
         self.log.info("drain begin", timeout_s=self.drain_timeout_s)
@@ -126,7 +159,19 @@ class Supervisor:
         if self.on_tick is not None:
             self.on_tick()
 
-    def _idle(self) -> bool:
+    def _burst_done(self) -> bool:
+        """Whether a burst pool may stop: every live worker reported idle (each committed its
+        acks first), this pool holds no lease and nothing is pending or delayed.
+
+        One look lists inflight/, then the waiting tasks: a task one of our workers claims
+        between the two listings is in neither. So a second listing of inflight/ follows, then
+        the workers' reports are read again: such a task is still in flight at that listing,
+        or its worker reported taking it before the listing began."""
+        if not self.pool.all_idle():
+            return False
+        if self.pool.held_leases() > 0 or self.queue.has_waiting():
+            return False
         if self.pool.held_leases() > 0:
             return False
-        return not self.queue.has_waiting()
+        self.pool.read_events()
+        return self.pool.all_idle()
