@@ -120,7 +120,9 @@ def host_tm() -> str:
         return str(beside)
     found = shutil.which("tm")
     if found is None:
-        pytest.fail("no `tm` next to the test interpreter or on PATH: pip install -e '.[test]'")
+        pytest.fail(
+            "no `tm` next to the test interpreter or on PATH: pip install -e '.[status]' --group test"
+        )
     return str(found)
 
 
@@ -386,7 +388,7 @@ def docker_client() -> Iterator[Any]:
     try:
         import docker
     except ImportError:
-        missing("the Docker SDK is not installed (pip install -e '.[test]')")
+        missing("the Docker SDK is not installed (pip install -e '.[status]' --group test)")
     try:
         client = docker.from_env(timeout=120)
         client.ping()

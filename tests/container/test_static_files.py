@@ -38,7 +38,7 @@ def _tool(name: str) -> str:
     """Path of a console script: on PATH, or next to this interpreter (an unactivated venv)."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        _missing(f"{name} not found; pip install -e '.[test]'")
+        _missing(f"{name} not found; pip install -e '.[status]' --group test")
     assert found is not None
     return found
 
