@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from tracemind.libc import die_with_parent
+from tracemind.worker.runtime import Runtime, Task
 
 EXIT_RUNTIME_FAILED = 3
 
@@ -53,6 +54,19 @@ def _event_writer(fd_text: str | None) -> Any:
     if not fd_text:
         return None
     return os.fdopen(int(fd_text), "w", buffering=1)
+
+
+class FlowTracking:
+    """A runtime that remembers the flow id of the task it ran last (for the pool's per-flow
+    counts, reported with the outcome after the task)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.flow_id: str | None = None
+
+    def execute(self, task: Task) -> dict[str, Any]:
+        self.flow_id = task.flow_id
+        return self.runtime.execute(task)
 
 
 def main() -> int:
@@ -92,14 +106,21 @@ def main() -> int:
         if events is not None:
             events.write(json.dumps({"event": "started", "attempt": attempt}) + "\n")
 
+    tracked = FlowTracking(runtime)
+
     def finished(outcome: str, duration_s: float, attempt: int) -> None:
         if events is not None:
-            event = {"outcome": outcome, "duration_s": duration_s, "attempt": attempt}
+            event = {
+                "outcome": outcome,
+                "duration_s": duration_s,
+                "attempt": attempt,
+                "flow_id": tracked.flow_id,
+            }
             events.write(json.dumps(event) + "\n")
 
     consumer = Consumer(
         queue,
-        runtime,
+        tracked,
         spec.consumer_id,
         lease_s=spec.lease_s,
         on_finished=finished,
