@@ -77,7 +77,9 @@ COPY LICENSE /usr/share/doc/tracemind-daemon/LICENSE
 COPY app /app
 
 # HOME=/tmp: the root filesystem is read-only and the user may have no passwd entry; /tmp is a
-# tmpfs. PYTHONPATH=/app puts the user's steps on the workers' import path.
+# tmpfs. PYTHONPATH=/app puts the user's steps on the workers' import path. TM_FILE_QUEUE_V2=1:
+# durable mode. TM_START_ERROR_HOLD_S: a daemon that cannot start (e.g. /data not writable)
+# answers health checks with the reason for 8 s, longer than their 5 s interval, then exits 1.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -85,7 +87,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     TM_DATA_DIR=/data \
     TM_ENABLE_DAEMON=1 \
-    TM_FILE_QUEUE_V2=1
+    TM_FILE_QUEUE_V2=1 \
+    TM_START_ERROR_HOLD_S=8
 
 WORKDIR /app
 VOLUME ["/data"]
@@ -93,7 +96,7 @@ USER 10001:10001
 EXPOSE 8080 8081
 
 # Readiness (the default probe of `tm health`): healthy means "ready to take work".
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["tm", "health"]
+HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 CMD ["tm", "health"]
 
 # Arguments given to `docker run IMAGE ...` (or compose's `command:`) are appended, e.g.
 # `--workers 4`; a later `--status-bind` overrides this one.

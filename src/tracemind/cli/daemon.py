@@ -157,11 +157,14 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
     from tracemind import config, log
     from tracemind.daemon.service import Daemon, DaemonSettings, not_writable
 
-    _check_writable(args, state_dir, log_file)
     try:
-        sink: Any = log.LogFile(log_file) if log_file else sys.stdout
-    except OSError as exc:
-        raise not_writable(log_file or state_dir, exc) from None
+        _check_writable(args, state_dir, log_file)
+        try:
+            sink: Any = log.LogFile(log_file) if log_file else sys.stdout
+        except OSError as exc:
+            raise not_writable(log_file or state_dir, exc) from None
+    except TraceMindError as error:
+        return _start_failed(error, args.status_bind)
     log.configure(sink)
     settings = DaemonSettings(
         dirs=config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir),
@@ -186,6 +189,23 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
     except Exception as exc:
         daemon.log.error("daemon failed", error=str(exc), exc_info=True)
         raise
+
+
+def _start_failed(error: TraceMindError, status_bind: str | None) -> int:
+    """A start-up check failed (a data directory or the log not writable): the one line on
+    stderr and its JSON twin on stdout at once; then, for ``TM_START_ERROR_HOLD_S`` seconds (the
+    image sets it), every status request is answered 503 with the same line, so a container
+    health check reports it (see :mod:`tracemind.status.failed_start`); then exit 1."""
+    from tracemind import log
+    from tracemind.status.failed_start import hold_s_from, serve_failure
+
+    log.configure(sys.stdout)
+    log.get_logger("tracemind.daemon").error("daemon failed", error=str(error))
+    print(f"tm: error: {error}", file=sys.stderr, flush=True)
+    hold_s = hold_s_from(os.environ.get("TM_START_ERROR_HOLD_S"))
+    if hold_s:
+        serve_failure(status_bind, str(error), hold_s)
+    return error.exit_code
 
 
 def stop_command(args: argparse.Namespace) -> int:
