@@ -7,6 +7,8 @@
 # Builds with the classic builder and with BuildKit alike: no `RUN --mount`, no heredocs.
 # BASE_IMAGE is any Debian-based image with python3 (>= 3.11) and the venv module; CI passes a
 # local debootstrap image built by scripts/ci/docker-engine.sh because it cannot pull.
+# VERSION, REVISION, CREATED and SOURCE fill the OCI labels; compose passes them from
+# TM_IMAGE_VERSION etc., which `scripts/build-image` sets (`unknown` when nothing does).
 
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 
@@ -22,7 +24,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/build-venv
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 RUN /opt/build-venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[status]"
 
@@ -30,9 +32,17 @@ RUN /opt/build-venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[status]"
 FROM ${BASE_IMAGE} AS runtime
 
 ARG BASE_IMAGE
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="tracemind" \
       org.opencontainers.image.description="TraceMind job daemon: a durable shared-directory task queue and its worker pool" \
       org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 # tini reaps zombies and forwards SIGTERM to the daemon, which drains. The CI base image ships it
@@ -60,11 +70,16 @@ RUN python3 -m venv /opt/venv \
     && rm -rf /tmp/wheels \
     && /opt/venv/bin/tm --version
 
+# The license, where Debian keeps them (the wheel's copy is in the venv's dist-info too).
+COPY LICENSE /usr/share/doc/tracemind-daemon/LICENSE
+
 # The bundled example steps and flows; compose and most deployments mount their own over /app.
 COPY app /app
 
 # HOME=/tmp: the root filesystem is read-only and the user may have no passwd entry; /tmp is a
-# tmpfs. PYTHONPATH=/app puts the user's steps on the workers' import path.
+# tmpfs. PYTHONPATH=/app puts the user's steps on the workers' import path. TM_FILE_QUEUE_V2=1:
+# durable mode. TM_START_ERROR_HOLD_S: a daemon that cannot start (e.g. /data not writable)
+# answers health checks with the reason for 8 s, longer than their 5 s interval, then exits 1.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -72,7 +87,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     TM_DATA_DIR=/data \
     TM_ENABLE_DAEMON=1 \
-    TM_FILE_QUEUE_V2=1
+    TM_FILE_QUEUE_V2=1 \
+    TM_START_ERROR_HOLD_S=8
 
 WORKDIR /app
 VOLUME ["/data"]
@@ -80,7 +96,7 @@ USER 10001:10001
 EXPOSE 8080 8081
 
 # Readiness (the default probe of `tm health`): healthy means "ready to take work".
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["tm", "health"]
+HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 CMD ["tm", "health"]
 
 # Arguments given to `docker run IMAGE ...` (or compose's `command:`) are appended, e.g.
 # `--workers 4`; a later `--status-bind` overrides this one.

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": rounds,
         "machine": {**host, "scratch_spread_over_block_groups": spread},
         "versions": {
-            "trace-mind": version_of(progs.python, "trace-mind"),
+            "tracemind-daemon": version_of(progs.python, "tracemind-daemon"),
             "huey": version_of(progs.huey_python, "huey"),
         },
         "source": source_revision(BENCH_DIR.parent),

@@ -163,7 +163,9 @@ check "$work/ps.json" 'doc["dlq"]["pending"] == 0' || fail "the DLQ is not empty
 step "stopping the daemon"
 run_tm daemon stop --timeout 15
 daemon_started=0
-run_tm daemon ps --json >"$work/ps-stop.json"
+ps_rc=0
+run_tm daemon ps --json >"$work/ps-stop.json" || ps_rc=$?
+[ "$ps_rc" -eq 3 ] || fail "ps exited $ps_rc after stop (3 means not running)"
 check "$work/ps-stop.json" 'doc["running"] is False' || fail "ps says running after stop"
 
 step "OK"

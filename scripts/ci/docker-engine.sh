@@ -3,7 +3,8 @@
 # that has only the Docker client and no reachable container registry.
 # Facts behind each step: ../shared/notes/docker-engine.md (relative to the repository root).
 #
-# Usage (as root):
+# Usage (as root, or as a user whose `docker info` already works: then nothing is installed,
+# and without a local base image the Dockerfile's default python:3.12-slim-bookworm is pulled):
 #   scripts/ci/docker-engine.sh                  # set everything up; progress on stderr, one line per step
 #   eval "$(scripts/ci/docker-engine.sh --print-env)"   # set up, then export TM_BASE_IMAGE/TM_BUILD_NETWORK
 #   scripts/ci/docker-engine.sh --help
@@ -52,9 +53,9 @@ engine_answers() { timeout 15 docker info >/dev/null 2>&1; }
 say() { printf 'docker-engine: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
-if [[ "$(id -u)" -ne 0 ]]; then
-    die "must run as root (installs packages, starts dockerd, runs debootstrap)"
-fi
+is_root() { [[ "$(id -u)" -eq 0 ]]; }
+# Steps that change the system need root; a step whose result is already there does not.
+need_root() { is_root || die "$1 needs root (run as root, or set it up first)"; }
 
 # A temp dir for this run; removed on exit whatever happens.
 WORK_TMP="$(mktemp -d "${TMPDIR:-/tmp}/tm-docker-engine.XXXXXX")"
@@ -73,6 +74,7 @@ quietly() {
 
 apt_updated=0
 apt_install() {
+    need_root "installing $*"
     if [[ "$apt_updated" -eq 0 ]]; then
         quietly apt env DEBIAN_FRONTEND=noninteractive apt-get update
         apt_updated=1
@@ -100,6 +102,7 @@ step_begin
 if engine_answers; then
     step_done "dockerd: already answering, skipped start"
 else
+    need_root "starting dockerd"
     mkdir -p -- "$(dirname -- "$DOCKERD_LOG")"
     # Detached in its own session so it outlives this script (and the caller's shell job control).
     setsid dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 </dev/null &
@@ -150,7 +153,14 @@ fi
 step_begin
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     step_done "base image: $BASE_IMAGE exists, skipped build"
+elif ! is_root && [[ -z "${TM_BASE_IMAGE:-}" ]]; then
+    # No debootstrap without root: the Dockerfile's own default base, from its registry.
+    BASE_IMAGE=python:3.12-slim-bookworm
+    BUILD_NETWORK="${TM_BUILD_NETWORK:-default}"
+    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || quietly pull docker pull "$BASE_IMAGE"
+    step_done "base image: $BASE_IMAGE (not root: pulled instead of built)"
 else
+    need_root "building the base image $BASE_IMAGE with debootstrap"
     command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
     [[ -r "$HOST_CA_BUNDLE" ]] || die "host CA bundle not readable: $HOST_CA_BUNDLE"
     rootfs="$WORK_TMP/rootfs"

@@ -2,8 +2,14 @@
 
 Every line carries an ISO-8601 UTC ``timestamp``, ``level``, ``event`` and ``logger``, plus
 whatever is bound in the context (``task_id``, ``flow_id``, ``attempt`` while a task runs).
-``get_logger`` keeps structlog off the thin CLI's import path until something is logged; this
-module imports nothing else the CLI would not load anyway.
+The standard library's ``logging`` (a step's own ``logging.getLogger(__name__).info(...)``, or a
+library's) goes to the same sink through the same processors, so its lines are JSON objects
+with the same keys and the same bound context. ``get_logger`` keeps structlog off the thin CLI's
+import path until something is logged; this module imports nothing else the CLI would not load
+anyway.
+
+Event names are short lowercase sentences without a final period ("worker started", "task
+succeeded"); details go into keys, never into the event string.
 """
 
 from __future__ import annotations
@@ -63,11 +69,15 @@ class LogFile:
 
 
 def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> None:
-    """Send JSON lines to ``sink`` (default stdout) for this process."""
+    """Send JSON lines to ``sink`` (default stdout) for this process: structlog's events and,
+    through a handler on the root logger (replacing any this function installed before), the
+    standard library's records at ``level`` and above."""
     import logging
 
     import structlog
 
+    out = sink or sys.stdout
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -76,9 +86,41 @@ def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> N
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.WriteLoggerFactory(file=sink or sys.stdout),  # type: ignore[arg-type]
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(out, threshold)
+
+
+_HANDLER_NAME = "tracemind"
+"""The name of the root handler :func:`configure` installs (a second call replaces it)."""
+
+
+def _route_stdlib_logging(out: TextIO | LogFile, threshold: int) -> None:
+    import logging
+
+    import structlog
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)

@@ -56,6 +56,7 @@ ROOT_RUN_UID, ROOT_RUN_GID = 23001, 23000
 # Variables compose.yaml reads; all set explicitly so a developer's .env cannot redirect a test.
 _COMPOSE_VARS = ("TM_IMAGE", "TM_UID", "TM_GID", "TM_DATA_DIR", "TM_APP_DIR", "TM_STATUS_PORT")
 _PASSTHROUGH = ("TM_BASE_IMAGE", "TM_BUILD_NETWORK")
+_LABEL_VARS = ("TM_IMAGE_VERSION", "TM_IMAGE_REVISION", "TM_IMAGE_CREATED", "TM_IMAGE_SOURCE")
 
 FLOWS = {
     # Sleeps state["seconds"]; carries whatever else the input holds.
@@ -120,7 +121,9 @@ def host_tm() -> str:
         return str(beside)
     found = shutil.which("tm")
     if found is None:
-        pytest.fail("no `tm` next to the test interpreter or on PATH: pip install -e '.[test]'")
+        pytest.fail(
+            "no `tm` next to the test interpreter or on PATH: pip install -e '.[status]' --group test"
+        )
     return str(found)
 
 
@@ -386,7 +389,7 @@ def docker_client() -> Iterator[Any]:
     try:
         import docker
     except ImportError:
-        missing("the Docker SDK is not installed (pip install -e '.[test]')")
+        missing("the Docker SDK is not installed (pip install -e '.[status]' --group test)")
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -435,7 +438,26 @@ def flows_dir(session_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tm_image(docker_client: Any, session_root: Path) -> Iterator[str]:
+def image_labels() -> dict[str, str]:
+    """The TM_IMAGE_* values ``scripts/build-image --print-env`` gives for this checkout."""
+    printed = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-image"), "--print-env"],
+        cwd=REPO,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    values = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines()
+    )
+    assert set(values) == set(_LABEL_VARS), printed
+    return values
+
+
+@pytest.fixture(scope="session")
+def tm_image(docker_client: Any, session_root: Path, image_labels: dict[str, str]) -> Iterator[str]:
     """Build the image once per session with `docker compose build` (BuildKit) under a per-run
     tag; remove that tag at the end (the build cache stays, so the next run is quick)."""
     builder = Project(
@@ -449,10 +471,17 @@ def tm_image(docker_client: Any, session_root: Path) -> Iterator[str]:
         flows=session_root,
     )
     started = time.monotonic()
+    # scripts/build-image: what CI builds, with the OCI labels filled in (the values of
+    # image_labels, so that tests know what to expect).
     result = subprocess.run(
-        builder.compose_argv("build", SERVICE),
+        ["bash", str(REPO / "scripts" / "build-image"), SERVICE],
         cwd=REPO,
-        env=builder.compose_env(),
+        env={
+            **builder.compose_env(),
+            **image_labels,
+            "COMPOSE_FILE": str(COMPOSE_FILE),
+            "COMPOSE_PROJECT_NAME": builder.name,
+        },
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_S,

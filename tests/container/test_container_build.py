@@ -79,17 +79,29 @@ def test_the_classic_builder_builds_a_working_image(docker_client: Any, tm_image
         assert config["Healthcheck"]["Test"] == ["CMD", "tm", "health"]
         assert config["Labels"]["org.opencontainers.image.title"] == "tracemind"
         # And it runs: the venv's `tm`, as the image's own non-root user, on a read-only root.
-        output = docker_client.containers.run(
+        # (Not `run(remove=True)`: the SDK removes the container without its anonymous /data
+        # volume, which would be left behind on every run.)
+        container = docker_client.containers.create(
             tag,
             entrypoint=["tm", "--version"],
             command=[],
             read_only=True,
             network_mode="none",
-            remove=True,
-            stdout=True,
-            stderr=True,
         )
+        try:
+            container.start()
+            assert container.wait(timeout=60)["StatusCode"] == 0
+            output = container.logs(stdout=True, stderr=True)
+            container.reload()
+            volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+        finally:
+            container.remove(v=True, force=True)
         assert output.decode().startswith("tm "), output
+        # And its anonymous /data volume went with it.
+        assert volumes, "the image declares VOLUME /data"
+        for name in volumes:
+            with pytest.raises(docker.errors.NotFound):
+                docker_client.volumes.get(name)
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag)

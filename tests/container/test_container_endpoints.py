@@ -45,9 +45,13 @@ def _metrics(body: str) -> dict[str, dict[str, float]]:
     return families
 
 
-def _acked(stack: Project) -> float:
+SLEEP_FLOW = "ctest-sleep"  # the flow id of sleep.yaml (conftest.FLOWS)
+
+
+def _succeeded(stack: Project) -> float:
     families = _metrics(stack.get("/metrics").body)
-    return families["tracemind_tasks_acked:counter"]["tracemind_tasks_acked_total{}"]
+    samples = families["tracemind_tasks_succeeded:counter"]
+    return samples.get(f"tracemind_tasks_succeeded_total{{flow_id={SLEEP_FLOW}}}", 0.0)
 
 
 def _enqueued(stack: Project) -> float:
@@ -73,10 +77,12 @@ def test_up_wait_is_healthy_and_every_endpoint_answers_without_task_inputs(
     # And work with a secret-looking input: one task done (and counted: the counters come with
     # the once-a-second heartbeat), one in flight.
     secret = f"sk-live-{secrets.token_hex(12)}"
-    acked_before = _acked(stack)
+    succeeded_before = _succeeded(stack)
     done_id = stack.enqueue("sleep.yaml", {"seconds": 0, "api_key": secret})
     assert stack.wait_task(done_id)["status"] == "succeeded"
-    stack.wait_for("the ack to be counted", lambda: _acked(stack) > acked_before, timeout_s=10)
+    stack.wait_for(
+        "the ack to be counted", lambda: _succeeded(stack) > succeeded_before, timeout_s=10
+    )
     running_id = stack.enqueue("sleep.yaml", {"seconds": 5, "password": secret})
     stack.wait_for(
         "the slow task to be leased",
@@ -119,19 +125,25 @@ def test_up_wait_is_healthy_and_every_endpoint_answers_without_task_inputs(
         assert f"{gauge}:gauge" in families, gauge
     for counter in (
         "tracemind_tasks_enqueued",
-        "tracemind_tasks_acked",
+        "tracemind_tasks_succeeded",
         "tracemind_tasks_retried",
         "tracemind_tasks_dead_lettered",
     ):
         assert f"{counter}:counter" in families, counter
     assert families["tracemind_workers_alive:gauge"]["tracemind_workers_alive{}"] == 2
     assert families["tracemind_queue_inflight:gauge"]["tracemind_queue_inflight{}"] >= 1
-    assert families["tracemind_tasks_acked:counter"]["tracemind_tasks_acked_total{}"] >= 1
+    succeeded = families["tracemind_tasks_succeeded:counter"]
+    assert succeeded[f"tracemind_tasks_succeeded_total{{flow_id={SLEEP_FLOW}}}"] >= 1
     assert families["tracemind_tasks_enqueued:counter"]["tracemind_tasks_enqueued_total{}"] >= 2
     histogram = families["tracemind_task_duration_seconds:histogram"]
-    count = histogram["tracemind_task_duration_seconds_count{}"]
+    count = histogram[f"tracemind_task_duration_seconds_count{{flow_id={SLEEP_FLOW}}}"]
     assert count >= 1
-    assert histogram["tracemind_task_duration_seconds_bucket{le=+Inf}"] == count
+    assert (
+        histogram[f"tracemind_task_duration_seconds_bucket{{flow_id={SLEEP_FLOW},le=+Inf}}"]
+        == count
+    )
+    # And the daemon's process metrics, from the client library.
+    assert families["process_resident_memory_bytes:gauge"]["process_resident_memory_bytes{}"] > 0
 
     # And no body ever carries a task's input (nor, once done, its result).
     assert stack.wait_task(running_id)["status"] == "succeeded"
@@ -167,7 +179,11 @@ def test_every_stdout_line_is_json_including_gunicorn(stack: Project) -> None:
     loggers = {event.get("logger") for event in events}
     # gunicorn's own error log and access log go through the same JSON rendering.
     assert {"gunicorn.error", "gunicorn.access", "tracemind.daemon", "tracemind.worker"} <= loggers
-    assert any(e["logger"] == "gunicorn.access" and "/metrics" in e["event"] for e in events)
+    access = [e for e in events if e["logger"] == "gunicorn.access"]
+    assert any(e["path"] == "/metrics" and e["status"] == 200 for e in access), access[-5:]
+    # The health check probes /readyz every few seconds; probes are not logged by default.
+    assert all(e["event"] == "request served" for e in access)
+    assert not any(e["path"] in ("/livez", "/readyz", "/healthz") for e in access)
     assert any(e.get("task_id") == ok and e["event"] == "task succeeded" for e in events)
     # And stderr carries nothing that is not JSON either, and no log line carries a task input.
     stderr = stack.logs(stdout=False, stderr=True)

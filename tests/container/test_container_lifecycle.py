@@ -72,8 +72,10 @@ def test_host_daemon_stop_drains_and_the_container_stays_down(stack: Project) ->
     state = stack.wait_exited(timeout_s=20)
     assert state["ExitCode"] == 0 and not state["OOMKilled"], state
     _assert_stays_down(stack, restarts)
-    ps = stack.tm_json("daemon", "ps")
-    assert ps["running"] is False and ps["state"] == "stopped"
+    ps = stack.tm("daemon", "ps", "--json", check=False)
+    assert ps.returncode == 3, ps.stdout + ps.stderr  # LSB status: not running
+    doc = json.loads(ps.stdout)
+    assert doc["running"] is False and doc["state"] == "stopped" and doc["status_url"] is None
     events = _events(stack, since)
     assert any(e["event"] == "stop requested" for e in events)
     assert any(e["event"] == "daemon stopped" and e.get("drained") is True for e in events)
@@ -186,8 +188,9 @@ def test_sigkill_mid_run_loses_none_of_500_tasks(stack: Project) -> None:
 
     # Then the host sees the daemon gone (its lock died with it), and `docker kill` is a manual
     # stop: the container stays down under the restart policy.
-    ps = stack.tm_json("daemon", "ps")
-    assert ps["running"] is False and ps["state"] == "stopped", ps
+    ps = stack.tm("daemon", "ps", "--json", check=False)
+    assert ps.returncode == 3, ps.stdout + ps.stderr  # LSB status: not running
+    assert json.loads(ps.stdout)["state"] == "stopped", ps.stdout
     _assert_stays_down(stack, restarts)
 
     # When it is started again.

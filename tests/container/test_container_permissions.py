@@ -161,9 +161,10 @@ def test_unwritable_data_stops_the_daemon_at_once_naming_tm_uid_gid_and_env(
     up = project.compose("up", "-d", "--wait", "--no-build", check=False)
     took_s = time.monotonic() - started
 
-    # Then `up --wait` fails fast (no waiting out the health check's 30 s start period)...
+    # Then `up --wait` fails fast (no waiting out the health check's 30 s start period: each
+    # attempt lives until one health check has read the reason, about 5 s)...
     assert up.returncode != 0, up.stdout + up.stderr
-    assert took_s < 20, f"up --wait took {took_s:.1f} s to notice"
+    assert took_s < 30, f"up --wait took {took_s:.1f} s to notice"
     time.sleep(3)  # time for the restart policy to act
     # (Read the state between two attempts: while one runs, Docker reports ExitCode 0.)
     state = project.wait_for(
@@ -186,6 +187,10 @@ def test_unwritable_data_stops_the_daemon_at_once_naming_tm_uid_gid_and_env(
     for needle in ("TM_UID", "TM_GID", ".env", "/data", "not writable"):
         assert needle in line, line
     assert all(e["level"] == "error" and e["error"] in line for e in events), events
+    # ... and the health check said it too (`docker inspect`'s State.Health.Log).
+    health_log = (project.state().get("Health") or {}).get("Log") or []
+    outputs = [entry["Output"] for entry in health_log]
+    assert any("503" in out and events[0]["error"] in out for out in outputs), outputs
     # As documented, `restart: on-failure` retries it (with a growing back-off), which is no
     # unhealthy loop: it never runs.
     assert restarts >= 1, state

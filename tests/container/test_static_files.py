@@ -38,7 +38,7 @@ def _tool(name: str) -> str:
     """Path of a console script: on PATH, or next to this interpreter (an unactivated venv)."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        _missing(f"{name} not found; pip install -e '.[test]'")
+        _missing(f"{name} not found; pip install -e '.[status]' --group test")
     assert found is not None
     return found
 
@@ -117,8 +117,20 @@ def test_dockerfile_runtime_contract() -> None:
     env_text = " ".join(rest for kw, rest in runtime if kw == "ENV")
     for setting in ("TM_DATA_DIR=/data", "PYTHONUNBUFFERED=1", "PYTHONPATH=/app"):
         assert setting in env_text.split(), setting
+    assert "TM_FILE_QUEUE_V2=1" in env_text.split(), "durable mode wherever the image runs"
     labels = " ".join(rest for kw, rest in runtime if kw == "LABEL")
     assert "org.opencontainers.image.title=" in labels
+    runtime_args = {rest.split("=")[0] for kw, rest in runtime if kw == "ARG"}
+    for label, arg in (
+        ("version", "VERSION"),
+        ("revision", "REVISION"),
+        ("created", "CREATED"),
+        ("source", "SOURCE"),
+    ):
+        assert f'org.opencontainers.image.{label}="${{{arg}}}"' in labels, label
+        assert arg in runtime_args, arg
+    copies = [rest for kw, rest in runtime if kw == "COPY"]
+    assert "LICENSE /usr/share/doc/tracemind-daemon/LICENSE" in copies
     assert re.search(
         r"""pip wheel .*"\.\[status\]"|pip wheel .*'\.\[status\]'""",
         " ".join(rest for kw, rest in instructions[:runtime_start] if kw == "RUN"),
@@ -134,8 +146,9 @@ def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
     for pattern in (".git", ".venv*", "data", ".env", "**/__pycache__", ".pytest_cache"):
         assert pattern in patterns, pattern
     # The Dockerfile's COPY sources must stay in the context.
-    for needed in ("pyproject.toml", "README.md", "src", "app"):
+    for needed in ("pyproject.toml", "README.md", "LICENSE", "src", "app"):
         assert needed not in patterns, needed
+    assert "!LICENSE" in patterns, "the context is an allowlist: LICENSE must be on it"
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------
@@ -181,10 +194,39 @@ def test_k8s_workload_is_single_restricted_and_probed() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert "startupProbe" in container
     assert {"requests", "limits"} <= set(container["resources"])
+    assert {"name": "TM_FILE_QUEUE_V2", "value": "1"} in container["env"]
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"])
+    assert annotations["prometheus.io/path"] == "/metrics"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert set(mounts) == {"/data", "/tmp"}
     tmp_volume = next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
     assert tmp_volume["emptyDir"]["medium"] == "Memory"
+
+
+def test_k8s_network_policy_admits_only_the_scraper_to_the_status_port() -> None:
+    (policy,) = [doc for doc in _k8s_documents() if doc["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "tracemind"}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    (source,) = rule["from"]  # one peer: a namespace AND a pod selector (not either)
+    assert set(source) == {"namespaceSelector", "podSelector"}
+    assert not any("ipBlock" in peer for peer in rule["from"])
+
+
+def test_k8s_optional_service_monitor_scrapes_the_status_port() -> None:
+    (monitor,) = yaml.safe_load_all((K8S_DIR / "optional" / "servicemonitor.yaml").read_text())
+    assert monitor["kind"] == "ServiceMonitor"
+    (service,) = [doc for doc in _k8s_documents() if doc["kind"] == "Service"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
 
 
 # ---- systemd -------------------------------------------------------------------------------------
@@ -203,6 +245,8 @@ def test_systemd_unit_runs_the_daemon_in_the_foreground() -> None:
     assert settings["StateDirectoryMode"] == "2770"
     assert settings["EnvironmentFile"]
     assert _duration_s(settings["TimeoutStopSec"]) > DRAIN_TIMEOUT_S
+    env = (REPO / "deploy/systemd/tracemind.env").read_text().splitlines()
+    assert "TM_FILE_QUEUE_V2=1" in env and "TM_ENABLE_DAEMON=1" in env
 
 
 # ---- compose -------------------------------------------------------------------------------------
@@ -254,6 +298,12 @@ def test_compose_service_defaults(compose: list[str]) -> None:
     assert service["restart"] == "on-failure"
     assert _duration_s(service["stop_grace_period"]) > DRAIN_TIMEOUT_S
     assert service["healthcheck"]["test"] == ["CMD", "tm", "health"]
+    assert service["image"] == "tracemind:local"
+    assert service["environment"]["TM_FILE_QUEUE_V2"] == "1"
+    assert service["environment"]["TM_STATUS_PUBLISHED_URL"] == "http://127.0.0.1:8080"
+    assert {
+        k: service["build"]["args"][k] for k in ("VERSION", "REVISION", "CREATED", "SOURCE")
+    } == (dict.fromkeys(("VERSION", "REVISION", "CREATED", "SOURCE"), "unknown"))
     (port,) = service["ports"]
     assert (port["host_ip"], str(port["published"]), port["target"]) == ("127.0.0.1", "8080", 8080)
     mounts = {v["target"]: v for v in service["volumes"]}
@@ -280,6 +330,18 @@ def test_compose_variables_reach_the_service(compose: list[str], tmp_path: Path)
     assert service["user"] == "1234:5678"
     assert {v["target"]: v["source"] for v in service["volumes"]}["/data"] == str(tmp_path)
     assert str(service["ports"][0]["published"]) == "18080"
+    assert service["environment"]["TM_STATUS_PUBLISHED_URL"] == "http://127.0.0.1:18080"
+
+
+def test_a_second_checkout_gets_its_own_names(compose: list[str]) -> None:
+    # Given another project name (what .env.example says a second checkout sets)
+    env = {**_clean_env(), "COMPOSE_PROJECT_NAME": "tracemind2"}
+    result = _run([*compose, "-f", "compose.yaml", "config", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    # Then the project and the image are named after it
+    assert config["name"] == "tracemind2"
+    assert config["services"]["tracemind"]["image"] == "tracemind2:local"
 
 
 def test_trigger_port_is_published_only_with_its_override(compose: list[str]) -> None:
@@ -293,6 +355,16 @@ def test_trigger_port_is_published_only_with_its_override(compose: list[str]) ->
 
 def test_env_example_names_every_setting() -> None:
     text = (REPO / ".env.example").read_text(encoding="utf-8")
-    assigned = set(re.findall(r"^([A-Z_]+)=", text, flags=re.MULTILINE))
-    assert {"TM_UID", "TM_GID", "TM_DATA_DIR", "TM_STATUS_PORT"} <= assigned
+    assigned = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, flags=re.MULTILINE))
+    assert {"TM_UID", "TM_GID", "TM_DATA_DIR", "TM_STATUS_PORT"} <= set(assigned)
     assert "id -u" in text and "id -g" in text
+    # Compose substitutes no commands: every value is literal (numbers for the ids, not 0).
+    for name, value in assigned.items():
+        assert "$(" not in value and "`" not in value, f"{name}={value}"
+    assert assigned["TM_UID"].isdigit() and assigned["TM_UID"] != "0"
+    assert assigned["TM_GID"].isdigit()
+    # Every variable compose.yaml reads is described, set or commented out.
+    described = set(re.findall(r"^#? ?([A-Z_]+)=", text, flags=re.MULTILINE))
+    compose_text = (REPO / "compose.yaml").read_text(encoding="utf-8")
+    read = set(re.findall(r"\$\{([A-Z_]+)", compose_text))
+    assert read <= described, read - described

@@ -247,9 +247,18 @@ class DaemonEnv:
         return self.tm("daemon", "stop", "--state-dir", self.state_dir, *args, timeout_s=timeout_s)
 
     def ps(self, state_dir: Path | None = None) -> dict[str, Any]:
-        out = self.tm_ok("daemon", "ps", "--json", "--state-dir", state_dir or self.state_dir)
-        doc: dict[str, Any] = json.loads(out)
+        """``tm daemon ps --json``, checking its exit code: 0 while running, 3 when stopped."""
+        proc = self.tm("daemon", "ps", "--json", "--state-dir", state_dir or self.state_dir)
+        doc: dict[str, Any] = json.loads(proc.stdout)
+        expected = 3 if doc["state"] == "stopped" else 0
+        assert proc.returncode == expected, f"ps -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
         return doc
+
+    def ps_table(self, state_dir: Path | None = None) -> str:
+        """``tm daemon ps`` (the table), whatever its exit code (3 when stopped)."""
+        proc = self.tm("daemon", "ps", "--state-dir", state_dir or self.state_dir)
+        assert proc.returncode in (0, 3), f"ps -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        return proc.stdout
 
     # -- flows and tasks ------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""TM_ENABLE_DAEMON gates every ``tm daemon`` verb (and ``tm run --detached``)."""
+"""TM_ENABLE_DAEMON gates the ``tm daemon`` verbs that change something (and ``tm run
+--detached``); ``tm daemon ps`` is read-only and runs without it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ VERBS = [
     ("daemon", "start"),
     ("daemon", "start", "--foreground"),
     ("daemon", "stop"),
-    ("daemon", "ps"),
-    ("daemon", "ps", "--json"),
 ]
 
 
@@ -40,6 +39,30 @@ def test_daemon_verbs_need_the_flag(
     else:
         assert "TM_ENABLE_DAEMON" in proc.stderr
         assert proc.stdout == ""
+    assert not daemon_env.state_dir.exists()
+    assert not daemon_env.data_dir.exists()
+
+
+@pytest.mark.parametrize("flag", [None, "0"])
+def test_ps_runs_without_the_flag_and_creates_nothing(
+    daemon_env: DaemonEnv, flag: str | None
+) -> None:
+    # Given: an environment without TM_ENABLE_DAEMON (or with a false value), and no daemon
+    env = dict(daemon_env.env)
+    del env["TM_ENABLE_DAEMON"]
+    if flag is not None:
+        env["TM_ENABLE_DAEMON"] = flag
+
+    # When: ps runs, as a table and as JSON
+    table = daemon_env.tm("daemon", "ps", "--state-dir", daemon_env.state_dir, env=env)
+    as_json = daemon_env.tm("daemon", "ps", "--json", "--state-dir", daemon_env.state_dir, env=env)
+
+    # Then: it reports the daemon as not running, exits 3 (LSB status), and creates nothing
+    assert table.returncode == 3, table.stdout + table.stderr
+    assert table.stdout.startswith("daemon: not running") and table.stderr == ""
+    assert as_json.returncode == 3, as_json.stdout + as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["state"] == "stopped" and doc["status_url"] is None
     assert not daemon_env.state_dir.exists()
     assert not daemon_env.data_dir.exists()
 

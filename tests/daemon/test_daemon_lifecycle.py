@@ -241,9 +241,7 @@ def test_ps_reports_busy_workers_and_the_drain(daemon_env: DaemonEnv) -> None:
             stopping.wait(timeout=10)
     assert stopping.returncode == 0, out + err
     assert daemon_env.show(task_id)["status"] == "succeeded"
-    assert "daemon: not running" in daemon_env.tm_ok(
-        "daemon", "ps", "--state-dir", daemon_env.state_dir
-    )
+    assert "daemon: not running" in daemon_env.ps_table()
 
 
 @pytest.mark.slow

@@ -199,7 +199,7 @@ def test_a_state_dir_of_special_files_reads_as_no_daemon(tm: Tm, tmp_path: Path)
 
     ps = _answers(tm, "daemon", "ps", "--json", "--state-dir", state, env={"TM_ENABLE_DAEMON": "1"})
 
-    assert ps.returncode == 0 and json.loads(ps.stdout)["running"] is False
+    assert ps.returncode == 3 and json.loads(ps.stdout)["running"] is False  # LSB: not running
 
 
 # -- a record a worker may not read ------------------------------------------------------------

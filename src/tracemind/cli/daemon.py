@@ -1,16 +1,21 @@
-"""``tm daemon start|stop|ps`` (all gated by TM_ENABLE_DAEMON)."""
+"""``tm daemon start|stop|ps``: start and stop are gated by TM_ENABLE_DAEMON; ps is read-only
+and runs without it (exit 0 while the daemon runs, 3 when it does not, as LSB ``status``)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tracemind.cli.common import add_queue_options, print_json
 from tracemind.cli.workers import add_pool_options, positive_float, worker_count
 from tracemind.errors import TraceMindError
+
+EXIT_NOT_RUNNING = 3
+"""``tm daemon ps`` when no daemon runs (LSB ``status``: "program is not running")."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +48,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     stop.add_argument("--no-force", action="store_true", help="never kill after the timeout")
     stop.set_defaults(handler=stop_command)
 
-    ps = verbs.add_parser("ps", help="is the daemon running, and what is it doing (read-only)")
+    ps = verbs.add_parser(
+        "ps",
+        help="is the daemon running, and what is it doing (read-only)",
+        description="Report the daemon's state, workers, queue and status URL. Read-only, so "
+        "it needs no TM_ENABLE_DAEMON. Exit 0 while a daemon runs, 3 when none does.",
+    )
     ps.add_argument("--state-dir", help="state directory (env TM_DAEMON_STATE_DIR)")
     ps.add_argument("--json", action="store_true")
     add_queue_options(ps)
@@ -147,11 +157,14 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
     from tracemind import config, log
     from tracemind.daemon.service import Daemon, DaemonSettings, not_writable
 
-    _check_writable(args, state_dir, log_file)
     try:
-        sink: Any = log.LogFile(log_file) if log_file else sys.stdout
-    except OSError as exc:
-        raise not_writable(log_file or state_dir, exc) from None
+        _check_writable(args, state_dir, log_file)
+        try:
+            sink: Any = log.LogFile(log_file) if log_file else sys.stdout
+        except OSError as exc:
+            raise not_writable(log_file or state_dir, exc) from None
+    except TraceMindError as error:
+        return _start_failed(error, args.status_bind)
     log.configure(sink)
     settings = DaemonSettings(
         dirs=config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir),
@@ -178,6 +191,23 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
         raise
 
 
+def _start_failed(error: TraceMindError, status_bind: str | None) -> int:
+    """A start-up check failed (a data directory or the log not writable): the one line on
+    stderr and its JSON twin on stdout at once; then, for ``TM_START_ERROR_HOLD_S`` seconds (the
+    image sets it), every status request is answered 503 with the same line, so a container
+    health check reports it (see :mod:`tracemind.status.failed_start`); then exit 1."""
+    from tracemind import log
+    from tracemind.status.failed_start import hold_s_from, serve_failure
+
+    log.configure(sys.stdout)
+    log.get_logger("tracemind.daemon").error("daemon failed", error=str(error))
+    print(f"tm: error: {error}", file=sys.stderr, flush=True)
+    hold_s = hold_s_from(os.environ.get("TM_START_ERROR_HOLD_S"))
+    if hold_s:
+        serve_failure(status_bind, str(error), hold_s)
+    return error.exit_code
+
+
 def stop_command(args: argparse.Namespace) -> int:
     _gate()
     import socket
@@ -193,7 +223,6 @@ def stop_command(args: argparse.Namespace) -> int:
 
 
 def ps_command(args: argparse.Namespace) -> int:
-    _gate()
     from tracemind import config
     from tracemind.daemon.state import StateDir
     from tracemind.daemon.status_doc import dirs_for, status_document
@@ -207,14 +236,38 @@ def ps_command(args: argparse.Namespace) -> int:
         explicit = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
     state = StateDir(config.state_dir(args.state_dir))
     doc = status_document(state, dirs_for(state, explicit))
+    served = bool(doc["status_url"]) and doc["state"] != "stopped"
+    doc["status_url"] = reachable_status_url(doc, state.meta() or {}, os.environ)
     if args.json:
         print_json(doc)
-        return 0
-    _print_table(doc)
-    return 0
+    else:
+        _print_table(doc, served)
+    return EXIT_NOT_RUNNING if doc["state"] == "stopped" else 0
 
 
-def _print_table(doc: dict[str, Any]) -> None:
+def reachable_status_url(
+    doc: dict[str, Any], meta: dict[str, Any], env: Mapping[str, str]
+) -> str | None:
+    """The status URL as this caller can reach it, or None.
+
+    None while the daemon is stopped or serves no status endpoint. Otherwise ``$TM_STATUS_URL``
+    when set; else, on the daemon's own host, the URL it recorded; else (typically the host of
+    its container, whose port is published elsewhere) the URL it was told it is published at
+    (``TM_STATUS_PUBLISHED_URL``, which compose.yaml sets), or None when it was not told."""
+    import socket
+
+    recorded = doc.get("status_url")
+    if doc["state"] == "stopped" or not recorded:
+        return None
+    if env.get("TM_STATUS_URL"):
+        return env["TM_STATUS_URL"]
+    if doc.get("host") in (None, socket.gethostname()):
+        return str(recorded)
+    published = meta.get("status_url_published")
+    return str(published) if published else None
+
+
+def _print_table(doc: dict[str, Any], served: bool) -> None:
     if doc["state"] == "stopped":
         print(f"daemon: not running (state dir {doc['state_dir']})")
     else:
@@ -247,3 +300,8 @@ def _print_table(doc: dict[str, Any]) -> None:
         )
     if doc["status_url"]:
         print(f"status: {doc['status_url']}")
+    elif served:
+        print(
+            f"status: served on host {doc['host']!r} (a container?) at a URL not reachable "
+            "from here; set TM_STATUS_URL to its published address"
+        )

@@ -211,6 +211,8 @@ class Daemon:
             "drain_timeout_s": s.drain_timeout_s,
             "log_file": str(s.log_file) if s.log_file else None,
             "status_url": status_url(s.status_bind),
+            # Where the status server is reachable from outside (compose: the published port).
+            "status_url_published": os.environ.get("TM_STATUS_PUBLISHED_URL") or None,
             "triggers_config": str(s.triggers_config) if s.triggers_config else None,
             "app_dirs": list(s.app_dirs),
             "import_path": import_path(s.app_dirs),  # where workers import hooks from

@@ -172,7 +172,8 @@ class FileQueue:
         """Create the directories (writers only; readers never call this)."""
         if self._prepared:
             return
-        for directory in (self._pending, self._inflight, self._done, self._staging, self._tmp):
+        directories = (self._pending, self._inflight, self._done, self._cancelled, self._staging)
+        for directory in (*directories, self._tmp):
             ensure_dir(directory)
         self.waiting.ring()  # makes the bell that idle consumers watch
         sweep_temporaries(self._tmp)

@@ -49,7 +49,11 @@ class CronTrigger:
             since = state.last_fire or state.started_at
             if missed is not None and missed > since:
                 catch_up.append(self._event(missed, now))
-                log.info("cron_catch_up", trigger_id=self.spec.id, scheduled_at=iso_utc(missed))
+                log.info(
+                    "catching up a missed cron run",
+                    trigger_id=self.spec.id,
+                    scheduled_at=iso_utc(missed),
+                )
         self._state = state
         after = max(now, state.last_fire) if state.last_fire is not None else now
         self.next_fire = self.spec.schedule.next_fire(after)
@@ -96,4 +100,4 @@ class CronTrigger:
             self.store.save(self.spec.id, state)
         except OSError as error:
             self.dispatcher.stats.error(f"cannot save trigger state: {error}")
-            log.error("trigger_state_save_failed", trigger_id=self.spec.id, error=str(error))
+            log.error("trigger state not saved", trigger_id=self.spec.id, error=str(error))

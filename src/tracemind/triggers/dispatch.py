@@ -138,7 +138,7 @@ class Dispatcher:
             return None
         self.stats.submitted(result.duplicate)
         log.info(
-            "trigger_event_submitted",
+            "trigger event submitted",
             trigger_id=self.spec.id,
             event_id=event.event_id,
             key=key,
@@ -150,7 +150,7 @@ class Dispatcher:
     def _failed(self, event: TriggerEvent, message: str, *, traceback: bool) -> None:
         self.stats.failed_event(message)
         log.error(
-            "trigger_event_failed",
+            "trigger event failed",
             trigger_id=self.spec.id,
             event_id=event.event_id,
             key=event.idempotency_key,

@@ -82,7 +82,7 @@ class FilesystemTrigger:
             found, complete = self.scan()
         except OSError as error:
             self.dispatcher.stats.error(f"cannot list {self.spec.path}: {error}")
-            log.warning("filesystem_poll_failed", trigger_id=self.spec.id, error=str(error))
+            log.warning("filesystem poll failed", trigger_id=self.spec.id, error=str(error))
             return []
         ready: list[tuple[FileVersion, TriggerEvent]] = []
         seen: dict[str, str] = {}
@@ -173,4 +173,4 @@ class FilesystemTrigger:
             self.store.save(self.spec.id, state)
         except OSError as error:
             self.dispatcher.stats.error(f"cannot save trigger state: {error}")
-            log.error("trigger_state_save_failed", trigger_id=self.spec.id, error=str(error))
+            log.error("trigger state not saved", trigger_id=self.spec.id, error=str(error))

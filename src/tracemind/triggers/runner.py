@@ -99,7 +99,7 @@ class TriggerRunner:
         except BaseException:
             self.stop()
             raise
-        log.info("triggers_started", count=len(self.config.triggers), config=str(self.config.path))
+        log.info("triggers started", count=len(self.config.triggers), config=str(self.config.path))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop all threads and close the webhook ports; waits up to ``timeout_s`` per thread."""
@@ -111,7 +111,7 @@ class TriggerRunner:
         for thread in self._threads:
             thread.join(timeout_s)
         if self._started:
-            log.info("triggers_stopped")
+            log.info("triggers stopped")
         self._servers = []
         self._serving.clear()
         self._threads = []
@@ -232,4 +232,4 @@ class TriggerRunner:
             step(self._now())
         except Exception as error:  # a bug in one step must not end the trigger; logged in full
             self._stats[trigger_id].error(f"{type(error).__name__}: {error}")
-            log.exception("trigger_step_crashed", trigger_id=trigger_id)
+            log.exception("trigger step crashed", trigger_id=trigger_id)

@@ -77,7 +77,7 @@ class TriggerStateStore:
             return None
         except (OSError, ValueError, TypeError, KeyError) as error:
             log.warning(
-                "trigger_state_unreadable", trigger_id=trigger_id, path=str(path), error=str(error)
+                "trigger state unreadable", trigger_id=trigger_id, path=str(path), error=str(error)
             )
             return None
 

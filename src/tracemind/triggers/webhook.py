@@ -137,7 +137,8 @@ class WebhookServer:
         missing = [name for name in ("flask", "gunicorn") if importlib.util.find_spec(name) is None]
         if missing:
             raise OSError(
-                f"webhooks need {' and '.join(missing)}: pip install 'trace-mind[status]'"
+                f"webhooks need {' and '.join(missing)}: install TraceMind with its status extra "
+                "(pip install '.[status]' in a checkout)"
             )
         fd = self.listener.fileno()
         env = dict(
@@ -193,11 +194,11 @@ class WebhookServer:
                 try:
                     reply = self._reply(op, message)
                 except Exception:  # a bug in one request must not end the server; logged in full
-                    log.exception("webhook_request_crashed", op=op)
+                    log.exception("webhook request crashed", op=op)
                     reply = {"status": 500, "payload": {"error": "internal error"}}
                 send_frame(conn, reply)
             except OSError as error:  # the worker went away mid-call: it answers nobody
-                log.warning("webhook_channel_error", error=str(error))
+                log.warning("webhook channel failed", error=str(error))
                 return None
             return op
 

@@ -49,6 +49,9 @@ DRAIN_TICK_S = 0.02
 FORK_BLOCKED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 """Blocked across fork until the child installed its own handlers (it inherits the pool's)."""
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MAX_FLOWS = 100
+"""Flows counted apart (a metrics label each); later ones are counted under :data:`OTHER_FLOWS`."""
+OTHER_FLOWS = "_other"
 
 
 class ForkedProcess:
@@ -132,33 +135,44 @@ class PoolSettings:
 
 @dataclass
 class Outcomes:
-    """What the workers reported since the pool started (Prometheus-style counters)."""
+    """What the workers reported since the pool started (Prometheus-style counters), in total
+    and per flow id (``flows``; a task without one counts under ``""``)."""
 
     counts: Counter[str] = field(default_factory=Counter)
     duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
     duration_sum_s: float = 0.0
     duration_count: int = 0
+    flows: dict[str, Outcomes] = field(default_factory=dict)
 
     def started(self, attempt: int) -> None:
         if attempt == 1:
             self.counts["first_attempts"] += 1
 
-    def add(self, outcome: str, duration_s: float, attempt: int) -> None:
-        self.counts[outcome] += 1
-        self.duration_sum_s += duration_s
-        self.duration_count += 1
-        for i, bound in enumerate(DURATION_BUCKETS_S):
-            if duration_s <= bound:
-                self.duration_buckets[i] += 1
+    def add(
+        self, outcome: str, duration_s: float, attempt: int, flow_id: str | None = None
+    ) -> None:
+        key = flow_id or ""
+        if key not in self.flows and len(self.flows) >= MAX_FLOWS:
+            key = OTHER_FLOWS
+        for outcomes in (self, self.flows.setdefault(key, Outcomes())):
+            outcomes.counts[outcome] += 1
+            outcomes.duration_sum_s += duration_s
+            outcomes.duration_count += 1
+            for i, bound in enumerate(DURATION_BUCKETS_S):
+                if duration_s <= bound:
+                    outcomes.duration_buckets[i] += 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "counts": dict(self.counts),
             "duration_buckets_s": list(DURATION_BUCKETS_S),
             "duration_bucket_counts": self.duration_buckets,
             "duration_sum_s": self.duration_sum_s,
             "duration_count": self.duration_count,
         }
+        if self.flows:
+            doc["flows"] = {flow_id: flow.to_dict() for flow_id, flow in self.flows.items()}
+        return doc
 
 
 class WorkerPool:
@@ -360,7 +374,10 @@ class WorkerPool:
                     self.outcomes.started(int(event["attempt"]))
                     continue
                 self.outcomes.add(
-                    str(event["outcome"]), float(event["duration_s"]), int(event["attempt"])
+                    str(event["outcome"]),
+                    float(event["duration_s"]),
+                    int(event["attempt"]),
+                    event.get("flow_id"),
                 )
 
     def read_events(self) -> None:

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from tracemind.libc import die_with_parent
+from tracemind.worker.runtime import Runtime, Task
 
 EXIT_RUNTIME_FAILED = 3
 
@@ -88,6 +89,19 @@ def _event_writer(fd_text: str | None) -> Any:
     return os.fdopen(int(fd_text), "w", buffering=1)
 
 
+class FlowTracking:
+    """A runtime that remembers the flow id of the task it ran last (for the pool's per-flow
+    counts, reported with the outcome after the task)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.flow_id: str | None = None
+
+    def execute(self, task: Task) -> dict[str, Any]:
+        self.flow_id = task.flow_id
+        return self.runtime.execute(task)
+
+
 def _optional_fd(fd_text: str | None) -> int | None:
     return int(fd_text) if fd_text else None
 
@@ -134,9 +148,16 @@ def main(forked: ForkedStart | None = None) -> int:
         if events is not None:
             events.write(json.dumps({"event": "started", "attempt": attempt}) + "\n")
 
+    tracked = FlowTracking(runtime)
+
     def finished(outcome: str, duration_s: float, attempt: int) -> None:
         if events is not None:
-            event = {"outcome": outcome, "duration_s": duration_s, "attempt": attempt}
+            event = {
+                "outcome": outcome,
+                "duration_s": duration_s,
+                "attempt": attempt,
+                "flow_id": tracked.flow_id,
+            }
             events.write(json.dumps(event) + "\n")
 
     def idle() -> None:
@@ -148,7 +169,7 @@ def main(forked: ForkedStart | None = None) -> int:
 
     consumer = Consumer(
         queue,
-        runtime,
+        tracked,
         spec.consumer_id,
         lease_s=spec.lease_s,
         on_finished=finished,
