@@ -238,7 +238,7 @@ def test_a_task_a_worker_may_not_read_is_left_in_place_logged_once_and_reported(
     ids = [tm("enqueue", flow, "-i", f'{{"n": {n}}}', env=env).stdout.strip() for n in range(3)]
     for path in [data, *data.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
-    [locked] = (data / "queue" / "pending").glob(f"*_{ids[0]}_0.json")
+    [locked] = (data / "queue" / "pending").glob(f"*/*/*_{ids[0]}_0.json")
     locked.chmod(0o000)
     # When a daemon of another uid runs its workers
     port = free_port()
@@ -269,9 +269,10 @@ def test_a_task_a_worker_may_not_read_is_left_in_place_logged_once_and_reported(
     ps = json.loads(tm("daemon", "ps", "--json", "--state-dir", state, env=env).stdout)
     assert ps["running"] is True and ps["ready"] is False
     assert ps["unreadable_records"]["count"] == 1
-    assert ps["unreadable_records"]["first"][0]["record"] == f"pending/{locked.name}"
+    relative = str(locked.relative_to(data / "queue"))  # pending/<bucket>/<name>
+    assert ps["unreadable_records"]["first"][0]["record"] == relative
     table = tm("daemon", "ps", "--state-dir", state, env=env).stdout
-    assert f"unreadable: pending/{locked.name} by uid 65534" in table
+    assert f"unreadable: {relative} by uid 65534" in table
     status, body = get(url + "/readyz")
     assert status == 503 and "not readable" in json.loads(body)["reason"]
     assert get(url + "/livez")[0] == 200
