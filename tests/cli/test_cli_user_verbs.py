@@ -166,7 +166,7 @@ def test_bash_completion_offers_commands_verbs_and_options(tm: Tm) -> None:
     script = tm("completion", "bash").stdout
 
     assert "init" in _complete(script, "tm ") and "completion" in _complete(script, "tm ")
-    assert _complete(script, "tm task ") == ["show", "wait", "cancel"]
+    assert _complete(script, "tm task ") == ["show", "wait", "ls", "cancel"]
     assert _complete(script, "tm enqueue --de") == ["--delay"]
     assert _complete(script, "tm daemon start --app") == ["--app-dir"]
     assert _complete(script, "tm completion z") == ["zsh"]

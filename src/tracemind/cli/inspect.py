@@ -83,6 +83,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wait.add_argument("--json", action="store_true")
     add_queue_options(wait)
     wait.set_defaults(handler=wait_command)
+    ls = task_verbs.add_parser(
+        "ls",
+        help="tasks, newest first (read-only)",
+        description="Newest first by enqueue time. Its cost follows --limit, not the size of "
+        "the queue or its history.",
+    )
+    ls.add_argument("--status", action="append", metavar="S", help="pending, delayed, "
+                    "inflight, succeeded, dead or cancelled (repeatable; default: all)")  # fmt: skip
+    ls.add_argument("--flow", metavar="F", help="only tasks of flow id F")
+    ls.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
+    ls.add_argument("--json", action="store_true")
+    add_queue_options(ls)
+    ls.set_defaults(handler=ls_command)
     cancel = task_verbs.add_parser(
         "cancel",
         help="cancel waiting tasks; stop running ones before their next step",
@@ -196,6 +209,17 @@ def wait_command(args: argparse.Namespace) -> int:
         args.json,
     )
     return code
+
+
+def ls_command(args: argparse.Namespace) -> int:
+    infos = client_from(args).list_tasks(args.status, flow=args.flow, limit=args.limit)
+    if args.json:
+        print_json([info.to_dict() for info in infos])
+    else:
+        for info in infos:
+            print(f"{info.task_id}  {info.status.value:9}  {info.flow_id or '-'}  "
+                  f"attempts={info.attempts}")  # fmt: skip
+    return 0
 
 
 def cancel_command(args: argparse.Namespace) -> int:

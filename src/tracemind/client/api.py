@@ -18,6 +18,7 @@ from tracemind.client.inputs import check_input, check_key, due_time, key_from_f
 from tracemind.client.tasks import QueueCounts, TaskInfo
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import NotFound, TraceMindError, UsageError, WaitTimeout
+from tracemind.queue.protocol import TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -246,6 +247,28 @@ class Client:
                     finished = queue.finished(task_id)  # O(1), unlike find
                     if finished is not None:
                         done[task_id] = TaskInfo.of(finished)
+
+    def list_tasks(
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        flow: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskInfo]:
+        """Up to ``limit`` tasks, newest first (by enqueue time; a task waiting for a retry by
+        its due time), in ``status`` (one status or several; all when None), of flow id
+        ``flow`` when given. Read-only; its cost follows ``limit``, not the size of the queue
+        or its history (with ``flow``, at most 10,000 records are read)."""
+        wanted = [status] if isinstance(status, str) else list(status or TaskStatus)
+        try:
+            statuses = {TaskStatus(s) for s in wanted}
+        except ValueError:
+            names = ", ".join(s.value for s in TaskStatus)
+            raise UsageError(f"unknown status in {wanted!r} (one of: {names})") from None
+        if not (isinstance(limit, int) and 0 < limit <= 10_000):
+            raise UsageError(f"limit must be between 1 and 10000, got {limit!r}")
+        infos = self._stores.queue.newest(statuses, limit, flow_id=flow)
+        return [TaskInfo.of(info) for info in infos]
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task. True when it was waiting (pending or delayed): it is ``cancelled`` now

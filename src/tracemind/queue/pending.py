@@ -295,6 +295,25 @@ class PendingDir:
                     return max(copies, key=lambda n: n.attempts)
         return None
 
+    def newest_first(self) -> Iterator[PendingName]:
+        """Every waiting task, by due time from the latest back (by task id within a bucket);
+        lazily, bucket by bucket. First-layout files come first."""
+        flat = [
+            parsed
+            for name, regular in scan_entries(self.path)
+            if regular and (parsed := PendingName.parse(name)) is not None
+        ]
+        yield from sorted(flat, key=lambda n: (n.due_ms, n.task_id), reverse=True)
+        for outer_name in sorted(self._bucket_names(self.path, 7), reverse=True):
+            outer = self.path + outer_name + "/"
+            for inner_name in sorted(self._bucket_names(outer, 10), reverse=True):
+                names = [
+                    parsed
+                    for name, regular in scan_entries(outer + inner_name)
+                    if regular and (parsed := PendingName.parse(name)) is not None
+                ]
+                yield from sorted(names, key=lambda n: (n.due_ms, n.task_id), reverse=True)
+
     @staticmethod
     def _bucket_names(directory: str, width: int) -> list[str]:
         return [
