@@ -107,3 +107,41 @@ def test_tm_task_cancel_reports_each_task_and_exits_1_for_a_finished_one(
     assert "already cancelled" in again.stderr and "Traceback" not in again.stderr
     waited = tm("task", "wait", waiting, "--timeout", "5")
     assert waited.returncode == 1  # cancelled: not succeeded
+
+
+@pytest.mark.slow
+def test_cancels_racing_a_worker_pool_never_run_a_cancelled_task(
+    tm: Tm, flows: Any, dirs: DataDirs, record_dir: Any, processes: Any, tmp_path: Any
+) -> None:
+    # Given 300 tasks and a burst pool of 2 workers draining them
+    import json
+    import subprocess
+
+    from tm_testing import read_records
+
+    flow = flows.write("rec", "tm_test_hooks.record")
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(300)))
+    ids = tm.json("enqueue", flow, "--inputs", batch, "--json")["task_ids"]
+    pool = processes.start(
+        [*tm.command(["workers", "start", "-n", "2", "--burst"])],
+        env=tm.env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # When another process cancels every task while the pool runs
+    cancel = tm("task", "cancel", *ids[::-1], "--json", timeout_s=120)
+    assert pool.wait(timeout=120) == 0
+    outcome = json.loads(cancel.stdout)
+    # Then each task either ran once and succeeded, or was cancelled and never ran
+    runs = {task_id for task_id, _, _ in read_records(record_dir)}
+    client = Client(dirs.queue.parent)
+    statuses = {t: info.status for t in ids if (info := client.get(t)) is not None}
+    cancelled = {t for t, s in statuses.items() if s is TaskStatus.CANCELLED}
+    assert set(outcome["cancelled"]) <= cancelled
+    assert cancelled.isdisjoint(runs)  # a cancelled task never ran
+    assert {t for t, s in statuses.items() if s is TaskStatus.SUCCEEDED} == runs
+    assert len(runs) == len([r for r in read_records(record_dir)])  # each ran at most once
+    assert cancelled | runs == set(ids) and cancelled and runs  # the race really happened
+    assert set(outcome["errors"]) <= runs  # "already finished" only for tasks that ran
