@@ -347,6 +347,25 @@ def open_regular(path: StrPath) -> int:
     return fd
 
 
+def open_append_regular(path: StrPath) -> int:
+    """Open (creating it, mode :data:`FILE_MODE`) a log-like file for appending, without ever
+    blocking or following a symlink: a FIFO, socket, directory or symlink at ``path`` raises
+    :class:`DamagedEntry` instead of hanging the writer. Returns a blocking descriptor."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in _DAMAGE_ERRNOS or exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise DamagedEntry(f"{path}: not a regular file ({exc.strerror})") from exc
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DamagedEntry(f"{path}: not a regular file ({_kind(mode)})")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def read_fd(fd: int, path: StrPath, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
     """The whole contents of the regular file open at ``fd`` (left open); :class:`DamagedEntry`
     when it holds more than ``max_bytes`` (checked before reading, and again while reading a

@@ -48,8 +48,10 @@ class LogFile:
 
     def _open(self) -> TextIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        return os.fdopen(fd, "a", buffering=1)
+        from tracemind.fsutil import open_append_regular
+
+        # Never blocks: a FIFO (or anything but a regular file) at the path is an error.
+        return os.fdopen(open_append_regular(self.path), "a", buffering=1)
 
     def write(self, text: str) -> int:
         with self._lock:

@@ -39,3 +39,17 @@ def test_a_special_or_torn_stop_request_does_not_stop_the_daemon(
     stop = daemon_env.stop()
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert daemon_env.ps()["running"] is False
+
+
+@pytest.mark.slow
+def test_a_fifo_where_the_log_goes_fails_start_with_one_line_instead_of_hanging(
+    daemon_env: DaemonEnv,
+) -> None:
+    daemon_env.state_dir.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(daemon_env.state_dir / "daemon.log")
+    started = time.monotonic()
+    proc = daemon_env.start("--workers", "1")
+    assert time.monotonic() - started < 20
+    assert proc.returncode != 0 and "not a regular file" in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert daemon_env.ps()["running"] is False

@@ -21,6 +21,7 @@ from typing import Any
 from tracemind.daemon.identity import Verdict, held_by, verify_daemon
 from tracemind.daemon.state import Liveness, StateDir, liveness
 from tracemind.errors import TraceMindError
+from tracemind.fsutil import open_append_regular
 
 START_TIMEOUT_S = 30.0
 TAIL_LINES = 15
@@ -43,7 +44,10 @@ def start_detached(
     env = dict(os.environ, TM_DAEMON_INSTANCE_ID=instance_id)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        out: Any = open(log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:  # (a FIFO or directory at the log path fails here instead of hanging `start`)
+            out: Any = os.fdopen(open_append_regular(log_file), "ab")
+        except (OSError, ValueError) as exc:
+            raise StartFailed(f"{exc}: the daemon's log must be a regular file") from exc
     else:
         out = None  # --inherit-logs: the daemon writes to our stdout/stderr
     try:

@@ -365,8 +365,12 @@ def check_log_writable(log_file: Path) -> None:
     if not log_file.exists():
         check_dirs_writable(log_file.parent)
         return
+    from tracemind.fsutil import DamagedEntry, open_append_regular
+
     try:
-        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND))
+        os.close(open_append_regular(log_file))  # (a FIFO there fails, never blocks)
+    except DamagedEntry as exc:
+        raise QueueError(f"{exc}: the daemon's log must be a regular file") from None
     except OSError as exc:
         raise not_writable(log_file, exc) from None
 

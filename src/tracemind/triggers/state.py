@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from tracemind.fsutil import read_regular
 from tracemind.triggers.model import iso_utc, parse_iso_utc
 
 log = structlog.get_logger("tracemind.triggers")
@@ -72,7 +73,7 @@ class TriggerStateStore:
         """The saved state, or None on a first start (or when the record is damaged)."""
         path = self.path_for(trigger_id)
         try:
-            return TriggerState.from_json(json.loads(path.read_text(encoding="utf-8")))
+            return TriggerState.from_json(json.loads(read_regular(path, 1024 * 1024)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError) as error:
