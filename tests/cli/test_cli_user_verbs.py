@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import Tm, files_under, tm_command
+from tm_testing import FlowFiles, Tm, files_under, tm_command
 from tracemind import Client
 
 TASK_ID = "0123456789abcdef012345"
@@ -236,4 +236,13 @@ def test_a_batch_over_a_second_shows_progress_only_on_a_terminal(tm: Tm, tmp_pat
     assert b"enqueue: validating the flow; 2 inputs read" in seen
 
     piped = tm(*args, env=env)
-    assert piped.returncode == 0 and piped.stderr == ""
+    assert piped.returncode == 0 and "enqueue:" not in piped.stderr  # (no progress line)
+
+
+def test_enqueue_into_a_queue_nobody_serves_says_so_on_stderr(tm: Tm, flows: FlowFiles) -> None:
+    # Given a queue no daemon or pool serves
+    flow = flows.write("echo", "tracemind.steps.echo")
+    # When a task is enqueued, Then it is durable (exit 0) and one line says nobody serves it
+    proc = tm("enqueue", flow, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["task_id"]
+    assert proc.stderr.count("\n") == 1 and "no daemon or worker pool serves" in proc.stderr

@@ -4,6 +4,7 @@ other serving."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -29,6 +30,7 @@ def test_two_daemons_on_one_queue_list_each_other_and_one_stops_alone(
     first = daemon_env.start_ok("--workers", "1")
     second = daemon_env.start("--workers", "1", state_dir=other_state)
     assert second.returncode == 0, second.stdout + second.stderr
+    assert f"also serving this queue: daemon {first['instance_id']}" in second.stdout
     second_meta = daemon_env.read_json("daemon.json", other_state)
     assert second_meta is not None
     ids = {first["instance_id"], second_meta["instance_id"]}
@@ -52,7 +54,9 @@ def test_two_daemons_on_one_queue_list_each_other_and_one_stops_alone(
         20,
         "the stopped daemon to leave the cluster",
     )
-    task_id = daemon_env.enqueue(daemon_env.flow("echo", "tracemind.steps.echo"), {"x": 1})
+    served = daemon_env.tm("enqueue", daemon_env.flow("echo", "tracemind.steps.echo"), "--json")
+    assert served.returncode == 0 and "notice" not in served.stderr  # someone serves it
+    task_id = json.loads(served.stdout)["task_id"]
     assert daemon_env.wait(task_id)["status"] == "succeeded"
     stop = daemon_env.tm("daemon", "stop", "--state-dir", other_state)
     assert stop.returncode == 0, stop.stderr

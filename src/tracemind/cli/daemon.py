@@ -112,7 +112,25 @@ def start_command(args: argparse.Namespace) -> int:
         print(f"daemon already running (pid {pid})")
         return 0
     print(f"daemon started (pid {pid}); state: {state_dir}; log: {log_file or 'stdout'}")
+    _name_the_others(args, instance_id)
     return 0
+
+
+def _name_the_others(args: argparse.Namespace, instance_id: str) -> None:
+    """One line naming every other live daemon or pool on the same queue: several daemons on
+    one queue is how users scale, but one started there by mistake should not go unnoticed."""
+    from tracemind import config
+    from tracemind.queue.registry import Registry
+
+    queue_dir = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir).queue
+    others = [m for m in Registry(queue_dir, "").live() if m["instance_id"] != instance_id]
+    if others:
+        named = "; ".join(
+            f"{m.get('kind', 'daemon')} {m['instance_id']} (pid {m.get('pid')} on "
+            f"{m.get('host')}, state {m.get('state_dir') or '-'})"
+            for m in others
+        )
+        print(f"also serving this queue: {named}")
 
 
 def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> list[str]:

@@ -135,6 +135,7 @@ def enqueue_command(args: argparse.Namespace) -> int:
         results = open_submitter(args).submit_many(flow.snapshot, submissions)
     flow.remember()
     _warn_if_workers_cannot_import(args, flow.snapshot)
+    _notice_if_nobody_serves(args)
     duplicates = sum(1 for r in results if r.duplicate)
     summary = {
         "enqueued": len(results) - duplicates,
@@ -161,6 +162,7 @@ def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
     [result] = submitter.submit_many(flow.snapshot, [submission])
     flow.remember()
     _warn_if_workers_cannot_import(args, flow.snapshot)
+    _notice_if_nobody_serves(args)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -194,6 +196,25 @@ def _load(args: argparse.Namespace) -> CachedFlow:
     from tracemind.flows.cache import load_flow_cached
 
     return load_flow_cached(args.flow, flow_cache_dir())
+
+
+def _notice_if_nobody_serves(args: argparse.Namespace) -> None:
+    """One line on stderr when no live daemon or worker pool is registered on the queue just
+    written to: the task is durable, but waits until one starts (a queue in a directory no
+    daemon reads is the usual cause)."""
+    from tracemind.config import data_paths
+    from tracemind.queue.registry import Registry
+
+    queue_dir, _, _ = data_paths(
+        getattr(args, "queue_dir", None),
+        getattr(args, "idempotency_dir", None),
+        getattr(args, "dlq_dir", None),
+    )
+    if not Registry(queue_dir, "").live():
+        sys.stderr.write(
+            f"tm: notice: no daemon or worker pool serves the queue at {queue_dir}: the task "
+            "waits until one starts there (see `tm daemon ps`)\n"
+        )
 
 
 def _warn_if_workers_cannot_import(args: argparse.Namespace, snapshot: FlowSnapshot) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import time
-from typing import Any
 
 from tracemind.errors import QueueError
 from tracemind.fsutil import dump_json, ensure_dir, read_regular, scan_entries, write_atomic
@@ -26,6 +25,10 @@ REGISTRY_DIR = "registry"
 STALE_S = 10.0
 """A heartbeat older than this is not live (servers beat every second)."""
 FORGET_S = 86_400.0
+
+TYPE_CHECKING = False  # (`tm enqueue` reads the registry: no `typing` on its path)
+if TYPE_CHECKING:
+    from typing import Any
 MAX_ENTRY_BYTES = 64 * 1024
 
 
