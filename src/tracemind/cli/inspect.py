@@ -169,7 +169,7 @@ def show_command(args: argparse.Namespace) -> int:
     damaged — empty, torn or not a regular file: such a copy never runs."""
     info = client_from(args).get(args.task_id)
     if info is None:
-        raise NotFound(f"task {args.task_id} not found")
+        raise NotFound(f"task {args.task_id} not found (unknown, or finished and expired)")
     view = info.to_dict()
     _print_tasks([view], args.json)
     if view["status"] == "damaged":
