@@ -1,8 +1,9 @@
 """Where things live and which feature flags are on, resolved from flags and the environment.
 
 Precedence for each data directory: the command-line flag, then its own variable
-(``TM_QUEUE_DIR``, ``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``), then ``$TM_DATA_DIR/<name>``, then
-``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
+(``TM_QUEUE_DIR``, ``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``), then ``<root>/<name>`` of the
+location ``TM_QUEUE_URL`` names (``--queue-url`` sets it; ``file:///abs/path`` is a data root),
+then ``$TM_DATA_DIR/<name>``, then ``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
 ``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
 validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
 
@@ -50,11 +51,38 @@ class DataDirs(Value):
         }
 
 
+def queue_root(url: str) -> str:
+    """The data root a location names: ``file:///absolute/path``. One line (exit 2) for an
+    unknown scheme or a malformed location."""
+    if url.startswith("file://"):
+        path = url[len("file://") :]
+        if not path.startswith("/") or "\0" in path:
+            raise UsageError(f"queue location {url!r}: a file location is file:///absolute/path")
+        return path.rstrip("/") or "/"
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        raise UsageError(f"queue location {url!r}: not a URL (expected file:///absolute/path)")
+    raise UsageError(
+        f"queue location {url!r}: unknown scheme {scheme!r} (this version knows file://)"
+    )
+
+
+def queue_url(dirs: DataDirs) -> str | None:
+    """The location of ``dirs`` as a URL, when they are the three directories of one root."""
+    root = os.path.dirname(str(dirs.queue))
+    expected = (os.path.join(root, "idempotency"), os.path.join(root, "dlq"))
+    if (str(dirs.idempotency), str(dirs.dlq)) != expected:
+        return None
+    return "file://" + root
+
+
 def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> str:
     if flag:
         chosen = flag
     elif env.get(var):
         chosen = env[var]
+    elif env.get("TM_QUEUE_URL"):
+        chosen = os.path.join(queue_root(env["TM_QUEUE_URL"]), name)
     elif env.get("TM_DATA_DIR"):
         chosen = os.path.join(env["TM_DATA_DIR"], name)
     else:

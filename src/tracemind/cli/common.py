@@ -26,9 +26,32 @@ _INFINITY = float("inf")
 
 def add_queue_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data directories (defaults: $TM_DATA_DIR/… or data/…)")
+    group.add_argument(
+        "--queue-url",
+        type=_queue_url,
+        metavar="URL",
+        help="where the data is: file:///abs/path, a data root (env TM_QUEUE_URL)",
+    )
     group.add_argument("--queue-dir", help="queue directory (env TM_QUEUE_DIR)")
     group.add_argument("--idempotency-dir", help="idempotency directory (env TM_IDEMPOTENCY_DIR)")
     group.add_argument("--dlq-dir", help="dead-letter directory (env TM_DLQ_DIR)")
+
+
+def _queue_url(text: str) -> str:
+    """``--queue-url``: checked, then exported as ``TM_QUEUE_URL``, so this process and every
+    process it starts (a detached daemon, its workers) resolve the same location."""
+    import argparse
+    import os
+
+    from tracemind.config import queue_root
+    from tracemind.errors import UsageError
+
+    try:
+        queue_root(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None  # usage error, exit 2
+    os.environ["TM_QUEUE_URL"] = text
+    return text
 
 
 def add_app_dir_option(parser: argparse.ArgumentParser, *, where: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracemind.config import DataDirs
+from tracemind.config import DataDirs, queue_url
 from tracemind.daemon.identity import held_by, verify_daemon
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.problems import unreadable_records
@@ -102,6 +102,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "queue": queue,
         "dlq": dlq,
         "cluster": cluster,
+        "queue_url": None if dirs is None else queue_url(dirs),
         "triggers": (components.get("triggers") or {}).get("triggers", []),
         "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),
