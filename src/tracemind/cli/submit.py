@@ -278,7 +278,7 @@ QUICK_FORMS = {
             **_QUEUE_DIRS,
         },
         switches={"--detached": "detached", "--json": "json"},
-        defaults={"input": "{}"},
+        defaults={"input": "{}", "queue_url": None},  # (--queue-url goes to argparse)
         appends=_APP_DIRS,
     ),
     "enqueue": QuickForm(
@@ -296,7 +296,7 @@ QUICK_FORMS = {
             **_QUEUE_DIRS,
         },
         switches={"--json": "json"},
-        defaults={},
+        defaults={"queue_url": None},  # (--queue-url goes to argparse)
         exclusive=(frozenset({"input", "inputs"}), frozenset({"delay", "at"})),
         appends=_APP_DIRS,
         instead_of_positional=frozenset({"step"}),
