@@ -121,3 +121,33 @@ def test_flows_past_the_limit_are_counted_together() -> None:
     assert flows[OTHER_FLOWS]["counts"] == {"succeeded": 5, "dead-lettered": 1}
     assert outcomes.counts == {"succeeded": MAX_FLOWS + 5, "dead-lettered": 1}
     assert sum(f["duration_count"] for f in flows.values()) == outcomes.duration_count
+
+
+def test_records_removed_by_retention_are_counted_by_kind(tmp_path: Path) -> None:
+    # Given a live daemon's state (lock held, fresh heartbeat) that pruned some records
+    import os
+    import time
+
+    from tracemind.config import DataDirs
+    from tracemind.daemon.state import StateDir
+    from tracemind.status.metrics import QueueCollector
+
+    state = StateDir(tmp_path / "state")
+    state.prepare()
+    lock = state.acquire_lock(1.0)
+    assert lock is not None
+    try:
+        state.write_json(state.meta_path, {"instance_id": "abc", "pid": os.getpid()})
+        state.write_json(
+            state.heartbeat_path,
+            {"instance_id": "abc", "at": time.time(), "pruned": {"results": 3, "keys": 1}},
+        )
+        dirs = DataDirs(tmp_path / "q", tmp_path / "i", tmp_path / "d")
+        # When the collector runs, Then the counter carries each kind
+        [family] = [
+            f for f in QueueCollector(state, dirs).collect() if f.name == "tracemind_pruned_records"
+        ]
+        counts = {s.labels["kind"]: s.value for s in family.samples if s.name.endswith("_total")}
+        assert counts == {"results": 3.0, "keys": 1.0}
+    finally:
+        os.close(lock)

@@ -260,6 +260,7 @@ class Daemon:
             "reason": reason,
             "outcomes": self.pool.outcomes.to_dict(),
             "enqueued_total": self._count_enqueued(),
+            "pruned": dict(self.pruner.totals),
             "components": {name: c.describe() for name, c in self.components.items()},
         }
         with contextlib.suppress(OSError):

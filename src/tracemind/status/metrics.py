@@ -81,6 +81,15 @@ class QueueCollector(Collector):
         )
         enqueued.add_metric([], float(beat.get("enqueued_total", 0)))
         yield enqueued
+        pruned = CounterMetricFamily(
+            "tracemind_pruned_records",
+            "Records retention removed since this daemon started, by kind (results, keys, "
+            "dlq_audit, quarantine, temporaries).",
+            labels=["kind"],
+        )
+        for kind, count in sorted((beat.get("pruned") or {}).items()):
+            pruned.add_metric([str(kind)], float(count))
+        yield pruned
         yield _histogram(flows)
 
 
