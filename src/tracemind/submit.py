@@ -24,6 +24,7 @@ from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.idempotency import IdempotencyStore, KeyRecord
 from tracemind.queue.names import PendingName, new_task_id
+from tracemind.queue.pending import CHUNK_TASKS
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record
 from tracemind.values import Value
@@ -138,12 +139,15 @@ class QueueSubmitter:
         max_attempts = int(flow.flow["retry"]["max_attempts"])
         results: list[SubmitResult] = []
         new: list[NewTask] = []
-        for item in submissions:
+        now_ms = int(now_s * 1000)
+        for index, item in enumerate(submissions):
             key = item.idempotency_key
             if key is not None and key in known:
                 results.append(SubmitResult(known[key], True))
                 continue
-            task_id = new_task_id(now_s)
+            # A big batch's ids advance a millisecond every CHUNK_TASKS tasks: its tasks then
+            # fill buckets of pending/ of bounded size (queue.pending.bucket_of), in order.
+            task_id = new_task_id(at_ms=now_ms + index // CHUNK_TASKS)
             if key is not None:
                 known[key] = task_id
             record = new_record(

@@ -516,7 +516,9 @@ class FileQueue:
             self._held_back = {n: t for n, t in held.items() if t > now_s}
             names = [n for n in names if n not in self._held_back]
         self._candidates = deque(names)
-        self._listed_at_s = now_s
+        # Stamped after the listing: one that took longer than the interval must not make every
+        # following lease list again.
+        self._listed_at_s = max(now_s, self.clock())
 
     def wait_for_work(self, timeout_s: float) -> None:
         if self._watch is None:

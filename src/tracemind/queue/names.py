@@ -38,10 +38,11 @@ class _IdClock:
     sequence = 0
 
 
-def new_task_id(now_s: float | None = None) -> str:
-    """A unique, time-sortable id: 12 hex digits of milliseconds, 4 of a per-process sequence
-    (so a batch made within one millisecond keeps its order), then 6 random hex digits."""
-    ms = int((time.time() if now_s is None else now_s) * 1000)
+def new_task_id(now_s: float | None = None, *, at_ms: int | None = None) -> str:
+    """A unique, time-sortable id: 12 hex digits of milliseconds (``at_ms``, else ``now_s``,
+    else now), 4 of a per-process sequence (so a batch made within one millisecond keeps its
+    order), then 6 random hex digits."""
+    ms = at_ms if at_ms is not None else int((time.time() if now_s is None else now_s) * 1000)
     if ms == _IdClock.last_ms:
         _IdClock.sequence = (_IdClock.sequence + 1) & 0xFFFF
     else:

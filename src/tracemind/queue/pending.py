@@ -49,12 +49,30 @@ PLACE_ATTEMPTS = 5
 """How often a bucket is made again when consumers keep removing its outer bucket under it."""
 
 
-def bucket_of(due_ms: int) -> str:
-    """The bucket path of a due time, relative to ``pending/``, ending in a separator."""
-    return f"{due_ms // OUTER_MS:07d}/{due_ms // INNER_MS:010d}/"
+CHUNK_TASKS = 10_000
+"""Most tasks of one batch in one bucket: a batch's ids advance by a millisecond every
+``CHUNK_TASKS`` tasks (see :func:`tracemind.queue.names.batch_task_ids`), and a task whose id is
+that many milliseconds past its due time lands in a chunk of its due second."""
+MAX_CHUNK = 999_999
+
+
+def bucket_of(name: PendingName) -> str:
+    """The bucket path of a task name, relative to ``pending/``, ending in a separator: the
+    outer bucket of its due time, then its due second — with ``-{chunk:06d}`` when its id was
+    made that many milliseconds after its due time (a big batch's later chunks)."""
+    due_ms = name.due_ms
+    chunk = int(name.task_id[:12], 16) - due_ms
+    inner = f"{due_ms // INNER_MS:010d}"
+    if 0 < chunk <= MAX_CHUNK:
+        inner += f"-{chunk:06d}"
+    return f"{due_ms // OUTER_MS:07d}/{inner}/"
 
 
 def _bucket_number(name: str, width: int) -> int | None:
+    """The number an outer (``width`` 7) or inner (10, maybe with a chunk) bucket's name
+    carries, or None for a name that is not a bucket."""
+    if width == 10 and len(name) == 17 and name[10] == "-" and name[11:].isdigit():
+        name = name[:10]
     return int(name) if len(name) == width and name.isdigit() else None
 
 
@@ -72,7 +90,7 @@ class PendingDir:
         self.durable = durable
 
     def path_of(self, name: PendingName) -> str:
-        return self.path + bucket_of(name.due_ms) + str(name)
+        return self.path + bucket_of(name) + str(name)
 
     # -- writers -------------------------------------------------------------------------------
 
@@ -80,7 +98,7 @@ class PendingDir:
         """Write new task files (durably when the queue is), each whole or not at all."""
         if not items:
             return
-        for bucket in {bucket_of(name.due_ms) for name, _ in items}:
+        for bucket in {bucket_of(name) for name, _ in items}:
             self._make_bucket(self.path + bucket)
         targets = [(self.path_of(name), data) for name, data in items]
         if len(targets) == 1:
@@ -119,7 +137,7 @@ class PendingDir:
     def sync_buckets(self, names: Iterable[PendingName]) -> None:
         """Make the entries of ``names`` durable (a durable queue; one sync per bucket)."""
         if self.durable:
-            for bucket in {bucket_of(name.due_ms) for name in names}:
+            for bucket in {bucket_of(name) for name in names}:
                 with contextlib.suppress(FileNotFoundError):  # emptied and removed already
                     fsync_dir(self.path + bucket)
 
@@ -172,7 +190,7 @@ class PendingDir:
                 self._remove_if_past(outer, outer_start_ms + OUTER_MS, now_ms)
                 continue
             for inner_name in inner_names:
-                inner_start_ms = int(inner_name) * INNER_MS
+                inner_start_ms = int(inner_name[:10]) * INNER_MS
                 if inner_start_ms > now_ms:
                     return [], inner_start_ms
                 names = self._task_names(outer + inner_name + "/")
