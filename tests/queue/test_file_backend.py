@@ -302,3 +302,31 @@ def test_finding_a_task_that_waits_for_its_retry_does_not_list_the_backlog(
     # Then it is found as delayed, from the newest buckets, not by listing all 50
     assert info is not None and info.status is TaskStatus.DELAYED and info.attempts == 1
     assert len(listed) <= 6, listed
+
+
+def test_a_big_batch_fills_buckets_of_bounded_size_and_a_lease_reads_one(
+    stores: Stores, clock: FakeClock, echo_snapshot: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one batch of 25,000 tasks, all due at once
+    from tracemind.queue.pending import CHUNK_TASKS
+    from tracemind.submit import Submission
+
+    results = stores.submitter(60).submit_many(
+        echo_snapshot, [Submission({"n": n}) for n in range(25_000)]
+    )
+    # Then they fill three buckets of at most CHUNK_TASKS each
+    buckets = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    assert [len(os.listdir(b)) for b in buckets] == [CHUNK_TASKS, CHUNK_TASKS, 5_000]
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting(path: Any) -> Any:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    # And a lease reads only the first of them, and gets the batch's first task
+    lease = stores.queue.lease("c1", LEASE_S)
+    assert lease is not None and lease.task_id == results[0].task_id
+    assert [p for p in listed if p.rstrip("/").endswith(buckets[0].name)] == listed[-1:]
+    assert len(listed) <= 3  # pending/, the outer bucket, one inner bucket
