@@ -3,8 +3,8 @@
 ``create_app`` takes its dependencies (state dir, data dirs). The probes read only the state
 dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
 not read (one small file each, none normally), so they stay fast under load; ``/status`` and
-``/metrics`` list the queue directories, so their bodies are reused for up to
-:data:`COUNTS_MAX_AGE_S` (one listing a second, however many scrapers). Bodies carry counts and
+``/metrics`` count the queue, so their bodies are refreshed in the background at most every
+:data:`COUNTS_MAX_AGE_S` and served from the last refresh (a request never waits for a count). Bodies carry counts and
 states only — never task inputs, results or secrets.
 """
 
@@ -28,8 +28,10 @@ T = TypeVar("T")
 
 
 class Recent(Generic[T]):
-    """The last result of an expensive read, reused while younger than ``max_age_s``; one
-    thread recomputes while the others wait for its result (thread-safe)."""
+    """The last result of an expensive read, kept fresh off the request path: the first call
+    computes it; later calls return the last result at once, and when it is older than
+    ``max_age_s`` start one background refresh (stale-while-revalidate). So no request waits
+    for a listing of the queue, however deep it is or however busy the disk (thread-safe)."""
 
     def __init__(self, compute: Callable[[], T], max_age_s: float) -> None:
         self.compute = compute
@@ -37,13 +39,28 @@ class Recent(Generic[T]):
         self._lock = threading.Lock()
         self._value: T | None = None
         self._at_s = float("-inf")
+        self._refreshing = False
 
     def get(self) -> T:
         with self._lock:
-            now_s = time.monotonic()
-            if self._value is None or now_s - self._at_s >= self.max_age_s:
-                self._value, self._at_s = self.compute(), now_s
+            if self._value is None:  # the first request computes (nothing to serve yet)
+                self._value, self._at_s = self.compute(), time.monotonic()
+                return self._value
+            stale = time.monotonic() - self._at_s >= self.max_age_s
+            if stale and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="status-refresh", daemon=True).start()
             return self._value
+
+    def _refresh(self) -> None:
+        try:
+            value = self.compute()
+        except Exception:  # the last good value stays; the next request tries again
+            with self._lock:
+                self._refreshing = False
+            raise
+        with self._lock:
+            self._value, self._at_s, self._refreshing = value, time.monotonic(), False
 
 
 def create_app(state: StateDir, dirs: DataDirs) -> Flask:
