@@ -309,10 +309,9 @@ class Daemon:
             return False, "workers are crash-looping"
         if pool_status.get("alive", 0) < self.settings.workers:
             return False, "workers not alive"
-        try:
-            check_writable(self.settings.dirs)
-        except QueueError as exc:
-            return False, str(exc)
+        unwritable = first_unwritable(self.settings.dirs)
+        if unwritable is not None:
+            return False, str(unwritable)
         return True, None
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
@@ -343,6 +342,20 @@ def check_writable(dirs: DataDirs, *others: Path) -> None:
     state dir) this process cannot write, by really creating and removing a probe file:
     permission bits alone do not tell (root, a read-only mount)."""
     check_dirs_writable(dirs.queue, dirs.idempotency, dirs.dlq, *others)
+
+
+def first_unwritable(dirs: DataDirs) -> QueueError | None:
+    """The error for the first data directory this process may not write now, without writing
+    anything (``access(2)``: permissions, and a read-only mount for root too). What each
+    heartbeat asks: a probe file created and removed every second would keep changing the
+    directories, which defeats the census (docs/queue-format.md, "What things cost")."""
+    import errno
+
+    for directory in (dirs.queue, dirs.idempotency, dirs.dlq):
+        if not os.access(directory, os.W_OK | os.X_OK):
+            code = errno.EROFS if os.access(directory, os.R_OK) else errno.EACCES
+            return not_writable(directory, OSError(code, os.strerror(code)))
+    return None
 
 
 def check_dirs_writable(*directories: Path) -> None:

@@ -211,9 +211,8 @@ class FileQueue:
         moved: list[PendingName] = []
         for name in names:
             parsed = PendingName.parse(name)
-            if parsed is not None and self.waiting.move_in(
-                self._staging + name, parsed, sync=False
-            ):
+            staged = self._staging + name
+            if parsed is not None and self.waiting.move_in(staged, parsed, sync=False, ring=False):
                 moved.append(parsed)
         self.waiting.sync_buckets(moved)
         return len(moved)

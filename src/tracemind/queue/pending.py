@@ -114,7 +114,9 @@ class PendingDir:
             )
         self.ring()
 
-    def move_in(self, source: str, name: PendingName, *, sync: bool = True) -> bool:
+    def move_in(
+        self, source: str, name: PendingName, *, sync: bool = True, ring: bool = True
+    ) -> bool:
         """Rename the task file at ``source`` into ``pending/`` as ``name``; False when
         ``source`` is gone (another process moved it first). With a durable queue the bucket is
         synced, unless ``sync`` is False (the caller then calls :meth:`sync_buckets`)."""
@@ -131,11 +133,16 @@ class PendingDir:
             raise write_error(target, exc) from exc
         if self.durable and sync:
             fsync_dir(os.path.dirname(target))
-        self.ring()
+        if ring:  # (a caller moving many rings once: see sync_buckets)
+            self.ring()
         return True
 
     def sync_buckets(self, names: Iterable[PendingName]) -> None:
-        """Make the entries of ``names`` durable (a durable queue; one sync per bucket)."""
+        """After moves made with ``sync=False, ring=False``: make their entries durable (a
+        durable queue; one sync per bucket) and wake the consumers once."""
+        names = list(names)
+        if names:
+            self.ring()
         if self.durable:
             for bucket in {bucket_of(name) for name in names}:
                 with contextlib.suppress(FileNotFoundError):  # emptied and removed already
