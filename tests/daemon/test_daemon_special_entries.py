@@ -254,7 +254,7 @@ def test_a_task_a_worker_may_not_read_is_left_in_place_logged_once_and_reported(
     def show(task_id: str) -> dict[str, Any]:
         return json.loads(tm("task", "show", task_id, "--json", env=env).stdout)
 
-    wait_until(lambda: all(show(t)["status"] == "succeeded" for t in ids[1:]), 30, "the others")
+    wait_until(lambda: all(show(t)["status"] == "succeeded" for t in ids[1:]), 90, "the others")
     wait_until(lambda: get(url + "/readyz")[0] == 503, 10, "readiness to report the problem")
     time.sleep(3)  # several more relistings: it must stay logged once
     # Then the other tasks ran; this one stays pending, where it was, never quarantined
