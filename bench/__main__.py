@@ -21,10 +21,13 @@ from bench import (
     fig_cold_start,
     fig_depth,
     fig_disk,
+    fig_dlq,
     fig_drain,
     fig_enqueue,
     fig_idle,
     fig_inspect,
+    fig_keys,
+    fig_noiso,
     fig_pickup,
     fig_status,
 )
@@ -52,8 +55,11 @@ FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
     # The backlog figures: run with --backlog or --only (a million tasks take minutes and GBs).
     "inspect": (8, "Inspecting a deep backlog", fig_inspect.run),
     "depth": (9, "Drain at depth", fig_depth.run),
+    "keys": (10, "Batch with idempotency keys", fig_keys.run),
+    "enqueue_noiso": (11, "Durable enqueue without scratch isolation", fig_noiso.run),
+    "dlq": (12, "Counts with many dead letters", fig_dlq.run),
 }
-BACKLOG_FIGURES = ("inspect", "depth")
+BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

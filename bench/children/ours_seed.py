@@ -21,9 +21,9 @@ def main() -> int:
     from tracemind.submit import Submission
 
     flow = load_flow(flow_path)
-    submitter = open_stores(config.data_dirs(), durable=config.durable()).submitter(
-        config.idempotency_ttl_s()
-    )
+    stores = open_stores(config.data_dirs(), durable=config.durable())
+    stores.queue.prepare()  # the directories, even for no task
+    submitter = stores.submitter(config.idempotency_ttl_s())
     ids: dict[str, str] = {}
     for first in range(0, count, chunk):
         batch = [Submission({"i": i}) for i in range(first, min(count, first + chunk))]
