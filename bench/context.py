@@ -67,7 +67,10 @@ class BacklogSizes:
     windows: int
     """Consecutive windows taken at depth (their median is the deep rate)."""
     build_chunk: int
-    """Tasks per ``submit_many`` call while building the deep backlog."""
+    """Tasks per ``submit_many`` call while building a backlog. A batch's tasks are all due at
+    its submission time, so this is also how many tasks share one bucket of ``pending/``."""
+    one_batch: int
+    """Tasks of the backlog enqueued as one ``tm enqueue --inputs`` batch (one bucket)."""
     inspect_samples: int
     """Whole-process runs of each inspection command per queue."""
     probe_window_s: float
@@ -91,7 +94,8 @@ class BacklogSizes:
             skip=1_000,
             window=20_000,
             windows=3,
-            build_chunk=50_000,
+            build_chunk=10_000,
+            one_batch=200_000,
             inspect_samples=15,
             probe_window_s=10.0,
             idle_windows=3,
@@ -110,7 +114,8 @@ class BacklogSizes:
             skip=200,
             window=2_000,
             windows=2,
-            build_chunk=5_000,
+            build_chunk=2_000,
+            one_batch=6_000,
             inspect_samples=3,
             probe_window_s=1.0,
             idle_windows=1,

@@ -1,5 +1,7 @@
 """Figure 9 — draining a deep backlog with 2 workers: the rate at depth against the rate of a
-shallow queue and against Huey's consumer at the same depth; worker memory at both depths;
+shallow queue and against Huey's consumer at the same depth (both backlogs built in batches of
+``build_chunk`` tasks, so their buckets of ``pending/`` hold as many tasks); a backlog enqueued as
+one batch (all its tasks in one bucket); worker memory at both depths;
 ``/status`` and ``/metrics`` while the workers drain at depth; the idle cost of the daemon once
 the spike is gone, against a fresh daemon on a fresh queue.
 
@@ -31,9 +33,9 @@ from bench.backlog import (
 )
 from bench.context import Context
 from bench.core import BenchError, FigureResult, Goal, Row, median, paired_ratio, percentile
-from bench.env import huey_env, kill_tree, ours_env
+from bench.env import huey_env, kill_tree, ours_env, run_timed
 from bench.procstat import cpu_between, usage
-from bench.workload import write_noop_flow
+from bench.workload import write_inputs, write_noop_flow
 
 HUEY = "huey_consumer -w 2 -k process (SqliteHuey), same backlog"
 PROBE_PATHS = ("/status", "/metrics")
@@ -160,6 +162,21 @@ def run(ctx: Context) -> FigureResult:
         add("huey shallow tasks/s", rates)
         add("huey shallow worker rss MB", rss)
 
+    # A backlog enqueued as one batch: every task in one bucket of pending/.
+    data = ctx.new_dir("one-batch-") / "data"
+    inputs = write_inputs(data.parent, sizes.one_batch)
+    ctx.say(f"depth: one batch of {sizes.one_batch:,} tasks (`tm enqueue --inputs`)")
+    run_timed(
+        [ctx.programs.tm, "enqueue", str(flow), "--inputs", str(inputs)],
+        env=ours_env(data),
+        timeout_s=drain_timeout_s(sizes.one_batch),
+    )
+    one_batch_marks = [sizes.skip, sizes.skip + sizes.window]
+    with LoggedDaemon(ctx, data) as daemon:
+        rates, rss = ours_windows(daemon, one_batch_marks)
+    add("ours one batch tasks/s", rates)
+    add("ours one batch worker rss MB", rss)
+
     # The deep backlog: ours (perhaps inspected by figure 8 before), then Huey's.
     deep: DeepQueue = deep_queue(ctx)
     deep.drained = True  # whatever happens next, no later figure may take it as built
@@ -212,6 +229,8 @@ def run(ctx: Context) -> FigureResult:
         "windows": sizes.windows,
         "deep marks": deep_marks,
         "shallow marks": shallow_marks,
+        "build chunk": sizes.build_chunk,
+        "one batch": sizes.one_batch,
         "deep build s": deep.build_s,
         "deep pending at start": start_depth,
         "huey deep seed s": huey_seed_s,
@@ -284,6 +303,17 @@ def run(ctx: Context) -> FigureResult:
             "Huey's worker, same backlog",
         ),
     ]
+    one_batch = samples["ours one batch tasks/s"]
+    result.rows.append(
+        Row(
+            f"drain at {sizes.one_batch:,} pending enqueued as one batch ÷ at {shallow:,}",
+            "tasks/s",
+            median(one_batch),
+            median(ours_shallow),
+            f"ours at {shallow:,}",
+            note=f"worker RSS {median(samples['ours one batch worker rss MB']):.1f} MB",
+        )
+    )
     for path in PROBE_PATHS:
         result.rows.append(
             Row(
