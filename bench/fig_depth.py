@@ -42,6 +42,7 @@ PROBE_PATHS = ("/status", "/metrics")
 PROBE_RATE_PER_S = 50.0
 SETTLE_S = 3.0
 DRAIN_POLL_S = 1.0
+ONE_BATCH_WAIT_S = 60.0
 
 
 def drain_timeout_s(tasks: int) -> float:
@@ -57,6 +58,18 @@ def ours_windows(daemon: LoggedDaemon, marks: list[int]) -> tuple[list[float], l
         if mark != marks[0]:
             rss.append(max(daemon.worker_rss_mb()))
     return window_rates(daemon.succeeded_times(marks[-1]), marks), rss
+
+
+def fixed_window(ctx: Context, daemon: LoggedDaemon) -> tuple[float, float]:
+    """(tasks/s over twice ``probe_window_s`` once ``skip`` tasks succeeded or ``ONE_BATCH_WAIT_S``
+    passed, the largest worker RSS in MB at its end): a rate even where it collapses."""
+    deadline = time.monotonic() + ONE_BATCH_WAIT_S
+    while daemon.succeeded() < ctx.backlog.skip and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = daemon.succeeded()
+    window_s = 2 * ctx.backlog.probe_window_s
+    time.sleep(window_s)
+    return (daemon.succeeded() - first) / window_s, max(daemon.worker_rss_mb())
 
 
 def huey_windows(ctx: Context, db: Path, marks: list[int]) -> tuple[list[float], list[float]]:
@@ -171,11 +184,10 @@ def run(ctx: Context) -> FigureResult:
         env=ours_env(data),
         timeout_s=drain_timeout_s(sizes.one_batch),
     )
-    one_batch_marks = [sizes.skip, sizes.skip + sizes.window]
     with LoggedDaemon(ctx, data) as daemon:
-        rates, rss = ours_windows(daemon, one_batch_marks)
-    add("ours one batch tasks/s", rates)
-    add("ours one batch worker rss MB", rss)
+        rate, rss_mb = fixed_window(ctx, daemon)
+    add("ours one batch tasks/s", [rate])
+    add("ours one batch worker rss MB", [rss_mb])
 
     # The deep backlog: ours (perhaps inspected by figure 8 before), then Huey's.
     deep: DeepQueue = deep_queue(ctx)
@@ -306,7 +318,8 @@ def run(ctx: Context) -> FigureResult:
     one_batch = samples["ours one batch tasks/s"]
     result.rows.append(
         Row(
-            f"drain at {sizes.one_batch:,} pending enqueued as one batch ÷ at {shallow:,}",
+            f"drain at {sizes.one_batch:,} pending enqueued as one batch ÷ at {shallow:,} "
+            f"({2 * sizes.probe_window_s:g} s)",
             "tasks/s",
             median(one_batch),
             median(ours_shallow),
