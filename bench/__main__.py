@@ -13,11 +13,25 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import fig_cold_start, fig_disk, fig_drain, fig_enqueue, fig_idle, fig_pickup, fig_status
-from bench.context import Context, Sizes
+from bench import (
+    fig_cold_start,
+    fig_depth,
+    fig_disk,
+    fig_dlq,
+    fig_drain,
+    fig_enqueue,
+    fig_idle,
+    fig_inspect,
+    fig_keys,
+    fig_noiso,
+    fig_pickup,
+    fig_status,
+)
+from bench.context import BacklogSizes, Context, Sizes
 from bench.core import FigureResult
 from bench.env import (
     BENCH_DIR,
@@ -38,7 +52,14 @@ FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
     "pickup": (5, "Pick-up latency", fig_pickup.run),
     "idle": (6, "Idle cost", fig_idle.run),
     "status": (7, "Status endpoint latency", fig_status.run),
+    # The backlog figures: run with --backlog or --only (a million tasks take minutes and GBs).
+    "inspect": (8, "Inspecting a deep backlog", fig_inspect.run),
+    "depth": (9, "Drain at depth", fig_depth.run),
+    "keys": (10, "Batch with idempotency keys", fig_keys.run),
+    "enqueue_noiso": (11, "Durable enqueue without scratch isolation", fig_noiso.run),
+    "dlq": (12, "Counts with many dead letters", fig_dlq.run),
 }
+BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,6 +84,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"run only this figure (repeatable): {', '.join(FIGURES)}",
     )
     parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help=f"also run the backlog figures ({', '.join(BACKLOG_FIGURES)}): minutes and, at the "
+        "default depth, several GB of scratch space",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks in the deep backlog of the backlog figures (default 1,000,000; --quick: "
+        f"{BacklogSizes.quick().depth:,})",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=BENCH_DIR / "results",
@@ -80,6 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.depth is not None and args.depth < 1:
+        parser.error("--depth must be at least 1")
     return args
 
 
@@ -102,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
     sizes = Sizes.quick(rounds) if args.quick else Sizes.full(rounds)
+    backlog = BacklogSizes.quick(args.depth) if args.quick else BacklogSizes.full(args.depth)
     try:
         progs = programs(refresh_huey=args.refresh_huey)
     except CompetitorUnavailable as exc:
@@ -110,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.scratch_dir.resolve()))
     spread = spread_subdirectories(scratch)
-    ctx = Context(progs, sizes, rounds, scratch)
+    ctx = Context(progs, sizes, rounds, scratch, backlog)
     started_at = datetime.now(UTC)
-    names = [name for name in FIGURES if not args.only or name in args.only]
+    if args.only:
+        names = [name for name in FIGURES if name in args.only]
+    else:
+        names = [name for name in FIGURES if args.backlog or name not in BACKLOG_FIGURES]
     try:
         figures = [run_figure(name, ctx) for name in names]
         host = machine(scratch)
@@ -133,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "source": source_revision(BENCH_DIR.parent),
         "env": {"TM_FILE_QUEUE_V2": "1"},
+        "backlog_sizes": asdict(backlog),
         "figures": {fig.name: fig.to_dict() for fig in figures},
     }
     path = args.results_dir / f"{started_at.strftime('%Y%m%dT%H%M%SZ')}.json"
