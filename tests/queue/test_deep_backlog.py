@@ -212,12 +212,7 @@ def test_a_deep_backlog_drains_and_counts_like_a_shallow_one(
     assert counter.entries <= MAX_ENTRIES_LISTED, counter.entries
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch's tasks share one bucket of pending/, which every lease lists and sorts; "
-    "once that takes over relist_interval_s each lease lists it again (docs/benchmarks.md, "
-    "figure 9: 1 task/s with 200,000 in one batch)",
-)
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_backlog_enqueued_as_one_batch_drains_like_a_shallow_one(
     area: Path, tmp_path: Path, processes: Processes, tm_env: dict[str, str]
