@@ -70,6 +70,14 @@ def wait_for_cancel(ctx, state):
     return {}
 
 
+def fail_first(ctx, state):
+    """Fail the first attempt (a task that goes through retry), succeed after."""
+    if ctx.get("attempt") == 1:
+        raise RuntimeError("first attempt fails")
+    time.sleep(float(state.get("seconds", 0)))
+    return {"attempt_seen": ctx.get("attempt")}
+
+
 def second_step(ctx, state):
     _mark(ctx, "second")
     return {}

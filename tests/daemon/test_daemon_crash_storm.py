@@ -1,6 +1,7 @@
 """The crash storm: workers, the daemon and enqueuers are SIGKILLed at random instants while
-tasks with and without idempotency keys flow. Counted exactly: no task is lost, every extra
-execution ran on a worker that was killed, and each key has exactly one task."""
+tasks with and without idempotency keys flow, some of them through a retry. Counted exactly: no
+task is lost, every extra execution ran on a worker that was killed, and each key has exactly
+one task."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tm_testing import tm_command, wait_until
 
 ROUNDS = 20
 KEYED_PER_ROUND = 40
-PLAIN_PER_ROUND = 2
+PLAIN_PER_ROUND = 4
 
 
 def _executions(exec_dir: Path) -> dict[str, list[int]]:
@@ -74,6 +75,8 @@ def test_a_crash_storm_loses_nothing_and_reruns_only_what_a_kill_interrupted(
 ) -> None:
     rng = random.Random(20261205)
     flow = daemon_env.flow("storm", "tracemind.steps.sleep")
+    retried = daemon_env.flow("retried", "fail_first", retry={"max_attempts": 10, "base_ms": 5})
+    planned: dict[str, int] = {}  # task id → executions it needs (2 for one that retries)
     meta = daemon_env.start_ok("--workers", "2", "--runtime", "tm_daemon_helpers:counting")
     killed: set[int] = set()
     accepted: set[str] = set()  # ids a successful enqueue printed
@@ -89,9 +92,12 @@ def test_a_crash_storm_loses_nothing_and_reruns_only_what_a_kill_interrupted(
         )
         keyed_args = [str(flow), "--json", "--inputs", str(batch), "--idempotency-key-field", "k"]
         accepted.update(_enqueue_until_it_succeeds(daemon_env, keyed_args, rng, kill=True))
-        for _ in range(PLAIN_PER_ROUND):
-            plain_args = [str(flow), "--json", "-i", json.dumps({"seconds": 0.01})]
-            accepted.update(_enqueue_until_it_succeeds(daemon_env, plain_args, rng, kill=False))
+        for n in range(PLAIN_PER_ROUND):
+            target = retried if n % 2 else flow
+            plain_args = [str(target), "--json", "-i", json.dumps({"seconds": 0.01})]
+            ids = _enqueue_until_it_succeeds(daemon_env, plain_args, rng, kill=False)
+            accepted.update(ids)
+            planned.update(dict.fromkeys(ids, 2 if target == retried else 1))
         # When a worker is killed every round, and the daemon itself every fifth round
         daemon_pid = int(meta["pid"])
         pids = wait_until(
@@ -133,6 +139,8 @@ def test_a_crash_storm_loses_nothing_and_reruns_only_what_a_kill_interrupted(
     for task_id in records:
         pids = runs.get(task_id, [])
         assert pids, f"{task_id} succeeded without being executed"
-        extra = len(pids) - 1
+        extra = len(pids) - planned.get(task_id, 1)
         assert sum(1 for pid in pids if pid in killed) >= extra, (task_id, pids, killed)
     assert len(killed) >= ROUNDS  # the storm really killed something every round
+    went_through_retry = [t for t, needed in planned.items() if needed == 2]
+    assert went_through_retry and all(len(runs[t]) >= 2 for t in went_through_retry)
