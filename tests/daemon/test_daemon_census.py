@@ -9,7 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tracemind.config import DataDirs
-from tracemind.daemon.service import CENSUS_BUDGET, Daemon, DaemonSettings
+from tracemind.daemon.service import CENSUS_BUDGET, Daemon
+from tracemind.daemon.settings import DaemonSettings
 from tracemind.worker.pool import Outcomes
 
 

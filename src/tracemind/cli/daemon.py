@@ -173,7 +173,8 @@ def _check_writable(args: argparse.Namespace, state_dir: Path, log_file: Path | 
 
 def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> int:
     from tracemind import config, log
-    from tracemind.daemon.service import Daemon, DaemonSettings, not_writable
+    from tracemind.daemon.service import Daemon, not_writable
+    from tracemind.daemon.settings import DaemonSettings
 
     try:
         _check_writable(args, state_dir, log_file)

@@ -267,7 +267,9 @@ class Client:
             raise UsageError(f"unknown status in {wanted!r} (one of: {names})") from None
         if not (isinstance(limit, int) and 0 < limit <= 10_000):
             raise UsageError(f"limit must be between 1 and 10000, got {limit!r}")
-        infos = self._stores.queue.newest(statuses, limit, flow_id=flow)
+        from tracemind.queue.listing import newest_tasks
+
+        infos = newest_tasks(self._stores.queue, statuses, limit, flow_id=flow)
         return [TaskInfo.of(info) for info in infos]
 
     def cancel(self, task_id: str) -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tracemind.daemon.state import StateDir
 
 if TYPE_CHECKING:
-    from tracemind.daemon.service import Component, DaemonSettings
+    from tracemind.daemon.settings import Component, DaemonSettings
     from tracemind.stores import Stores
     from tracemind.triggers import TriggersConfig
 

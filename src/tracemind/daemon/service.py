@@ -11,19 +11,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tracemind import __version__
 from tracemind.clock import iso_utc
-from tracemind.config import DataDirs, app_dirs
+from tracemind.config import DataDirs
 from tracemind.daemon.identity import describe_self
+from tracemind.daemon.settings import Component, DaemonSettings
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
 from tracemind.errors import QueueError, TraceMindError
 from tracemind.flows.hooks import import_path
@@ -37,32 +36,6 @@ LOCK_WAIT_S = 3.0
 CENSUS_BUDGET = 0.05
 """Largest share of the supervisor's time that counting waiting tasks may take (deep backlogs)."""
 EXIT_ALREADY_RUNNING = 0
-
-
-class Component(Protocol):
-    """Something the daemon runs beside its workers (the status server, the triggers)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-@dataclass
-class DaemonSettings:
-    dirs: DataDirs
-    state_dir: Path
-    workers: int
-    runtime: str
-    lease_s: float
-    drain_timeout_s: float
-    durable: bool
-    log_file: Path | None  # None: inherit stdout
-    status_bind: str | None = None
-    triggers_config: Path | None = None
-    instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
-    app_dirs: tuple[str, ...] = field(default_factory=lambda: app_dirs(check=False))
 
 
 class Daemon:

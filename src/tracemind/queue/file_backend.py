@@ -69,7 +69,7 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -374,15 +374,6 @@ class FileQueue:
     @property
     def cancelled_dir(self) -> str:
         return self._cancelled
-
-    def newest(
-        self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
-    ) -> list[TaskInfo]:
-        """Up to ``limit`` tasks in ``statuses``, newest first; read-only, bounded cost (see
-        :mod:`tracemind.queue.listing`)."""
-        from tracemind.queue.listing import newest_tasks
-
-        return newest_tasks(self, statuses, limit, flow_id=flow_id)
 
     def cancelled_path(self, task_id: str) -> str:
         return self._cancelled + done_bucket(task_id) + "/" + done_name(task_id)
