@@ -61,7 +61,7 @@ def _place_everywhere(data: Path, state: Path, kind: str) -> dict[str, Path]:
     """One entry of ``kind`` in every store directory, named as a record there would be."""
     ids = [new_task_id(time.time()) for _ in range(4)]
     folders = {
-        "pending": data / "queue" / "pending" / bucket_of(0),
+        "pending": data / "queue" / "pending" / bucket_of(PendingName(0, ids[0], 0)),
         "inflight": data / "queue" / "inflight",
         "done": data / "queue" / "done" / done_bucket(ids[2]),
         "dlq": data / "dlq",
