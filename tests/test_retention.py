@@ -162,9 +162,9 @@ def test_a_dry_run_counts_what_would_go_and_removes_nothing(tm: Tm, real_stores:
 
 def test_a_ttl_below_the_minimum_or_the_key_ttl_is_refused_with_one_line(tm: Tm) -> None:
     with pytest.raises(UsageError, match="at least 3600"):
-        RetentionPolicy.from_env(60, {"TM_RESULT_TTL_S": "10"})
+        RetentionPolicy.from_env({"TM_IDEMPOTENCY_TTL_S": "60", "TM_RESULT_TTL_S": "10"})
     with pytest.raises(UsageError, match="must not be shorter than"):
-        RetentionPolicy.from_env(DAY_S, {"TM_RESULT_TTL_S": "7200"})
+        RetentionPolicy.from_env({"TM_RESULT_TTL_S": "7200"})
     proc = tm("queue", "prune", env={"TM_RESULT_TTL_S": "10"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 

@@ -211,14 +211,20 @@ def require_daemon_flag(env: Mapping[str, str] = os.environ) -> None:
         )
 
 
-def idempotency_ttl_s(env: Mapping[str, str] = os.environ) -> float:
-    raw = env.get("TM_IDEMPOTENCY_TTL_S")
+def seconds_setting(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    """A duration variable ``name`` in seconds (``default`` when unset or empty); one line
+    (:class:`UsageError`) for a value that is not a non-negative number."""
+    raw = env.get(name)
     if not raw:
-        return DEFAULT_IDEMPOTENCY_TTL_S
+        return default
     try:
-        ttl = float(raw)
+        value = float(raw)
     except ValueError:
-        raise UsageError(f"TM_IDEMPOTENCY_TTL_S must be a number of seconds, got {raw!r}") from None
-    if ttl < 0:
-        raise UsageError(f"TM_IDEMPOTENCY_TTL_S must not be negative, got {raw!r}")
-    return ttl
+        raise UsageError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise UsageError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def idempotency_ttl_s(env: Mapping[str, str] = os.environ) -> float:
+    return seconds_setting("TM_IDEMPOTENCY_TTL_S", DEFAULT_IDEMPOTENCY_TTL_S, env)

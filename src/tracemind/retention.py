@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tracemind.config import idempotency_ttl_s, seconds_setting
 from tracemind.errors import LockTimeout, UsageError
 from tracemind.fsutil import read_regular, scan_entries
 from tracemind.log import get_logger
@@ -64,10 +65,12 @@ class RetentionPolicy:
     dlq_audit_ttl_s: float = DEFAULT_DLQ_AUDIT_TTL_S
 
     @classmethod
-    def from_env(cls, key_ttl_s: float, env: Mapping[str, str] = os.environ) -> RetentionPolicy:
-        """The policy the environment sets; :class:`UsageError` (one line) for a bad value."""
-        result_ttl_s = _seconds(env, "TM_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
-        audit_ttl_s = _seconds(env, "TM_DLQ_AUDIT_TTL_S", DEFAULT_DLQ_AUDIT_TTL_S)
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> RetentionPolicy:
+        """The policy the environment sets (the key TTL is ``TM_IDEMPOTENCY_TTL_S``);
+        :class:`UsageError` (one line) for a bad value."""
+        key_ttl_s = idempotency_ttl_s(env)
+        result_ttl_s = seconds_setting("TM_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, env)
+        audit_ttl_s = seconds_setting("TM_DLQ_AUDIT_TTL_S", DEFAULT_DLQ_AUDIT_TTL_S, env)
         if result_ttl_s < MIN_RESULT_TTL_S:
             raise UsageError(
                 f"TM_RESULT_TTL_S must be at least {MIN_RESULT_TTL_S:g} s (a stale copy of a "
@@ -79,19 +82,6 @@ class RetentionPolicy:
                 f"TM_IDEMPOTENCY_TTL_S ({key_ttl_s:g} s): a key must not outlive its result"
             )
         return cls(result_ttl_s, key_ttl_s, audit_ttl_s)
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise UsageError(f"{name} must not be negative, got {raw!r}")
-    return value
 
 
 class Pruner:

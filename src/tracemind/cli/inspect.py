@@ -120,10 +120,9 @@ def migrate_command(args: argparse.Namespace) -> int:
 
 
 def prune_command(args: argparse.Namespace) -> int:
-    from tracemind.config import idempotency_ttl_s
     from tracemind.retention import Pruner, RetentionPolicy
 
-    policy = RetentionPolicy.from_env(idempotency_ttl_s())
+    policy = RetentionPolicy.from_env()
     removed = Pruner(open_stores_from(args), policy).prune(dry_run=args.dry_run, budget=sys.maxsize)
     if args.json:
         print_json({"dry_run": args.dry_run, "removed": dict(removed)})

@@ -121,7 +121,7 @@ def start_command(args: argparse.Namespace) -> int:
     from tracemind.stores import open_stores
 
     stores = open_stores(dirs, durable=config.durable())
-    pruner = Pruner(stores, RetentionPolicy.from_env(config.idempotency_ttl_s()))
+    pruner = Pruner(stores, RetentionPolicy.from_env())
     check_writable(dirs)  # one line and exit 1, before any worker could crash on it
     stores.queue.migrate()  # (prepares it too)
     log.configure()

@@ -101,7 +101,6 @@ class Daemon:
         raise TraceMindError(f"{self.state.lock_path}: taken by another start each time; retry")
 
     def _build_supervisor(self, stores: Stores) -> None:
-        from tracemind import config
         from tracemind.retention import Pruner, RetentionPolicy, upkeep
         from tracemind.worker.pool import PoolSettings, WorkerPool
         from tracemind.worker.supervisor import Supervisor
@@ -117,7 +116,7 @@ class Daemon:
             log_file=s.log_file,
         )
         self.queue = stores.queue
-        self.pruner = Pruner(stores, RetentionPolicy.from_env(config.idempotency_ttl_s()))
+        self.pruner = Pruner(stores, RetentionPolicy.from_env())
         self.pool = WorkerPool(settings, stores.queue)
         self.supervisor = Supervisor(
             self.pool,
