@@ -290,8 +290,7 @@ class Client:
     def stats(self) -> QueueCounts:
         """Tasks by state, exact, read-only (what ``tm queue stats`` prints)."""
         stores = self._stores
-        counts = stores.queue.stats()
-        dead, damaged_dead = stores.queue.dead_counts()
+        counts, dead, damaged_dead = stores.queue.counts()
         return QueueCounts(
             pending=counts.pending,
             delayed=counts.delayed,

@@ -59,14 +59,14 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
     if dirs is not None:
         unreadable = unreadable_records(dirs.queue)
         stores = open_stores(dirs, durable=False)
-        stats = stores.queue.stats()
+        stats, dead, _ = stores.queue.counts()
         queue = {
             "pending": stats.pending,
             "inflight": stats.inflight,
             "delayed": stats.delayed,
             "oldest_pending_age_s": stats.oldest_pending_age_s,
         }
-        dlq = {"pending": stores.queue.dead_counts()[0]}
+        dlq = {"pending": dead}
         cluster = [_member(entry) for entry in stores.queue.registry.live()]
         if live.running and isinstance(instance, str):
             busy = stores.queue.held_by(f"{instance}-")

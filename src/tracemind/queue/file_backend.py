@@ -730,16 +730,17 @@ class FileQueue:
                 census.save(root, self._tmp, settled)
         return self._stats(counted, now_ms)
 
-    def dead_counts(self) -> tuple[int, int]:
-        """(dead-letter entries, damaged entries), by name and from the census while the
-        dead-letter directory is unchanged; read-only."""
+    def counts(self) -> tuple[QueueStats, int, int]:
+        """(:meth:`stats`, dead-letter entries, damaged dead-letter entries), from one read of
+        the census; dead letters are counted by name, and taken from the census while their
+        directory is unchanged; read-only."""
         from tracemind.queue import census
 
-        root = os.fspath(self.root)
-        entries, damaged, _ = census.count_dead(
-            os.fspath(self.dlq.root), _ms(self.clock()), census.load(root)
-        )
-        return entries, damaged
+        now_ms = _ms(self.clock())
+        cached = census.load(os.fspath(self.root))
+        counted, _ = census.count_pending(self.waiting, now_ms, cached)
+        dead, damaged, _ = census.count_dead(os.fspath(self.dlq.root), now_ms, cached)
+        return self._stats(counted, now_ms), dead, damaged
 
     def _stats(self, counted: Census, now_ms: int) -> QueueStats:
         inflight = damaged = 0

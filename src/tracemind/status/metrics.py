@@ -36,7 +36,7 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stores = open_stores(self.dirs, durable=False)
-        stats = stores.queue.stats()
+        stats, dead, _ = stores.queue.counts()
         live = liveness(self.state)
         beat: dict[str, Any] = live.heartbeat or {} if live.running else {}
         yield _gauge(
@@ -49,7 +49,7 @@ class QueueCollector(Collector):
         yield _gauge(
             "tracemind_dlq_entries",
             "Tasks in the dead-letter queue.",
-            stores.queue.dead_counts()[0],
+            dead,
         )
         yield _gauge(
             "tracemind_queue_oldest_pending_age_seconds",
