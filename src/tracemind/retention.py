@@ -36,9 +36,8 @@ from tracemind.config import idempotency_ttl_s, seconds_setting
 from tracemind.errors import LockTimeout, UsageError
 from tracemind.fsutil import read_regular, scan_entries
 from tracemind.log import get_logger
-from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, is_temporary
+from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, is_temporary, staged_name
 from tracemind.queue.protocol import TaskStatus
-from tracemind.submit import staged_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping

@@ -23,7 +23,7 @@ from __future__ import annotations
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.idempotency import IdempotencyStore, KeyRecord
-from tracemind.queue.names import PendingName, new_task_id
+from tracemind.queue.names import new_task_id, staged_name
 from tracemind.queue.pending import CHUNK_TASKS
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record
@@ -249,11 +249,6 @@ class QueueSubmitter:
         self.queue.unstage([name])
         _log().warning("removed a task staged by a submitter that died before its key", task=name)
         return 1
-
-
-def staged_name(task_id: str, due_ms: int | None) -> str:
-    """The name a task is staged and published under."""
-    return str(PendingName(due_ms or 0, task_id, 0))
 
 
 def _log() -> Any:

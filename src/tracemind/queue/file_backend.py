@@ -46,6 +46,7 @@ from tracemind.queue.names import (
     is_task_id,
     is_temporary,
     new_token,
+    staged_name,
 )
 from tracemind.queue.pending import PendingDir
 from tracemind.queue.protocol import (
@@ -194,7 +195,7 @@ class FileQueue:
         durably when the queue is; returns their names for :meth:`publish`."""
         self.prepare()
         encoded_flows: dict[int, bytes] = {}
-        names = [str(PendingName(_ms(t.due_s), t.task_id, 0)) for t in tasks]
+        names = [staged_name(t.task_id, _ms(t.due_s)) for t in tasks]
         items = [
             (self._staging + name, _encode_record(t.record, encoded_flows))
             for name, t in zip(names, tasks, strict=True)

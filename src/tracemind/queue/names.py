@@ -104,6 +104,12 @@ class InflightName(Value):
         return InflightName(self.task_id, self.attempt, self.consumer, self.token, deadline_ms)
 
 
+def staged_name(task_id: str, due_ms: int | None) -> str:
+    """The name a keyed task is staged under in ``staging/`` and published under into
+    ``pending/`` (a submitter's key record carries ``due_ms``; records without it name none)."""
+    return str(PendingName(due_ms or 0, task_id, 0))
+
+
 def done_name(task_id: str) -> str:
     return f"{task_id}.json"
 
