@@ -85,6 +85,8 @@ LOST_ERROR = "the worker died or its lease expired during this attempt"
 LAYOUT_FILE = "layout-2"
 """Present once a queue directory holds no record of the first layout (see :meth:`migrate`)."""
 FENCE_LEASE_S = 60.0
+FIND_PASSES = 3
+"""Searches that must all miss before ``find`` says a task does not exist."""
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
@@ -815,6 +817,16 @@ class FileQueue:
         return sum(1 for n in names if n is not None and n.consumer.startswith(consumer_prefix))
 
     def find(self, task_id: str) -> TaskInfo | None:
+        """Where the task is now; read-only. A task moves between ``inflight/`` and ``pending/``
+        (a lease, a retry, a recovery) by renames that a search of one then the other can miss,
+        so "nowhere" is answered only after :data:`FIND_PASSES` searches agree."""
+        for _ in range(FIND_PASSES):
+            info = self._find_once(task_id)
+            if info is not None:
+                return info
+        return None
+
+    def _find_once(self, task_id: str) -> TaskInfo | None:
         if self._is_done(task_id):
             return self.finished(task_id)
         leases = [
