@@ -43,6 +43,12 @@ class DataDirs(Value):
         self.idempotency = idempotency
         self.dlq = dlq
 
+    @classmethod
+    def of(cls, queue: str, idempotency: str, dlq: str) -> DataDirs:
+        from pathlib import Path
+
+        return cls(Path(queue), Path(idempotency), Path(dlq))
+
     def to_dict(self) -> dict[str, str]:
         return {
             "queue": str(self.queue),

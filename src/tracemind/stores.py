@@ -63,6 +63,16 @@ def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -
     return Stores(dirs, queue, dlq, keys, clock)
 
 
+def open_stores_at(
+    queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, clock: Clock
+) -> Stores:
+    """:func:`open_stores` from the three directories as absolute path strings."""
+    from tracemind.config import DataDirs
+
+    queue, dlq, keys = _open(queue_dir, idempotency_dir, dlq_dir, durable, clock)
+    return Stores(DataDirs.of(queue_dir, idempotency_dir, dlq_dir), queue, dlq, keys, clock)
+
+
 def open_submitter(
     queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, ttl_s: float
 ) -> QueueSubmitter:
