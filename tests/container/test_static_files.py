@@ -225,7 +225,9 @@ def test_k8s_scale_runs_three_restricted_daemons_on_redis() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     env = {item["name"]: item for item in container["env"]}
     service = docs[("Service", "tracemind-redis")]["spec"]
-    assert env["TM_QUEUE_URL"]["value"] == f"redis://tracemind-redis:{service['ports'][0]['port']}/0"
+    assert (
+        env["TM_QUEUE_URL"]["value"] == f"redis://tracemind-redis:{service['ports'][0]['port']}/0"
+    )
     assert "secretKeyRef" in env["TM_REDIS_PASSWORD"]["valueFrom"]  # never a literal password
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}  # no data volume
     budget = docs[("PodDisruptionBudget", "tracemind")]["spec"]
