@@ -133,7 +133,7 @@
     const ok = activity.succeeded || [];
     const failed = activity.failed || [];
     const n = ok.length;
-    const width = 600;
+    const width = Math.max(240, Math.round(byId("chart").clientWidth) || 600); // 1 unit = 1 px
     const height = 160;
     const base = height - 18;
     const top = 14;
@@ -142,7 +142,6 @@
     const totalOk = ok.reduce((a, b) => a + b, 0);
     const totalFailed = failed.reduce((a, b) => a + b, 0);
     svg.setAttribute("viewBox", "0 0 " + width + " " + height);
-    svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("role", "img");
     svg.setAttribute("aria-label", "Last hour: " + totalOk + " attempts succeeded, " + totalFailed + " failed");
     const add = (tag, attrs, content) => {
@@ -200,7 +199,7 @@
     const running = [];
     for (const m of members) {
       for (const t of m.running || []) {
-        running.push([td(m.host + " " + m.pid, "id"), td(t.task_id, "id"), td(t.flow_id), td(t.step), td(t.attempt, "num"), td(duration(t.elapsed_s), "num")]);
+        running.push([td(m.host + " " + m.pid, "id"), td(t.task_id, "id"), td(t.flow_id, "flow"), td(t.step, "flow"), td(t.attempt, "num"), td(duration(t.elapsed_s), "num")]);
       }
     }
     fill("running", table([["Daemon"], ["Task"], ["Flow"], ["Step"], ["Attempt", "num"], ["Elapsed", "num"]], running, "No worker is busy."));
@@ -210,7 +209,7 @@
     const rows = (activity.recent_failures || []).map((f) => [
       timeCell(f.at, nowMs),
       td(f.task_id, "id"),
-      td(f.flow_id),
+      td(f.flow_id, "flow"),
       td(f.attempt, "num"),
       td(f.outcome === "retrying" ? "will retry" : f.outcome === "dead-lettered" ? "dead" : "worker died"),
       td(f.error, "error"),
@@ -237,12 +236,12 @@
     const dead = (doc.dashboard && doc.dashboard.dead_letters) || { by_flow: [], newest: [] };
     fill(
       "dead-by-flow",
-      table([["Flow"], ["Dead letters", "num"]], dead.by_flow.map((f) => [td(f.flow_id || "(none)"), td(count(f.count), "num")]), "The dead-letter queue is empty.")
+      table([["Flow"], ["Dead letters", "num"]], dead.by_flow.map((f) => [td(f.flow_id || "(none)", "flow"), td(count(f.count), "num")]), "The dead-letter queue is empty.")
     );
     const headers = [["Dead at", "num"], ["Task"], ["Flow"], ["Attempts", "num"], ["Error"]];
     if (actionsEnabled) headers.push(["Actions"]);
     const rows = dead.newest.map((d) => {
-      const cells = [timeCell(d.dead_at, nowMs), td(d.task_id, "id"), td(d.flow_id), td(d.attempts, "num"), td(d.error, "error")];
+      const cells = [timeCell(d.dead_at, nowMs), td(d.task_id, "id"), td(d.flow_id, "flow"), td(d.attempts, "num"), td(d.error, "error")];
       if (actionsEnabled) {
         cells.push(el("td", { class: "actions" }, actionButton("Requeue", "requeue", d.task_id), actionButton("Purge", "purge", d.task_id, true)));
       }
@@ -258,7 +257,7 @@
     const rows = waiting.map((w) => [
       timeCell(w.enqueued_at, nowMs),
       td(w.task_id, "id"),
-      td(w.flow_id),
+      td(w.flow_id, "flow"),
       td(w.status),
       el("td", { class: "actions" }, actionButton("Cancel", "cancel", w.task_id, true)),
     ]);
