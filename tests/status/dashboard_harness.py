@@ -72,9 +72,9 @@ class StatusDaemon:
         self.env = {"TM_ENABLE_DAEMON": "1", **(env or {})}
         self.process: subprocess.Popen[Any] | None = None
 
-    def start(self) -> None:
-        """Start (the port must be free: a killed daemon's status server may linger a moment)
-        and wait until ready."""
+    def start(self, *extra: str) -> None:
+        """Start with ``extra`` flags (the port must be free: a killed daemon's status server
+        may linger a moment) and wait until ready."""
         wait_until(lambda: port_free(self.port), 15, f"port {self.port} to be free")
         self.process = self.tm.start(
             "daemon", "start", "--foreground", "--inherit-logs",
@@ -82,6 +82,7 @@ class StatusDaemon:
             "--drain-timeout", str(DRAIN_TIMEOUT_S),
             "--state-dir", str(self.state_dir),
             "--status-bind", f"127.0.0.1:{self.port}",
+            *extra,
             stdout=self.log,
             env=self.env,
         )  # fmt: skip
