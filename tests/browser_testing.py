@@ -112,6 +112,13 @@ class Browser:
             {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
         )
 
+    def next_frames(self) -> None:
+        """Return after two animation frames (the page's resize handlers have drawn)."""
+        self.driver.execute_async_script(
+            "const done = arguments[0];"
+            "requestAnimationFrame(() => requestAnimationFrame(() => done(true)));"
+        )
+
     def overflows_horizontally(self) -> bool:
         return bool(self.js("return document.documentElement.scrollWidth > window.innerWidth;"))
 
@@ -120,6 +127,7 @@ class Browser:
         self.set_width(width_px)
         height = int(self.js("return Math.ceil(document.documentElement.scrollHeight);"))
         self.set_width(width_px, max(height, 200))
+        self.next_frames()
         shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
         data = base64.b64decode(shot["data"])
         path.parent.mkdir(parents=True, exist_ok=True)

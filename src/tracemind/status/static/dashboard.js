@@ -104,7 +104,9 @@
     if (!iso) return "—";
     const when = new Date(iso);
     if (isNaN(when)) return iso;
-    return when.toLocaleTimeString("en-GB", { hour12: false });
+    const sameDay = when.toDateString() === new Date().toDateString();
+    // sv-SE formats as "2026-11-26 13:50:55" (local time); today's times show the time only
+    return sameDay ? when.toLocaleTimeString("en-GB", { hour12: false }) : when.toLocaleString("sv-SE");
   }
 
   function ago(iso, nowMs) {
@@ -411,6 +413,17 @@
       byId("action-result").textContent = input.value ? "Token set for this tab." : "Token cleared.";
     });
   }
+
+  // Redraw at once for a new width (the chart is drawn to its container's width in pixels).
+  let resizePending = false;
+  window.addEventListener("resize", () => {
+    if (resizePending || lastDoc === null) return;
+    resizePending = true;
+    requestAnimationFrame(() => {
+      resizePending = false;
+      render(lastDoc);
+    });
+  });
 
   setUpActions();
   loop();
