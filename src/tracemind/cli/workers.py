@@ -177,16 +177,16 @@ def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callabl
             "alive": int(status.get("alive") or 0),
             "busy": pool.held_leases(),
         }
-        registry.register(
-            registration(
-                instance_id,
-                kind="pool",
-                state_dir=None,
-                started_s=started_s,
-                workers=workers,
-                draining=False,
-            )
+        entry = registration(
+            instance_id,
+            kind="pool",
+            state_dir=None,
+            started_s=started_s,
+            workers=workers,
+            draining=False,
         )
+        entry["running"] = pool.running()  # for the dashboard
+        registry.register(entry)
 
     return tick
 

@@ -234,26 +234,28 @@ class Daemon:
             "enqueued_total": self._count_enqueued(),
             "pruned": dict(self.pruner.totals),
             "components": {name: c.describe() for name, c in self.components.items()},
+            "activity": self.pool.activity.to_dict(time.time()),
         }
         with contextlib.suppress(OSError):
             self.state.write_json(self.state.heartbeat_path, beat)
         if stopped:
             self.queue.registry.deregister(self.settings.instance_id)
         else:
-            self.queue.registry.register(
-                registration(
-                    self.settings.instance_id,
-                    kind="daemon",
-                    state_dir=str(self.state.root),
-                    started_s=self.started_s,
-                    workers={
-                        "configured": self.settings.workers,
-                        "alive": int(pool_status.get("alive") or 0),
-                        "busy": self.pool.held_leases(),
-                    },
-                    draining=draining,
-                )
+            entry = registration(
+                self.settings.instance_id,
+                kind="daemon",
+                state_dir=str(self.state.root),
+                started_s=self.started_s,
+                workers={
+                    "configured": self.settings.workers,
+                    "alive": int(pool_status.get("alive") or 0),
+                    "busy": self.pool.held_leases(),
+                },
+                draining=draining,
             )
+            # What its busy workers run, for the dashboard (ids only; a bounded list).
+            entry["running"] = self.pool.running()
+            self.queue.registry.register(entry)
 
     def _count_enqueued(self) -> int:
         """Tasks enqueued (by any process) since this daemon started: first attempts its workers

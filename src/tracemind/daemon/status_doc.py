@@ -6,10 +6,18 @@ recorded PID is proven, from here, to be the process holding the daemon lock (No
 process holds it); when it is not, ``pid_note`` says what differs (another PID namespace, a
 reused PID, a daemon.json that names a process not holding the lock). Bodies hold counts and states only —
 never task inputs, results or secrets.
+
+``activity`` is what the daemon's workers did lately, from its memory (empty after a restart,
+``since`` says from when; empty too while no daemon runs): succeeded and failed attempts per
+minute over the last hour and the last failures (ids, attempt, time, the error's first line).
+Each ``cluster`` member also says since when it runs (``uptime_s``) and what its busy workers
+run (``running``: task id, flow id, step, ``elapsed_s``).
 """
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ from tracemind.config import DataDirs, queue_url
 from tracemind.daemon.identity import held_by, verify_daemon
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.problems import unreadable_records
+from tracemind.worker.activity import empty_activity
 
 
 def dirs_for(state: StateDir, explicit: DataDirs | None) -> DataDirs | None:
@@ -42,6 +51,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
     from tracemind.stores import open_stores
 
     live = liveness(state)
+    now_s = time.time()
     meta = live.meta or {}
     beat = (live.heartbeat or {}) if live.running else {}
     workers = beat.get("workers") or {}
@@ -67,7 +77,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
             "oldest_pending_age_s": stats.oldest_pending_age_s,
         }
         dlq = {"pending": dead}
-        cluster = [_member(entry) for entry in stores.queue.registry.live()]
+        cluster = [_member(entry, now_s) for entry in stores.queue.registry.live(now_s)]
         if live.running and isinstance(instance, str):
             busy = stores.queue.held_by(f"{instance}-")
     components = beat.get("components") or {}
@@ -109,19 +119,64 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "version": meta.get("version"),
         "app_dirs": meta.get("app_dirs") or [],
         "state_dir": str(state.root),
+        "activity": _activity(beat),
     }
+
+
+def _activity(beat: dict[str, Any]) -> dict[str, Any]:
+    """The heartbeat's activity when it has the expected shape, else an empty one."""
+    activity = beat.get("activity")
+    empty = empty_activity()
+    if not isinstance(activity, dict) or activity.keys() != empty.keys():
+        return empty
+    return activity
 
 
 CLUSTER_FIELDS = ("instance_id", "kind", "host", "pid", "state_dir", "heartbeat_age_s")
 
 
-def _member(entry: dict[str, Any]) -> dict[str, Any]:
+def _member(entry: dict[str, Any], now_s: float) -> dict[str, Any]:
     """One live daemon or pool serving the queue, as ``ps --json`` shows it."""
     raw = entry.get("workers")
     workers: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    started_s = _epoch_s(entry.get("started_at"))
     return {
         **{field: entry.get(field) for field in CLUSTER_FIELDS},
         "workers": {k: int(workers.get(k) or 0) for k in ("configured", "alive", "busy")},
         "draining": bool(entry.get("draining")),
         "version": entry.get("version"),
+        "started_at": entry.get("started_at"),
+        "uptime_s": None if started_s is None else round(max(0.0, now_s - started_s), 3),
+        "running": _running(entry.get("running"), now_s),
     }
+
+
+def _running(raw: Any, now_s: float) -> list[dict[str, Any]]:
+    """What a member's busy workers run, each with its ``elapsed_s`` (ids only)."""
+    tasks = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("task_id"), str):
+            continue
+        started_s = item.get("started_at_s")
+        elapsed_s = now_s - started_s if isinstance(started_s, int | float) else None
+        tasks.append(
+            {
+                "task_id": item["task_id"],
+                "flow_id": item.get("flow_id"),
+                "step": item.get("step"),
+                "attempt": item.get("attempt"),
+                "elapsed_s": None if elapsed_s is None else round(max(0.0, elapsed_s), 3),
+            }
+        )
+    return tasks
+
+
+def _epoch_s(iso: Any) -> float | None:
+    """Epoch seconds of an ISO-8601 time with a zone (None when it is not one)."""
+    if not isinstance(iso, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return stamp.timestamp() if stamp.tzinfo is not None else None

@@ -19,6 +19,7 @@ def run_flow(
     ctx: dict[str, Any],
     *,
     stop_requested: Callable[[], bool] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``flow`` from its entry and return the final state (a new dict).
 
@@ -36,6 +37,7 @@ def run_flow(
     - A hook that cannot be imported raises :class:`FlowError` (retrying will not help).
     - ``stop_requested`` (when given) is asked before every step after the first; True raises
       :class:`Cancelled` (the steps run so far keep their effects).
+    - ``on_step`` (when given) is called with each step's id as that step begins.
     - More step executions than the flow has steps (only possible for a hand-built, cyclic
       :class:`Flow`) raises :class:`FlowError` rather than looping forever.
     """
@@ -53,6 +55,8 @@ def run_flow(
             raise FlowError(
                 flow.source_path, f"run exceeded {len(flow.steps)} steps (cycle?)", step.id
             )
+        if on_step is not None:
+            on_step(step.id)
         step = _execute(flow, step, current, ctx, hooks)
     return current
 

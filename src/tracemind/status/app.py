@@ -1,21 +1,30 @@
-"""The status endpoint: a read-only Flask view of the daemon's state dir and queue.
+"""The status endpoint: a Flask view of the daemon's state dir and queue, read-only unless a
+token enables the dashboard's actions.
 
-``create_app`` takes its dependencies (state dir, data dirs). The probes read only the state
+``create_app`` takes its dependencies (state dir, data dirs, the actions token). The probes read only the state
 dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
 not read (one small file each, none normally), so they stay fast under load; ``/status`` and
 ``/metrics`` count the queue, so their bodies are refreshed in the background at most every
 :data:`COUNTS_MAX_AGE_S` and served from the last refresh (a request never waits for a count). Bodies carry counts and
 states only — never task inputs, results or secrets.
+
+``GET /`` is the dashboard (docs/dashboard.md): one page from ``templates/`` and ``static/``
+that reads ``/dashboard.json`` (refreshed like ``/status``) every 2 s. Every response carries
+:data:`SECURITY_HEADERS`. With a token (``TM_STATUS_TOKEN``) the action routes exist — POST
+``/api/dlq/<id>/requeue``, ``/api/dlq/<id>/purge``, ``/api/tasks/<id>/cancel`` with
+``Authorization: Bearer <token>`` (401 otherwise); without one they answer 404.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, render_template, request
 
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir, liveness
@@ -23,6 +32,17 @@ from tracemind.daemon.status_doc import problem_reason, status_document
 from tracemind.problems import unreadable_records
 
 COUNTS_MAX_AGE_S = 1.0
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""No inline script or style, nothing from another origin, not framed, no referrer."""
+ACTION_ROUTES = (
+    ("/api/dlq/<task_id>/requeue", "requeue"),
+    ("/api/dlq/<task_id>/purge", "purge"),
+    ("/api/tasks/<task_id>/cancel", "cancel"),
+)
 
 T = TypeVar("T")
 
@@ -63,12 +83,38 @@ class Recent(Generic[T]):
             self._value, self._at_s, self._refreshing = value, time.monotonic(), False
 
 
-def create_app(state: StateDir, dirs: DataDirs) -> Flask:
+def create_app(state: StateDir, dirs: DataDirs, token: str | None = None) -> Flask:
+    """The status app; ``token`` (non-empty) adds the dashboard's action routes."""
+    from tracemind.status.dashboard import dashboard_document
     from tracemind.status.metrics import render
 
     app = Flask("tracemind.status")
     status_doc = Recent(lambda: status_document(state, dirs), COUNTS_MAX_AGE_S)
     metrics_text = Recent(lambda: render(state, dirs), COUNTS_MAX_AGE_S)
+    actions = bool(token)
+    dashboard_doc = Recent(
+        lambda: dashboard_document(state, dirs, actions=actions), COUNTS_MAX_AGE_S
+    )
+
+    @app.after_request
+    def secure(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def dashboard() -> Any:
+        return render_template("dashboard.html", actions=actions)
+
+    # GET (and the HEAD Flask adds to it) only: no automatic OPTIONS either.
+    app.add_url_rule("/", "dashboard", dashboard, methods=["GET"], provide_automatic_options=False)
+
+    @app.get("/dashboard.json")
+    def dashboard_json() -> Any:
+        response = jsonify(dashboard_doc.get())
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    if token:
+        add_action_routes(app, dirs, token)
 
     def unavailable(body: dict[str, Any]) -> tuple[Response, int]:
         return jsonify(body), 503
@@ -108,3 +154,35 @@ def create_app(state: StateDir, dirs: DataDirs) -> Flask:
         return Response(body, content_type=content_type)
 
     return app
+
+
+def add_action_routes(app: Flask, dirs: DataDirs, token: str) -> None:
+    """The POST routes of :data:`ACTION_ROUTES`, each requiring ``Authorization: Bearer``."""
+    from tracemind.status.actions import Actions, fingerprint
+
+    actions = Actions(dirs)
+    expected = f"Bearer {token}".encode()
+
+    def act(action: str, task_id: str) -> Any:
+        given = request.headers.get("Authorization", "")
+        remote = request.remote_addr or ""
+        if not hmac.compare_digest(given.encode(), expected):
+            logging.getLogger("tracemind.status.actions").info(
+                "dashboard action refused",
+                extra={
+                    "action": action,
+                    "remote": remote,
+                    "token": fingerprint(given.removeprefix("Bearer ")) if given else None,
+                },
+            )
+            return jsonify(error="a valid token is required (Authorization: Bearer)"), 401
+        result = actions.run(action, task_id, remote=remote, token=token)
+        return jsonify(result.to_dict(action, task_id)), result.status
+
+    for rule, action in ACTION_ROUTES:
+        app.add_url_rule(
+            rule,
+            f"action_{action}",
+            lambda task_id, action=action: act(action, task_id),
+            methods=["POST"],
+        )

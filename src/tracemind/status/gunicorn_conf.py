@@ -95,6 +95,8 @@ logconfig_dict = {
     "handlers": {"json": _handler},
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        # The dashboard's actions (status/actions.py): every one is logged.
+        "tracemind.status": {"handlers": ["json"], "level": "INFO", "propagate": False},
         "gunicorn.access": {
             "handlers": ["json"] if _access_log else [],
             "filters": ["access"],

@@ -1,5 +1,6 @@
 """The application gunicorn serves, built from the environment the daemon passes down:
-``app`` is the Flask app; ``asgi_app`` serves it from gunicorn's ``asgi`` worker (see
+``app`` is the Flask app (with the dashboard's actions when ``TM_STATUS_TOKEN`` is set);
+``asgi_app`` serves it from gunicorn's ``asgi`` worker (see
 :mod:`tracemind.status.bridge` for why)."""
 
 from __future__ import annotations
@@ -24,5 +25,6 @@ app = create_app(
         Path(os.environ["TM_STATUS_IDEMPOTENCY_DIR"]),
         Path(os.environ["TM_STATUS_DLQ_DIR"]),
     ),
+    token=os.environ.get("TM_STATUS_TOKEN") or None,
 )
 asgi_app = WsgiBridge(app, threads=APP_THREADS, max_body_bytes=MAX_BODY_BYTES)

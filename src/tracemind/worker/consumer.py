@@ -122,10 +122,14 @@ class Consumer:
         *,
         lease_s: float,
         rng: random.Random | None = None,
-        on_finished: Callable[[str, float, int], None] | None = None,
-        on_started: Callable[[int], None] | None = None,
+        on_finished: Callable[[str, float, int, str | None], None] | None = None,
+        on_started: Callable[[Task], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        on_step: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_started(task)`` when a task is taken; ``on_step(step_id)`` when the runtime
+        begins a step (runtimes that report steps); ``on_finished(outcome, duration_s, attempt,
+        error)`` once its outcome is recorded (``error``: the failure's message, else None)."""
         self.queue = queue
         self.runtime = runtime
         self.consumer_id = consumer_id
@@ -134,6 +138,7 @@ class Consumer:
         self.on_finished = on_finished
         self.on_started = on_started
         self.on_idle = on_idle
+        self.on_step = on_step
         self.stopping = threading.Event()
         self._interruptible = False  # True only while run() waits idle in the main thread
         self.keeper = LeaseKeeper(queue, lease_s)
@@ -201,10 +206,11 @@ class Consumer:
             lease.attempt,
             lease.record,
             cancel_requested=functools.partial(self.queue.cancel_requested, lease.task_id),
+            on_step=self.on_step or _ignore_step,
         )
         self.log.info("task started")
         if self.on_started is not None:
-            self.on_started(lease.attempt)
+            self.on_started(task)
         started_s = time.monotonic()
         outcome: str
         with self.keeper.holding(lease) as keeper:
@@ -237,7 +243,8 @@ class Consumer:
             return
         self.log.info("task " + outcome, error=failure.error if failure else None)
         if self.on_finished is not None:
-            self.on_finished(outcome, time.monotonic() - started_s, lease.attempt)
+            error = failure.error if failure is not None else None
+            self.on_finished(outcome, time.monotonic() - started_s, lease.attempt, error)
 
     def _settle(
         self,
@@ -256,6 +263,10 @@ class Consumer:
             return "retrying"
         self.queue.dead_letter(lease, failure)
         return "dead-lettered"
+
+
+def _ignore_step(step_id: str) -> None:
+    """The step callback of a consumer that reports no steps."""
 
 
 def _flow_section(record: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tracemind.config import MAX_WORKERS, DataDirs
 from tracemind.errors import UsageError
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
+from tracemind.worker.activity import RUNNING_LISTED_MAX, Activity, RunningTask, short_id
 from tracemind.worker.process import ForkedStart, WorkerSpec
 
 YOUNG_S = 10.0
@@ -101,6 +102,8 @@ class Slot:
     respawn_at_s: float = 0.0
     events: Any = None
     buffer: bytes = b""
+    running: RunningTask | None = None
+    """The task this worker reported taking and not yet settling."""
 
 
 @dataclass
@@ -183,6 +186,7 @@ class WorkerPool:
         self.queue = queue
         self.slots = [Slot(i) for i in range(settings.size)]
         self.outcomes = Outcomes()
+        self.activity = Activity(since_s=time.time())
         self.stopping = False
         self.log = get_logger("tracemind.pool")
         self._preloaded = False
@@ -334,6 +338,16 @@ class WorkerPool:
             slot.pidfd = None
         slot.process = None
         slot.idle = False
+        lost, slot.running = slot.running, None
+        if lost is not None:  # its lease is back in the queue: a failed attempt, to be rerun
+            self.activity.record(
+                "worker-died",
+                time.time(),
+                task_id=lost.task_id,
+                flow_id=lost.flow_id,
+                attempt=lost.attempt,
+                error=f"the worker running it exited (code {code})",
+            )
         if self.stopping:
             self.log.info(
                 "worker exited", slot=slot.index, exit_code=code, leases_returned=returned
@@ -372,13 +386,29 @@ class WorkerPool:
                     slot.took_task = True
                     slot.idle = False
                     self.outcomes.started(int(event["attempt"]))
+                    slot.running = _running_task(event)
                     continue
-                self.outcomes.add(
-                    str(event["outcome"]),
-                    float(event["duration_s"]),
-                    int(event["attempt"]),
-                    event.get("flow_id"),
-                )
+                if event.get("event") == "step":
+                    if slot.running is not None:
+                        slot.running.step = short_id(event.get("step"))
+                    continue
+                self._settled(slot, event)
+
+    def _settled(self, slot: Slot, event: dict[str, Any]) -> None:
+        """Count a worker's report of an outcome; its worker is no longer busy."""
+        outcome, attempt = str(event["outcome"]), int(event["attempt"])
+        flow_id = event.get("flow_id")
+        self.outcomes.add(outcome, float(event["duration_s"]), attempt, flow_id)
+        task_id = event.get("task_id")
+        self.activity.record(
+            outcome,
+            time.time(),
+            task_id=task_id if isinstance(task_id, str) else None,
+            flow_id=flow_id if isinstance(flow_id, str) else None,
+            attempt=attempt,
+            error=event.get("error"),
+        )
+        slot.running = None
 
     def read_events(self) -> None:
         """Collect what the workers reported, without reaping or respawning any."""
@@ -412,6 +442,17 @@ class WorkerPool:
             "crash_looping": self.crash_looping(),
             "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
         }
+
+    def running(self) -> list[dict[str, Any]]:
+        """What each busy worker runs (task id, flow id, attempt, step, ``started_at_s``): the
+        first :data:`RUNNING_LISTED_MAX` (the list goes into the registry entry, which readers
+        cap at 64 KiB)."""
+        busy = [s for s in self.slots if s.running is not None and s.process is not None]
+        return [
+            {"slot": slot.index, **slot.running.to_dict()}
+            for slot in busy[:RUNNING_LISTED_MAX]
+            if slot.running is not None
+        ]
 
     def signal_all(self, signum: int) -> None:
         for slot in self.slots:
@@ -454,6 +495,14 @@ class WorkerPool:
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _running_task(event: dict[str, Any]) -> RunningTask | None:
+    """The task a ``started`` event names (None from a worker that names none)."""
+    task_id = event.get("task_id")
+    if not isinstance(task_id, str):
+        return None
+    return RunningTask(task_id, short_id(event.get("flow_id")), int(event["attempt"]), time.time())
 
 
 def _pidfd(pid: int) -> int | None:

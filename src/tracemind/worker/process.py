@@ -4,10 +4,12 @@ the daemon). Either run as ``python -m tracemind.worker.process`` with its setti
 (``TM_WORKER_WAKE_FD``), or forked by the pool, which calls :func:`main` with a
 :class:`ForkedStart` in the child (see :mod:`tracemind.worker.pool`).
 
-Events are JSON lines on the events pipe: ``started`` when a task is taken, its outcome when it
-is settled, and, when the spec asks for it (a burst pool), ``idle`` when a look found nothing
-to do after a task (its acks committed first); an ``idle`` line is followed by one byte on the
-wake pipe, so that the pool's supervisor wakes for it at once.
+Events are JSON lines on the events pipe: ``started`` when a task is taken (its id, flow id and
+attempt), ``step`` as each step of its flow begins, its outcome when it is settled (with the
+first line of a failure's error), and, when the spec asks for it (a burst pool), ``idle`` when a
+look found nothing to do after a task (its acks committed first); an ``idle`` line is followed
+by one byte on the wake pipe, so that the pool's supervisor wakes for it at once. Events never
+carry a task's input or result.
 
 The worker dies with its parent (PR_SET_PDEATHSIG), so a killed daemon never leaves workers
 behind; the new daemon returns their leases. SIGTERM: finish the task in progress, then exit.
@@ -27,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from tracemind.libc import die_with_parent
+from tracemind.worker.activity import error_line, short_id
 from tracemind.worker.runtime import Runtime, Task
 
 EXIT_RUNTIME_FAILED = 3
@@ -90,15 +93,17 @@ def _event_writer(fd_text: str | None) -> Any:
 
 
 class FlowTracking:
-    """A runtime that remembers the flow id of the task it ran last (for the pool's per-flow
-    counts, reported with the outcome after the task)."""
+    """A runtime that remembers the task and flow ids of the task it ran last (for the pool's
+    per-flow counts and recent failures, reported with the outcome after the task)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.flow_id: str | None = None
+        self.task_id: str | None = None
 
     def execute(self, task: Task) -> dict[str, Any]:
         self.flow_id = task.flow_id
+        self.task_id = task.task_id
         return self.runtime.execute(task)
 
 
@@ -144,19 +149,31 @@ def main(forked: ForkedStart | None = None) -> int:
     dirs = DataDirs(Path(spec.queue_dir), Path(spec.idempotency_dir), Path(spec.dlq_dir))
     queue = open_stores(dirs, durable=spec.durable).queue
 
-    def started(attempt: int) -> None:
+    def started(task: Task) -> None:
         if events is not None:
-            events.write(json.dumps({"event": "started", "attempt": attempt}) + "\n")
+            event = {
+                "event": "started",
+                "attempt": task.attempt,
+                "task_id": task.task_id,
+                "flow_id": short_id(task.flow_id),
+            }
+            events.write(json.dumps(event) + "\n")
+
+    def step(step_id: str) -> None:
+        if events is not None:
+            events.write(json.dumps({"event": "step", "step": short_id(step_id)}) + "\n")
 
     tracked = FlowTracking(runtime)
 
-    def finished(outcome: str, duration_s: float, attempt: int) -> None:
+    def finished(outcome: str, duration_s: float, attempt: int, error: str | None) -> None:
         if events is not None:
             event = {
                 "outcome": outcome,
                 "duration_s": duration_s,
                 "attempt": attempt,
                 "flow_id": tracked.flow_id,
+                "task_id": tracked.task_id,
+                "error": error_line(error),
             }
             events.write(json.dumps(event) + "\n")
 
@@ -175,6 +192,7 @@ def main(forked: ForkedStart | None = None) -> int:
         on_finished=finished,
         on_started=started,
         on_idle=idle if spec.report_idle else None,
+        on_step=step,
     )
 
     def term(signum: int, frame: FrameType | None) -> None:

@@ -27,6 +27,8 @@ class Task:
     cancel_requested: Callable[[], bool] = field(default=lambda: False)
     """Whether someone asked to cancel this task (``tm task cancel``) since it started: a
     runtime stops at the next safe point by raising :class:`~tracemind.errors.Cancelled`."""
+    on_step: Callable[[str], None] = field(default=lambda step_id: None)
+    """A runtime calls this with a step's id as the step begins (for the dashboard)."""
 
 
 class Runtime(Protocol):
@@ -88,7 +90,9 @@ class FlowRuntime:
             "cancel_requested": task.cancel_requested,
         }
         state = task.record.get("input") or {}
-        return run_flow(flow, dict(state), ctx, stop_requested=task.cancel_requested)
+        return run_flow(
+            flow, dict(state), ctx, stop_requested=task.cancel_requested, on_step=task.on_step
+        )
 
 
 def load_factory(spec: str) -> Any:
