@@ -14,7 +14,8 @@ each checked against every backend by the parametrized contract suite in ``tests
     and a submitter killed at any instant leaves either no task and no key or both. The key of a
     dead or cancelled task does not block a new submission.
 9.  **Dead letters.** A dead task is listed, shown and counted until it is requeued or purged.
-    :meth:`DeadLetters.requeue` makes it pending again (attempts kept, one more allowed) and
+    :meth:`DeadLetters.requeue` makes it pending again (same id and input, its history kept,
+    its attempts counted from 1 again: a person decided it deserves another full try) and
     :meth:`DeadLetters.purge` removes it with its idempotency key; each succeeds for exactly one
     caller however many run at once, and neither can run the task twice.
 10. **Retention.** :meth:`Backend.prune` removes a succeeded record only once its TTL passed,
