@@ -14,9 +14,9 @@ Two optional hooks per location scheme let the backend-neutral tests look below 
 (corrupt one stored task record, or add an entry no writer made). Without them those tests
 check what the contract shows, or skip.
 
-Run as a module, this is a submitter process for the multi-process tests:
-``python -m backend_testing LOCATION FLOW_PATH GO_FILE KEY...`` waits for GO_FILE, submits one
-task per key (in the order given, one call each) and prints ``{key: [task_id, duplicate]}``.
+Run as a module (:func:`process_command`), this is the other process of the multi-process
+tests: a submitter racing another, a process killed right after an enqueue or an ack, or a
+reader running as another user.
 """
 
 from __future__ import annotations
@@ -112,37 +112,26 @@ DAMAGE: dict[str, dict[str, Callable[..., None]]] = {
 place) and ``unknown(backend)`` (store an entry no writer made beside the waiting tasks)."""
 
 
-# -- a submitter process -----------------------------------------------------------------------
+# -- processes that use a backend -------------------------------------------------------------
 
 
-def submitter_command(
-    location: Location, flow_path: Path, go_file: Path, keys: list[str]
-) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "backend_testing",
-        str(location),
-        str(flow_path),
-        str(go_file),
-        *keys,
-    ]
+def process_command(*args: object) -> list[str]:
+    """``python -m backend_testing ARGS`` (see :func:`_main`)."""
+    return [sys.executable, "-m", "backend_testing", *map(str, args)]
 
 
-def submitter_env() -> dict[str, str]:
-    """The environment of a submitter process: this one, with the tests directory importable."""
+def process_env() -> dict[str, str]:
+    """The environment of such a process: this one, with the tests directory importable."""
     here = str(Path(__file__).resolve().parent)
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
-    }
+    path = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
-def _submit_main(argv: list[str]) -> int:
+def _submit_keys(backend: Backend, flow_path: str, go_file: str, keys: list[str]) -> int:
+    """Wait for ``go_file``, submit one task per key (one call each, in order) and print
+    ``{key: [task_id, duplicate]}``."""
     from tracemind.flows import load_flow
 
-    location, flow_path, go_file, *keys = argv
-    backend = open_backend(location, durable=False, env={})
     snapshot = load_flow(Path(flow_path))
     deadline_s = time.monotonic() + 30
     while not os.path.exists(go_file):
@@ -154,10 +143,66 @@ def _submit_main(argv: list[str]) -> int:
     for key in keys:
         result = submitter.submit(snapshot, {"key": key}, idempotency_key=key)
         results[key] = [result.task_id, result.duplicate]
-    backend.close()
-    print(json.dumps(results))
+    print(json.dumps(results), flush=True)
     return 0
 
 
+def _die_after(backend: Backend, verb: str, flow_path: str) -> int:
+    """Submit one task (``enqueue``), or lease and ack the oldest (``ack``), print its id and
+    die by SIGKILL at once: no flush, no exit handler, no commit thread finishing."""
+    import signal
+
+    from tracemind.flows import load_flow
+
+    if verb == "enqueue":
+        task_id = backend.submitter(3600.0).submit(load_flow(Path(flow_path)), {}).task_id
+    else:
+        lease = backend.queue.lease("doomed", 30.0)
+        if lease is None:
+            return 3
+        backend.queue.ack(lease, {"acked": True})
+        task_id = lease.task_id
+    os.write(1, task_id.encode() + b"\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 4  # (not reached)
+
+
+def _read(backend: Backend, task_ids: list[str]) -> int:
+    """Call every reader verb and print what they answered (as JSON)."""
+    stats, dead, damaged_dead = backend.counts()
+    answers = {
+        "stats": stats.to_dict(),
+        "dead": dead,
+        "damaged_dead": damaged_dead,
+        "has_waiting": backend.queue.has_waiting(),
+        "found": [
+            None if (info := backend.queue.find(t)) is None else str(info.status) for t in task_ids
+        ],
+        "dead_letters": [e["task_id"] for e in backend.dead_letters.newest_first()],
+        "dead_count": backend.dead_letters.count(),
+        "live": [e["instance_id"] for e in backend.registry.live()],
+        "problems": backend.problems(),
+    }
+    print(json.dumps(answers), flush=True)
+    return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``submit-keys LOCATION FLOW GO_FILE KEY...``, ``die-after enqueue|ack LOCATION FLOW``
+    (a durable backend, on the system clock) or ``read LOCATION TASK_ID...``."""
+    command, *rest = argv
+    if command == "read":
+        location, *task_ids = rest
+        return _read(open_backend(location, durable=False, env={}), task_ids)
+    if command == "submit-keys":
+        location, flow_path, go_file, *keys = rest
+        backend = open_backend(location, durable=False, env={})
+        code = _submit_keys(backend, flow_path, go_file, keys)
+        backend.close()
+        return code
+    verb, location, flow_path = rest
+    return _die_after(open_backend(location, durable=True, env={}), verb, flow_path)
+
+
 if __name__ == "__main__":
-    sys.exit(_submit_main(sys.argv[1:]))
+    sys.exit(_main(sys.argv[1:]))

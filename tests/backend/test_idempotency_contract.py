@@ -6,7 +6,7 @@ import json
 import subprocess
 import threading
 
-from backend_testing import submitter_command, submitter_env
+from backend_testing import process_command, process_env
 from conftest import LEASE_S, Subject
 from tracemind.queue.protocol import Failure
 from tracemind.submit import Submission, SubmitResult
@@ -134,8 +134,8 @@ def test_concurrent_submitters_in_two_processes_agree_on_one_task_per_key(subjec
     go = subject.tmp_path / "go"
     procs = [
         subprocess.Popen(
-            submitter_command(subject.backend.location, subject.flow_path, go, order),
-            env=submitter_env(),
+            process_command("submit-keys", subject.backend.location, subject.flow_path, go, *order),
+            env=process_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
