@@ -155,3 +155,36 @@ def test_concurrent_submitters_in_two_processes_agree_on_one_task_per_key(subjec
     answers = [json.loads(out) for out, _ in outputs]
     # Then they agree
     _agree(answers, keys, subject)
+
+
+def test_submitters_killed_at_random_instants_leave_one_task_per_key(subject: Subject) -> None:
+    # Given submitter processes SIGKILLed at random instants while they submit the same keys
+    import random
+    import signal
+    import time
+
+    keys = [f"key-{n}" for n in range(1000)]
+    go = subject.tmp_path / "go"
+    go.touch()
+    command = process_command("submit-keys", subject.backend.location, subject.flow_path, go, *keys)
+    rng = random.Random(12)
+    for _ in range(4):
+        made = subject.backend.queue.stats().pending
+        proc = subprocess.Popen(command, env=process_env(), stdout=subprocess.DEVNULL)
+        deadline_s = time.monotonic() + 30
+        while subject.backend.queue.stats().pending == made and time.monotonic() < deadline_s:
+            time.sleep(0.005)  # (until it has made a task: then it is mid-way)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    subject.backend.maintain()  # (what a serving process does: settle what dead ones left)
+    made_before = subject.backend.queue.stats().pending
+    assert 4 <= made_before < len(keys)  # each kill landed while keys were being submitted
+    # When one more submitter runs to the end
+    done = subprocess.run(
+        command, env=process_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    # Then every key names exactly one task, and the queue holds exactly those tasks
+    assert sorted(_leased_ids(subject)) == sorted(str(answers[key][0]) for key in keys)
