@@ -9,6 +9,9 @@ storage: what another process would open) on the given fake clock, with an empty
 :class:`BackendUnavailable`: the test is skipped, or fails when the backend's name is listed in
 ``TM_TEST_REQUIRE_BACKENDS`` (comma-separated; CI sets it where the server runs).
 
+:class:`Subject` is what a test of ``tests/backend`` gets: one backend under test, with helpers
+that put a task in a given state through the contract.
+
 Two optional hooks per location scheme let the backend-neutral tests look below the contract:
 :data:`RAW_STATES` (everything stored, to prove that readers write nothing) and :data:`DAMAGE`
 (corrupt one stored task record, or add an entry no writer made). Without them those tests
@@ -27,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,8 @@ import pytest
 from tm_testing import FakeClock
 from tracemind.backend import Location, open_backend
 from tracemind.backend.protocol import Backend
+from tracemind.flows import FlowSnapshot
+from tracemind.queue.protocol import Failure, Lease
 
 BackendFactory = Callable[[Path, FakeClock], Backend]
 REQUIRE_ENV = "TM_TEST_REQUIRE_BACKENDS"
@@ -66,6 +72,55 @@ def open_or_skip(name: str, tmp_path: Path, clock: FakeClock) -> Backend:
         if name in required:
             pytest.fail(f"backend {name} is required here but unavailable: {exc}")
         pytest.skip(f"backend {name} unavailable: {exc}")
+
+
+# -- one backend under test (the contract suite's ``subject`` fixture) ------------------------
+
+LEASE_S = 30.0
+
+
+@dataclass
+class Subject:
+    """One backend under test: ``backend`` on ``clock``, and ``reopen`` for another view of
+    the same storage (what another process, or another thread, opens)."""
+
+    name: str
+    tmp_path: Path
+    clock: FakeClock
+    backend: Backend
+    snapshot: FlowSnapshot
+    flow_path: Path
+    opened: list[Backend] = field(default_factory=list)
+
+    def reopen(self) -> Backend:
+        other = open_or_skip(self.name, self.tmp_path, self.clock)
+        self.opened.append(other)
+        return other
+
+    def submit(self, key: str | None = None, inputs: dict[str, object] | None = None) -> str:
+        """One task submitted through the contract; its id."""
+        result = self.backend.submitter(3600.0).submit(
+            self.snapshot, inputs or {}, idempotency_key=key
+        )
+        return result.task_id
+
+    def lease(self, task_id: str) -> Lease:
+        """Lease ``task_id`` (the oldest due task must be it)."""
+        lease = self.backend.queue.lease("c1", LEASE_S)
+        assert lease is not None and lease.task_id == task_id, lease
+        return lease
+
+    def succeed(self, key: str | None = None) -> str:
+        task_id = self.submit(key)
+        self.backend.queue.ack(self.lease(task_id), {"ok": True})
+        self.backend.queue.flush()
+        return task_id
+
+    def kill(self, key: str | None = None) -> str:
+        """A task in the dead-letter queue (its attempt failed for good)."""
+        task_id = self.submit(key)
+        self.backend.queue.dead_letter(self.lease(task_id), Failure("boom", "Traceback: boom"))
+        return task_id
 
 
 # -- below the contract: raw state and damage, per location scheme -----------------------------

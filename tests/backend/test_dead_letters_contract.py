@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from conftest import LEASE_S, Subject
+from backend_testing import LEASE_S, Subject
 from tracemind.backend.protocol import Backend
 from tracemind.queue.protocol import TaskStatus
 

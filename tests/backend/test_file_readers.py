@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backend_testing import RAW_STATES, process_command, process_env
-from conftest import LEASE_S
+from backend_testing import LEASE_S, RAW_STATES, process_command, process_env
 from tm_testing import NOBODY, FakeClock, make_task
 from tracemind.backend import Location, open_backend
 from tracemind.queue.protocol import Failure

@@ -6,8 +6,7 @@ import json
 import subprocess
 import threading
 
-from backend_testing import process_command, process_env
-from conftest import LEASE_S, Subject
+from backend_testing import LEASE_S, Subject, process_command, process_env
 from tracemind.queue.protocol import Failure
 from tracemind.submit import Submission, SubmitResult
 

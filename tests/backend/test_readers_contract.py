@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from backend_testing import DAMAGE, RAW_STATES, process_command, process_env
-from conftest import LEASE_S, Subject
+from backend_testing import DAMAGE, LEASE_S, RAW_STATES, Subject, process_command, process_env
 from tm_testing import make_task
 from tracemind.backend.protocol import Backend
 from tracemind.queue.protocol import Failure, TaskStatus

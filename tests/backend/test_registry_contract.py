@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Subject
+from backend_testing import Subject
 from tracemind.queue.registry import STALE_S, registration
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import LEASE_S, Subject
+from backend_testing import LEASE_S, Subject
 from tm_testing import FakeClock
 from tracemind.queue.protocol import TaskStatus
 from tracemind.retention import DAY_S
