@@ -29,6 +29,8 @@ from bench import (
     fig_keys,
     fig_noiso,
     fig_pickup,
+    fig_retention,
+    fig_serving,
     fig_status,
 )
 from bench.context import BacklogSizes, Context, Sizes
@@ -58,8 +60,10 @@ FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
     "keys": (10, "Batch with idempotency keys", fig_keys.run),
     "enqueue_noiso": (11, "Durable enqueue without scratch isolation", fig_noiso.run),
     "dlq": (12, "Counts with many dead letters", fig_dlq.run),
+    "serving": (13, "Probes and queue stats while draining a deep backlog", fig_serving.run),
+    "retention": (14, "Disk per task before and after a retention pass", fig_retention.run),
 }
-BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq")
+BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq", "serving", "retention")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

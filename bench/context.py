@@ -85,6 +85,8 @@ class BacklogSizes:
     """Tasks per enqueue measurement without scratch isolation."""
     other_work_files: int
     """Files created and deleted just before each measurement without isolation."""
+    retention_tasks: int = 20_000
+    """Keyed tasks run, then measured on disk before and after a retention pass (figure 14)."""
 
     @classmethod
     def full(cls, depth: int | None = None) -> BacklogSizes:
@@ -124,6 +126,7 @@ class BacklogSizes:
             keyed_batch=500,
             enqueue_tasks=200,
             other_work_files=500,
+            retention_tasks=500,
         )
 
 

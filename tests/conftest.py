@@ -1,5 +1,6 @@
-"""Shared fixtures: a temporary data root, a fake clock, queues parametrized over backends, flow
-files, helper modules for worker subprocesses, and ``tm`` run as a real, time-bounded subprocess.
+"""Shared fixtures: a temporary data root, a fake clock, queues parametrized over backends
+(``backend_testing.BACKEND_FACTORIES``), flow files, helper modules for worker subprocesses, and
+``tm`` run as a real, time-bounded subprocess.
 
 The helpers these fixtures build on (and that tests import) are in ``tm_testing.py``.
 """
@@ -7,20 +8,20 @@ The helpers these fixtures build on (and that tests import) are in ``tm_testing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from backend_testing import BACKEND_FACTORIES, open_or_skip
 from tm_testing import (
     CONSUMER_SOURCE,
     ECHO_FLOW,
@@ -87,30 +88,26 @@ def flows(tmp_path: Path) -> FlowFiles:
 # -- queue backends (the contract suite runs against each) -------------------------------------
 
 
-def _file_backend(dirs: DataDirs, clock: FakeClock, *, durable: bool) -> QueueHarness:
-    stores = open_stores(dirs, durable=durable, clock=clock)
-
-    def reopen() -> TaskQueue:
-        return open_stores(dirs, durable=durable, clock=clock).queue
-
-    return QueueHarness(stores.queue, clock, reopen, stores.submitter)
-
-
-BACKENDS: dict[str, Callable[[DataDirs, FakeClock], QueueHarness]] = {
-    "file": functools.partial(_file_backend, durable=False),
-    "file-durable": functools.partial(_file_backend, durable=True),
-}
-"""Backend name → factory; a new backend (e.g. Redis) adds one entry and runs the same suite."""
-
-
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(BACKEND_FACTORIES))
 def harness(
     request: pytest.FixtureRequest,
-    dirs: DataDirs,
+    tmp_path: Path,
     clock: FakeClock,
     logs: list[dict[str, Any]],
-) -> QueueHarness:
-    return BACKENDS[request.param](dirs, clock)
+) -> Iterator[QueueHarness]:
+    """The task queue of each backend in ``backend_testing.BACKEND_FACTORIES`` (a new backend
+    joins this suite and ``tests/backend`` with one line there)."""
+    opened = [open_or_skip(request.param, tmp_path, clock)]
+
+    def reopen() -> TaskQueue:
+        opened.append(open_or_skip(request.param, tmp_path, clock))
+        return opened[-1].queue
+
+    try:
+        yield QueueHarness(opened[0].queue, clock, reopen, opened[0].submitter)
+    finally:
+        for backend in opened:
+            backend.close()
 
 
 # -- subprocesses ------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from tracemind.backend.protocol import Submitter
 from tracemind.queue.names import PendingName, new_task_id
 from tracemind.queue.protocol import NewTask, TaskQueue
 from tracemind.queue.records import new_record
-from tracemind.submit import QueueSubmitter
 
 START_S = 1_800_000_000.0
 """The fake clock's epoch (2027-01-15): far from the real time, so a mix-up shows."""
@@ -132,7 +132,7 @@ class QueueHarness:
     queue: TaskQueue
     clock: FakeClock
     reopen: Callable[[], TaskQueue]
-    submitter: Callable[[float], QueueSubmitter]
+    submitter: Callable[[float], Submitter]
 
     def put(self, **kwargs: Any) -> str:
         task = make_task(self.clock, **kwargs)

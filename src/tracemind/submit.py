@@ -26,7 +26,7 @@ from tracemind.idempotency import IdempotencyStore, KeyRecord
 from tracemind.queue.names import new_task_id, staged_name
 from tracemind.queue.pending import CHUNK_TASKS
 from tracemind.queue.protocol import NewTask, TaskStatus
-from tracemind.queue.records import new_record
+from tracemind.queue.records import new_record, task_policy
 from tracemind.values import Value
 
 TYPE_CHECKING = False
@@ -137,6 +137,7 @@ class QueueSubmitter:
         resolve to and gains the keys of new tasks (a key repeated in a batch is a duplicate)."""
         snapshot = flow.to_dict()
         max_attempts = int(flow.flow["retry"]["max_attempts"])
+        policy = task_policy(flow.flow)
         results: list[SubmitResult] = []
         new: list[NewTask] = []
         now_ms = int(now_s * 1000)
@@ -158,6 +159,7 @@ class QueueSubmitter:
                 enqueued_at=now_s,
                 idempotency_key=key,
                 trigger=item.trigger,
+                policy=policy,
             )
             new.append(NewTask(task_id, record, now_s if item.due_s is None else item.due_s))
             results.append(SubmitResult(task_id, False))

@@ -1,4 +1,6 @@
-"""The TaskQueue contract (see tracemind.queue.protocol), run against every backend in BACKENDS.
+"""The TaskQueue contract (see tracemind.queue.protocol), run against every backend of
+``backend_testing.BACKEND_FACTORIES`` (guarantees 5-7 and those of the Backend contract are in
+``tests/backend``).
 
 Only the Protocol's verbs are used here; backend-specific crash windows live in
 test_file_backend.py.

@@ -105,6 +105,7 @@ class FileBackend:
     def prune(
         self, *, now_s: float | None = None, dry_run: bool = False, budget: int = 10_000
     ) -> Counter[str]:
+        now_s = self.stores.clock() if now_s is None else now_s
         return self.pruner.prune(now_s=now_s, dry_run=dry_run, budget=budget)
 
     def problems(self) -> list[str]:

@@ -14,7 +14,8 @@ each checked against every backend by the parametrized contract suite in ``tests
     and a submitter killed at any instant leaves either no task and no key or both. The key of a
     dead or cancelled task does not block a new submission.
 9.  **Dead letters.** A dead task is listed, shown and counted until it is requeued or purged.
-    :meth:`DeadLetters.requeue` makes it pending again (attempts kept, one more allowed) and
+    :meth:`DeadLetters.requeue` makes it pending again (same id and input, its history kept,
+    its attempts counted from 1 again: a person decided it deserves another full try) and
     :meth:`DeadLetters.purge` removes it with its idempotency key; each succeeds for exactly one
     caller however many run at once, and neither can run the task twice.
 10. **Retention.** :meth:`Backend.prune` removes a succeeded record only once its TTL passed,
@@ -90,14 +91,17 @@ class Registry(Protocol):
 
     def register(self, entry: dict[str, Any]) -> None:
         """Write or refresh ``entry`` (``instance_id`` and the fields of
-        :func:`tracemind.queue.registry.registration`), stamping its heartbeat now."""
+        :func:`tracemind.queue.registry.registration`), stamping its heartbeat with the
+        backend's clock; works on a location nothing else was written to yet."""
 
     def deregister(self, instance_id: str) -> None:
         """Remove a registration (a clean exit); absent is fine."""
 
     def live(self, now_s: float | None = None) -> list[dict[str, Any]]:
-        """Every registration whose heartbeat is younger than the stale limit, each with
-        ``heartbeat_age_s``, sorted by instance id. Read-only."""
+        """Every registration whose heartbeat is at most the stale limit
+        (:data:`tracemind.queue.registry.STALE_S`) old at ``now_s`` (default: the backend's
+        clock), each with ``heartbeat_age_s``, oldest registration first (by ``started_at``,
+        then instance id). Read-only."""
 
 
 class Backend(Protocol):
@@ -140,8 +144,9 @@ class Backend(Protocol):
     def prune(
         self, *, now_s: float | None = None, dry_run: bool = False, budget: int = 10_000
     ) -> Counter[str]:
-        """Remove (or with ``dry_run`` only count) up to ``budget`` expired records; counts by
-        kind (guarantee 10)."""
+        """Remove (or with ``dry_run`` only count) up to ``budget`` records expired at ``now_s``
+        (default: the backend's clock); counts by kind: ``results``, ``keys``, ``dlq_audit``,
+        and any kind of the backend's own (guarantee 10)."""
 
     def problems(self) -> list[str]:
         """Why this process cannot serve the location right now (one line each); empty when it

@@ -26,7 +26,6 @@ from tracemind.errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
 
     from tracemind.flows import FlowSnapshot
     from tracemind.flows.cache import CachedFlow
@@ -101,15 +100,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.idempotency_key:
         raise UsageError("--idempotency-key needs --detached")
     from tracemind.flows import load_flow, run_flow
+    from tracemind.flows.runner import step_context
 
     state = read_input_arg(args.input)
     snapshot = load_flow(args.flow)
-    ctx: dict[str, Any] = {
-        "task_id": None,
-        "flow_id": snapshot.flow["id"],
-        "attempt": 1,
-        "_trigger": None,
-    }
+    ctx = step_context(task_id=None, flow_id=snapshot.flow["id"], attempt=1, trigger=None)
     print_json(run_flow(snapshot, state, ctx))
     return 0
 

@@ -13,6 +13,31 @@ from tracemind.flows.snapshot import FlowSnapshot
 from tracemind.flows.validation import one_line
 
 
+def step_context(
+    *,
+    task_id: str | None,
+    flow_id: str | None,
+    attempt: int,
+    trigger: dict[str, Any] | None,
+    cancel_requested: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """The ``ctx`` every hook gets, built here for ``tm run`` and for workers alike (see
+    docs/flows.md): ``task_id`` (None under ``tm run``), ``flow_id``, ``attempt``, ``_trigger``
+    (what a trigger recorded, or None) and ``cancel_requested()`` (always False under
+    ``tm run``); the runner adds ``step_id``."""
+    return {
+        "task_id": task_id,
+        "flow_id": flow_id,
+        "attempt": attempt,
+        "_trigger": trigger,
+        "cancel_requested": cancel_requested or _never,
+    }
+
+
+def _never() -> bool:
+    return False
+
+
 def run_flow(
     flow: Flow | FlowSnapshot,
     state: Mapping[str, Any],

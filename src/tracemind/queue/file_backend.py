@@ -157,7 +157,7 @@ class FileQueue:
         """Who serves this queue (see :mod:`tracemind.queue.registry`)."""
         from tracemind.queue.registry import Registry
 
-        return Registry(self.root, self._tmp)
+        return Registry(self.root, self._tmp, self.clock)
 
     @functools.cached_property
     def tmp_dir(self) -> Path:

@@ -15,6 +15,9 @@ DEAD_FIELDS = frozenset({"status", "attempts", "error", "traceback", "dead_at", 
 """What :func:`dead_entry` adds to a task record (a requeue moves the entry back as it is)."""
 
 
+RETRY_FIELDS = ("max_attempts", "base_ms", "factor", "jitter_ms")
+
+
 def new_record(
     *,
     task_id: str,
@@ -24,9 +27,12 @@ def new_record(
     enqueued_at: float,
     idempotency_key: str | None = None,
     trigger: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A task record: ``flow`` is the flow snapshot (``FlowSnapshot.to_dict()``)."""
-    return {
+    """A task record: ``flow`` is the flow snapshot (``FlowSnapshot.to_dict()``); ``policy``
+    is what :func:`task_policy` resolved at submit (a record without one is resolved from its
+    flow by whoever runs it, see :func:`policy_of`)."""
+    record = {
         "v": 1,
         "task_id": task_id,
         "flow_id": flow.get("flow", {}).get("id"),
@@ -38,6 +44,34 @@ def new_record(
         "trigger": trigger,
         "history": [],
     }
+    if policy is not None:
+        record["policy"] = policy
+    return record
+
+
+def task_policy(flow_section: dict[str, Any]) -> dict[str, Any]:
+    """The retry and timeout policy of a task, resolved once, when it is submitted, from its
+    validated flow (the ``flow`` section of a snapshot): ``{"retry": {max_attempts, base_ms,
+    factor, jitter_ms}, "timeout_s": seconds or None}``. Workers apply the record's policy as
+    it is, whatever version of tracemind they run."""
+    retry = flow_section.get("retry")
+    retry = retry if isinstance(retry, dict) else {}
+    timeout_s = flow_section.get("timeout_s")
+    return {
+        "retry": {name: retry[name] for name in RETRY_FIELDS if name in retry},
+        "timeout_s": timeout_s if isinstance(timeout_s, int | float) else None,
+    }
+
+
+def policy_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The policy a record carries; for a record written before records carried one (or with a
+    damaged one), the policy of the flow snapshot it carries, resolved now."""
+    policy = record.get("policy")
+    if isinstance(policy, dict) and isinstance(policy.get("retry"), dict):
+        return policy
+    snapshot = record.get("flow")
+    flow = snapshot.get("flow") if isinstance(snapshot, dict) else None
+    return task_policy(flow if isinstance(flow, dict) else {})
 
 
 def max_attempts_of(record: dict[str, Any]) -> int:

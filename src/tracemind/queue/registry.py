@@ -29,6 +29,8 @@ FORGET_S = 86_400.0
 TYPE_CHECKING = False  # (`tm enqueue` reads the registry: no `typing` on its path)
 if TYPE_CHECKING:
     from typing import Any
+
+    from tracemind.clock import Clock
 MAX_ENTRY_BYTES = 64 * 1024
 
 
@@ -63,18 +65,22 @@ def registration(
 class Registry:
     """The registrations of one queue root."""
 
-    def __init__(self, queue_root: str | os.PathLike[str], tmp_dir: str) -> None:
+    def __init__(
+        self, queue_root: str | os.PathLike[str], tmp_dir: str, clock: Clock = time.time
+    ) -> None:
         self.path = os.path.join(os.fspath(queue_root), REGISTRY_DIR)
         self.tmp_dir = tmp_dir
+        self.clock = clock
 
     def register(self, entry: dict[str, Any]) -> None:
         """Write (or refresh) the registration ``entry``, stamped with the heartbeat time. A
         registry that cannot be written is not an error: the registration is a courtesy to
         readers, never needed for correctness."""
         instance_id = str(entry["instance_id"])
-        stamped = {**entry, "heartbeat_at": time.time()}
+        stamped = {**entry, "heartbeat_at": self.clock()}
         with contextlib.suppress(QueueError, OSError):
             ensure_dir(self.path)
+            ensure_dir(self.tmp_dir)  # (a first registration may come before any task)
             write_atomic(
                 os.path.join(self.path, f"{instance_id}.json"),
                 dump_json(stamped),
@@ -89,7 +95,7 @@ class Registry:
     def live(self, now_s: float | None = None) -> list[dict[str, Any]]:
         """Every registration with a fresh heartbeat, oldest first, each with its
         ``heartbeat_age_s``; read-only."""
-        now_s = time.time() if now_s is None else now_s
+        now_s = self.clock() if now_s is None else now_s
         found = []
         for entry in self._entries():
             age_s = now_s - entry["heartbeat_at"]
@@ -99,7 +105,7 @@ class Registry:
 
     def forget_stale(self, now_s: float | None = None) -> int:
         """Remove registrations whose heartbeat stopped more than :data:`FORGET_S` ago."""
-        now_s = time.time() if now_s is None else now_s
+        now_s = self.clock() if now_s is None else now_s
         removed = 0
         for entry in self._entries():
             if now_s - entry["heartbeat_at"] > FORGET_S:

@@ -21,7 +21,7 @@ from typing import Any
 from tracemind.errors import Cancelled
 from tracemind.log import get_logger
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
-from tracemind.queue.records import max_attempts_of
+from tracemind.queue.records import max_attempts_of, policy_of
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
 IDLE_WAIT_S = 0.1
@@ -269,21 +269,15 @@ def _ignore_step(step_id: str) -> None:
     """The step callback of a consumer that reports no steps."""
 
 
-def _flow_section(record: dict[str, Any]) -> dict[str, Any]:
-    snapshot = record.get("flow") or {}
-    flow = snapshot.get("flow") if isinstance(snapshot, dict) else None
-    return flow if isinstance(flow, dict) else {}
-
-
 def _timeout_s(record: dict[str, Any]) -> float | None:
-    value = _flow_section(record).get("timeout_s")
+    value = policy_of(record).get("timeout_s")
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _retry_policy_delay_ms(record: dict[str, Any], attempt: int, rng: random.Random) -> float:
     from tracemind.flows.model import RetryPolicy
 
-    raw = _flow_section(record).get("retry") or {}
+    raw = policy_of(record).get("retry") or {}
     try:
         policy = RetryPolicy(**raw)
     except (TypeError, ValueError):

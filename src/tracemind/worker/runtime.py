@@ -80,15 +80,16 @@ class FlowRuntime:
 
     def execute(self, task: Task) -> dict[str, Any]:
         from tracemind.flows import run_flow
+        from tracemind.flows.runner import step_context
 
         flow = self._flow(task.record.get("flow"))
-        ctx: dict[str, Any] = {
-            "task_id": task.task_id,
-            "flow_id": task.flow_id,
-            "attempt": task.attempt,
-            "_trigger": task.record.get("trigger"),
-            "cancel_requested": task.cancel_requested,
-        }
+        ctx = step_context(
+            task_id=task.task_id,
+            flow_id=task.flow_id,
+            attempt=task.attempt,
+            trigger=task.record.get("trigger"),
+            cancel_requested=task.cancel_requested,
+        )
         state = task.record.get("input") or {}
         return run_flow(
             flow, dict(state), ctx, stop_requested=task.cancel_requested, on_step=task.on_step
