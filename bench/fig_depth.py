@@ -111,7 +111,9 @@ def queue_stats(env: dict[str, str]) -> tuple[int, int]:
     from tracemind import config
     from tracemind.stores import open_stores
 
-    queue = open_stores(config.data_dirs(env=env), durable=False).queue
+    queue = open_stores(
+        config.DataDirs.of(*config.data_location(env=env).file_dirs()), durable=False
+    ).queue
     stats = queue.stats()
     return stats.pending + stats.delayed + stats.inflight, len(list(queue.pending_dir.iterdir()))
 

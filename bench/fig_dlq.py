@@ -25,7 +25,9 @@ def refresh_census(data: Path) -> None:
     from tracemind import config
     from tracemind.stores import open_stores
 
-    open_stores(config.data_dirs(env=ours_env(data)), durable=False).queue.refresh_census()
+    open_stores(
+        config.DataDirs.of(*config.data_location(env=ours_env(data)).file_dirs()), durable=False
+    ).queue.refresh_census()
 
 
 def run(ctx: Context) -> FigureResult:

@@ -91,7 +91,9 @@ def queue_depth(data: Path) -> int:
     from tracemind import config
     from tracemind.stores import open_stores
 
-    stats = open_stores(config.data_dirs(env=ours_env(data)), durable=False).queue.stats()
+    stats = open_stores(
+        config.DataDirs.of(*config.data_location(env=ours_env(data)).file_dirs()), durable=False
+    ).queue.stats()
     return stats.pending + stats.delayed + stats.inflight
 
 

@@ -129,7 +129,9 @@ def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     with OurPool(tm, data, status_bind=f"{HOST}:{port}") as pool:
         if not wait_alive(port, timeout_s=STARTUP_ALLOWANCE_S):
             raise BenchError("/livez does not answer 200 on a running daemon")
-        queue = open_stores(config.data_dirs(env=pool.env), durable=True).queue
+        queue = open_stores(
+            config.DataDirs.of(*config.data_location(env=pool.env).file_dirs()), durable=True
+        ).queue
         before = queue.stats()
         ctx.say(f"status ({scenario.name}): {RATE_PER_S} req/s for {window_s:g} s")
         samples = load(port, window_s)

@@ -19,7 +19,9 @@ def main() -> int:
     from tracemind.stores import open_stores
     from tracemind.submit import Submission
 
-    stores = open_stores(config.data_dirs(), durable=config.durable())
+    stores = open_stores(
+        config.DataDirs.of(*config.data_location().file_dirs()), durable=config.durable()
+    )
     submitter = stores.submitter(config.idempotency_ttl_s())
     submitter.submit_many(load_flow(flow_path), [Submission({"i": i}) for i in range(count)])
     queue = stores.queue

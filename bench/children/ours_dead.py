@@ -22,7 +22,7 @@ def main() -> int:
     from tracemind.stores import open_stores
 
     snapshot = load_flow(flow_path).to_dict()
-    stores = open_stores(config.data_dirs(), durable=False)
+    stores = open_stores(config.DataDirs.of(*config.data_location().file_dirs()), durable=False)
     stores.queue.prepare()
     dlq = stores.queue.dlq
     failure = Failure("RuntimeError: fail step", "Traceback (most recent call last): ...")

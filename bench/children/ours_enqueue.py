@@ -20,7 +20,9 @@ def main() -> int:
     if not config.durable():
         raise SystemExit("ours_enqueue: TM_FILE_QUEUE_V2 must be on")
     flow = load_flow(flow_path)
-    submitter = open_stores(config.data_dirs(), durable=True).submitter(config.idempotency_ttl_s())
+    submitter = open_stores(
+        config.DataDirs.of(*config.data_location().file_dirs()), durable=True
+    ).submitter(config.idempotency_ttl_s())
     ready = time.perf_counter()
     for i in range(count):
         submitter.submit(flow, {"i": i})

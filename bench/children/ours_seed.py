@@ -21,7 +21,9 @@ def main() -> int:
     from tracemind.submit import Submission
 
     flow = load_flow(flow_path)
-    stores = open_stores(config.data_dirs(), durable=config.durable())
+    stores = open_stores(
+        config.DataDirs.of(*config.data_location().file_dirs()), durable=config.durable()
+    )
     stores.queue.prepare()  # the directories, even for no task
     submitter = stores.submitter(config.idempotency_ttl_s())
     ids: dict[str, str] = {}

@@ -1,9 +1,9 @@
 """Where things live and which feature flags are on, resolved from flags and the environment.
 
-Precedence for each data directory: the command-line flag, then its own variable
-(``TM_QUEUE_DIR``, ``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``), then ``<root>/<name>`` of the
-location ``TM_QUEUE_URL`` names (``--queue-url`` sets it; ``file:///abs/path`` is a data root),
-then ``$TM_DATA_DIR/<name>``, then ``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
+Where the data is (:func:`data_location`): ``--queue-url``, then ``TM_QUEUE_URL``, then the
+data root ``$TM_DATA_DIR``, then ``data`` under the current directory; for a file location each
+data directory may be set apart, by its flag, then its own variable (``TM_QUEUE_DIR``,
+``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``). The daemon's state directory: ``--state-dir``, then
 ``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
 validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
 
@@ -22,6 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
+
+    from tracemind.backend.location import Location
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 MAX_WORKERS = 256
@@ -57,89 +59,57 @@ class DataDirs(Value):
         }
 
 
-def queue_root(url: str) -> str:
-    """The data root a location names: ``file:///absolute/path``. One line (exit 2) for an
-    unknown scheme or a malformed location."""
-    if url.startswith("file://"):
-        path = url[len("file://") :]
-        if not path.startswith("/") or "\0" in path:
-            raise UsageError(f"queue location {url!r}: a file location is file:///absolute/path")
-        return path.rstrip("/") or "/"
-    scheme, sep, _ = url.partition("://")
-    if not sep or not scheme:
-        raise UsageError(f"queue location {url!r}: not a URL (expected file:///absolute/path)")
-    raise UsageError(
-        f"queue location {url!r}: unknown scheme {scheme!r} (this version knows file://)"
-    )
+DIR_SETTINGS = (
+    ("queue_dir", "--queue-dir", "TM_QUEUE_DIR"),
+    ("idempotency_dir", "--idempotency-dir", "TM_IDEMPOTENCY_DIR"),
+    ("dlq_dir", "--dlq-dir", "TM_DLQ_DIR"),
+)
+"""The seed's per-directory settings of a file location: (argument, flag, variable)."""
+LOCATION_VARIABLES = ("TM_QUEUE_URL", "TM_DATA_DIR", *(var for _, _, var in DIR_SETTINGS))
+"""The variables :func:`data_location` reads."""
 
 
-def queue_url(dirs: DataDirs) -> str | None:
-    """The location of ``dirs`` as a URL, when they are the three directories of one root."""
-    root = os.path.dirname(str(dirs.queue))
-    expected = (os.path.join(root, "idempotency"), os.path.join(root, "dlq"))
-    if (str(dirs.idempotency), str(dirs.dlq)) != expected:
-        return None
-    return "file://" + root
+def data_location(
+    queue_url: str | None = None,
+    queue_dir: str | None = None,
+    idempotency_dir: str | None = None,
+    dlq_dir: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Location:
+    """Where the data is, from the flags (None: not given) and ``env``: the one place that
+    turns them into a :class:`~tracemind.backend.location.Location`.
 
+    The location is ``--queue-url``, else ``TM_QUEUE_URL``, else the data root
+    ``$TM_DATA_DIR``, else ``data`` under the current directory. For a file location each of
+    its three directories may be set apart: its flag, else its variable, else the directory the
+    location names (a relative path is taken from the current directory). A non-file location
+    with a directory setting is a one-line :class:`UsageError`. No pathlib: ``tm enqueue``
+    calls this."""
+    from tracemind.backend.location import FILE_DIR_NAMES, Location
 
-def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> str:
-    if flag:
-        chosen = flag
-    elif env.get(var):
-        chosen = env[var]
-    elif env.get("TM_QUEUE_URL"):
-        chosen = os.path.join(queue_root(env["TM_QUEUE_URL"]), name)
-    elif env.get("TM_DATA_DIR"):
-        chosen = os.path.join(env["TM_DATA_DIR"], name)
+    url = queue_url or env.get("TM_QUEUE_URL")
+    base = Location.parse(url) if url else None
+    flags = (queue_dir, idempotency_dir, dlq_dir)
+    if base is not None and not base.is_file:
+        given = [flag for (_, flag, _), value in zip(DIR_SETTINGS, flags, strict=True) if value]
+        given += [var for _, _, var in DIR_SETTINGS if env.get(var)]
+        if given:
+            raise UsageError(
+                f"{given[0]} applies to a file location, not to {base.redacted()} "
+                "(give one or the other)"
+            )
+        return base
+    if base is None:
+        root = env.get("TM_DATA_DIR") or "data"
+        named = tuple(os.path.join(root, name) for name in FILE_DIR_NAMES)
     else:
-        chosen = os.path.join("data", name)
-    # Absolute as Path.absolute() makes it: joined to the current directory, ".." left alone.
-    return chosen if os.path.isabs(chosen) else os.path.join(os.getcwd(), chosen)
-
-
-def data_paths(
-    queue_dir: str | None = None,
-    idempotency_dir: str | None = None,
-    dlq_dir: str | None = None,
-    env: Mapping[str, str] = os.environ,
-) -> tuple[str, str, str]:
-    """The queue, idempotency and dead-letter directories, as absolute path strings: what
-    :func:`data_dirs` returns, without pathlib (which would cost ``tm enqueue`` ~4 ms)."""
-    return (
-        _pick(queue_dir, "TM_QUEUE_DIR", "queue", env),
-        _pick(idempotency_dir, "TM_IDEMPOTENCY_DIR", "idempotency", env),
-        _pick(dlq_dir, "TM_DLQ_DIR", "dlq", env),
-    )
-
-
-def data_dirs(
-    queue_dir: str | None = None,
-    idempotency_dir: str | None = None,
-    dlq_dir: str | None = None,
-    env: Mapping[str, str] = os.environ,
-) -> DataDirs:
-    from pathlib import Path
-
-    queue, idempotency, dlq = data_paths(queue_dir, idempotency_dir, dlq_dir, env)
-    return DataDirs(Path(queue), Path(idempotency), Path(dlq))
-
-
-def resolve_location(
-    location: str | os.PathLike[str] | DataDirs | None, env: Mapping[str, str] = os.environ
-) -> DataDirs:
-    """The stores a client talks to: the one place that turns a *location* into them.
-
-    None resolves as the CLI does without flags (``TM_QUEUE_DIR``/…, ``TM_DATA_DIR``, then
-    ``data/`` under the current directory); a path is a data root holding ``queue/``,
-    ``idempotency/`` and ``dlq/``; :class:`DataDirs` names the three directories."""
-    from pathlib import Path
-
-    if location is None:
-        return data_dirs(env=env)
-    if isinstance(location, DataDirs):
-        return location
-    root = Path(os.fspath(location)).absolute()
-    return DataDirs(root / "queue", root / "idempotency", root / "dlq")
+        named = base.file_dirs()
+    chosen = [
+        flag or env.get(var) or default
+        for flag, (_, _, var), default in zip(flags, DIR_SETTINGS, named, strict=True)
+    ]
+    absolute = [path if os.path.isabs(path) else os.path.join(os.getcwd(), path) for path in chosen]
+    return Location.for_file_dirs(*absolute)
 
 
 def app_dirs(

@@ -15,13 +15,14 @@ from tracemind.stores import Stores, open_stores_at
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
     from typing import Any
 
     from tracemind.backend.location import Location
     from tracemind.clock import Clock
-    from tracemind.queue.protocol import QueueStats
+    from tracemind.queue.protocol import QueueStats, TaskInfo, TaskStatus
     from tracemind.queue.registry import Registry
+    from tracemind.queue.terminal_watch import TerminalWatch
     from tracemind.retention import Pruner
     from tracemind.submit import QueueSubmitter
 
@@ -85,8 +86,12 @@ class FileBackend:
     def cancel(self, task_id: str) -> str:
         return self.stores.queue.cancel(task_id)
 
-    def prepare(self) -> None:
-        self.stores.queue.migrate()  # (prepares it too)
+    def prepare(self) -> int:
+        from tracemind.fsutil import check_dirs_writable
+
+        self.pruner  # noqa: B018 (reads the retention settings: a bad one fails here)
+        check_dirs_writable(*self.location.file_dirs())  # (one line naming the directory)
+        return self.stores.queue.migrate()  # (prepares it too)
 
     @property
     def pruner(self) -> Pruner:
@@ -107,17 +112,42 @@ class FileBackend:
     ) -> Counter[str]:
         return self.pruner.prune(now_s=now_s, dry_run=dry_run, budget=budget)
 
-    def problems(self) -> list[str]:
-        import errno
+    def pruned(self) -> Counter[str]:
+        return self.pruner.totals
 
-        lines = []
-        for directory in self.location.file_dirs():
-            while not os.path.lexists(directory) and directory != "/":
-                directory = os.path.dirname(directory)  # (the writer creates what is missing)
-            if not os.access(directory, os.W_OK | os.X_OK):
-                code = errno.EROFS if os.access(directory, os.R_OK) else errno.EACCES
-                lines.append(f"cannot write {directory}: {os.strerror(code)}")
-        return lines
+    def problems(self) -> list[str]:
+        from tracemind.fsutil import first_unwritable
+
+        unwritable = first_unwritable(self.location.file_dirs())
+        return [] if unwritable is None else [str(unwritable)]
+
+    def unreadable_records(self) -> tuple[int, list[dict[str, Any]]]:
+        from tracemind.problems import unreadable_records
+
+        return unreadable_records(self.stores.queue.root)
+
+    def finished(self, task_id: str) -> TaskInfo | None:
+        return self.stores.queue.finished(task_id)
+
+    def watch_finished(self, task_ids: Collection[str]) -> TerminalWatch:
+        from tracemind.queue.terminal_watch import TerminalWatch
+
+        # Where each task's terminal record lands: its done and cancelled hour buckets, or
+        # the DLQ (a wake-up means one of them may have finished).
+        queue = self.stores.queue
+        folders = {os.path.dirname(queue.done_path(t)) for t in task_ids}
+        folders |= {os.path.dirname(queue.cancelled_path(t)) for t in task_ids}
+        return TerminalWatch([*sorted(folders), self.stores.dlq.root])
+
+    def newest(
+        self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
+    ) -> list[TaskInfo]:
+        from tracemind.queue.listing import newest_tasks
+
+        return newest_tasks(self.stores.queue, statuses, limit, flow_id=flow_id)
+
+    def waiting_since(self, epoch_s: float) -> int:
+        return self.stores.queue.waiting_since(epoch_s)
 
     def close(self) -> None:
         self.stores.queue.flush()

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 FILE_DIR_NAMES = ("queue", "idempotency", "dlq")
 """The three stores of a file data root, in the order :meth:`Location.file_dirs` returns them."""
 REDIS_SCHEMES = ("redis", "rediss")
+MASK = "***"
+"""What :meth:`Location.redacted` shows instead of a password."""
 KNOWN = "file:// (a data root), redis:// or rediss://"
 
 
@@ -61,6 +63,18 @@ class Location(Value):
         raise UsageError(
             f"queue location {text!r}: unknown scheme {scheme!r} (this version knows {KNOWN})"
         )
+
+    @classmethod
+    def parse_redacted(cls, text: str) -> Location:
+        """The location a file or log recorded as :meth:`redacted` text: a masked password is
+        dropped, so :meth:`password` then comes from ``TM_REDIS_PASSWORD``."""
+        head, sep, tail = text.partition("://")
+        if sep and head.lower() in REDIS_SCHEMES:
+            netloc, slash, path = tail.partition("/")
+            userinfo, at, hostport = netloc.rpartition("@")
+            if at and userinfo.endswith(":" + MASK):
+                text = f"{head}{sep}{userinfo[: -len(MASK) - 1]}{at}{hostport}{slash}{path}"
+        return cls.parse(text)
 
     @classmethod
     def for_file_dirs(cls, queue: str, idempotency: str, dlq: str) -> Location:
@@ -115,7 +129,7 @@ class Location(Value):
         if not at or ":" not in userinfo:
             return self.text
         user = userinfo.partition(":")[0]
-        return f"{head}{sep}{user}:***@{hostport}{slash}{path}"
+        return f"{head}{sep}{user}:{MASK}@{hostport}{slash}{path}"
 
 
 def _file_dirs(text: str, rest: str) -> tuple[str, str, str]:

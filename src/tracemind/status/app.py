@@ -1,6 +1,6 @@
 """The status endpoint: a read-only Flask view of the daemon's state dir and queue.
 
-``create_app`` takes its dependencies (state dir, data dirs). The probes read only the state
+``create_app`` takes its dependencies (state dir, backend). The probes read only the state
 dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
 not read (one small file each, none normally), so they stay fast under load; ``/status`` and
 ``/metrics`` count the queue, so their bodies are refreshed in the background at most every
@@ -17,10 +17,9 @@ from typing import Any, Generic, TypeVar
 
 from flask import Flask, Response, jsonify
 
-from tracemind.config import DataDirs
+from tracemind.backend.protocol import Backend
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.daemon.status_doc import problem_reason, status_document
-from tracemind.problems import unreadable_records
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -63,12 +62,14 @@ class Recent(Generic[T]):
             self._value, self._at_s, self._refreshing = value, time.monotonic(), False
 
 
-def create_app(state: StateDir, dirs: DataDirs) -> Flask:
+def create_app(state: StateDir, backend: Backend) -> Flask:
+    """The app over ``state`` and ``backend`` (opened read-only by its caller: it never
+    writes)."""
     from tracemind.status.metrics import render
 
     app = Flask("tracemind.status")
-    status_doc = Recent(lambda: status_document(state, dirs), COUNTS_MAX_AGE_S)
-    metrics_text = Recent(lambda: render(state, dirs), COUNTS_MAX_AGE_S)
+    status_doc = Recent(lambda: status_document(state, backend), COUNTS_MAX_AGE_S)
+    metrics_text = Recent(lambda: render(state, backend), COUNTS_MAX_AGE_S)
 
     def unavailable(body: dict[str, Any]) -> tuple[Response, int]:
         return jsonify(body), 503
@@ -91,7 +92,7 @@ def create_app(state: StateDir, dirs: DataDirs) -> Flask:
             return unavailable({"ready": False, "reason": "draining"})
         if not beat.get("ready"):
             return unavailable({"ready": False, "reason": beat.get("reason") or "not ready"})
-        count, first = unreadable_records(dirs.queue)
+        count, first = backend.unreadable_records()
         if count:
             return unavailable(
                 {"ready": False, "reason": problem_reason(count), "unreadable_records": first}
