@@ -23,10 +23,11 @@ from bench.workload import write_noop_flow
 def refresh_census(data: Path) -> None:
     """What the daemon's supervisor does every second (``queue.maintain()``), once."""
     from tracemind import config
+    from tracemind.backend.location import data_location
     from tracemind.stores import open_stores
 
     open_stores(
-        config.DataDirs.of(*config.data_location(env=ours_env(data)).file_dirs()), durable=False
+        config.DataDirs.of(*data_location(env=ours_env(data)).file_dirs()), durable=False
     ).queue.refresh_census()
 
 

@@ -118,6 +118,7 @@ class Scenario:
 def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     """Seed the scenario's tasks, start the daemon with its status server, load it."""
     from tracemind import config
+    from tracemind.backend.location import data_location
     from tracemind.stores import open_stores
 
     data = ctx.new_dir(f"status-{scenario.name}-")
@@ -130,7 +131,7 @@ def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
         if not wait_alive(port, timeout_s=STARTUP_ALLOWANCE_S):
             raise BenchError("/livez does not answer 200 on a running daemon")
         queue = open_stores(
-            config.DataDirs.of(*config.data_location(env=pool.env).file_dirs()), durable=True
+            config.DataDirs.of(*data_location(env=pool.env).file_dirs()), durable=True
         ).queue
         before = queue.stats()
         ctx.say(f"status ({scenario.name}): {RATE_PER_S} req/s for {window_s:g} s")

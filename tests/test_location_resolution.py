@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracemind.backend.location import Location
-from tracemind.config import data_location
+from tracemind.backend.location import Location, data_location
 from tracemind.errors import UsageError
 
 

@@ -195,7 +195,8 @@ import time
 from pathlib import Path
 
 from tracemind.backend import open_backend
-from tracemind.config import data_location, durable
+from tracemind.backend.location import data_location
+from tracemind.config import durable
 from tracemind.worker.consumer import Consumer
 
 
@@ -237,7 +238,8 @@ import time
 from pathlib import Path
 
 from tracemind.backend import open_backend
-from tracemind.config import data_location, durable, idempotency_ttl_s
+from tracemind.backend.location import data_location
+from tracemind.config import durable, idempotency_ttl_s
 from tracemind.flows import load_flow
 
 

@@ -15,6 +15,7 @@ def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
     from tracemind.queue.names import new_task_id
     from tracemind.queue.protocol import Failure
@@ -22,7 +23,7 @@ def main() -> int:
     from tracemind.stores import open_stores
 
     snapshot = load_flow(flow_path).to_dict()
-    stores = open_stores(config.DataDirs.of(*config.data_location().file_dirs()), durable=False)
+    stores = open_stores(config.DataDirs.of(*data_location().file_dirs()), durable=False)
     stores.queue.prepare()
     dlq = stores.queue.dlq
     failure = Failure("RuntimeError: fail step", "Traceback (most recent call last): ...")

@@ -14,6 +14,7 @@ def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
     from tracemind.stores import open_stores
 
@@ -21,7 +22,7 @@ def main() -> int:
         raise SystemExit("ours_enqueue: TM_FILE_QUEUE_V2 must be on")
     flow = load_flow(flow_path)
     submitter = open_stores(
-        config.DataDirs.of(*config.data_location().file_dirs()), durable=True
+        config.DataDirs.of(*data_location().file_dirs()), durable=True
     ).submitter(config.idempotency_ttl_s())
     ready = time.perf_counter()
     for i in range(count):

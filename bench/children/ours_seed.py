@@ -16,14 +16,13 @@ def main() -> int:
     flow_path, count, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
     from tracemind.stores import open_stores
     from tracemind.submit import Submission
 
     flow = load_flow(flow_path)
-    stores = open_stores(
-        config.DataDirs.of(*config.data_location().file_dirs()), durable=config.durable()
-    )
+    stores = open_stores(config.DataDirs.of(*data_location().file_dirs()), durable=config.durable())
     stores.queue.prepare()  # the directories, even for no task
     submitter = stores.submitter(config.idempotency_ttl_s())
     ids: dict[str, str] = {}

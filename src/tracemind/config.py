@@ -1,9 +1,7 @@
 """Where things live and which feature flags are on, resolved from flags and the environment.
 
-Where the data is (:func:`data_location`): ``--queue-url``, then ``TM_QUEUE_URL``, then the
-data root ``$TM_DATA_DIR``, then ``data`` under the current directory; for a file location each
-data directory may be set apart, by its flag, then its own variable (``TM_QUEUE_DIR``,
-``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``). The daemon's state directory: ``--state-dir``, then
+Where the data is: :func:`tracemind.backend.location.data_location`. The daemon's state
+directory: ``--state-dir``, then
 ``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
 validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
 
@@ -22,8 +20,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
-
-    from tracemind.backend.location import Location
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 MAX_WORKERS = 256
@@ -57,59 +53,6 @@ class DataDirs(Value):
             "idempotency": str(self.idempotency),
             "dlq": str(self.dlq),
         }
-
-
-DIR_SETTINGS = (
-    ("queue_dir", "--queue-dir", "TM_QUEUE_DIR"),
-    ("idempotency_dir", "--idempotency-dir", "TM_IDEMPOTENCY_DIR"),
-    ("dlq_dir", "--dlq-dir", "TM_DLQ_DIR"),
-)
-"""The seed's per-directory settings of a file location: (argument, flag, variable)."""
-LOCATION_VARIABLES = ("TM_QUEUE_URL", "TM_DATA_DIR", *(var for _, _, var in DIR_SETTINGS))
-"""The variables :func:`data_location` reads."""
-
-
-def data_location(
-    queue_url: str | None = None,
-    queue_dir: str | None = None,
-    idempotency_dir: str | None = None,
-    dlq_dir: str | None = None,
-    env: Mapping[str, str] = os.environ,
-) -> Location:
-    """Where the data is, from the flags (None: not given) and ``env``: the one place that
-    turns them into a :class:`~tracemind.backend.location.Location`.
-
-    The location is ``--queue-url``, else ``TM_QUEUE_URL``, else the data root
-    ``$TM_DATA_DIR``, else ``data`` under the current directory. For a file location each of
-    its three directories may be set apart: its flag, else its variable, else the directory the
-    location names (a relative path is taken from the current directory). A non-file location
-    with a directory setting is a one-line :class:`UsageError`. No pathlib: ``tm enqueue``
-    calls this."""
-    from tracemind.backend.location import FILE_DIR_NAMES, Location
-
-    url = queue_url or env.get("TM_QUEUE_URL")
-    base = Location.parse(url) if url else None
-    flags = (queue_dir, idempotency_dir, dlq_dir)
-    if base is not None and not base.is_file:
-        given = [flag for (_, flag, _), value in zip(DIR_SETTINGS, flags, strict=True) if value]
-        given += [var for _, _, var in DIR_SETTINGS if env.get(var)]
-        if given:
-            raise UsageError(
-                f"{given[0]} applies to a file location, not to {base.redacted()} "
-                "(give one or the other)"
-            )
-        return base
-    if base is None:
-        root = env.get("TM_DATA_DIR") or "data"
-        named = tuple(os.path.join(root, name) for name in FILE_DIR_NAMES)
-    else:
-        named = base.file_dirs()
-    chosen = [
-        flag or env.get(var) or default
-        for flag, (_, _, var), default in zip(flags, DIR_SETTINGS, named, strict=True)
-    ]
-    absolute = [path if os.path.isabs(path) else os.path.join(os.getcwd(), path) for path in chosen]
-    return Location.for_file_dirs(*absolute)
 
 
 def app_dirs(

@@ -63,7 +63,7 @@ def add_app_dir_option(parser: argparse.ArgumentParser, *, where: str) -> None:
 def location_from(args: argparse.Namespace) -> Location:
     """Where the data is, as the arguments (``--queue-url``, ``--queue-dir``…) and the
     environment say (:func:`tracemind.config.data_location`)."""
-    from tracemind.config import data_location
+    from tracemind.backend.location import data_location
 
     return data_location(
         getattr(args, "queue_url", None),

@@ -239,12 +239,13 @@ def stop_command(args: argparse.Namespace) -> int:
 def ps_command(args: argparse.Namespace) -> int:
     from tracemind import config
     from tracemind.backend import open_backend
+    from tracemind.backend.location import LOCATION_VARIABLES
     from tracemind.daemon.state import StateDir
     from tracemind.daemon.status_doc import location_for, status_document
 
     explicit = None
     given = (args.queue_url, args.queue_dir, args.idempotency_dir, args.dlq_dir)
-    if any(given) or any(os.environ.get(v) for v in config.LOCATION_VARIABLES):
+    if any(given) or any(os.environ.get(v) for v in LOCATION_VARIABLES):
         explicit = location_from(args)
     state = StateDir(config.state_dir(args.state_dir))
     location = location_for(state, explicit)

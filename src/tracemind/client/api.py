@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tracemind import config
-from tracemind.backend.location import Location
+from tracemind.backend.location import Location, data_location
 from tracemind.client.inputs import check_input, check_key, due_time, key_from_field
 from tracemind.client.tasks import QueueCounts, TaskInfo
 from tracemind.clock import Clock, system_clock
@@ -320,7 +320,7 @@ def _location(location: LocationLike, env: Mapping[str, str]) -> Location:
     """``location`` as a :class:`Location`: None resolves as ``tm`` without flags does; a text
     with ``://`` is a location URL; any other path is a data root."""
     if location is None:
-        return config.data_location(env=env)
+        return data_location(env=env)
     if isinstance(location, Location):
         return location
     text = os.fspath(location)

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tracemind.backend.location import Location
-from tracemind.config import DIR_SETTINGS
+from tracemind.backend.location import DIR_SETTINGS, Location
 from tracemind.daemon.identity import Verdict, held_by, verify_daemon
 from tracemind.daemon.state import Liveness, StateDir, liveness
 from tracemind.errors import TraceMindError
