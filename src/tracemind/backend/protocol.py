@@ -114,7 +114,7 @@ class Registry(Protocol):
 
     def register(self, entry: dict[str, Any]) -> None:
         """Write or refresh ``entry`` (``instance_id`` and the fields of
-        :func:`tracemind.queue.registry.registration`), stamping its heartbeat now."""
+        :func:`tracemind.backend.registration.registration`), stamping its heartbeat now."""
 
     def deregister(self, instance_id: str) -> None:
         """Remove a registration (a clean exit); absent is fine."""

@@ -172,7 +172,7 @@ def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callabl
     """A supervisor tick that keeps this pool registered as serving the queue (once a second)."""
     import time
 
-    from tracemind.queue.registry import registration
+    from tracemind.backend.registration import registration
 
     started_s = time.time()
     next_s = 0.0

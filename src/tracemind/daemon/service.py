@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tracemind import __version__
+from tracemind.backend.registration import registration
 from tracemind.clock import iso_utc
 from tracemind.daemon.identity import describe_self
 from tracemind.daemon.settings import Component, DaemonSettings
@@ -27,7 +28,6 @@ from tracemind.errors import QueueError, TraceMindError
 from tracemind.flows.hooks import import_path
 from tracemind.fsutil import check_dirs_writable, not_writable
 from tracemind.log import get_logger
-from tracemind.queue.registry import registration
 
 if TYPE_CHECKING:
     from tracemind.backend.protocol import Backend

@@ -32,34 +32,6 @@ if TYPE_CHECKING:
 MAX_ENTRY_BYTES = 64 * 1024
 
 
-def registration(
-    instance_id: str,
-    *,
-    kind: str,
-    state_dir: str | None,
-    started_s: float,
-    workers: dict[str, int],
-    draining: bool,
-) -> dict[str, Any]:
-    """A registration of this process: a ``daemon`` or a ``pool``."""
-    import socket
-
-    from tracemind import __version__
-    from tracemind.clock import iso_utc
-
-    return {
-        "instance_id": instance_id,
-        "kind": kind,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "state_dir": state_dir,
-        "started_at": iso_utc(started_s),
-        "workers": workers,
-        "draining": draining,
-        "version": __version__,
-    }
-
-
 class Registry:
     """The registrations of one queue root."""
 
