@@ -109,8 +109,8 @@ def huey_windows(ctx: Context, db: Path, marks: list[int]) -> tuple[list[float],
 def queue_stats(env: dict[str, str]) -> tuple[int, int]:
     """(pending + delayed + in flight, entries left in ``pending/``) of the queue of ``env``."""
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
-    from tracemind.stores import open_stores
 
     queue = open_stores(
         config.DataDirs.of(*data_location(env=env).file_dirs()), durable=False

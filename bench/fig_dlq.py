@@ -23,8 +23,8 @@ from bench.workload import write_noop_flow
 def refresh_census(data: Path) -> None:
     """What the daemon's supervisor does every second (``queue.maintain()``), once."""
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
-    from tracemind.stores import open_stores
 
     open_stores(
         config.DataDirs.of(*data_location(env=ours_env(data)).file_dirs()), durable=False

@@ -89,8 +89,8 @@ def time_commands(
 
 def queue_depth(data: Path) -> int:
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
-    from tracemind.stores import open_stores
 
     stats = open_stores(
         config.DataDirs.of(*data_location(env=ours_env(data)).file_dirs()), durable=False

@@ -22,9 +22,9 @@ SAMPLE_TIMEOUT_S = 10.0
 
 def run(ctx: Context) -> FigureResult:
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
 
     n = ctx.sizes.pickup_samples
     result = FigureResult(5, "pickup", f"Pick-up latency, idle pool, {n} single tasks (ms)")

@@ -118,8 +118,8 @@ class Scenario:
 def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     """Seed the scenario's tasks, start the daemon with its status server, load it."""
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
-    from tracemind.stores import open_stores
 
     data = ctx.new_dir(f"status-{scenario.name}-")
     tm = ctx.programs.tm

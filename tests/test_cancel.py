@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, Tm, make_task
+from tracemind.backend.file.stores import Stores
 from tracemind.client import Client
 from tracemind.config import DataDirs
 from tracemind.errors import NotFound, TraceMindError
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.stores import Stores
 
 LEASE_S = 30.0
 

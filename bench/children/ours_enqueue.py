@@ -14,9 +14,9 @@ def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
 
     if not config.durable():
         raise SystemExit("ours_enqueue: TM_FILE_QUEUE_V2 must be on")

@@ -16,9 +16,9 @@ def main() -> int:
     flow_path, count, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
     from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
     from tracemind.submit import Submission
 
     flow = load_flow(flow_path)

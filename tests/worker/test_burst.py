@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tm_testing import FlowFiles, Tm, json_lines, wait_until
+from tracemind.backend.file.stores import open_stores
 from tracemind.backend.location import Location
 from tracemind.config import DataDirs
-from tracemind.stores import open_stores
 from tracemind.worker import consumer as consumer_module
 from tracemind.worker import pool as pool_module
 from tracemind.worker import supervisor as supervisor_module

@@ -1,16 +1,16 @@
 """The file backend: a data root on a local file system (docs/queue-format.md).
 
 An adapter from the :class:`~tracemind.backend.protocol.Backend` contract onto the file stores
-(:class:`~tracemind.queue.file_backend.FileQueue`, :class:`~tracemind.dlq.DeadLetterStore`,
-:class:`~tracemind.idempotency.IdempotencyStore`, :mod:`tracemind.retention`).
+(:class:`~tracemind.backend.file.queue.FileQueue`, :class:`~tracemind.backend.file.dlq.DeadLetterStore`,
+:class:`~tracemind.backend.file.keys.IdempotencyStore`, :mod:`tracemind.backend.file.retention`).
 """
 
 from __future__ import annotations
 
 import os
 
+from tracemind.backend.file.stores import Stores, open_stores_at
 from tracemind.clock import system_clock
-from tracemind.stores import Stores, open_stores_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,12 +18,12 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from typing import Any
 
+    from tracemind.backend.file.registry import Registry
+    from tracemind.backend.file.retention import Pruner
+    from tracemind.backend.file.terminal_watch import TerminalWatch
     from tracemind.backend.location import Location
     from tracemind.clock import Clock
     from tracemind.queue.protocol import QueueStats, TaskInfo, TaskStatus
-    from tracemind.queue.registry import Registry
-    from tracemind.queue.terminal_watch import TerminalWatch
-    from tracemind.retention import Pruner
     from tracemind.submit import QueueSubmitter
 
 
@@ -96,13 +96,13 @@ class FileBackend:
     @property
     def pruner(self) -> Pruner:
         if self._pruner is None:
-            from tracemind.retention import Pruner, RetentionPolicy
+            from tracemind.backend.file.retention import Pruner, RetentionPolicy
 
             self._pruner = Pruner(self.stores, RetentionPolicy.from_env(self.env))
         return self._pruner
 
     def maintain(self) -> None:
-        from tracemind.retention import upkeep
+        from tracemind.backend.file.retention import upkeep
 
         self.stores.queue.maintain()
         upkeep(self.stores, self.pruner)
@@ -122,7 +122,7 @@ class FileBackend:
         return [] if unwritable is None else [str(unwritable)]
 
     def unreadable_records(self) -> tuple[int, list[dict[str, Any]]]:
-        from tracemind.problems import unreadable_records
+        from tracemind.backend.file.problems import unreadable_records
 
         return unreadable_records(self.stores.queue.root)
 
@@ -130,7 +130,7 @@ class FileBackend:
         return self.stores.queue.finished(task_id)
 
     def watch_finished(self, task_ids: Collection[str]) -> TerminalWatch:
-        from tracemind.queue.terminal_watch import TerminalWatch
+        from tracemind.backend.file.terminal_watch import TerminalWatch
 
         # Where each task's terminal record lands: its done and cancelled hour buckets, or
         # the DLQ (a wake-up means one of them may have finished).
@@ -142,7 +142,7 @@ class FileBackend:
     def newest(
         self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
     ) -> list[TaskInfo]:
-        from tracemind.queue.listing import newest_tasks
+        from tracemind.backend.file.listing import newest_tasks
 
         return newest_tasks(self.stores.queue, statuses, limit, flow_id=flow_id)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from tracemind.backend.file.dlq import DeadLetterStore
+from tracemind.backend.file.keys import IdempotencyStore
+from tracemind.backend.file.queue import FileQueue
 from tracemind.clock import Clock, system_clock
-from tracemind.dlq import DeadLetterStore
-from tracemind.idempotency import IdempotencyStore
-from tracemind.queue.file_backend import FileQueue
 from tracemind.submit import QueueSubmitter
 
 TYPE_CHECKING = False

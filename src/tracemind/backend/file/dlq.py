@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
+from tracemind.backend.file.quarantine import quarantine
 from tracemind.clock import Clock, system_clock
 from tracemind.fsutil import (
     dump_json,
@@ -25,7 +26,6 @@ from tracemind.fsutil import (
     scan_entries,
     write_atomic,
 )
-from tracemind.quarantine import quarantine
 from tracemind.queue.names import done_name, is_task_id, is_temporary
 
 TYPE_CHECKING = False
@@ -68,7 +68,7 @@ class DeadLetterStore:
             return self._load(self._path(task_id))
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
-                from tracemind.problems import log_unreadable
+                from tracemind.backend.file.problems import log_unreadable
 
                 log_unreadable(self._path(task_id), exc)
             return None
@@ -113,7 +113,7 @@ class DeadLetterStore:
                     bad.append(path)
             except OSError as exc:
                 if not isinstance(exc, FileNotFoundError):
-                    from tracemind.problems import log_unreadable
+                    from tracemind.backend.file.problems import log_unreadable
 
                     log_unreadable(path, exc)
         return bad
