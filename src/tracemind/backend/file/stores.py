@@ -76,15 +76,6 @@ def open_stores_at(
     return Stores(queue, dlq, keys, clock)
 
 
-def open_submitter(
-    queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, ttl_s: float
-) -> QueueSubmitter:
-    """What ``Stores.submitter`` returns, from the directories as strings (see
-    :func:`tracemind.config.data_paths`): all that ``tm enqueue`` needs."""
-    queue, _, keys = _open(queue_dir, idempotency_dir, dlq_dir, durable, system_clock)
-    return QueueSubmitter(queue, keys, ttl_s=ttl_s)
-
-
 def _open(
     queue_dir: StrPath, idempotency_dir: StrPath, dlq_dir: StrPath, durable: bool, clock: Clock
 ) -> tuple[FileQueue, DeadLetterStore, IdempotencyStore]:
