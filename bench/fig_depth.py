@@ -109,9 +109,12 @@ def huey_windows(ctx: Context, db: Path, marks: list[int]) -> tuple[list[float],
 def queue_stats(env: dict[str, str]) -> tuple[int, int]:
     """(pending + delayed + in flight, entries left in ``pending/``) of the queue of ``env``."""
     from tracemind import config
-    from tracemind.stores import open_stores
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
 
-    queue = open_stores(config.data_dirs(env=env), durable=False).queue
+    queue = open_stores(
+        config.DataDirs.of(*data_location(env=env).file_dirs()), durable=False
+    ).queue
     stats = queue.stats()
     return stats.pending + stats.delayed + stats.inflight, len(list(queue.pending_dir.iterdir()))
 

@@ -23,9 +23,12 @@ from bench.workload import write_noop_flow
 def refresh_census(data: Path) -> None:
     """What the daemon's supervisor does every second (``queue.maintain()``), once."""
     from tracemind import config
-    from tracemind.stores import open_stores
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
 
-    open_stores(config.data_dirs(env=ours_env(data)), durable=False).queue.refresh_census()
+    open_stores(
+        config.DataDirs.of(*data_location(env=ours_env(data)).file_dirs()), durable=False
+    ).queue.refresh_census()
 
 
 def run(ctx: Context) -> FigureResult:

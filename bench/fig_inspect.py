@@ -89,9 +89,12 @@ def time_commands(
 
 def queue_depth(data: Path) -> int:
     from tracemind import config
-    from tracemind.stores import open_stores
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
 
-    stats = open_stores(config.data_dirs(env=ours_env(data)), durable=False).queue.stats()
+    stats = open_stores(
+        config.DataDirs.of(*data_location(env=ours_env(data)).file_dirs()), durable=False
+    ).queue.stats()
     return stats.pending + stats.delayed + stats.inflight
 
 

@@ -22,8 +22,9 @@ SAMPLE_TIMEOUT_S = 10.0
 
 def run(ctx: Context) -> FigureResult:
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
 
     n = ctx.sizes.pickup_samples
     result = FigureResult(5, "pickup", f"Pick-up latency, idle pool, {n} single tasks (ms)")
@@ -33,7 +34,7 @@ def run(ctx: Context) -> FigureResult:
     work = ctx.new_dir("pickup-")
     flow = load_flow(str(write_noop_flow(work)))
     with OurPool(ctx.programs.tm, work / "data") as pool:
-        dirs = config.data_dirs(env=pool.env)
+        dirs = config.DataDirs.of(*data_location(env=pool.env).file_dirs())
         submitter = open_stores(dirs, durable=True).submitter(config.idempotency_ttl_s())
         time.sleep(0.5)  # let the workers settle into their idle loop
         for i in range(n):

@@ -118,7 +118,8 @@ class Scenario:
 def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     """Seed the scenario's tasks, start the daemon with its status server, load it."""
     from tracemind import config
-    from tracemind.stores import open_stores
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
 
     data = ctx.new_dir(f"status-{scenario.name}-")
     tm = ctx.programs.tm
@@ -129,7 +130,9 @@ def measure(ctx: Context, scenario: Scenario) -> tuple[Samples, dict[str, Any]]:
     with OurPool(tm, data, status_bind=f"{HOST}:{port}") as pool:
         if not wait_alive(port, timeout_s=STARTUP_ALLOWANCE_S):
             raise BenchError("/livez does not answer 200 on a running daemon")
-        queue = open_stores(config.data_dirs(env=pool.env), durable=True).queue
+        queue = open_stores(
+            config.DataDirs.of(*data_location(env=pool.env).file_dirs()), durable=True
+        ).queue
         before = queue.stats()
         ctx.say(f"status ({scenario.name}): {RATE_PER_S} req/s for {window_s:g} s")
         samples = load(port, window_s)

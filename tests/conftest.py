@@ -35,10 +35,10 @@ from tm_testing import (
     Tm,
     tm_command,
 )
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.flows import FlowSnapshot, load_flow
 from tracemind.queue.protocol import TaskQueue
-from tracemind.stores import Stores, open_stores
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, Tm, make_task
+from tracemind.backend.file.stores import Stores
 from tracemind.client import Client
 from tracemind.config import DataDirs
 from tracemind.errors import NotFound, TraceMindError
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.stores import Stores
 
 LEASE_S = 30.0
 
@@ -84,12 +84,12 @@ def test_the_client_says_what_it_could_not_cancel(dirs: DataDirs, clock: FakeClo
     client = Client(dirs.queue.parent, clock=clock)
     with pytest.raises(NotFound):
         client.cancel("0" * 22)
-    stores = client._stores
+    queue = client._backend.queue
     task = make_task(clock, max_attempts=1)
-    stores.queue.enqueue([task])
-    lease = stores.queue.lease("c1", LEASE_S)
+    queue.enqueue([task])
+    lease = queue.lease("c1", LEASE_S)
     assert lease is not None
-    stores.queue.dead_letter(lease, Failure("boom"))
+    queue.dead_letter(lease, Failure("boom"))
     with pytest.raises(TraceMindError, match="already dead"):
         client.cancel(task.task_id)
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, Processes, Tm, make_task, read_records
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure
-from tracemind.stores import Stores, open_stores
 
 DEAD_TASKS = 200
 KEYS = 300

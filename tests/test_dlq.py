@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, FlowFiles, Tm, files_under, json_lines, make_task
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.stores import Stores, open_stores
 
 LEASE_S = 30.0
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, Processes, Tm, wait_until
+from tracemind.backend.file.keys import IdempotencyStore
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs, idempotency_ttl_s
 from tracemind.errors import LockTimeout, QueueError, UsageError
 from tracemind.flows import FlowSnapshot
-from tracemind.idempotency import IdempotencyStore
 from tracemind.queue.protocol import Failure, NewTask, TaskStatus
-from tracemind.stores import Stores, open_stores
 from tracemind.submit import QueueSubmitter, Submission
 
 TTL_S = 3600.0
@@ -207,7 +207,7 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
     task = _new_task(clock, echo_snapshot, "busy")
     [name] = stores.queue.stage([task])
     script = (
-        "import sys; from tracemind.idempotency import IdempotencyStore; "
+        "import sys; from tracemind.backend.file.keys import IdempotencyStore; "
         "s = IdempotencyStore(sys.argv[1], durable=False)\n"
         "with s.locked('busy'):\n    print('locked', flush=True); sys.stdin.read()"
     )
@@ -257,7 +257,7 @@ def test_a_key_is_decided_without_listing_the_queue(
     def no_listing(*args: Any) -> Any:
         raise AssertionError("a duplicate-key check listed a directory")
 
-    monkeypatch.setattr("tracemind.queue.file_backend.scan_names", no_listing)
+    monkeypatch.setattr("tracemind.backend.file.queue.scan_names", no_listing)
     again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
 
     assert (again.task_id, again.duplicate) == (first.task_id, True)
@@ -318,7 +318,7 @@ def test_a_lock_held_elsewhere_times_out_with_a_clear_error(dirs: DataDirs) -> N
     waiter = IdempotencyStore(dirs.idempotency, durable=False, lock_timeout_s=0.2)
     script = (
         "import sys, time; from pathlib import Path; "
-        "from tracemind.idempotency import IdempotencyStore; "
+        "from tracemind.backend.file.keys import IdempotencyStore; "
         "s = IdempotencyStore(Path(sys.argv[1]), durable=False)\n"
         "with s.locked('k'):\n    print('locked', flush=True); time.sleep(30)"
     )
@@ -404,7 +404,7 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
     # Given submitter A paused in the middle of writing its keyed task (as SIGSTOP would)
     import threading
 
-    from tracemind.queue import file_backend
+    from tracemind.backend.file import queue as file_backend
 
     paused, resume = threading.Event(), threading.Event()
     real_write = file_backend.write_atomic

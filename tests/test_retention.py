@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, Tm, make_task, pending_path
+from tracemind.backend.file.retention import DAY_S, Pruner, RetentionPolicy
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.errors import UsageError
 from tracemind.flows import FlowSnapshot
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import PendingName
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.retention import DAY_S, Pruner, RetentionPolicy
-from tracemind.stores import Stores, open_stores
 
 LEASE_S = 30.0
 POLICY = RetentionPolicy(result_ttl_s=7 * DAY_S, key_ttl_s=DAY_S, dlq_audit_ttl_s=30 * DAY_S)

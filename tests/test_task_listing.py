@@ -24,7 +24,7 @@ def client(dirs: DataDirs, clock: FakeClock) -> Client:
 
 def _one_of_each(client: Client, clock: FakeClock) -> dict[str, str]:
     """A task in every state, made one second apart (oldest first); state → task id."""
-    queue = client._stores.queue
+    queue = client._backend.queue
     ids: dict[str, str] = {}
     for state in ("succeeded", "dead", "cancelled", "inflight", "pending", "delayed"):
         task = make_task(clock, max_attempts=1, due_in_s=3600 if state == "delayed" else 0)
@@ -69,7 +69,7 @@ def test_listing_a_few_reads_a_few_buckets_of_a_long_backlog(
     client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a backlog spread over 100 seconds (100 buckets)
-    queue = client._stores.queue
+    queue = client._backend.queue
     for _ in range(100):
         queue.enqueue([make_task(clock)])
         clock.advance(1)

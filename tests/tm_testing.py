@@ -194,8 +194,9 @@ import sys
 import time
 from pathlib import Path
 
-from tracemind.config import data_dirs, durable
-from tracemind.stores import open_stores
+from tracemind.backend import open_backend
+from tracemind.backend.location import data_location
+from tracemind.config import durable
 from tracemind.worker.consumer import Consumer
 
 
@@ -211,7 +212,7 @@ class Recorder:
 
 def main():
     consumer_id, lease_s, stop_file = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
-    queue = open_stores(data_dirs(), durable=durable()).queue
+    queue = open_backend(data_location(), durable=durable()).queue
     consumer = Consumer(queue, Recorder(), consumer_id, lease_s=lease_s)
     Path(os.environ["TM_TEST_RECORD_DIR"], f"ready-{consumer_id}").touch()
     next_recover = 0.0
@@ -236,16 +237,17 @@ import sys
 import time
 from pathlib import Path
 
-from tracemind.config import data_dirs, durable, idempotency_ttl_s
+from tracemind.backend import open_backend
+from tracemind.backend.location import data_location
+from tracemind.config import durable, idempotency_ttl_s
 from tracemind.flows import load_flow
-from tracemind.stores import open_stores
 
 
 def main():
     flow, count, out = load_flow(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     go = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     key = sys.argv[5] if len(sys.argv) > 5 else None
-    submitter = open_stores(data_dirs(), durable=durable()).submitter(idempotency_ttl_s())
+    submitter = open_backend(data_location(), durable=durable()).submitter(idempotency_ttl_s())
     if go is not None:
         out.with_suffix(".ready").touch()
     deadline = time.monotonic() + 30

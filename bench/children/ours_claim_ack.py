@@ -15,11 +15,12 @@ import time
 def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
     from tracemind.submit import Submission
 
-    stores = open_stores(config.data_dirs(), durable=config.durable())
+    stores = open_stores(config.DataDirs.of(*data_location().file_dirs()), durable=config.durable())
     submitter = stores.submitter(config.idempotency_ttl_s())
     submitter.submit_many(load_flow(flow_path), [Submission({"i": i}) for i in range(count)])
     queue = stores.queue

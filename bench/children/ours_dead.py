@@ -15,14 +15,15 @@ def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
     from tracemind.queue.names import new_task_id
     from tracemind.queue.protocol import Failure
     from tracemind.queue.records import dead_entry, new_record
-    from tracemind.stores import open_stores
 
     snapshot = load_flow(flow_path).to_dict()
-    stores = open_stores(config.data_dirs(), durable=False)
+    stores = open_stores(config.DataDirs.of(*data_location().file_dirs()), durable=False)
     stores.queue.prepare()
     dlq = stores.queue.dlq
     failure = Failure("RuntimeError: fail step", "Traceback (most recent call last): ...")

@@ -14,13 +14,16 @@ def main() -> int:
     flow_path, count = sys.argv[1], int(sys.argv[2])
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
 
     if not config.durable():
         raise SystemExit("ours_enqueue: TM_FILE_QUEUE_V2 must be on")
     flow = load_flow(flow_path)
-    submitter = open_stores(config.data_dirs(), durable=True).submitter(config.idempotency_ttl_s())
+    submitter = open_stores(
+        config.DataDirs.of(*data_location().file_dirs()), durable=True
+    ).submitter(config.idempotency_ttl_s())
     ready = time.perf_counter()
     for i in range(count):
         submitter.submit(flow, {"i": i})

@@ -18,12 +18,13 @@ def main() -> int:
     keyed = sys.argv[4:] == ["--keys"]
     started = time.perf_counter()
     from tracemind import config
+    from tracemind.backend.file.stores import open_stores
+    from tracemind.backend.location import data_location
     from tracemind.flows import load_flow
-    from tracemind.stores import open_stores
     from tracemind.submit import Submission
 
     flow = load_flow(flow_path)
-    stores = open_stores(config.data_dirs(), durable=config.durable())
+    stores = open_stores(config.DataDirs.of(*data_location().file_dirs()), durable=config.durable())
     stores.queue.prepare()  # the directories, even for no task
     submitter = stores.submitter(config.idempotency_ttl_s())
     ids: dict[str, str] = {}

@@ -1,9 +1,7 @@
 """Where things live and which feature flags are on, resolved from flags and the environment.
 
-Precedence for each data directory: the command-line flag, then its own variable
-(``TM_QUEUE_DIR``, ``TM_IDEMPOTENCY_DIR``, ``TM_DLQ_DIR``), then ``<root>/<name>`` of the
-location ``TM_QUEUE_URL`` names (``--queue-url`` sets it; ``file:///abs/path`` is a data root),
-then ``$TM_DATA_DIR/<name>``, then ``data/<name>`` under the current directory. The daemon's state directory: ``--state-dir``, then
+Where the data is: :func:`tracemind.backend.location.data_location`. The daemon's state
+directory: ``--state-dir``, then
 ``TM_DAEMON_STATE_DIR``, then ``$TM_DATA_DIR/state``, then ``~/.trace-mind/daemon``. The cache of
 validated flows: ``$XDG_CACHE_HOME/tracemind/flows``, else ``~/.cache/tracemind/flows``.
 
@@ -55,91 +53,6 @@ class DataDirs(Value):
             "idempotency": str(self.idempotency),
             "dlq": str(self.dlq),
         }
-
-
-def queue_root(url: str) -> str:
-    """The data root a location names: ``file:///absolute/path``. One line (exit 2) for an
-    unknown scheme or a malformed location."""
-    if url.startswith("file://"):
-        path = url[len("file://") :]
-        if not path.startswith("/") or "\0" in path:
-            raise UsageError(f"queue location {url!r}: a file location is file:///absolute/path")
-        return path.rstrip("/") or "/"
-    scheme, sep, _ = url.partition("://")
-    if not sep or not scheme:
-        raise UsageError(f"queue location {url!r}: not a URL (expected file:///absolute/path)")
-    raise UsageError(
-        f"queue location {url!r}: unknown scheme {scheme!r} (this version knows file://)"
-    )
-
-
-def queue_url(dirs: DataDirs) -> str | None:
-    """The location of ``dirs`` as a URL, when they are the three directories of one root."""
-    root = os.path.dirname(str(dirs.queue))
-    expected = (os.path.join(root, "idempotency"), os.path.join(root, "dlq"))
-    if (str(dirs.idempotency), str(dirs.dlq)) != expected:
-        return None
-    return "file://" + root
-
-
-def _pick(flag: str | None, var: str, name: str, env: Mapping[str, str]) -> str:
-    if flag:
-        chosen = flag
-    elif env.get(var):
-        chosen = env[var]
-    elif env.get("TM_QUEUE_URL"):
-        chosen = os.path.join(queue_root(env["TM_QUEUE_URL"]), name)
-    elif env.get("TM_DATA_DIR"):
-        chosen = os.path.join(env["TM_DATA_DIR"], name)
-    else:
-        chosen = os.path.join("data", name)
-    # Absolute as Path.absolute() makes it: joined to the current directory, ".." left alone.
-    return chosen if os.path.isabs(chosen) else os.path.join(os.getcwd(), chosen)
-
-
-def data_paths(
-    queue_dir: str | None = None,
-    idempotency_dir: str | None = None,
-    dlq_dir: str | None = None,
-    env: Mapping[str, str] = os.environ,
-) -> tuple[str, str, str]:
-    """The queue, idempotency and dead-letter directories, as absolute path strings: what
-    :func:`data_dirs` returns, without pathlib (which would cost ``tm enqueue`` ~4 ms)."""
-    return (
-        _pick(queue_dir, "TM_QUEUE_DIR", "queue", env),
-        _pick(idempotency_dir, "TM_IDEMPOTENCY_DIR", "idempotency", env),
-        _pick(dlq_dir, "TM_DLQ_DIR", "dlq", env),
-    )
-
-
-def data_dirs(
-    queue_dir: str | None = None,
-    idempotency_dir: str | None = None,
-    dlq_dir: str | None = None,
-    env: Mapping[str, str] = os.environ,
-) -> DataDirs:
-    from pathlib import Path
-
-    queue, idempotency, dlq = data_paths(queue_dir, idempotency_dir, dlq_dir, env)
-    return DataDirs(Path(queue), Path(idempotency), Path(dlq))
-
-
-def resolve_location(
-    location: str | os.PathLike[str] | DataDirs | None, env: Mapping[str, str] = os.environ
-) -> DataDirs:
-    """The stores a client talks to: the one place that turns a *location* into them.
-
-    None resolves as the CLI does without flags (``TM_QUEUE_DIR``/…, ``TM_DATA_DIR``, then
-    ``data/`` under the current directory); a path is a data root holding ``queue/``,
-    ``idempotency/`` and ``dlq/``; :class:`DataDirs` names the three directories."""
-    from pathlib import Path
-
-    if location is None:
-        return data_dirs(env=env)
-    if isinstance(location, DataDirs):
-        return location
-    root = Path(os.fspath(location)).absolute()
-    return DataDirs(root / "queue", root / "idempotency", root / "dlq")
 
 
 def app_dirs(

@@ -454,3 +454,43 @@ def scan_entries(directory: StrPath) -> Iterator[tuple[str, bool]]:
         raise QueueError(f"{directory}: cannot list (permission denied)") from exc
     except NotADirectoryError as exc:
         raise QueueError(f"{directory}: a path component is not a directory") from exc
+
+
+def not_writable(path: StrPath, exc: BaseException) -> QueueError:
+    """The one-line error for a path this process cannot write, with the fix in a container."""
+    why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
+    why = why[:1].lower() + why[1:] if why else str(exc)  # "(read-only file system)"
+    return QueueError(
+        f"{os.fspath(path)}: not writable by uid {os.getuid()} gid {os.getgid()} "
+        f"({why}); in a container set TM_UID/TM_GID in .env to the data "
+        "directory's owner"
+    )
+
+
+def check_dirs_writable(*directories: StrPath) -> None:
+    """Raise :func:`not_writable`'s error for the first of ``directories`` (each created when
+    missing) this process cannot write, found by really creating and removing a probe file:
+    permission bits alone do not tell (root, a read-only mount)."""
+    for directory in directories:
+        probe = os.path.join(directory, f".probe-{os.getpid()}")
+        try:
+            ensure_dir(directory)  # inside the try: an uncreatable directory needs the hint too
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except (OSError, QueueError) as exc:
+            raise not_writable(directory, exc) from None
+
+
+def first_unwritable(directories: Iterable[StrPath]) -> QueueError | None:
+    """The error for the first of ``directories`` this process may not write now, without
+    writing anything (``access(2)``: permissions, and a read-only mount for root too); a
+    missing directory is judged by the nearest existing parent, where it would be created."""
+    for directory in directories:
+        path = os.fspath(directory)
+        while not os.path.lexists(path) and path != os.path.dirname(path):
+            path = os.path.dirname(path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            code = errno.EROFS if os.access(path, os.R_OK) else errno.EACCES
+            return not_writable(directory, OSError(code, os.strerror(code)))
+    return None

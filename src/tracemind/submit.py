@@ -20,11 +20,11 @@ submitter keeps its locks: nobody decides by the clock that its claim is dead.
 
 from __future__ import annotations
 
+from tracemind.backend.file.keys import IdempotencyStore, KeyRecord
+from tracemind.backend.file.pending import CHUNK_TASKS
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
-from tracemind.idempotency import IdempotencyStore, KeyRecord
 from tracemind.queue.names import new_task_id, staged_name
-from tracemind.queue.pending import CHUNK_TASKS
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record, task_policy
 from tracemind.values import Value
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from tracemind.backend.file.queue import FileQueue
     from tracemind.flows import FlowSnapshot
-    from tracemind.queue.file_backend import FileQueue
 
 SETTLE_LOCK_WAIT_S = 0.05
 """How long settling waits for a key's lock: a held lock means a live submitter is at work."""

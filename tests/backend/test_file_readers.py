@@ -14,8 +14,8 @@ import pytest
 from backend_testing import LEASE_S, RAW_STATES, process_command, process_env
 from tm_testing import NOBODY, FakeClock, make_task
 from tracemind.backend import Location, open_backend
+from tracemind.backend.registration import registration
 from tracemind.queue.protocol import Failure
-from tracemind.queue.registry import registration
 
 
 def test_readers_answer_on_a_data_root_they_cannot_write(

@@ -18,8 +18,8 @@ import pytest
 from backend_testing import DAMAGE, LEASE_S, RAW_STATES, Subject, process_command, process_env
 from tm_testing import make_task
 from tracemind.backend.protocol import Backend
+from tracemind.backend.registration import registration
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.queue.registry import registration
 
 UNKNOWN_ID = "0" * 26
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend_testing import Subject
-from tracemind.queue.registry import STALE_S, registration
+from tracemind.backend.registration import STALE_S, registration
 
 
 def _entry(instance_id: str, **changes: Any) -> dict[str, Any]:

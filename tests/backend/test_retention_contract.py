@@ -14,8 +14,8 @@ import pytest
 
 from backend_testing import LEASE_S, Subject
 from tm_testing import FakeClock
+from tracemind.backend.file.retention import DAY_S
 from tracemind.queue.protocol import TaskStatus
-from tracemind.retention import DAY_S
 
 HOUR_S = 3600.0
 RESULT_TTL_S = 7 * DAY_S

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, FlowFiles, Tm, make_task
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.names import is_task_id
 from tracemind.queue.protocol import Failure
-from tracemind.stores import open_stores
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "hello.yaml"
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from tm_testing import ECHO_FLOW, FakeClock, Tm, make_task
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure
-from tracemind.stores import open_stores
 
 
 @pytest.fixture

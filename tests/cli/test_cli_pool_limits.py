@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from tm_testing import ECHO_FLOW, NOBODY, Tm, files_under
+from tracemind.backend.location import Location
 from tracemind.cli.parser import build_parser
-from tracemind.config import MAX_WORKERS, DataDirs
+from tracemind.config import MAX_WORKERS
 from tracemind.errors import UsageError
-from tracemind.worker.pool import PoolSettings, WorkerPool
+from tracemind.worker.pool import WorkerPool
+from tracemind.worker.settings import PoolSettings, WorkerSettings
 
 DAEMON_ON = {"TM_ENABLE_DAEMON": "1"}
 READ_ONLY_BIND = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
@@ -68,9 +70,9 @@ def test_the_bound_is_named_and_inclusive() -> None:
 
 
 def test_the_pool_itself_refuses_a_size_out_of_bounds(tmp_path: Path) -> None:
-    dirs = DataDirs(tmp_path / "q", tmp_path / "i", tmp_path / "d")
+    worker = WorkerSettings(Location.for_root(str(tmp_path)), False, "m:f", 30.0, None)
     for size in (0, MAX_WORKERS + 1):
-        settings = PoolSettings(size, "0123456789ab", dirs, False, "m:f", 30.0, None)
+        settings = PoolSettings(size, "0123456789ab", worker)
         with pytest.raises(UsageError, match=f"1 to {MAX_WORKERS} workers"):
             WorkerPool(settings, queue=None)  # type: ignore[arg-type]
 

@@ -99,5 +99,5 @@ def test_enqueue_of_a_cached_flow_imports_nothing_slow(
     cached = _loaded(tm, *args, env=env)
 
     assert "yaml" in first  # the first run validated the flow (and cached it)
-    assert "tracemind.queue.file_backend" in cached  # the second really enqueued
+    assert "tracemind.backend.file.queue" in cached  # the second really enqueued
     assert cached.isdisjoint(SLOW_TO_IMPORT), sorted(cached & set(SLOW_TO_IMPORT))

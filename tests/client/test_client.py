@@ -26,9 +26,9 @@ from tracemind import (
     UsageError,
     WaitTimeout,
 )
+from tracemind.backend import open_backend
 from tracemind.flows import load_flow
 from tracemind.queue.protocol import Failure
-from tracemind.stores import open_stores
 
 
 @pytest.fixture
@@ -85,11 +85,11 @@ def test_location_none_resolves_like_the_cli(tmp_path: Path, env: dict[str, str]
     env["TM_DATA_DIR"] = str(tmp_path / "root")
     env["TM_DLQ_DIR"] = str(tmp_path / "dead")
 
-    dirs = Client(env=env).dirs
+    queue, idempotency, dlq = Client(env=env).location.file_dirs()
 
-    assert dirs.queue == tmp_path / "root" / "queue"
-    assert dirs.idempotency == tmp_path / "root" / "idempotency"
-    assert dirs.dlq == tmp_path / "dead"
+    assert queue == str(tmp_path / "root" / "queue")
+    assert idempotency == str(tmp_path / "root" / "idempotency")
+    assert dlq == str(tmp_path / "dead")
 
 
 def test_enqueue_returns_a_pending_task_that_get_reports(
@@ -276,7 +276,7 @@ def test_wait_is_woken_by_the_terminal_record_not_by_polling(
 ) -> None:
     # Given two tasks, one finished by another thread's consumer 1.5 s from now, one dead-lettered
     a, b = client.enqueue(echo, {"n": 1}), client.enqueue(echo, {"n": 2})
-    worker = open_stores(client.dirs, durable=False, clock=clock).queue
+    worker = open_backend(client.location, durable=False, clock=clock).queue
     looks: list[int] = []
 
     def finish_later() -> None:

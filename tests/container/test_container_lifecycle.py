@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.names import InflightName
 from tracemind.queue.protocol import TaskStatus
-from tracemind.stores import open_stores
 
 if TYPE_CHECKING:
     from conftest import Project

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from tracemind.config import DataDirs
+from tracemind.backend.location import Location
 from tracemind.daemon.service import CENSUS_BUDGET, Daemon
 from tracemind.daemon.settings import DaemonSettings
 from tracemind.worker.pool import Outcomes
+from tracemind.worker.settings import PoolSettings, WorkerSettings
 
 
 class SlowQueue:
@@ -29,10 +30,10 @@ class SlowQueue:
 
 
 def _daemon(tmp_path: Path, queue: SlowQueue) -> Daemon:
-    dirs = DataDirs(tmp_path / "q", tmp_path / "i", tmp_path / "d")
-    settings = DaemonSettings(dirs, tmp_path / "state", 2, "x:y", 30.0, 8.0, False, None)
+    worker = WorkerSettings(Location.for_root(str(tmp_path)), False, "x:y", 30.0, None)
+    settings = DaemonSettings(PoolSettings(2, "0123456789ab", worker), tmp_path / "state", 8.0)
     daemon = Daemon(settings)
-    daemon.queue = queue  # type: ignore[assignment]
+    daemon.backend = queue  # type: ignore[assignment]
     daemon.pool = SimpleNamespace(outcomes=Outcomes())  # type: ignore[assignment]
     return daemon
 

@@ -12,7 +12,7 @@ import pytest
 from daemon_harness import DaemonEnv
 
 from tm_testing import tm_command, wait_until
-from tracemind.queue.registry import STALE_S, Registry
+from tracemind.backend.file.registry import STALE_S, Registry
 
 
 def _cluster(env: DaemonEnv, state_dir: object) -> list[dict[str, object]]:

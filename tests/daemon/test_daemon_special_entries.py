@@ -38,8 +38,8 @@ from tm_testing import (
     tm_command,
     wait_until,
 )
+from tracemind.backend.file.pending import bucket_of
 from tracemind.queue.names import InflightName, PendingName, done_bucket, new_task_id
-from tracemind.queue.pending import bucket_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, Tm
+from tracemind.backend.file.stores import Stores
 from tracemind.flows import load_flow
 from tracemind.queue.protocol import TaskStatus
-from tracemind.stores import Stores
 from tracemind.worker.consumer import Consumer
 from tracemind.worker.runtime import FlowRuntime
 

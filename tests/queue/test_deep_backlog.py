@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from tm_testing import ECHO_FLOW, Processes, Tm, wait_until
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.flows import load_flow
-from tracemind.stores import open_stores
 from tracemind.submit import Submission
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task, pending_names, pending_path
+from tracemind.backend.file.queue import FileQueue
+from tracemind.backend.file.stores import Stores
 from tracemind.fsutil import dump_json
-from tracemind.queue.file_backend import FileQueue
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskStatus
 from tracemind.queue.records import dead_entry, with_failure
-from tracemind.stores import Stores
 
 LEASE_S = 30.0
 
@@ -242,7 +242,7 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
 ) -> None:
     # Given a durable queue and counters on every kind of sync
     from tracemind import fsutil
-    from tracemind.stores import open_stores
+    from tracemind.backend.file.stores import open_stores
     from tracemind.submit import Submission
 
     calls: dict[str, int] = {"fsync": 0, "fdatasync": 0, "syncfs": 0}
@@ -308,7 +308,7 @@ def test_a_big_batch_fills_buckets_of_bounded_size_and_a_lease_reads_one(
     stores: Stores, clock: FakeClock, echo_snapshot: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one batch of 25,000 tasks, all due at once
-    from tracemind.queue.pending import CHUNK_TASKS
+    from tracemind.backend.file.pending import CHUNK_TASKS
     from tracemind.submit import Submission
 
     results = stores.submitter(60).submit_many(

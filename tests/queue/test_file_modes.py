@@ -102,7 +102,7 @@ from tm_testing import make_task
 from tracemind.config import DataDirs
 from tracemind.flows import load_flow
 from tracemind.queue.protocol import Failure
-from tracemind.stores import open_stores
+from tracemind.backend.file.stores import open_stores
 
 root = Path(sys.argv[1])
 stores = open_stores(DataDirs(root / "queue", root / "idempotency", root / "dlq"), durable=True)

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task, pending_path
+from tracemind.backend.file.commit import GroupCommitter
+from tracemind.backend.file.queue import FileQueue
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.fsutil import dump_json
-from tracemind.queue.commit import GroupCommitter
-from tracemind.queue.file_backend import FileQueue
 from tracemind.queue.names import PendingName
 from tracemind.queue.protocol import Lease, TaskStatus
 from tracemind.queue.records import completion_entry
-from tracemind.stores import Stores, open_stores
 
 LEASE_S = 30.0
 
@@ -165,7 +165,7 @@ def test_a_process_that_exits_normally_commits_its_acks_first(dirs: DataDirs) ->
         from pathlib import Path
         from tm_testing import make_task
         from tracemind.config import DataDirs
-        from tracemind.stores import open_stores
+        from tracemind.backend.file.stores import open_stores
 
         dirs = DataDirs(Path({str(dirs.queue)!r}), Path({str(dirs.idempotency)!r}),
                         Path({str(dirs.dlq)!r}))

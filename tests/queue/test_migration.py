@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task, pending_names
+from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.records import completion_entry
-from tracemind.stores import Stores, open_stores
 
 LEASE_S = 30.0
 

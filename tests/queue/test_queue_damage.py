@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, done_path, make_task, pending_path
+from tracemind.backend.file.stores import Stores
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, TaskStatus
 from tracemind.queue.records import dead_entry
-from tracemind.stores import Stores
 
 LEASE_S = 30.0
 DAMAGED_CONTENTS = {
@@ -226,7 +226,7 @@ def test_two_damaged_files_of_one_name_are_both_kept_in_quarantine(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given garbage of the same name in pending and inflight, quarantined in the same millisecond
-    monkeypatch.setattr("tracemind.quarantine.time.time", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("tracemind.backend.file.quarantine.time.time", lambda: 1_800_000_000.0)
     stores.queue.prepare()
     for directory, text in ((stores.queue.pending_dir, "one"), (stores.queue.inflight_dir, "two")):
         (directory / "junk").write_text(text)

@@ -24,9 +24,9 @@ from tm_testing import (
     read_records,
     wait_until,
 )
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import TaskStatus
-from tracemind.stores import open_stores
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from tm_testing import make_task
+from tracemind.backend.file.stores import open_stores
+from tracemind.backend.file.watch import DirectoryWatch
 from tracemind.config import DataDirs
-from tracemind.queue.watch import DirectoryWatch
-from tracemind.stores import open_stores
 
 
 def test_a_new_task_wakes_a_waiting_consumer_long_before_its_timeout(dirs: DataDirs) -> None:

@@ -16,12 +16,12 @@ import pytest
 
 from special_entries import HUGE_BYTES, NOT_REGULAR, make_entry
 from tm_testing import FakeClock, done_path, make_task, pending_path
+from tracemind.backend.file.problems import ProblemBoard, unreadable_records
+from tracemind.backend.file.stores import Stores
 from tracemind.errors import QueueError
 from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_json, read_regular
-from tracemind.problems import ProblemBoard, unreadable_records
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, TaskStatus
-from tracemind.stores import Stores
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -217,8 +217,8 @@ def test_a_special_state_file_reads_as_absent(tmp_path: Path) -> None:
 def unreadable(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Paths whose open fails with EACCES (tests run as root, which ignores mode bits; the real
     thing, with another uid, is in tests/daemon/test_daemon_special_entries.py)."""
+    import tracemind.backend.file.problems as problems
     import tracemind.fsutil as fsutil
-    import tracemind.problems as problems
 
     denied: set[str] = set()
     real_open = os.open

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tracemind.backend.location import Location
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir
 from tracemind.daemon.status_doc import status_document
-from tracemind.status.dashboard import redact_url
 from tracemind.worker.activity import (
     ERROR_LINE_MAX_CHARS,
     RECENT_FAILURES,
@@ -103,8 +103,9 @@ def test_status_document_has_an_empty_activity_when_no_daemon_runs(tmp_path: Pat
 
 def test_a_password_in_the_backend_location_is_redacted() -> None:
     assert (
-        redact_url("redis://user:s3cret@db.example:6379/0") == "redis://user:***@db.example:6379/0"
+        Location.parse("redis://user:s3cret@db.example:6379/0").redacted()
+        == "redis://user:***@db.example:6379/0"
     )
-    assert redact_url("redis://:s3cret@[::1]:6379") == "redis://:***@[::1]:6379"
-    assert redact_url("file:///srv/tm") == "file:///srv/tm"
-    assert redact_url("redis://db.example:6379") == "redis://db.example:6379"
+    assert Location.parse("redis://:s3cret@[::1]:6379").redacted() == "redis://:***@[::1]:6379"
+    assert Location.parse("file:///srv/tm").redacted() == "file:///srv/tm"
+    assert Location.parse("redis://db.example:6379").redacted() == "redis://db.example:6379"

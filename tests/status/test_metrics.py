@@ -128,7 +128,7 @@ def test_records_removed_by_retention_are_counted_by_kind(tmp_path: Path) -> Non
     import os
     import time
 
-    from tracemind.config import DataDirs
+    from tracemind.backend import open_backend
     from tracemind.daemon.state import StateDir
     from tracemind.status.metrics import QueueCollector
 
@@ -142,10 +142,12 @@ def test_records_removed_by_retention_are_counted_by_kind(tmp_path: Path) -> Non
             state.heartbeat_path,
             {"instance_id": "abc", "at": time.time(), "pruned": {"results": 3, "keys": 1}},
         )
-        dirs = DataDirs(tmp_path / "q", tmp_path / "i", tmp_path / "d")
+        backend = open_backend(f"file://{tmp_path}", durable=False)
         # When the collector runs, Then the counter carries each kind
         [family] = [
-            f for f in QueueCollector(state, dirs).collect() if f.name == "tracemind_pruned_records"
+            f
+            for f in QueueCollector(state, backend).collect()
+            if f.name == "tracemind_pruned_records"
         ]
         counts = {s.labels["kind"]: s.value for s in family.samples if s.name.endswith("_total")}
         assert counts == {"results": 3.0, "keys": 1.0}

@@ -15,14 +15,16 @@ from typing import Any
 import pytest
 
 from tm_testing import FlowFiles, Tm, json_lines, wait_until
+from tracemind.backend.file.stores import open_stores
+from tracemind.backend.location import Location
 from tracemind.config import DataDirs
-from tracemind.stores import open_stores
 from tracemind.worker import consumer as consumer_module
 from tracemind.worker import pool as pool_module
 from tracemind.worker import supervisor as supervisor_module
 from tracemind.worker.consumer import Consumer
-from tracemind.worker.pool import PoolSettings, WorkerPool
+from tracemind.worker.pool import WorkerPool
 from tracemind.worker.runtime import FlowRuntime
+from tracemind.worker.settings import PoolSettings, WorkerSettings
 from tracemind.worker.supervisor import Supervisor
 
 LONG_S = 30.0
@@ -84,16 +86,15 @@ def test_a_burst_pool_stops_when_its_workers_report_idle_not_on_its_tick(
     monkeypatch.setattr(pool_module, "DRAIN_TICK_S", LONG_S)
     stores = open_stores(dirs, durable=True)
     log = tmp_path / "pool.log"
-    settings = PoolSettings(
-        size=2,
-        instance_id="0123456789ab",
-        dirs=dirs,
+    worker = WorkerSettings(
+        location=Location.for_file_dirs(str(dirs.queue), str(dirs.idempotency), str(dirs.dlq)),
         durable=True,
         runtime="tracemind.worker.runtime:FlowRuntime",
         lease_s=30.0,
-        log_file=log,
+        log_file=str(log),
         report_idle=True,
     )
+    settings = PoolSettings(size=2, instance_id="0123456789ab", worker=worker)
     supervisor = Supervisor(
         WorkerPool(settings, stores.queue), stores.queue, drain_timeout_s=LONG_S, burst=True
     )

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, FlowFiles, make_task
+from tracemind.backend.file.stores import Stores
 from tracemind.flows import load_flow
 from tracemind.queue.protocol import NewTask, TaskStatus
-from tracemind.stores import Stores
 from tracemind.worker.consumer import Consumer
 from tracemind.worker.runtime import Task
 

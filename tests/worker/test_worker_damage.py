@@ -21,11 +21,11 @@ from tm_testing import (
     pending_path,
     read_records,
 )
+from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.flows import load_flow
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure
-from tracemind.stores import open_stores
 
 pytestmark = pytest.mark.slow
 

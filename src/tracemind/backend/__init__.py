@@ -35,7 +35,7 @@ def open_backend(
     if isinstance(location, str):
         location = Location.parse(location)
     if location.is_file:
-        from tracemind.backend.file import FileBackend
+        from tracemind.backend.file.backend import FileBackend
 
         return FileBackend(location, durable=durable, env=env, clock=clock)
     from tracemind.errors import UsageError

@@ -1,6 +1,7 @@
 """Where the data is: one value that parses, prints and redacts a backend location.
 
-A location is the only serialized form of "where the data is": the detached daemon's argv, the
+:func:`data_location` resolves the flags and the environment to one location. A location is
+the only serialized form of "where the data is": the detached daemon's argv, the
 daemon's state files, the worker spec and the status server all carry its string.
 
 ``file:///abs/root``
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 FILE_DIR_NAMES = ("queue", "idempotency", "dlq")
 """The three stores of a file data root, in the order :meth:`Location.file_dirs` returns them."""
 REDIS_SCHEMES = ("redis", "rediss")
+MASK = "***"
+"""What :meth:`Location.redacted` shows instead of a password."""
 KNOWN = "file:// (a data root), redis:// or rediss://"
 
 
@@ -61,6 +64,18 @@ class Location(Value):
         raise UsageError(
             f"queue location {text!r}: unknown scheme {scheme!r} (this version knows {KNOWN})"
         )
+
+    @classmethod
+    def parse_redacted(cls, text: str) -> Location:
+        """The location a file or log recorded as :meth:`redacted` text: a masked password is
+        dropped, so :meth:`password` then comes from ``TM_REDIS_PASSWORD``."""
+        head, sep, tail = text.partition("://")
+        if sep and head.lower() in REDIS_SCHEMES:
+            netloc, slash, path = tail.partition("/")
+            userinfo, at, hostport = netloc.rpartition("@")
+            if at and userinfo.endswith(":" + MASK):
+                text = f"{head}{sep}{userinfo[: -len(MASK) - 1]}{at}{hostport}{slash}{path}"
+        return cls.parse(text)
 
     @classmethod
     def for_file_dirs(cls, queue: str, idempotency: str, dlq: str) -> Location:
@@ -115,7 +130,58 @@ class Location(Value):
         if not at or ":" not in userinfo:
             return self.text
         user = userinfo.partition(":")[0]
-        return f"{head}{sep}{user}:***@{hostport}{slash}{path}"
+        return f"{head}{sep}{user}:{MASK}@{hostport}{slash}{path}"
+
+
+DIR_SETTINGS = (
+    ("queue_dir", "--queue-dir", "TM_QUEUE_DIR"),
+    ("idempotency_dir", "--idempotency-dir", "TM_IDEMPOTENCY_DIR"),
+    ("dlq_dir", "--dlq-dir", "TM_DLQ_DIR"),
+)
+"""The seed's per-directory settings of a file location: (argument, flag, variable)."""
+LOCATION_VARIABLES = ("TM_QUEUE_URL", "TM_DATA_DIR", *(var for _, _, var in DIR_SETTINGS))
+"""The variables :func:`data_location` reads."""
+
+
+def data_location(
+    queue_url: str | None = None,
+    queue_dir: str | None = None,
+    idempotency_dir: str | None = None,
+    dlq_dir: str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Location:
+    """Where the data is, from the flags (None: not given) and ``env``: the one place that
+    turns them into a :class:`~tracemind.backend.location.Location`.
+
+    The location is ``--queue-url``, else ``TM_QUEUE_URL``, else the data root
+    ``$TM_DATA_DIR``, else ``data`` under the current directory. For a file location each of
+    its three directories may be set apart: its flag, else its variable, else the directory the
+    location names (a relative path is taken from the current directory). A non-file location
+    with a directory setting is a one-line :class:`UsageError`. No pathlib: ``tm enqueue``
+    calls this."""
+    url = queue_url or env.get("TM_QUEUE_URL")
+    base = Location.parse(url) if url else None
+    flags = (queue_dir, idempotency_dir, dlq_dir)
+    if base is not None and not base.is_file:
+        given = [flag for (_, flag, _), value in zip(DIR_SETTINGS, flags, strict=True) if value]
+        given += [var for _, _, var in DIR_SETTINGS if env.get(var)]
+        if given:
+            raise UsageError(
+                f"{given[0]} applies to a file location, not to {base.redacted()} "
+                "(give one or the other)"
+            )
+        return base
+    if base is None:
+        root = env.get("TM_DATA_DIR") or "data"
+        named = tuple(os.path.join(root, name) for name in FILE_DIR_NAMES)
+    else:
+        named = base.file_dirs()
+    chosen = [
+        flag or env.get(var) or default
+        for flag, (_, _, var), default in zip(flags, DIR_SETTINGS, named, strict=True)
+    ]
+    absolute = [path if os.path.isabs(path) else os.path.join(os.getcwd(), path) for path in chosen]
+    return Location.for_file_dirs(*absolute)
 
 
 def _file_dirs(text: str, rest: str) -> tuple[str, str, str]:

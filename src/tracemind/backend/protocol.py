@@ -24,7 +24,14 @@ each checked against every backend by the parametrized contract suite in ``tests
 11. **Registry.** A registration is visible to every process that opens the same location
     until it is deregistered or its heartbeat is older than the stale limit.
 12. **Readers never write.** ``stats``, ``counts``, ``find``, ``DeadLetters.newest_first``/
-    ``get``/``count``, ``Registry.live`` and ``problems`` create or change nothing.
+    ``get``/``count``, ``Registry.live``, ``problems``, ``finished``, ``newest``,
+    ``waiting_since``, ``unreadable_records`` and a :class:`FinishWatch` create or change
+    nothing.
+13. **Finishing wakes a watcher.** A :class:`FinishWatch` made before a look at the tasks
+    returns from ``wait`` at the latest :data:`FINISH_RECHECK_S` after one of its tasks
+    finished (by any process), so that a waiter that looks again after each ``wait`` never
+    misses a finish and never waits much longer than it took. It may return early for no
+    reason (the caller looks again).
 """
 
 from __future__ import annotations
@@ -32,15 +39,32 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from typing import Any, Protocol
 
     from tracemind.backend.location import Location
     from tracemind.flows import FlowSnapshot
-    from tracemind.queue.protocol import QueueStats, TaskQueue
+    from tracemind.queue.protocol import QueueStats, TaskInfo, TaskQueue, TaskStatus
     from tracemind.submit import Submission, SubmitResult
 else:
     Protocol = object  # (a contract for the type checker; `tm enqueue` imports no `typing`)
+
+FINISH_RECHECK_S = 1.0
+"""Longest a :class:`FinishWatch` may sleep past a finish (guarantee 13)."""
+
+
+class FinishWatch(Protocol):
+    """Wakes a waiter when one of some tasks may have finished (guarantee 13)."""
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until one of the tasks may have finished, or ``timeout_s`` passed."""
+
+    def close(self) -> None:
+        """Release what the watch holds (descriptors); idempotent."""
+
+    def __enter__(self) -> FinishWatch: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 class Submitter(Protocol):
@@ -68,7 +92,9 @@ class DeadLetters(Protocol):
 
     def newest_first(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Entries (task record + ``attempts``, ``error``, ``traceback``, ``history``,
-        ``dead_at``), newest first; damaged entries are skipped. Read-only."""
+        ``dead_at``), newest first; damaged entries are skipped. Read-only. With ``limit``, at
+        most ``limit`` entries are read (a backend may pick them by task id, which grows with
+        the task's creation time, rather than by ``dead_at``)."""
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The entry, or None when there is none (or it is damaged). Read-only."""
@@ -91,7 +117,7 @@ class Registry(Protocol):
 
     def register(self, entry: dict[str, Any]) -> None:
         """Write or refresh ``entry`` (``instance_id`` and the fields of
-        :func:`tracemind.queue.registry.registration`), stamping its heartbeat with the
+        :func:`tracemind.backend.registration.registration`), stamping its heartbeat with the
         backend's clock; works on a location nothing else was written to yet."""
 
     def deregister(self, instance_id: str) -> None:
@@ -99,7 +125,7 @@ class Registry(Protocol):
 
     def live(self, now_s: float | None = None) -> list[dict[str, Any]]:
         """Every registration whose heartbeat is at most the stale limit
-        (:data:`tracemind.queue.registry.STALE_S`) old at ``now_s`` (default: the backend's
+        (:data:`tracemind.backend.registration.STALE_S`) old at ``now_s`` (default: the backend's
         clock), each with ``heartbeat_age_s``, oldest registration first (by ``started_at``,
         then instance id). Read-only."""
 
@@ -134,8 +160,12 @@ class Backend(Protocol):
         flight: it stops before its next step), or the terminal status it already had
         (``succeeded``/``dead``/``cancelled``). ``NotFound`` for an unknown id."""
 
-    def prepare(self) -> None:
-        """Make the location ready to be served (create, migrate); idempotent, crash-safe."""
+    def prepare(self) -> int:
+        """Make the location ready to be served (create, migrate); idempotent, crash-safe.
+        Returns how many records it moved from an earlier layout (0 when none). Raises
+        :class:`~tracemind.errors.QueueError` (one line naming what) when this process cannot
+        write the location, :class:`~tracemind.errors.UsageError` for a bad retention setting:
+        a serving process calls it before it starts anything."""
 
     def maintain(self) -> None:
         """Upkeep by a serving process, about once a second: bounded work (settle what dead
@@ -148,9 +178,36 @@ class Backend(Protocol):
         (default: the backend's clock); counts by kind: ``results``, ``keys``, ``dlq_audit``,
         and any kind of the backend's own (guarantee 10)."""
 
+    def pruned(self) -> Counter[str]:
+        """Records :meth:`maintain` removed through this object since it was opened, by kind
+        (what a serving process reports as a metric)."""
+
     def problems(self) -> list[str]:
         """Why this process cannot serve the location right now (one line each); empty when it
         can. Read-only: what ``/readyz`` reports."""
+
+    def unreadable_records(self) -> tuple[int, list[dict[str, Any]]]:
+        """Records that some process reported it could not read (a permission an operator must
+        fix, never damage) and that are still there: how many, and the first few (``record``,
+        ``error``, ``uid``, ``fix``, ``at``). Read-only; ``(0, [])`` for a backend where no
+        record can be unreadable to one process only."""
+
+    def finished(self, task_id: str) -> TaskInfo | None:
+        """The task once it is finished (succeeded, dead or cancelled), else None (waiting, in
+        flight, or unknown). Cheap: no search. Read-only."""
+
+    def watch_finished(self, task_ids: Collection[str]) -> FinishWatch:
+        """A watch that wakes when one of ``task_ids`` may have finished (guarantee 13); make
+        it before looking at the tasks. Read-only."""
+
+    def newest(
+        self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
+    ) -> list[TaskInfo]:
+        """Up to ``limit`` tasks in ``statuses`` (of ``flow_id`` when given), newest first by
+        enqueue time. Read-only; the cost follows ``limit``, not the depth of the queue."""
+
+    def waiting_since(self, epoch_s: float) -> int:
+        """Tasks enqueued at or after ``epoch_s`` and never delivered yet. Read-only."""
 
     def close(self) -> None:
         """Release connections and descriptors; the object is unusable afterwards."""

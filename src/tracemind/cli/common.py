@@ -1,4 +1,4 @@
-"""Pieces shared by the commands: directory options, JSON input, output.
+"""Pieces shared by the commands: the location options, JSON input, output.
 
 On the start-up path of ``tm enqueue``: argparse, pathlib and typing stay out of its imports.
 """
@@ -17,20 +17,20 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from tracemind.backend.location import Location
+    from tracemind.backend.protocol import Backend, Submitter
     from tracemind.client.api import Client
-    from tracemind.stores import Stores
-    from tracemind.submit import QueueSubmitter
 
 _INFINITY = float("inf")
 
 
 def add_queue_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data directories (defaults: $TM_DATA_DIR/… or data/…)")
+    group = parser.add_argument_group("where the data is (default: $TM_DATA_DIR, else data/)")
     group.add_argument(
         "--queue-url",
         type=_queue_url,
         metavar="URL",
-        help="where the data is: file:///abs/path, a data root (env TM_QUEUE_URL)",
+        help="file:///abs/path (a data root) or redis://host:port/db (env TM_QUEUE_URL)",
     )
     group.add_argument("--queue-dir", help="queue directory (env TM_QUEUE_DIR)")
     group.add_argument("--idempotency-dir", help="idempotency directory (env TM_IDEMPOTENCY_DIR)")
@@ -38,19 +38,15 @@ def add_queue_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _queue_url(text: str) -> str:
-    """``--queue-url``: checked, then exported as ``TM_QUEUE_URL``, so this process and every
-    process it starts (a detached daemon, its workers) resolve the same location."""
+    """``--queue-url``: checked while parsing (a usage error, exit 2, names it)."""
     import argparse
-    import os
 
-    from tracemind.config import queue_root
-    from tracemind.errors import UsageError
+    from tracemind.backend.location import Location
 
     try:
-        queue_root(text)
+        Location.parse(text)
     except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None  # usage error, exit 2
-    os.environ["TM_QUEUE_URL"] = text
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -64,40 +60,39 @@ def add_app_dir_option(parser: argparse.ArgumentParser, *, where: str) -> None:
     )
 
 
-def client_from(args: argparse.Namespace) -> Client:
-    """The :class:`~tracemind.Client` of the data directories the arguments name."""
+def location_from(args: argparse.Namespace) -> Location:
+    """Where the data is, as the arguments (``--queue-url``, ``--queue-dir``…) and the
+    environment say (:func:`tracemind.config.data_location`)."""
+    from tracemind.backend.location import data_location
+
+    return data_location(
+        getattr(args, "queue_url", None),
+        getattr(args, "queue_dir", None),
+        getattr(args, "idempotency_dir", None),
+        getattr(args, "dlq_dir", None),
+    )
+
+
+def backend_from(args: argparse.Namespace) -> Backend:
+    """The backend of the location the arguments name (opening it creates nothing)."""
     from tracemind import config
+    from tracemind.backend import open_backend
+
+    return open_backend(location_from(args), durable=config.durable())
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    """The :class:`~tracemind.Client` of the location the arguments name."""
     from tracemind.client.api import Client
 
-    dirs = config.data_dirs(
-        getattr(args, "queue_dir", None),
-        getattr(args, "idempotency_dir", None),
-        getattr(args, "dlq_dir", None),
-    )
-    return Client(dirs)
+    return Client(location_from(args))
 
 
-def open_stores_from(args: argparse.Namespace) -> Stores:
+def open_submitter(args: argparse.Namespace) -> Submitter:
+    """The submitter of the location the arguments name, with the configured key TTL."""
     from tracemind import config
-    from tracemind.stores import open_stores
 
-    dirs = config.data_dirs(
-        getattr(args, "queue_dir", None),
-        getattr(args, "idempotency_dir", None),
-        getattr(args, "dlq_dir", None),
-    )
-    return open_stores(dirs, durable=config.durable())
-
-
-def open_submitter(args: argparse.Namespace) -> QueueSubmitter:
-    from tracemind import config
-    from tracemind.stores import open_submitter
-
-    return open_submitter(
-        *config.data_paths(args.queue_dir, args.idempotency_dir, args.dlq_dir),
-        durable=config.durable(),
-        ttl_s=config.idempotency_ttl_s(),
-    )
+    return backend_from(args).submitter(config.idempotency_ttl_s())
 
 
 def _finite(text: str) -> float:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracemind.cli.common import add_queue_options, print_json
-from tracemind.cli.workers import add_pool_options, positive_float, worker_count
+from tracemind.cli.common import add_queue_options, backend_from, location_from, print_json
+from tracemind.cli.workers import add_pool_options, pool_settings, positive_float, worker_count
 from tracemind.errors import TraceMindError
+
+if TYPE_CHECKING:
+    from tracemind.backend.protocol import Backend
 
 EXIT_NOT_RUNNING = 3
 """``tm daemon ps`` when no daemon runs (LSB ``status``: "program is not running")."""
@@ -102,28 +106,23 @@ def start_command(args: argparse.Namespace) -> int:
     if running is not None:
         print(f"daemon already running (pid {running})")
         return 0
-    _check_writable(args, state_dir, log_file)
-    import secrets
-
+    backend = backend_from(args)
+    _check_writable(backend, state_dir, log_file)
     instance_id = secrets.token_hex(6)
     argv = _foreground_argv(args, state_dir, log_file)
-    pid, started = start_detached(state, argv, log_file, instance_id)
+    pid, started = start_detached(state, argv, backend.location, log_file, instance_id)
     if not started:
         print(f"daemon already running (pid {pid})")
         return 0
     print(f"daemon started (pid {pid}); state: {state_dir}; log: {log_file or 'stdout'}")
-    _name_the_others(args, instance_id)
+    _name_the_others(backend, instance_id)
     return 0
 
 
-def _name_the_others(args: argparse.Namespace, instance_id: str) -> None:
+def _name_the_others(backend: Backend, instance_id: str) -> None:
     """One line naming every other live daemon or pool on the same queue: several daemons on
     one queue is how users scale, but one started there by mistake should not go unnoticed."""
-    from tracemind import config
-    from tracemind.queue.registry import Registry
-
-    queue_dir = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir).queue
-    others = [m for m in Registry(queue_dir, "").live() if m["instance_id"] != instance_id]
+    others = [m for m in backend.registry.live() if m["instance_id"] != instance_id]
     if others:
         named = "; ".join(
             f"{m.get('kind', 'daemon')} {m['instance_id']} (pid {m.get('pid')} on "
@@ -134,16 +133,13 @@ def _name_the_others(args: argparse.Namespace, instance_id: str) -> None:
 
 
 def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> list[str]:
-    from tracemind import config
-
-    dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    """The detached daemon's command line. Where the data is goes in its environment instead
+    (``TM_QUEUE_URL``, see :func:`~tracemind.daemon.control.start_detached`): a location may
+    hold a password, and any user may read a command line."""
     argv = [
         "daemon", "start", "--foreground",
         "--workers", str(args.workers),
         "--state-dir", str(state_dir),
-        "--queue-dir", str(dirs.queue),
-        "--idempotency-dir", str(dirs.idempotency),
-        "--dlq-dir", str(dirs.dlq),
         "--runtime", args.runtime,
         "--lease-s", str(args.lease_s),
         "--drain-timeout", str(args.drain_timeout),
@@ -160,24 +156,26 @@ def _foreground_argv(args: argparse.Namespace, state_dir: Path, log_file: Path |
     return argv
 
 
-def _check_writable(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> None:
-    """One line and exit 1 (QueueError) when a data directory, the state dir or the log file
+def _check_writable(backend: Backend, state_dir: Path, log_file: Path | None) -> None:
+    """One line and exit 1 (QueueError) when the location, the state dir or the log file
     cannot be written (e.g. a read-only mount), before anything starts."""
-    from tracemind import config
-    from tracemind.daemon.service import check_log_writable, check_writable
+    from tracemind.daemon.service import check_log_writable
+    from tracemind.fsutil import check_dirs_writable
 
-    check_writable(config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir), state_dir)
+    backend.prepare()
+    check_dirs_writable(state_dir)
     if log_file is not None:
         check_log_writable(log_file)
 
 
 def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | None) -> int:
-    from tracemind import config, log
-    from tracemind.daemon.service import Daemon, not_writable
+    from tracemind import log
+    from tracemind.daemon.service import Daemon
     from tracemind.daemon.settings import DaemonSettings
+    from tracemind.fsutil import not_writable
 
     try:
-        _check_writable(args, state_dir, log_file)
+        _check_writable(backend_from(args), state_dir, log_file)
         try:
             sink: Any = log.LogFile(log_file) if log_file else sys.stdout
         except OSError as exc:
@@ -186,19 +184,16 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, log_file: Path | 
         return _start_failed(error, args.status_bind)
     log.configure(sink)
     settings = DaemonSettings(
-        dirs=config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir),
+        pool=pool_settings(
+            args,
+            instance_id=os.environ.get("TM_DAEMON_INSTANCE_ID") or secrets.token_hex(6),
+            log_file=str(log_file) if log_file else None,
+        ),
         state_dir=state_dir,
-        workers=args.workers,
-        runtime=args.runtime,
-        lease_s=args.lease_s,
         drain_timeout_s=args.drain_timeout,
-        durable=config.durable(),
-        log_file=log_file,
         status_bind=args.status_bind,
         triggers_config=Path(args.triggers_config).absolute() if args.triggers_config else None,
     )
-    if os.environ.get("TM_DAEMON_INSTANCE_ID"):
-        settings.instance_id = os.environ["TM_DAEMON_INSTANCE_ID"]
     daemon = Daemon(settings, log_sink=sink)
     try:
         return daemon.run()
@@ -243,18 +238,19 @@ def stop_command(args: argparse.Namespace) -> int:
 
 def ps_command(args: argparse.Namespace) -> int:
     from tracemind import config
+    from tracemind.backend import open_backend
+    from tracemind.backend.location import LOCATION_VARIABLES
     from tracemind.daemon.state import StateDir
-    from tracemind.daemon.status_doc import dirs_for, status_document
+    from tracemind.daemon.status_doc import location_for, status_document
 
     explicit = None
-    if (
-        args.queue_dir
-        or args.dlq_dir
-        or any(os.environ.get(v) for v in ("TM_QUEUE_DIR", "TM_DLQ_DIR", "TM_DATA_DIR"))
-    ):
-        explicit = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    given = (args.queue_url, args.queue_dir, args.idempotency_dir, args.dlq_dir)
+    if any(given) or any(os.environ.get(v) for v in LOCATION_VARIABLES):
+        explicit = location_from(args)
     state = StateDir(config.state_dir(args.state_dir))
-    doc = status_document(state, dirs_for(state, explicit))
+    location = location_for(state, explicit)
+    backend = None if location is None else open_backend(location, durable=False)
+    doc = status_document(state, backend)
     served = bool(doc["status_url"]) and doc["state"] != "stopped"
     doc["status_url"] = reachable_status_url(doc, state.meta() or {}, os.environ)
     if args.json:

@@ -5,7 +5,7 @@ again from their own path, which the daemon records in ``daemon.json`` (``import
 app dirs, its current directory, its ``sys.path``). A hook module found here but not there
 would dead-letter the task at once, so ``tm enqueue`` says so in one line (the task is still
 enqueued: exit 0). The check is skipped when no daemon serves this queue from this host (no
-fresh heartbeat, another queue directory, another host or container: paths differ there).
+fresh heartbeat, another location, another host or container: paths differ there).
 No pathlib, no typing: this runs on ``tm enqueue``'s path.
 """
 
@@ -17,18 +17,20 @@ import sys
 import time
 
 from tracemind import config
+from tracemind.daemon.recorded import recorded_location
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from typing import Any
+
+    from tracemind.backend.location import Location
 
 STALE_HEARTBEAT_S = 10.0
 """A heartbeat older than this means no daemon is serving (it beats every second)."""
 
 
-def serving_daemon(queue_dir: str, state_dir: str | None = None) -> dict[str, Any] | None:
-    """The ``daemon.json`` of the daemon serving ``queue_dir`` from this host, if one is."""
+def serving_daemon(location: Location, state_dir: str | None = None) -> dict[str, Any] | None:
+    """The ``daemon.json`` of the daemon serving ``location`` from this host, if one is."""
     state = config.state_path(state_dir)
     try:
         with open(os.path.join(state, "daemon.json"), "rb") as file:
@@ -40,10 +42,19 @@ def serving_daemon(queue_dir: str, state_dir: str | None = None) -> dict[str, An
         return None
     if meta.get("host") != os.uname().nodename:
         return None
-    recorded = (meta.get("dirs") or {}).get("queue")
-    if not isinstance(recorded, str) or os.path.realpath(recorded) != os.path.realpath(queue_dir):
+    recorded = recorded_location(meta)
+    if recorded is None or not _same(recorded, location):
         return None
     return meta
+
+
+def _same(recorded: Location, location: Location) -> bool:
+    """Whether two locations are one: file locations whose queue directories resolve to one
+    directory (symbolic links followed), or the same redacted text."""
+    if recorded.is_file and location.is_file:
+        here, there = recorded.file_dirs()[0], location.file_dirs()[0]
+        return os.path.realpath(here) == os.path.realpath(there)
+    return recorded.redacted() == location.redacted()
 
 
 def unimportable(modules: list[str], import_path: list[str]) -> list[str]:
@@ -66,10 +77,9 @@ def found_in(module: str) -> str | None:
     return os.path.dirname(spec.origin) if spec.origin else None
 
 
-def warn_unimportable(args: argparse.Namespace, modules: list[str]) -> None:
+def warn_unimportable(location: Location, modules: list[str]) -> None:
     """Print one warning line per hook module the serving daemon's workers cannot import."""
-    queue_dir = config.data_paths(args.queue_dir, args.idempotency_dir, args.dlq_dir)[0]
-    meta = serving_daemon(queue_dir)
+    meta = serving_daemon(location)
     path = None if meta is None else meta.get("import_path")
     if not isinstance(path, list) or not all(isinstance(entry, str) for entry in path):
         return  # no serving daemon, or one too old to record where its workers import from

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracemind.cli.common import (
     add_queue_options,
-    open_stores_from,
+    backend_from,
     print_json,
     task_id_arg,
 )
 from tracemind.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from tracemind.backend.protocol import DeadLetters
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +54,7 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def ls_command(args: argparse.Namespace) -> int:
-    entries = [_summary(e) for e in open_stores_from(args).dlq.newest_first()]
+    entries = [_summary(e) for e in backend_from(args).dead_letters.newest_first()]
     if args.json:
         print_json(entries)
     elif not entries:
@@ -64,7 +67,7 @@ def ls_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    entry = open_stores_from(args).dlq.get(args.task_id)
+    entry = backend_from(args).dead_letters.get(args.task_id)
     if entry is None:
         raise NotFound(f"task {args.task_id} is not in the dead-letter queue")
     view = _summary(entry)
@@ -74,19 +77,20 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _targets(args: argparse.Namespace) -> list[str]:
+def _targets(args: argparse.Namespace, dead_letters: DeadLetters) -> list[str]:
     if bool(args.task_id) == bool(args.all):
         raise UsageError(f"dlq {args.verb}: give either a task ID or --all")
     if args.all:
-        return [str(e["task_id"]) for e in open_stores_from(args).dlq.newest_first()]
+        return [str(e["task_id"]) for e in dead_letters.newest_first()]
     return [args.task_id]
 
 
 def _apply(args: argparse.Namespace, done_word: str, purge: bool) -> int:
-    stores = open_stores_from(args)
-    ids = _targets(args)
-    stores.dlq.quarantine_damaged()  # a writer moves damaged entries aside (and logs them)
-    changed = [t for t in ids if (stores.purge_dead(t) if purge else stores.requeue_dead(t))]
+    dead_letters = backend_from(args).dead_letters
+    ids = _targets(args, dead_letters)
+    dead_letters.quarantine_damaged()  # a writer moves damaged entries aside (and logs them)
+    verb = dead_letters.purge if purge else dead_letters.requeue
+    changed = [task_id for task_id in ids if verb(task_id)]
     if args.task_id and not changed:
         raise NotFound(f"task {args.task_id} is not in the dead-letter queue")
     if args.json:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from tracemind.cli.common import (
     Progress,
     add_queue_options,
+    backend_from,
     client_from,
-    open_stores_from,
     print_json,
     task_id_arg,
 )
@@ -111,7 +111,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    moved = open_stores_from(args).queue.migrate()
+    moved = backend_from(args).prepare()
     if args.json:
         print_json({"moved": moved})
     else:
@@ -120,10 +120,7 @@ def migrate_command(args: argparse.Namespace) -> int:
 
 
 def prune_command(args: argparse.Namespace) -> int:
-    from tracemind.retention import Pruner, RetentionPolicy
-
-    policy = RetentionPolicy.from_env()
-    removed = Pruner(open_stores_from(args), policy).prune(dry_run=args.dry_run, budget=sys.maxsize)
+    removed = backend_from(args).prune(dry_run=args.dry_run, budget=sys.maxsize)
     if args.json:
         print_json({"dry_run": args.dry_run, "removed": dict(removed)})
     else:

@@ -14,8 +14,8 @@ from tracemind.cli.common import (
     QuickForm,
     add_app_dir_option,
     add_queue_options,
+    backend_from,
     check_text,
-    open_submitter,
     parse_object,
     print_json,
     read_stdin,
@@ -27,6 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
+    from tracemind.backend.protocol import Backend, Submitter
     from tracemind.flows import FlowSnapshot
     from tracemind.flows.cache import CachedFlow
     from tracemind.submit import Submission
@@ -127,10 +128,11 @@ def enqueue_command(args: argparse.Namespace) -> int:
         phase = f"validating the flow; {len(submissions)} inputs read"
         flow = _load(args)
         phase = f"writing {len(submissions)} tasks as one durable batch"
-        results = open_submitter(args).submit_many(flow.snapshot, submissions)
+        backend = backend_from(args)
+        results = _submitter(backend).submit_many(flow.snapshot, submissions)
     flow.remember()
-    _warn_if_workers_cannot_import(args, flow.snapshot)
-    _notice_if_nobody_serves(args)
+    _warn_if_workers_cannot_import(backend, flow.snapshot)
+    _notice_if_nobody_serves(backend)
     duplicates = sum(1 for r in results if r.duplicate)
     summary = {
         "enqueued": len(results) - duplicates,
@@ -152,12 +154,12 @@ def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
     state = read_input_arg(raw_input)
     due_s = _due_s(args)
     flow = _load(args)
-    submitter = open_submitter(args)
+    backend = backend_from(args)
     submission = Submission(state, args.idempotency_key, due_s=due_s)
-    [result] = submitter.submit_many(flow.snapshot, [submission])
+    [result] = _submitter(backend).submit_many(flow.snapshot, [submission])
     flow.remember()
-    _warn_if_workers_cannot_import(args, flow.snapshot)
-    _notice_if_nobody_serves(args)
+    _warn_if_workers_cannot_import(backend, flow.snapshot)
+    _notice_if_nobody_serves(backend)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -193,26 +195,25 @@ def _load(args: argparse.Namespace) -> CachedFlow:
     return load_flow_cached(args.flow, flow_cache_dir())
 
 
-def _notice_if_nobody_serves(args: argparse.Namespace) -> None:
-    """One line on stderr when no live daemon or worker pool is registered on the queue just
-    written to: the task is durable, but waits until one starts (a queue in a directory no
-    daemon reads is the usual cause)."""
-    from tracemind.config import data_paths
-    from tracemind.queue.registry import Registry
+def _submitter(backend: Backend) -> Submitter:
+    from tracemind.config import idempotency_ttl_s
 
-    queue_dir, _, _ = data_paths(
-        getattr(args, "queue_dir", None),
-        getattr(args, "idempotency_dir", None),
-        getattr(args, "dlq_dir", None),
-    )
-    if not Registry(queue_dir, "").live():
+    return backend.submitter(idempotency_ttl_s())
+
+
+def _notice_if_nobody_serves(backend: Backend) -> None:
+    """One line on stderr when no live daemon or worker pool is registered on the queue just
+    written to: the task is durable, but waits until one starts (a queue no daemon reads is the
+    usual cause)."""
+    if not backend.registry.live():
         sys.stderr.write(
-            f"tm: notice: no daemon or worker pool serves the queue at {queue_dir}: the task "
-            "waits until one starts there (see `tm daemon ps`)\n"
+            f"tm: notice: no daemon or worker pool serves the queue at "
+            f"{backend.location.redacted()}: the task waits until one starts there "
+            "(see `tm daemon ps`)\n"
         )
 
 
-def _warn_if_workers_cannot_import(args: argparse.Namespace, snapshot: FlowSnapshot) -> None:
+def _warn_if_workers_cannot_import(backend: Backend, snapshot: FlowSnapshot) -> None:
     """One line on stderr when the daemon serving this queue recorded an import path that
     lacks a hook module this process imports; nothing for hooks of tracemind itself."""
     specs = [step.get("hooks", {}).get("run") for step in snapshot.flow["steps"]]
@@ -222,7 +223,7 @@ def _warn_if_workers_cannot_import(args: argparse.Namespace, snapshot: FlowSnaps
         return
     from tracemind.cli.daemon_imports import warn_unimportable
 
-    warn_unimportable(args, sorted(modules))
+    warn_unimportable(backend.location, sorted(modules))
 
 
 def read_jsonl(path: str, key_field: str | None, due_s: float | None = None) -> list[Submission]:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from tracemind.cli.common import add_app_dir_option, add_queue_options
+from tracemind.cli.common import add_app_dir_option, add_queue_options, location_from
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from tracemind.queue.registry import Registry
-    from tracemind.worker.pool import WorkerPool
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
     from typing import NoReturn
+
+    from tracemind.backend.protocol import Registry
+    from tracemind.worker.pool import WorkerPool
+    from tracemind.worker.settings import PoolSettings
 
 DEFAULT_LEASE_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 8.0
@@ -105,51 +103,64 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start.set_defaults(handler=start_command)
 
 
+def pool_settings(
+    args: argparse.Namespace,
+    *,
+    instance_id: str,
+    log_file: str | None,
+    fork: bool = False,
+    report_idle: bool = False,
+) -> PoolSettings:
+    """The settings of the pool the options of :func:`add_pool_options` (and ``--workers``)
+    describe, on the location the arguments name."""
+    from tracemind import config
+    from tracemind.worker.settings import PoolSettings, WorkerSettings
+
+    worker = WorkerSettings(
+        location=location_from(args),
+        durable=config.durable(),
+        runtime=args.runtime,
+        lease_s=args.lease_s,
+        log_file=log_file,
+        report_idle=report_idle,
+    )
+    return PoolSettings(size=args.workers, instance_id=instance_id, worker=worker, fork=fork)
+
+
 def start_command(args: argparse.Namespace) -> int:
-    import functools
     import os
 
-    from tracemind import config, log
-    from tracemind.worker.pool import PoolSettings, WorkerPool
+    from tracemind import log
+    from tracemind.backend import open_backend
+    from tracemind.worker.pool import WorkerPool
     from tracemind.worker.runtime import load_factory
     from tracemind.worker.supervisor import Supervisor
 
     load_factory(args.runtime)
-    dirs = config.data_dirs(args.queue_dir, args.idempotency_dir, args.dlq_dir)
-    from tracemind.daemon.service import check_writable
-    from tracemind.retention import Pruner, RetentionPolicy, upkeep
-    from tracemind.stores import open_stores
-
-    stores = open_stores(dirs, durable=config.durable())
-    pruner = Pruner(stores, RetentionPolicy.from_env())
-    check_writable(dirs)  # one line and exit 1, before any worker could crash on it
-    stores.queue.migrate()  # (prepares it too)
-    log.configure()
-    settings = PoolSettings(
-        size=args.workers,
+    settings = pool_settings(
+        args,
         instance_id=os.urandom(6).hex(),
-        dirs=dirs,
-        durable=config.durable(),
-        runtime=args.runtime,
-        lease_s=args.lease_s,
-        log_file=None,
+        log_file=None,  # (the pool's standard output)
         fork=True,  # a foreground pool runs one thread: its workers start without imports
         report_idle=args.burst,
     )
-    pool = WorkerPool(settings, stores.queue)
+    backend = open_backend(settings.worker.location, durable=settings.worker.durable)
+    backend.prepare()  # one line and exit 1 when unwritable, before any worker could crash on it
+    log.configure()
+    pool = WorkerPool(settings, backend.queue)
     supervisor = Supervisor(
         pool,
-        stores.queue,
+        backend.queue,
         drain_timeout_s=args.drain_timeout,
         burst=args.burst,
-        upkeep=functools.partial(upkeep, stores, pruner),
-        on_tick=registrar(stores.queue.registry, pool, settings.instance_id),
+        upkeep=backend.maintain,
+        on_tick=registrar(backend.registry, pool, settings.instance_id),
     )
     supervisor.install_signal_handlers()
     try:
         supervisor.run()
     finally:
-        stores.queue.registry.deregister(settings.instance_id)
+        backend.registry.deregister(settings.instance_id)
     if supervisor.crash_looped:
         from tracemind.errors import TraceMindError
 
@@ -161,7 +172,7 @@ def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callabl
     """A supervisor tick that keeps this pool registered as serving the queue (once a second)."""
     import time
 
-    from tracemind.queue.registry import registration
+    from tracemind.backend.registration import registration
 
     started_s = time.time()
     next_s = 0.0

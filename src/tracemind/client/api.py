@@ -1,9 +1,10 @@
 """The Python client: :class:`Client`, the public way to enqueue, inspect and wait on tasks.
 
-It is a thin layer over the same stores and submitter as ``tm``: a task enqueued here is the
-same task ``tm enqueue`` makes, errors are the same :mod:`tracemind.errors` classes behind the
-CLI's one-line messages, and every method reads or writes the location's files directly (no
-daemon needs to run for ``enqueue``, ``get``, ``stats`` or ``run``; only for tasks to finish).
+It is a thin layer over the same backend (:mod:`tracemind.backend`) and submitter as ``tm``: a
+task enqueued here is the same task ``tm enqueue`` makes, errors are the same
+:mod:`tracemind.errors` classes behind the CLI's one-line messages, and every method reads or
+writes the location directly (no daemon needs to run for ``enqueue``, ``get``, ``stats`` or
+``run``; only for tasks to finish).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tracemind import config
+from tracemind.backend.location import Location, data_location
 from tracemind.client.inputs import check_input, check_key, due_time, key_from_field
 from tracemind.client.tasks import QueueCounts, TaskInfo
 from tracemind.clock import Clock, system_clock
@@ -24,23 +26,26 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from datetime import datetime
 
+    from tracemind.backend.protocol import Backend, Submitter
     from tracemind.flows import Flow, FlowSnapshot
     from tracemind.flows.cache import CachedFlow
-    from tracemind.stores import Stores
-    from tracemind.submit import QueueSubmitter, Submission
+    from tracemind.submit import Submission
 
     FlowLike = str | os.PathLike[str] | FlowSnapshot | Flow
-    Location = str | os.PathLike[str] | config.DataDirs | None
+    LocationLike = str | os.PathLike[str] | Location | None
 
 
 class Client:
-    """Enqueue flows, look tasks up and wait for them, on one *location* (a data root).
+    """Enqueue flows, look tasks up and wait for them, on one *location*.
 
-    ``Client()`` resolves its location as ``tm`` does without flags: ``TM_QUEUE_DIR``,
-    ``TM_IDEMPOTENCY_DIR`` and ``TM_DLQ_DIR``, else ``$TM_DATA_DIR/…``, else ``data/…`` under
-    the current directory. ``Client("/srv/tm")`` uses the data root ``/srv/tm`` (``queue/``,
-    ``idempotency/``, ``dlq/`` under it). ``TM_FILE_QUEUE_V2`` (power-loss durability) and
-    ``TM_IDEMPOTENCY_TTL_S`` are read from the environment as ``tm`` reads them.
+    ``Client()`` resolves its location as ``tm`` does without flags: ``TM_QUEUE_URL``, else
+    ``$TM_DATA_DIR``, else ``data`` under the current directory (``TM_QUEUE_DIR``,
+    ``TM_IDEMPOTENCY_DIR`` and ``TM_DLQ_DIR`` set a file location's directories apart).
+    ``Client("/srv/tm")`` uses the data root ``/srv/tm`` (``queue/``, ``idempotency/``,
+    ``dlq/`` under it); ``Client("file:///srv/tm")`` or any location URL
+    (:class:`~tracemind.backend.location.Location`) names it as ``--queue-url`` does.
+    ``TM_FILE_QUEUE_V2`` (power-loss durability) and ``TM_IDEMPOTENCY_TTL_S`` are read from
+    the environment as ``tm`` reads them.
 
     ``app_dirs`` (else ``TM_APP_DIR``) go first on this process's ``sys.path``: the client
     validates a flow by importing its hooks here, as ``tm enqueue --app-dir`` does. The workers
@@ -56,28 +61,28 @@ class Client:
 
     def __init__(
         self,
-        location: Location = None,
+        location: LocationLike = None,
         *,
         app_dirs: Sequence[str | os.PathLike[str]] = (),
         clock: Clock = system_clock,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        from tracemind.backend import open_backend
         from tracemind.flows.hooks import add_to_import_path
-        from tracemind.stores import open_stores
 
         self._env: Mapping[str, str] = os.environ if env is None else env
-        self.dirs = config.resolve_location(location, self._env)
-        """The directories this client reads and writes (:class:`tracemind.config.DataDirs`)."""
+        self.location = _location(location, self._env)
+        """Where this client reads and writes (:class:`~tracemind.backend.location.Location`)."""
         self.app_dirs = config.app_dirs([os.fspath(d) for d in app_dirs], self._env)
         add_to_import_path(self.app_dirs)
         self._clock = clock
-        self._stores: Stores = open_stores(
-            self.dirs, durable=config.durable(self._env), clock=clock
+        self._backend: Backend = open_backend(
+            self.location, durable=config.durable(self._env), env=self._env, clock=clock
         )
-        self._submitter: QueueSubmitter | None = None
+        self._submitter: Submitter | None = None
 
     def __repr__(self) -> str:
-        return f"Client({os.fspath(self.dirs.queue.parent)!r})"
+        return f"Client({self.location.redacted()!r})"
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -168,9 +173,9 @@ class Client:
             cached.remember()
         return [result.task_id for result in results]
 
-    def _queue_submitter(self) -> QueueSubmitter:
+    def _queue_submitter(self) -> Submitter:
         if self._submitter is None:  # the TTL is read when first needed: readers never need it
-            self._submitter = self._stores.submitter(config.idempotency_ttl_s(self._env))
+            self._submitter = self._backend.submitter(config.idempotency_ttl_s(self._env))
         return self._submitter
 
     def _snapshot(self, flow: FlowLike) -> tuple[FlowSnapshot, CachedFlow | None]:
@@ -197,7 +202,7 @@ class Client:
     def get(self, task_id: str) -> TaskInfo | None:
         """The task as the queue knows it now, or None when no task has this id (or it was
         purged from the dead-letter queue). Read-only."""
-        info = self._stores.queue.find(_check_task_id(task_id))
+        info = self._backend.queue.find(_check_task_id(task_id))
         return None if info is None else TaskInfo.of(info)
 
     def wait(
@@ -218,14 +223,8 @@ class Client:
         if timeout_s is not None and (timeout_s != timeout_s or timeout_s < 0):
             raise UsageError("timeout_s must not be negative")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        from tracemind.client.watch import TerminalWatch
-
-        queue = self._stores.queue
-        # Where each task's terminal record will land: its done and cancelled hour buckets, or
-        # the DLQ (so a wake-up means one of them may have finished).
-        folders = {os.path.dirname(queue.done_path(t)) for t in ids}
-        folders |= {os.path.dirname(queue.cancelled_path(t)) for t in ids}
-        with TerminalWatch([*sorted(folders), self._stores.dlq.root]) as watch:
+        backend = self._backend
+        with backend.watch_finished(ids) as watch:
             done: dict[str, TaskInfo] = {}
             for task_id in dict.fromkeys(ids):
                 info = self.get(task_id)
@@ -244,7 +243,7 @@ class Client:
                     raise WaitTimeout(unfinished, timeout_s or 0.0)
                 watch.wait(left_s if left_s is not None else float("inf"))
                 for task_id in [t for t in dict.fromkeys(ids) if t not in done]:
-                    finished = queue.finished(task_id)  # O(1), unlike find
+                    finished = backend.finished(task_id)  # O(1), unlike find
                     if finished is not None:
                         done[task_id] = TaskInfo.of(finished)
 
@@ -267,9 +266,7 @@ class Client:
             raise UsageError(f"unknown status in {wanted!r} (one of: {names})") from None
         if not (isinstance(limit, int) and 0 < limit <= 10_000):
             raise UsageError(f"limit must be between 1 and 10000, got {limit!r}")
-        from tracemind.queue.listing import newest_tasks
-
-        infos = newest_tasks(self._stores.queue, statuses, limit, flow_id=flow)
+        infos = self._backend.newest(statuses, limit, flow_id=flow)
         return [TaskInfo.of(info) for info in infos]
 
     def cancel(self, task_id: str) -> bool:
@@ -278,10 +275,10 @@ class Client:
         (the step can look at ``ctx["cancel_requested"]()``), and it is reported ``cancelled``
         only once it stopped — a task that finishes first stays succeeded. Raises
         :class:`NotFound` for an unknown task, :class:`TraceMindError` for a finished one."""
-        outcome = self._stores.queue.cancel(task_id)
+        outcome = self._backend.cancel(task_id)
         if outcome == "unknown":
             raise NotFound(f"task {task_id} not found")
-        if outcome == "finished":
+        if outcome not in ("cancelled", "requested"):  # already succeeded, dead or cancelled
             info = self.get(task_id)
             status = info.status.value if info is not None else "finished"
             raise TraceMindError(f"task {task_id} is already {status}: nothing to cancel")
@@ -289,8 +286,7 @@ class Client:
 
     def stats(self) -> QueueCounts:
         """Tasks by state, exact, read-only (what ``tm queue stats`` prints)."""
-        stores = self._stores
-        counts, dead, damaged_dead = stores.queue.counts()
+        counts, dead, damaged_dead = self._backend.counts()
         return QueueCounts(
             pending=counts.pending,
             delayed=counts.delayed,
@@ -318,6 +314,19 @@ class Client:
             "_trigger": None,
         }
         return run_flow(snapshot, state, ctx)
+
+
+def _location(location: LocationLike, env: Mapping[str, str]) -> Location:
+    """``location`` as a :class:`Location`: None resolves as ``tm`` without flags does; a text
+    with ``://`` is a location URL; any other path is a data root."""
+    if location is None:
+        return data_location(env=env)
+    if isinstance(location, Location):
+        return location
+    text = os.fspath(location)
+    if "://" in text:
+        return Location.parse(text)
+    return Location.for_root(text)
 
 
 def _as_dict(value: Any) -> Any:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from tracemind.daemon.state import StateDir
 
 if TYPE_CHECKING:
+    from tracemind.backend.protocol import Backend
     from tracemind.daemon.settings import Component, DaemonSettings
-    from tracemind.stores import Stores
     from tracemind.triggers import TriggersConfig
 
 
-def build_components(settings: DaemonSettings, stores: Stores) -> dict[str, Component]:
+def build_components(settings: DaemonSettings, backend: Backend) -> dict[str, Component]:
     """The status server (``--status-bind``) and the triggers (``--triggers-config``)."""
     components: dict[str, Component] = {}
     if settings.status_bind:
@@ -22,14 +22,14 @@ def build_components(settings: DaemonSettings, stores: Stores) -> dict[str, Comp
         components["status"] = StatusServer(
             settings.status_bind,
             StateDir(settings.state_dir),
-            settings.dirs,
-            str(settings.log_file) if settings.log_file else None,
+            settings.location,
+            settings.pool.worker.log_file,
         )
     if settings.triggers_config is not None:
         from tracemind import config
 
         triggers = validate_triggers(settings.triggers_config)
-        submitter = stores.submitter(config.idempotency_ttl_s())
+        submitter = backend.submitter(config.idempotency_ttl_s())
         components["triggers"] = TriggersComponent(triggers, submitter, settings.state_dir)
     return components
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tracemind.backend.location import DIR_SETTINGS, Location
 from tracemind.daemon.identity import Verdict, held_by, verify_daemon
 from tracemind.daemon.state import Liveness, StateDir, liveness
 from tracemind.errors import TraceMindError
@@ -35,13 +36,22 @@ class StartFailed(TraceMindError):
 
 
 def start_detached(
-    state: StateDir, foreground_argv: Sequence[str], log_file: Path | None, instance_id: str
+    state: StateDir,
+    foreground_argv: Sequence[str],
+    location: Location,
+    log_file: Path | None,
+    instance_id: str,
 ) -> tuple[int, bool]:
-    """Launch ``tm daemon start --foreground …`` in a new session and wait for its first
-    heartbeat. Returns the daemon PID and whether it is the one launched here (False: another
+    """Launch ``tm daemon start --foreground …`` on ``location`` in a new session and wait for
+    its first heartbeat. Returns the daemon PID and whether it is the one launched here (False: another
     start won the race for the lock); raises StartFailed with the log path and last lines."""
     state.prepare()
     env = dict(os.environ, TM_DAEMON_INSTANCE_ID=instance_id)
+    # Where the data is travels in the environment only (never argv, which `ps` shows: a
+    # location may hold a password), as the one location string that alone decides it.
+    for _, _, variable in DIR_SETTINGS:
+        env.pop(variable, None)
+    env["TM_QUEUE_URL"] = str(location)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         try:  # (a FIFO or directory at the log path fails here instead of hanging `start`)
@@ -218,11 +228,12 @@ def _wait_unlocked(state: StateDir, timeout_s: float) -> bool:
 
 def _return_leases(meta: dict[str, Any]) -> None:
     from tracemind import config
-    from tracemind.stores import open_stores
+    from tracemind.backend import open_backend
+    from tracemind.daemon.recorded import recorded_location
 
-    dirs = meta.get("dirs") or {}
-    if not dirs or not meta.get("instance_id"):
+    location = recorded_location(meta)
+    if location is None or not meta.get("instance_id"):
         return
-    data = config.DataDirs(Path(dirs["queue"]), Path(dirs["idempotency"]), Path(dirs["dlq"]))
     with contextlib.suppress(TraceMindError, OSError):
-        open_stores(data, durable=config.durable()).queue.recover([f"{meta['instance_id']}-"])
+        backend = open_backend(location, durable=config.durable())
+        backend.queue.recover([f"{meta['instance_id']}-"])

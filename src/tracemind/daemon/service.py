@@ -1,7 +1,8 @@
 """The daemon itself (``tm daemon start --foreground``): lifecycle only.
 
-Start-up order: logging, data directories (must be writable), the state-dir lock (a second
-daemon reports the first and exits 0), return the leases a dead predecessor left, metadata, then
+Start-up order: logging, the state dir (must be writable), the state-dir lock (a second daemon
+reports the first and exits 0), the location (must be writable; prepared), return the leases a
+dead predecessor left, metadata, then
 the worker pool under the supervisor, whose tick refreshes the heartbeat every second and picks
 up stop requests. Stop: drain (workers finish, up to ``drain_timeout_s``), return leases, exit 0.
 """
@@ -9,7 +10,6 @@ up stop requests. Stop: drain (workers finish, up to ``drain_timeout_s``), retur
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import sys
@@ -19,18 +19,18 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tracemind import __version__
+from tracemind.backend.registration import registration
 from tracemind.clock import iso_utc
-from tracemind.config import DataDirs
 from tracemind.daemon.identity import describe_self
 from tracemind.daemon.settings import Component, DaemonSettings
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
 from tracemind.errors import QueueError, TraceMindError
 from tracemind.flows.hooks import import_path
+from tracemind.fsutil import check_dirs_writable, not_writable
 from tracemind.log import get_logger
-from tracemind.queue.registry import registration
 
 if TYPE_CHECKING:
-    from tracemind.stores import Stores
+    from tracemind.backend.protocol import Backend
 
 LOCK_WAIT_S = 3.0
 CENSUS_BUDGET = 0.05
@@ -55,27 +55,27 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; 0 after a drain (or when another daemon already runs)."""
-        from tracemind.stores import open_stores
+        from tracemind.backend import open_backend
         from tracemind.worker.runtime import load_factory
 
         s = self.settings
-        stores = open_stores(s.dirs, durable=s.durable)
-        check_writable(s.dirs, s.state_dir)
+        backend = open_backend(s.location, durable=s.pool.worker.durable)
+        check_dirs_writable(s.state_dir)
         self.state.prepare()
         lock_fd = self._take_lock()
         if lock_fd is None:
             return EXIT_ALREADY_RUNNING
         try:
-            load_factory(s.runtime)
-            stores.queue.migrate()  # (prepares it too)
-            self._return_predecessor_leases(stores.queue)
+            load_factory(s.pool.worker.runtime)
+            backend.prepare()
+            self._return_predecessor_leases(backend.queue)
             self.state.clear_stop_request()
             self._write_metadata()
-            self._build_supervisor(stores)
+            self._build_supervisor(backend)
             self.supervisor.install_signal_handlers()
             signal.signal(signal.SIGHUP, self._on_hup)
-            self._start_components(stores)
-            self.log.info("daemon started", pid=os.getpid(), workers=s.workers)
+            self._start_components(backend)
+            self.log.info("daemon started", pid=os.getpid(), workers=s.pool.size)
             drained = self.supervisor.run()
             self._stop_components()
             self._beat(stopped=True)
@@ -100,31 +100,20 @@ class Daemon:
                 return None
         raise TraceMindError(f"{self.state.lock_path}: taken by another start each time; retry")
 
-    def _build_supervisor(self, stores: Stores) -> None:
-        from tracemind.retention import Pruner, RetentionPolicy, upkeep
-        from tracemind.worker.pool import PoolSettings, WorkerPool
+    def _build_supervisor(self, backend: Backend) -> None:
+        from tracemind.worker.pool import WorkerPool
         from tracemind.worker.supervisor import Supervisor
 
-        s = self.settings
-        settings = PoolSettings(
-            size=s.workers,
-            instance_id=s.instance_id,
-            dirs=s.dirs,
-            durable=s.durable,
-            runtime=s.runtime,
-            lease_s=s.lease_s,
-            log_file=s.log_file,
-        )
-        self.queue = stores.queue
-        self.pruner = Pruner(stores, RetentionPolicy.from_env())
-        self.pool = WorkerPool(settings, stores.queue)
+        self.backend = backend
+        self.queue = backend.queue
+        self.pool = WorkerPool(self.settings.pool, backend.queue)
         self.supervisor = Supervisor(
             self.pool,
-            stores.queue,
-            drain_timeout_s=s.drain_timeout_s,
+            backend.queue,
+            drain_timeout_s=self.settings.drain_timeout_s,
             on_tick=self._tick,
             on_drain=self._on_drain,
-            upkeep=functools.partial(upkeep, stores, self.pruner),
+            upkeep=backend.maintain,
         )
 
     def _on_drain(self) -> None:
@@ -135,11 +124,11 @@ class Daemon:
         if triggers is not None:
             triggers.stop()
 
-    def _start_components(self, stores: Stores) -> None:
+    def _start_components(self, backend: Backend) -> None:
         """Start the optional components (status server, triggers) configured for this run."""
         from tracemind.daemon.components import build_components
 
-        for name, component in build_components(self.settings, stores).items():
+        for name, component in build_components(self.settings, backend).items():
             try:
                 component.start()
             except BaseException:
@@ -175,13 +164,13 @@ class Daemon:
             "started_at": iso_utc(now_s),
             "started_at_s": now_s,
             "version": __version__,
-            "dirs": s.dirs.to_dict(),
+            "queue_url": s.location.redacted(),  # (never a password in a file)
             "state_dir": str(s.state_dir),
-            "workers": s.workers,
-            "runtime": s.runtime,
-            "lease_s": s.lease_s,
+            "workers": s.pool.size,
+            "runtime": s.pool.worker.runtime,
+            "lease_s": s.pool.worker.lease_s,
             "drain_timeout_s": s.drain_timeout_s,
-            "log_file": str(s.log_file) if s.log_file else None,
+            "log_file": s.pool.worker.log_file,
             "status_url": status_url(s.status_bind),
             # Where the status server is reachable from outside (compose: the published port).
             "status_url_published": os.environ.get("TM_STATUS_PUBLISHED_URL") or None,
@@ -232,14 +221,14 @@ class Daemon:
             "reason": reason,
             "outcomes": self.pool.outcomes.to_dict(),
             "enqueued_total": self._count_enqueued(),
-            "pruned": dict(self.pruner.totals),
+            "pruned": dict(self.backend.pruned()),
             "components": {name: c.describe() for name, c in self.components.items()},
             "activity": self.pool.activity.to_dict(time.time()),
         }
         with contextlib.suppress(OSError):
             self.state.write_json(self.state.heartbeat_path, beat)
         if stopped:
-            self.queue.registry.deregister(self.settings.instance_id)
+            self.backend.registry.deregister(self.settings.instance_id)
         else:
             entry = registration(
                 self.settings.instance_id,
@@ -247,7 +236,7 @@ class Daemon:
                 state_dir=str(self.state.root),
                 started_s=self.started_s,
                 workers={
-                    "configured": self.settings.workers,
+                    "configured": self.settings.pool.size,
                     "alive": int(pool_status.get("alive") or 0),
                     "busy": self.pool.held_leases(),
                 },
@@ -255,7 +244,7 @@ class Daemon:
             )
             # What its busy workers run, for the dashboard (ids only; a bounded list).
             entry["running"] = self.pool.running()
-            self.queue.registry.register(entry)
+            self.backend.registry.register(entry)
 
     def _count_enqueued(self) -> int:
         """Tasks enqueued (by any process) since this daemon started: first attempts its workers
@@ -271,7 +260,7 @@ class Daemon:
         if started_s < self._next_census_s:
             self._enqueued_total = max(self._enqueued_total, taken)
             return self._enqueued_total
-        waiting = self.queue.waiting_since(self.started_s)
+        waiting = self.backend.waiting_since(self.started_s)
         self._enqueued_total = max(self._enqueued_total, taken + waiting)
         self._next_census_s = started_s + (time.monotonic() - started_s) / CENSUS_BUDGET
         return self._enqueued_total
@@ -281,11 +270,11 @@ class Daemon:
             return False, "draining"
         if pool_status.get("crash_looping"):
             return False, "workers are crash-looping"
-        if pool_status.get("alive", 0) < self.settings.workers:
+        if pool_status.get("alive", 0) < self.settings.pool.size:
             return False, "workers not alive"
-        unwritable = first_unwritable(self.settings.dirs)
-        if unwritable is not None:
-            return False, str(unwritable)
+        problems = self.backend.problems()
+        if problems:
+            return False, problems[0]
         return True, None
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
@@ -311,42 +300,6 @@ def status_url(bind: str | None) -> str | None:
     return f"http://{host}:{port}"
 
 
-def check_writable(dirs: DataDirs, *others: Path) -> None:
-    """Raise QueueError naming the first data directory (then each of ``others``, e.g. the
-    state dir) this process cannot write, by really creating and removing a probe file:
-    permission bits alone do not tell (root, a read-only mount)."""
-    check_dirs_writable(dirs.queue, dirs.idempotency, dirs.dlq, *others)
-
-
-def first_unwritable(dirs: DataDirs) -> QueueError | None:
-    """The error for the first data directory this process may not write now, without writing
-    anything (``access(2)``: permissions, and a read-only mount for root too). What each
-    heartbeat asks: a probe file created and removed every second would keep changing the
-    directories, which defeats the census (docs/queue-format.md, "What things cost")."""
-    import errno
-
-    for directory in (dirs.queue, dirs.idempotency, dirs.dlq):
-        if not os.access(directory, os.W_OK | os.X_OK):
-            code = errno.EROFS if os.access(directory, os.R_OK) else errno.EACCES
-            return not_writable(directory, OSError(code, os.strerror(code)))
-    return None
-
-
-def check_dirs_writable(*directories: Path) -> None:
-    """:func:`check_writable` for the given directories, in order."""
-    from tracemind.fsutil import ensure_dir
-
-    for directory in directories:
-        probe = directory / f".probe-{os.getpid()}"
-        try:
-            ensure_dir(directory)  # inside the try: an uncreatable directory needs the hint too
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
-            os.unlink(probe)
-        except (OSError, QueueError) as exc:
-            raise not_writable(directory, exc) from None
-
-
 def check_log_writable(log_file: Path) -> None:
     """Raise QueueError when the log file cannot be appended to (or created: its directory is
     probed, the file itself is left for the daemon to create)."""
@@ -361,14 +314,3 @@ def check_log_writable(log_file: Path) -> None:
         raise QueueError(f"{exc}: the daemon's log must be a regular file") from None
     except OSError as exc:
         raise not_writable(log_file, exc) from None
-
-
-def not_writable(path: Path, exc: BaseException) -> QueueError:
-    """The one-line error for a path this process cannot write, with the fix in a container."""
-    why = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
-    why = why[:1].lower() + why[1:] if why else str(exc)  # "(read-only file system)"
-    return QueueError(
-        f"{path}: not writable by uid {os.getuid()} gid {os.getgid()} "
-        f"({why}); in a container set TM_UID/TM_GID in .env to the data "
-        "directory's owner"
-    )

@@ -6,12 +6,13 @@ builds (:mod:`tracemind.daemon.components`) both depend on it, and not on each o
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tracemind.config import DataDirs, app_dirs
+from tracemind.backend.location import Location
+from tracemind.config import app_dirs
+from tracemind.worker.settings import PoolSettings
 
 
 class Component(Protocol):
@@ -24,17 +25,22 @@ class Component(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class DaemonSettings:
-    dirs: DataDirs
+    """One daemon: its worker pool (whose settings say where the data is), its state dir and
+    the optional components."""
+
+    pool: PoolSettings
     state_dir: Path
-    workers: int
-    runtime: str
-    lease_s: float
     drain_timeout_s: float
-    durable: bool
-    log_file: Path | None  # None: inherit stdout
     status_bind: str | None = None
     triggers_config: Path | None = None
-    instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     app_dirs: tuple[str, ...] = field(default_factory=lambda: app_dirs(check=False))
+
+    @property
+    def location(self) -> Location:
+        return self.pool.worker.location
+
+    @property
+    def instance_id(self) -> str:
+        return self.pool.instance_id

@@ -1,7 +1,7 @@
 """The status document (``tm daemon ps --json`` and ``GET /status``), read-only.
 
 It is computed the same way from either side of a container boundary: liveness from the state
-dir's lock and heartbeat, counts from the queue directory. ``pid_verified`` says whether the
+dir's lock and heartbeat, counts from the backend of the queue's location. ``pid_verified`` says whether the
 recorded PID is proven, from here, to be the process holding the daemon lock (None when no
 process holds it); when it is not, ``pid_note`` says what differs (another PID namespace, a
 reused PID, a daemon.json that names a process not holding the lock). Bodies hold counts and states only —
@@ -16,28 +16,30 @@ run (``running``: task id, flow id, step, ``elapsed_s``).
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracemind.config import DataDirs, queue_url
 from tracemind.daemon.identity import held_by, verify_daemon
+from tracemind.daemon.recorded import recorded_location
 from tracemind.daemon.state import StateDir, liveness
-from tracemind.problems import unreadable_records
 from tracemind.worker.activity import empty_activity
 
+if TYPE_CHECKING:
+    from tracemind.backend.location import Location
+    from tracemind.backend.protocol import Backend
 
-def dirs_for(state: StateDir, explicit: DataDirs | None) -> DataDirs | None:
-    """The data dirs to count: the caller's, else those the daemon recorded (if visible here)."""
+
+def location_for(state: StateDir, explicit: Location | None) -> Location | None:
+    """The location to count: the caller's, else the one the daemon recorded (a file location
+    only when its queue directory is visible here)."""
     if explicit is not None:
         return explicit
-    recorded = (state.meta() or {}).get("dirs") or {}
-    if recorded and Path(recorded.get("queue", "")).is_dir():
-        return DataDirs(
-            Path(recorded["queue"]), Path(recorded["idempotency"]), Path(recorded["dlq"])
-        )
-    return None
+    recorded = recorded_location(state.meta() or {})
+    if recorded is not None and recorded.is_file and not os.path.isdir(recorded.file_dirs()[0]):
+        return None
+    return recorded
 
 
 def problem_reason(unreadable: int) -> str | None:
@@ -47,9 +49,8 @@ def problem_reason(unreadable: int) -> str | None:
     return f"{unreadable} record(s) not readable by a worker (see unreadable_records)"
 
 
-def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
-    from tracemind.stores import open_stores
-
+def status_document(state: StateDir, backend: Backend | None) -> dict[str, Any]:
+    """The document; queue counts and the cluster from ``backend`` (zeros when None)."""
     live = liveness(state)
     now_s = time.time()
     meta = live.meta or {}
@@ -66,10 +67,9 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
     cluster: list[dict[str, Any]] = []
     busy = 0
     unreadable: tuple[int, list[dict[str, Any]]] = (0, [])
-    if dirs is not None:
-        unreadable = unreadable_records(dirs.queue)
-        stores = open_stores(dirs, durable=False)
-        stats, dead, _ = stores.queue.counts()
+    if backend is not None:
+        unreadable = backend.unreadable_records()
+        stats, dead, _ = backend.counts()
         queue = {
             "pending": stats.pending,
             "inflight": stats.inflight,
@@ -77,9 +77,9 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
             "oldest_pending_age_s": stats.oldest_pending_age_s,
         }
         dlq = {"pending": dead}
-        cluster = [_member(entry, now_s) for entry in stores.queue.registry.live(now_s)]
+        cluster = [_member(entry, now_s) for entry in backend.registry.live(now_s)]
         if live.running and isinstance(instance, str):
-            busy = stores.queue.held_by(f"{instance}-")
+            busy = backend.queue.held_by(f"{instance}-")
     components = beat.get("components") or {}
     verified: bool | None = None
     note: str | None = None
@@ -112,7 +112,7 @@ def status_document(state: StateDir, dirs: DataDirs | None) -> dict[str, Any]:
         "queue": queue,
         "dlq": dlq,
         "cluster": cluster,
-        "queue_url": None if dirs is None else queue_url(dirs),
+        "queue_url": None if backend is None else backend.location.redacted(),
         "triggers": (components.get("triggers") or {}).get("triggers", []),
         "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),

@@ -1,6 +1,6 @@
 """The dashboard's actions: requeue or purge a dead letter, cancel a waiting task. The only code
 of the status server that changes the queue; each action is one call into the highest-level
-API there is for it (:class:`tracemind.stores.Stores`, :class:`tracemind.client.Client`).
+API there is for it (the backend's dead letters, :class:`tracemind.client.Client`).
 
 Contract: an action returns an :class:`ActionResult` (HTTP status and a short message) and
 never raises for a missing or finished task; every attempt is logged on the
@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracemind import config
-from tracemind.config import DataDirs
+from tracemind.backend.location import Location
 from tracemind.errors import NotFound, TraceMindError
 from tracemind.queue.names import is_task_id
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tracemind.backend.protocol import DeadLetters
 
 log = logging.getLogger("tracemind.status.actions")
 
@@ -42,10 +46,10 @@ def fingerprint(token: str) -> str:
 
 
 class Actions:
-    """Runs the dashboard's actions on the stores of ``dirs``."""
+    """Runs the dashboard's actions on the queue at ``location``."""
 
-    def __init__(self, dirs: DataDirs) -> None:
-        self.dirs = dirs
+    def __init__(self, location: Location) -> None:
+        self.location = location
 
     def run(self, action: str, task_id: str, *, remote: str, token: str) -> ActionResult:
         """Run ``action`` (one of :data:`ACTIONS`) on ``task_id`` and log it."""
@@ -73,18 +77,18 @@ class Actions:
         )
         return result
 
-    def _stores(self) -> Any:
-        from tracemind.stores import open_stores
+    def _dead_letters(self) -> DeadLetters:
+        from tracemind.backend import open_backend
 
-        return open_stores(self.dirs, durable=config.durable())
+        return open_backend(self.location, durable=config.durable()).dead_letters
 
     def _requeue(self, task_id: str) -> ActionResult:
-        if self._stores().requeue_dead(task_id):
+        if self._dead_letters().requeue(task_id):
             return ActionResult(200, "requeued", True)
         return ActionResult(404, "no such dead letter", False)
 
     def _purge(self, task_id: str) -> ActionResult:
-        if self._stores().purge_dead(task_id):
+        if self._dead_letters().purge(task_id):
             return ActionResult(200, "purged", True)
         return ActionResult(404, "no such dead letter", False)
 
@@ -92,7 +96,7 @@ class Actions:
         from tracemind.client import Client
 
         try:
-            waiting = Client(self.dirs).cancel(task_id)
+            waiting = Client(self.location).cancel(task_id)
         except NotFound:
             return ActionResult(404, "no such task", False)
         except TraceMindError as exc:  # finished: nothing to cancel

@@ -1,7 +1,8 @@
 """The status endpoint: a Flask view of the daemon's state dir and queue, read-only unless a
 token enables the dashboard's actions.
 
-``create_app`` takes its dependencies (state dir, data dirs, the actions token). The probes read only the state
+``create_app`` takes its dependencies (state dir, backend, the actions token). The probes
+read only the state
 dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
 not read (one small file each, none normally), so they stay fast under load; ``/status`` and
 ``/metrics`` count the queue, so their bodies are refreshed in the background at most every
@@ -26,10 +27,9 @@ from typing import Any, Generic, TypeVar
 
 from flask import Flask, Response, jsonify, render_template, request
 
-from tracemind.config import DataDirs
+from tracemind.backend.protocol import Backend
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.daemon.status_doc import problem_reason, status_document
-from tracemind.problems import unreadable_records
 
 COUNTS_MAX_AGE_S = 1.0
 SECURITY_HEADERS = {
@@ -83,17 +83,18 @@ class Recent(Generic[T]):
             self._value, self._at_s, self._refreshing = value, time.monotonic(), False
 
 
-def create_app(state: StateDir, dirs: DataDirs, token: str | None = None) -> Flask:
-    """The status app; ``token`` (non-empty) adds the dashboard's action routes."""
+def create_app(state: StateDir, backend: Backend, token: str | None = None) -> Flask:
+    """The app over ``state`` and ``backend`` (opened read-only by its caller); ``token``
+    (non-empty) adds the dashboard's action routes, the only ones that write."""
     from tracemind.status.dashboard import dashboard_document
     from tracemind.status.metrics import render
 
     app = Flask("tracemind.status")
-    status_doc = Recent(lambda: status_document(state, dirs), COUNTS_MAX_AGE_S)
-    metrics_text = Recent(lambda: render(state, dirs), COUNTS_MAX_AGE_S)
+    status_doc = Recent(lambda: status_document(state, backend), COUNTS_MAX_AGE_S)
+    metrics_text = Recent(lambda: render(state, backend), COUNTS_MAX_AGE_S)
     actions = bool(token)
     dashboard_doc = Recent(
-        lambda: dashboard_document(state, dirs, actions=actions), COUNTS_MAX_AGE_S
+        lambda: dashboard_document(state, backend, actions=actions), COUNTS_MAX_AGE_S
     )
 
     @app.after_request
@@ -114,7 +115,7 @@ def create_app(state: StateDir, dirs: DataDirs, token: str | None = None) -> Fla
         return response
 
     if token:
-        add_action_routes(app, dirs, token)
+        add_action_routes(app, backend, token)
 
     def unavailable(body: dict[str, Any]) -> tuple[Response, int]:
         return jsonify(body), 503
@@ -137,7 +138,7 @@ def create_app(state: StateDir, dirs: DataDirs, token: str | None = None) -> Fla
             return unavailable({"ready": False, "reason": "draining"})
         if not beat.get("ready"):
             return unavailable({"ready": False, "reason": beat.get("reason") or "not ready"})
-        count, first = unreadable_records(dirs.queue)
+        count, first = backend.unreadable_records()
         if count:
             return unavailable(
                 {"ready": False, "reason": problem_reason(count), "unreadable_records": first}
@@ -156,11 +157,11 @@ def create_app(state: StateDir, dirs: DataDirs, token: str | None = None) -> Fla
     return app
 
 
-def add_action_routes(app: Flask, dirs: DataDirs, token: str) -> None:
+def add_action_routes(app: Flask, backend: Backend, token: str) -> None:
     """The POST routes of :data:`ACTION_ROUTES`, each requiring ``Authorization: Bearer``."""
     from tracemind.status.actions import Actions, fingerprint
 
-    actions = Actions(dirs)
+    actions = Actions(backend.location)
     expected = f"Bearer {token}".encode()
 
     def act(action: str, task_id: str) -> Any:

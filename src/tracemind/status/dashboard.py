@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from tracemind.backend.protocol import Backend
 from tracemind.clock import iso_utc
-from tracemind.config import DataDirs, queue_url
 from tracemind.daemon.state import StateDir
 from tracemind.daemon.status_doc import status_document
 from tracemind.worker.activity import error_line, short_id
@@ -27,42 +26,29 @@ DEAD_LETTERS_LISTED = 20
 WAITING_LISTED = 20
 
 
-def redact_url(url: str | None) -> str | None:
-    """``url`` with its password (if any) replaced by ``***``."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def dashboard_document(state: StateDir, dirs: DataDirs, *, actions: bool) -> dict[str, Any]:
+def dashboard_document(state: StateDir, backend: Backend, *, actions: bool) -> dict[str, Any]:
     """The status document plus the ``dashboard`` section (see the module docstring);
     ``actions`` says whether the page may offer requeue, purge and cancel (and so lists the
     waiting tasks it may cancel)."""
-    doc = status_document(state, dirs)
+    doc = status_document(state, backend)
     doc["dashboard"] = {
         "generated_at": iso_utc(time.time()),
-        "location": redact_url(queue_url(dirs) or str(dirs.queue)),
-        "volume": volume(dirs),
-        "dead_letters": dead_letters(dirs),
-        "waiting": waiting_tasks(dirs) if actions else [],
+        "location": backend.location.redacted(),
+        "volume": volume(backend),
+        "dead_letters": dead_letters(backend),
+        "waiting": waiting_tasks(backend) if actions else [],
         "actions": actions,
     }
     return doc
 
 
-def volume(dirs: DataDirs) -> dict[str, Any] | None:
-    """Free and total bytes of the file system holding the queue (None when unknown)."""
+def volume(backend: Backend) -> dict[str, Any] | None:
+    """Free and total bytes of the file system holding the queue (None when unknown, or when
+    the queue is not on a local file system)."""
+    if not backend.location.is_file:
+        return None
     try:
-        stats = os.statvfs(dirs.queue)
+        stats = os.statvfs(backend.location.file_dirs()[0])
     except OSError:
         return None
     return {
@@ -71,22 +57,16 @@ def volume(dirs: DataDirs) -> dict[str, Any] | None:
     }
 
 
-def dead_letters(dirs: DataDirs) -> dict[str, Any]:
-    """Dead letters by flow id (most first) and the newest :data:`DEAD_LETTERS_LISTED`."""
-    from tracemind.stores import open_stores
-
-    store = open_stores(dirs, durable=False).dlq
+def dead_letters(backend: Backend) -> dict[str, Any]:
+    """Dead letters by flow id (most first) and the newest :data:`DEAD_LETTERS_LISTED`, from
+    the newest :data:`DLQ_SCAN_MAX` at most (``truncated`` when there are more)."""
+    seen = backend.dead_letters.newest_first(DLQ_SCAN_MAX + 1)
+    truncated = len(seen) > DLQ_SCAN_MAX
+    seen = seen[:DLQ_SCAN_MAX]
     by_flow: dict[str, int] = {}
-    seen: list[dict[str, Any]] = []
-    truncated = False
-    for entry in store.entries():
-        if len(seen) >= DLQ_SCAN_MAX:
-            truncated = True
-            break
+    for entry in seen:
         flow_id = short_id(entry.get("flow_id")) or ""
         by_flow[flow_id] = by_flow.get(flow_id, 0) + 1
-        seen.append(entry)
-    seen.sort(key=_dead_at, reverse=True)
     return {
         "by_flow": [
             {"flow_id": flow_id, "count": count}
@@ -113,11 +93,11 @@ def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def waiting_tasks(dirs: DataDirs) -> list[dict[str, Any]]:
+def waiting_tasks(backend: Backend) -> list[dict[str, Any]]:
     """The newest :data:`WAITING_LISTED` pending or delayed tasks (ids and times only)."""
     from tracemind.client import Client
 
-    tasks = Client(dirs).list_tasks(["pending", "delayed"], limit=WAITING_LISTED)
+    tasks = Client(backend.location).list_tasks(["pending", "delayed"], limit=WAITING_LISTED)
     return [
         {
             "task_id": task.task_id,

@@ -24,19 +24,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from tracemind.config import DataDirs
+from tracemind.backend.protocol import Backend
 from tracemind.daemon.state import StateDir, liveness
-from tracemind.stores import open_stores
 
 
 class QueueCollector(Collector):
-    def __init__(self, state: StateDir, dirs: DataDirs) -> None:
+    def __init__(self, state: StateDir, backend: Backend) -> None:
         self.state = state
-        self.dirs = dirs
+        self.backend = backend
 
     def collect(self) -> Iterator[Metric]:
-        stores = open_stores(self.dirs, durable=False)
-        stats, dead, _ = stores.queue.counts()
+        stats, dead, _ = self.backend.counts()
         live = liveness(self.state)
         beat: dict[str, Any] = live.heartbeat or {} if live.running else {}
         yield _gauge(
@@ -125,9 +123,9 @@ def _histogram(flows: dict[str, dict[str, Any]]) -> HistogramMetricFamily:
     return histogram
 
 
-def render(state: StateDir, dirs: DataDirs) -> tuple[bytes, str]:
+def render(state: StateDir, backend: Backend) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(state, dirs))
+    registry.register(QueueCollector(state, backend))
     # The daemon's process (the status server is its child, in the same PID namespace); none
     # while no daemon runs.
     pid = _daemon_pid(state)

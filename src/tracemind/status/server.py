@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import Any
 
-from tracemind.config import DataDirs
+from tracemind.backend.location import Location
 from tracemind.daemon.state import StateDir
 from tracemind.errors import TraceMindError
 from tracemind.log import get_logger
@@ -50,10 +50,12 @@ def check_port_free(bind: str) -> None:
 class StatusServer:
     """A daemon component (start/stop/describe) running gunicorn on ``bind``."""
 
-    def __init__(self, bind: str, state: StateDir, dirs: DataDirs, log_file: str | None) -> None:
+    def __init__(
+        self, bind: str, state: StateDir, location: Location, log_file: str | None
+    ) -> None:
         self.bind = bind
         self.state = state
-        self.dirs = dirs
+        self.location = location
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
         self.log = get_logger("tracemind.status")
@@ -65,9 +67,8 @@ class StatusServer:
         env = dict(
             os.environ,
             TM_STATUS_STATE_DIR=str(self.state.root),
-            TM_STATUS_QUEUE_DIR=str(self.dirs.queue),
-            TM_STATUS_IDEMPOTENCY_DIR=str(self.dirs.idempotency),
-            TM_STATUS_DLQ_DIR=str(self.dirs.dlq),
+            # The full location (a password, if any, only ever in an environment).
+            TM_STATUS_QUEUE_URL=str(self.location),
             TM_STATUS_LOG_FILE=self.log_file or "",
         )
         self.process = start_gunicorn(argv, env)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tracemind.config import DataDirs
+from tracemind.backend import open_backend
 from tracemind.daemon.state import StateDir
 from tracemind.status.app import create_app
 from tracemind.status.bridge import WsgiBridge
@@ -20,11 +20,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 app = create_app(
     StateDir(Path(os.environ["TM_STATUS_STATE_DIR"])),
-    DataDirs(
-        Path(os.environ["TM_STATUS_QUEUE_DIR"]),
-        Path(os.environ["TM_STATUS_IDEMPOTENCY_DIR"]),
-        Path(os.environ["TM_STATUS_DLQ_DIR"]),
-    ),
+    open_backend(os.environ["TM_STATUS_QUEUE_URL"], durable=False),
     token=os.environ.get("TM_STATUS_TOKEN") or None,
 )
 asgi_app = WsgiBridge(app, threads=APP_THREADS, max_body_bytes=MAX_BODY_BYTES)

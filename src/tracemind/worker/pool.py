@@ -5,7 +5,8 @@ A worker that dies is reaped by :meth:`WorkerPool.poll`, its leases are returned
 once, and it is respawned after a backoff that grows while it keeps dying young; a slot that died
 young :data:`CRASH_LOOP_AFTER` times in a row is reported as crash-looping.
 
-Workers are spawned (``python -m tracemind.worker.process``), or, with ``PoolSettings.fork``
+Workers are spawned (``python -m tracemind.worker.process``), or, with
+:attr:`~tracemind.worker.settings.PoolSettings.fork`
 and while this process runs a single thread, forked from it: a forked worker starts with every
 module the pool imported, in about a millisecond instead of a fresh interpreter's ~0.1 s. A
 forked child keeps only its standard streams and its two pipes (every other descriptor is
@@ -31,15 +32,15 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tracemind.config import MAX_WORKERS, DataDirs
+from tracemind.config import MAX_WORKERS
 from tracemind.errors import UsageError
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
 from tracemind.worker.activity import RUNNING_LISTED_MAX, Activity, RunningTask, short_id
-from tracemind.worker.process import ForkedStart, WorkerSpec
+from tracemind.worker.process import ForkedStart
+from tracemind.worker.settings import PoolSettings, WorkerSpec
 
 YOUNG_S = 10.0
 """A worker that dies before living this long counts as a failed start."""
@@ -104,36 +105,6 @@ class Slot:
     buffer: bytes = b""
     running: RunningTask | None = None
     """The task this worker reported taking and not yet settling."""
-
-
-@dataclass
-class PoolSettings:
-    size: int
-    instance_id: str
-    dirs: DataDirs
-    durable: bool
-    runtime: str
-    lease_s: float
-    log_file: Path | None  # None: workers inherit stdout
-    fork: bool = False
-    """Fork workers from this process while it runs one thread (else spawn them)."""
-    report_idle: bool = False
-    """Workers report when they find nothing to do (a burst pool stops on it)."""
-
-    def worker_spec(self, consumer_id: str) -> WorkerSpec:
-        """What one worker process of this pool is told (it runs as this process's child)."""
-        return WorkerSpec(
-            consumer_id=consumer_id,
-            queue_dir=str(self.dirs.queue),
-            idempotency_dir=str(self.dirs.idempotency),
-            dlq_dir=str(self.dirs.dlq),
-            durable=self.durable,
-            runtime=self.runtime,
-            lease_s=self.lease_s,
-            log_file=str(self.log_file) if self.log_file else None,
-            parent_pid=os.getpid(),
-            report_idle=self.report_idle,
-        )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A worker process: one consumer loop, started and watched by the pool (``tm workers start`` or
-the daemon). Either run as ``python -m tracemind.worker.process`` with its settings in
-``TM_WORKER_SPEC`` (JSON), an optional events pipe (``TM_WORKER_EVENTS_FD``) and wake pipe
+the daemon). Either run as ``python -m tracemind.worker.process`` with its
+:class:`~tracemind.worker.settings.WorkerSpec` in ``TM_WORKER_SPEC`` (JSON), an optional events pipe (``TM_WORKER_EVENTS_FD``) and wake pipe
 (``TM_WORKER_WAKE_FD``), or forked by the pool, which calls :func:`main` with a
 :class:`ForkedStart` in the child (see :mod:`tracemind.worker.pool`).
 
@@ -23,7 +23,7 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,29 +31,9 @@ from typing import Any
 from tracemind.libc import die_with_parent
 from tracemind.worker.activity import error_line, short_id
 from tracemind.worker.runtime import Runtime, Task
+from tracemind.worker.settings import WorkerSpec
 
 EXIT_RUNTIME_FAILED = 3
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    consumer_id: str
-    queue_dir: str
-    idempotency_dir: str
-    dlq_dir: str
-    durable: bool
-    runtime: str
-    lease_s: float
-    log_file: str | None  # None: stdout
-    parent_pid: int
-    report_idle: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        return cls(**json.loads(text))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -113,18 +93,18 @@ def _optional_fd(fd_text: str | None) -> int | None:
 
 def main(forked: ForkedStart | None = None) -> int:
     spec = forked.spec if forked else WorkerSpec.from_json(os.environ["TM_WORKER_SPEC"])
+    settings = spec.settings
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0o007)  # fsutil.PROCESS_UMASK: group rw, nothing for others, whatever the pool's
 
     from tracemind import log
-    from tracemind.config import DataDirs
+    from tracemind.backend import open_backend
     from tracemind.errors import TraceMindError
-    from tracemind.stores import open_stores
     from tracemind.worker.consumer import Consumer
     from tracemind.worker.runtime import make_runtime
 
-    sink = log.LogFile(Path(spec.log_file)) if spec.log_file else sys.stdout
+    sink = log.LogFile(Path(settings.log_file)) if settings.log_file else sys.stdout
     log.configure(sink)
     logger = log.get_logger("tracemind.worker").bind(consumer=spec.consumer_id, pid=os.getpid())
     if forked is None:
@@ -140,14 +120,13 @@ def main(forked: ForkedStart | None = None) -> int:
 
     signal.signal(signal.SIGHUP, hup)
     try:
-        runtime = make_runtime(spec.runtime)
+        runtime = make_runtime(settings.runtime)
     except Exception as exc:  # whatever the user's factory raises, report it and exit
         message = str(exc) if isinstance(exc, TraceMindError) else f"{type(exc).__name__}: {exc}"
-        logger.error("runtime failed to start", runtime=spec.runtime, error=message)
+        logger.error("runtime failed to start", runtime=settings.runtime, error=message)
         return EXIT_RUNTIME_FAILED
 
-    dirs = DataDirs(Path(spec.queue_dir), Path(spec.idempotency_dir), Path(spec.dlq_dir))
-    queue = open_stores(dirs, durable=spec.durable).queue
+    queue = open_backend(settings.location, durable=settings.durable).queue
 
     def started(task: Task) -> None:
         if events is not None:
@@ -188,10 +167,10 @@ def main(forked: ForkedStart | None = None) -> int:
         queue,
         tracked,
         spec.consumer_id,
-        lease_s=spec.lease_s,
+        lease_s=settings.lease_s,
         on_finished=finished,
         on_started=started,
-        on_idle=idle if spec.report_idle else None,
+        on_idle=idle if settings.report_idle else None,
         on_step=step,
     )
 
@@ -201,7 +180,7 @@ def main(forked: ForkedStart | None = None) -> int:
     signal.signal(signal.SIGTERM, term)
     if forked is not None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, forked.blocked)
-    logger.info("worker started", runtime=spec.runtime)
+    logger.info("worker started", runtime=settings.runtime)
     consumer.run()
     logger.info("worker stopped")
     return 0

@@ -80,12 +80,14 @@ class Supervisor:
             self.pool.signal_all(signal.SIGKILL)
 
     def _recover(self) -> None:
-        """Return expired leases, keep the queue's own books (:meth:`TaskQueue.maintain`), and
-        run the caller's upkeep (settling staged submissions, retention)."""
+        """Return expired leases, then the upkeep: the caller's (``Backend.maintain``: the
+        queue's books, settling staged submissions, retention), else the queue's own
+        (:meth:`TaskQueue.maintain`)."""
         self.queue.recover()
-        self.queue.maintain()
         if self.upkeep is not None:
             self.upkeep()
+        else:
+            self.queue.maintain()
 
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 
+from tracemind.backend.file.quarantine import quarantine
 from tracemind.errors import QueueError
 from tracemind.fsutil import (
     create_exclusive,
@@ -35,7 +36,6 @@ from tracemind.fsutil import (
     write_error,
     write_many_atomic,
 )
-from tracemind.quarantine import quarantine
 from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False

@@ -20,6 +20,7 @@ import contextlib
 import os
 from contextlib import ExitStack, contextmanager
 
+from tracemind.backend.file.quarantine import quarantine
 from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
     dump_json,
@@ -29,7 +30,6 @@ from tracemind.fsutil import (
     write_atomic,
     write_many_atomic,
 )
-from tracemind.quarantine import quarantine
 from tracemind.values import Value
 
 TYPE_CHECKING = False
@@ -133,7 +133,7 @@ class IdempotencyStore:
         except ValueError:
             return None
         except OSError as exc:
-            from tracemind.problems import unreadable_error
+            from tracemind.backend.file.problems import unreadable_error
 
             raise unreadable_error(path, exc) from exc
         try:

@@ -3,7 +3,7 @@
 Every state change is one ``rename`` of an exact file name (see :mod:`tracemind.queue.names`), so
 claims are exclusive without any lock, and a process killed at any instant leaves each task in
 exactly one state. An ack appends the outcome to the task's own file and renames it into
-``done/`` (durable acks are committed in groups, see :mod:`tracemind.queue.commit`). Terminal
+``done/`` (durable acks are committed in groups, see :mod:`tracemind.backend.file.commit`). Terminal
 records (``done/``) fence stale copies: a copy of a succeeded task that a crash left behind is
 discarded, never run. The layout and the exact durability guarantee
 are written down in docs/queue-format.md.
@@ -17,8 +17,10 @@ import json
 import os
 from collections import deque
 
+from tracemind.backend.file.dlq import DeadLetterStore
+from tracemind.backend.file.pending import PendingDir
+from tracemind.backend.file.quarantine import quarantine, sweep_temporaries
 from tracemind.clock import Clock, system_clock
-from tracemind.dlq import DeadLetterStore
 from tracemind.errors import QueueError
 from tracemind.fsutil import (
     DamagedEntry,
@@ -37,7 +39,6 @@ from tracemind.fsutil import (
     write_many_atomic,
 )
 from tracemind.log import get_logger
-from tracemind.quarantine import quarantine, sweep_temporaries
 from tracemind.queue.names import (
     InflightName,
     PendingName,
@@ -48,7 +49,6 @@ from tracemind.queue.names import (
     new_token,
     staged_name,
 )
-from tracemind.queue.pending import PendingDir
 from tracemind.queue.protocol import (
     Failure,
     Lease,
@@ -74,12 +74,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
+    from tracemind.backend.file.census import Census
+    from tracemind.backend.file.commit import GroupCommitter
+    from tracemind.backend.file.problems import ProblemBoard
+    from tracemind.backend.file.registry import Registry
+    from tracemind.backend.file.watch import DirectoryWatch
     from tracemind.fsutil import StrPath
-    from tracemind.problems import ProblemBoard
-    from tracemind.queue.census import Census
-    from tracemind.queue.commit import GroupCommitter
-    from tracemind.queue.registry import Registry
-    from tracemind.queue.watch import DirectoryWatch
 
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 LAYOUT_FILE = "layout-2"
@@ -154,8 +154,8 @@ class FileQueue:
 
     @functools.cached_property
     def registry(self) -> Registry:
-        """Who serves this queue (see :mod:`tracemind.queue.registry`)."""
-        from tracemind.queue.registry import Registry
+        """Who serves this queue (see :mod:`tracemind.backend.file.registry`)."""
+        from tracemind.backend.file.registry import Registry
 
         return Registry(self.root, self._tmp, self.clock)
 
@@ -488,7 +488,7 @@ class FileQueue:
 
     def _problem_board(self) -> ProblemBoard:
         if self._board is None:
-            from tracemind.problems import ProblemBoard
+            from tracemind.backend.file.problems import ProblemBoard
 
             self._board = ProblemBoard(self.root, self._tmp)
         return self._board
@@ -515,7 +515,7 @@ class FileQueue:
 
     def wait_for_work(self, timeout_s: float) -> None:
         if self._watch is None:
-            from tracemind.queue.watch import DirectoryWatch
+            from tracemind.backend.file.watch import DirectoryWatch
 
             self.prepare()
             self._watch = DirectoryWatch(self._pending)
@@ -566,7 +566,7 @@ class FileQueue:
                     self._commit_failed(source, exc)
             return
         if self._committer is None:
-            from tracemind.queue.commit import GroupCommitter
+            from tracemind.backend.file.commit import GroupCommitter
 
             self._committer = GroupCommitter(self.root, self._commit_failed)
         self._committer.add(source, target)
@@ -707,8 +707,8 @@ class FileQueue:
 
     def stats(self) -> QueueStats:
         """Exact counts, at a cost that follows what changed since the last census a writer
-        saved (see :mod:`tracemind.queue.census`); read-only."""
-        from tracemind.queue import census
+        saved (see :mod:`tracemind.backend.file.census`); read-only."""
+        from tracemind.backend.file import census
 
         now_ms = _ms(self.clock())
         counted, _ = census.count_pending(self.waiting, now_ms, census.load(os.fspath(self.root)))
@@ -719,7 +719,7 @@ class FileQueue:
 
     def refresh_census(self) -> QueueStats:
         """:meth:`stats`, saving what it learnt for later readers (writers only)."""
-        from tracemind.queue import census
+        from tracemind.backend.file import census
 
         now_ms = _ms(self.clock())
         root = os.fspath(self.root)
@@ -737,7 +737,7 @@ class FileQueue:
         """(:meth:`stats`, dead-letter entries, damaged dead-letter entries), from one read of
         the census; dead letters are counted by name, and taken from the census while their
         directory is unchanged; read-only."""
-        from tracemind.queue import census
+        from tracemind.backend.file import census
 
         now_ms = _ms(self.clock())
         cached = census.load(os.fspath(self.root))
@@ -872,7 +872,7 @@ def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None
     try:
         return parse_task_file(read_regular(path))
     except PermissionError as exc:
-        from tracemind.problems import unreadable_error
+        from tracemind.backend.file.problems import unreadable_error
 
         raise unreadable_error(path, exc) from exc
     except (OSError, ValueError):

@@ -18,48 +18,17 @@ import json
 import os
 import time
 
+from tracemind.backend.registration import FORGET_S, STALE_S
 from tracemind.errors import QueueError
 from tracemind.fsutil import dump_json, ensure_dir, read_regular, scan_entries, write_atomic
 
 REGISTRY_DIR = "registry"
-STALE_S = 10.0
-"""A heartbeat older than this is not live (servers beat every second)."""
-FORGET_S = 86_400.0
-
 TYPE_CHECKING = False  # (`tm enqueue` reads the registry: no `typing` on its path)
 if TYPE_CHECKING:
     from typing import Any
 
     from tracemind.clock import Clock
 MAX_ENTRY_BYTES = 64 * 1024
-
-
-def registration(
-    instance_id: str,
-    *,
-    kind: str,
-    state_dir: str | None,
-    started_s: float,
-    workers: dict[str, int],
-    draining: bool,
-) -> dict[str, Any]:
-    """A registration of this process: a ``daemon`` or a ``pool``."""
-    import socket
-
-    from tracemind import __version__
-    from tracemind.clock import iso_utc
-
-    return {
-        "instance_id": instance_id,
-        "kind": kind,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "state_dir": state_dir,
-        "started_at": iso_utc(started_s),
-        "workers": workers,
-        "draining": draining,
-        "version": __version__,
-    }
 
 
 class Registry:

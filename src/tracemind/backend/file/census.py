@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 
+from tracemind.backend.file.pending import INNER_MS, Bucket, PendingDir
 from tracemind.fsutil import dump_json, read_regular, write_atomic
-from tracemind.queue.pending import INNER_MS, Bucket, PendingDir
 from tracemind.values import Value
 
 TYPE_CHECKING = False

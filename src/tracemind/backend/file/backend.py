@@ -1,28 +1,29 @@
 """The file backend: a data root on a local file system (docs/queue-format.md).
 
 An adapter from the :class:`~tracemind.backend.protocol.Backend` contract onto the file stores
-(:class:`~tracemind.queue.file_backend.FileQueue`, :class:`~tracemind.dlq.DeadLetterStore`,
-:class:`~tracemind.idempotency.IdempotencyStore`, :mod:`tracemind.retention`).
+(:class:`~tracemind.backend.file.queue.FileQueue`, :class:`~tracemind.backend.file.dlq.DeadLetterStore`,
+:class:`~tracemind.backend.file.keys.IdempotencyStore`, :mod:`tracemind.backend.file.retention`).
 """
 
 from __future__ import annotations
 
 import os
 
+from tracemind.backend.file.stores import Stores, open_stores_at
 from tracemind.clock import system_clock
-from tracemind.stores import Stores, open_stores_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
     from typing import Any
 
+    from tracemind.backend.file.registry import Registry
+    from tracemind.backend.file.retention import Pruner
+    from tracemind.backend.file.terminal_watch import TerminalWatch
     from tracemind.backend.location import Location
     from tracemind.clock import Clock
-    from tracemind.queue.protocol import QueueStats
-    from tracemind.queue.registry import Registry
-    from tracemind.retention import Pruner
+    from tracemind.queue.protocol import QueueStats, TaskInfo, TaskStatus
     from tracemind.submit import QueueSubmitter
 
 
@@ -33,8 +34,7 @@ class FileDeadLetters:
         self._stores = stores
 
     def newest_first(self, limit: int | None = None) -> list[dict[str, Any]]:
-        entries = self._stores.dlq.newest_first()
-        return entries if limit is None else entries[:limit]
+        return self._stores.dlq.newest_first(limit)
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         return self._stores.dlq.get(task_id)
@@ -85,19 +85,23 @@ class FileBackend:
     def cancel(self, task_id: str) -> str:
         return self.stores.queue.cancel(task_id)
 
-    def prepare(self) -> None:
-        self.stores.queue.migrate()  # (prepares it too)
+    def prepare(self) -> int:
+        from tracemind.fsutil import check_dirs_writable
+
+        self.pruner  # noqa: B018 (reads the retention settings: a bad one fails here)
+        check_dirs_writable(*self.location.file_dirs())  # (one line naming the directory)
+        return self.stores.queue.migrate()  # (prepares it too)
 
     @property
     def pruner(self) -> Pruner:
         if self._pruner is None:
-            from tracemind.retention import Pruner, RetentionPolicy
+            from tracemind.backend.file.retention import Pruner, RetentionPolicy
 
             self._pruner = Pruner(self.stores, RetentionPolicy.from_env(self.env))
         return self._pruner
 
     def maintain(self) -> None:
-        from tracemind.retention import upkeep
+        from tracemind.backend.file.retention import upkeep
 
         self.stores.queue.maintain()
         upkeep(self.stores, self.pruner)
@@ -108,17 +112,42 @@ class FileBackend:
         now_s = self.stores.clock() if now_s is None else now_s
         return self.pruner.prune(now_s=now_s, dry_run=dry_run, budget=budget)
 
-    def problems(self) -> list[str]:
-        import errno
+    def pruned(self) -> Counter[str]:
+        return self.pruner.totals
 
-        lines = []
-        for directory in self.location.file_dirs():
-            while not os.path.lexists(directory) and directory != "/":
-                directory = os.path.dirname(directory)  # (the writer creates what is missing)
-            if not os.access(directory, os.W_OK | os.X_OK):
-                code = errno.EROFS if os.access(directory, os.R_OK) else errno.EACCES
-                lines.append(f"cannot write {directory}: {os.strerror(code)}")
-        return lines
+    def problems(self) -> list[str]:
+        from tracemind.fsutil import first_unwritable
+
+        unwritable = first_unwritable(self.location.file_dirs())
+        return [] if unwritable is None else [str(unwritable)]
+
+    def unreadable_records(self) -> tuple[int, list[dict[str, Any]]]:
+        from tracemind.backend.file.problems import unreadable_records
+
+        return unreadable_records(self.stores.queue.root)
+
+    def finished(self, task_id: str) -> TaskInfo | None:
+        return self.stores.queue.finished(task_id)
+
+    def watch_finished(self, task_ids: Collection[str]) -> TerminalWatch:
+        from tracemind.backend.file.terminal_watch import TerminalWatch
+
+        # Where each task's terminal record lands: its done and cancelled hour buckets, or
+        # the DLQ (a wake-up means one of them may have finished).
+        queue = self.stores.queue
+        folders = {os.path.dirname(queue.done_path(t)) for t in task_ids}
+        folders |= {os.path.dirname(queue.cancelled_path(t)) for t in task_ids}
+        return TerminalWatch([*sorted(folders), self.stores.dlq.root])
+
+    def newest(
+        self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
+    ) -> list[TaskInfo]:
+        from tracemind.backend.file.listing import newest_tasks
+
+        return newest_tasks(self.stores.queue, statuses, limit, flow_id=flow_id)
+
+    def waiting_since(self, epoch_s: float) -> int:
+        return self.stores.queue.waiting_since(epoch_s)
 
     def close(self) -> None:
         self.stores.queue.flush()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
+from tracemind.backend.file.quarantine import quarantine
 from tracemind.clock import Clock, system_clock
 from tracemind.fsutil import (
     dump_json,
@@ -25,7 +26,6 @@ from tracemind.fsutil import (
     scan_entries,
     write_atomic,
 )
-from tracemind.quarantine import quarantine
 from tracemind.queue.names import done_name, is_task_id, is_temporary
 
 TYPE_CHECKING = False
@@ -68,7 +68,7 @@ class DeadLetterStore:
             return self._load(self._path(task_id))
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
-                from tracemind.problems import log_unreadable
+                from tracemind.backend.file.problems import log_unreadable
 
                 log_unreadable(self._path(task_id), exc)
             return None
@@ -82,13 +82,21 @@ class DeadLetterStore:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def entries(self) -> Iterator[dict[str, Any]]:
-        """Every readable entry, in no particular order (only regular files are opened)."""
-        for name, regular in scan_entries(self.root):
-            if regular and name.endswith(".json") and is_task_id(name[:-5]):
-                entry = self.get(name[:-5])
-                if entry is not None:
-                    yield entry
+    def entries(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every readable entry, in no particular order (only regular files are opened); with
+        ``limit``, those of the ``limit`` newest task ids (ids grow with creation time), so
+        that only ``limit`` entries are read however many there are."""
+        names = [
+            name[:-5]
+            for name, regular in scan_entries(self.root)
+            if regular and name.endswith(".json") and is_task_id(name[:-5])
+        ]
+        if limit is not None:
+            names = sorted(names, reverse=True)[:limit]
+        for task_id in names:
+            entry = self.get(task_id)
+            if entry is not None:
+                yield entry
 
     def damaged(self) -> list[str]:
         """Entries that are damaged (for writers to quarantine; readers only count them): files
@@ -113,7 +121,7 @@ class DeadLetterStore:
                     bad.append(path)
             except OSError as exc:
                 if not isinstance(exc, FileNotFoundError):
-                    from tracemind.problems import log_unreadable
+                    from tracemind.backend.file.problems import log_unreadable
 
                     log_unreadable(path, exc)
         return bad
@@ -126,8 +134,10 @@ class DeadLetterStore:
         """How many readable entries there are (a damaged entry is not a dead task)."""
         return sum(1 for _ in self.entries())
 
-    def newest_first(self) -> list[dict[str, Any]]:
-        return sorted(self.entries(), key=_dead_at, reverse=True)
+    def newest_first(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Entries by time of death, newest first; with ``limit``, of the ``limit`` newest
+        task ids only (see :meth:`entries`)."""
+        return sorted(self.entries(limit), key=_dead_at, reverse=True)
 
     def entry_path(self, task_id: str) -> str:
         """Where the entry of ``task_id`` lives (for writers that move it atomically)."""

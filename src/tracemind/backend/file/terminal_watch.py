@@ -1,7 +1,7 @@
 """Waking a waiter when a task may have finished, instead of polling the queue.
 
 Terminal records land in a few directories (the queue's ``done/``, the dead-letter store); an
-inotify watch on each (:class:`tracemind.queue.watch.DirectoryWatch`) wakes the waiter when an
+inotify watch on each (:class:`tracemind.backend.file.watch.DirectoryWatch`) wakes the waiter when an
 entry arrives, from any process on this kernel. Only a hint, like the watch itself: the waiter
 looks again after every wake and at least every :data:`RECHECK_S`, so a file system without
 events (a network share) or a directory that appears later costs latency, never a missed task.
@@ -14,7 +14,7 @@ import os
 import select
 import time
 
-from tracemind.queue.watch import DirectoryWatch
+from tracemind.backend.file.watch import DirectoryWatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

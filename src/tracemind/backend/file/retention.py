@@ -42,7 +42,7 @@ from tracemind.queue.protocol import TaskStatus
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from tracemind.stores import Stores
+    from tracemind.backend.file.stores import Stores
 
 DAY_S = 86_400.0
 DEFAULT_RESULT_TTL_S = 7 * DAY_S

@@ -21,7 +21,7 @@ from tracemind.queue.records import count_of, parse_task_file, succeeded_entry
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
 
-    from tracemind.queue.file_backend import FileQueue
+    from tracemind.backend.file.queue import FileQueue
 
 READ_CAP = 10_000
 """At most this many records are opened by one listing with a flow filter."""

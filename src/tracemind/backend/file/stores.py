@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+from tracemind.backend.file.dlq import DeadLetterStore
+from tracemind.backend.file.keys import IdempotencyStore
+from tracemind.backend.file.queue import FileQueue
 from tracemind.clock import Clock, system_clock
-from tracemind.dlq import DeadLetterStore
-from tracemind.idempotency import IdempotencyStore
-from tracemind.queue.file_backend import FileQueue
 from tracemind.submit import QueueSubmitter
 
 TYPE_CHECKING = False
@@ -16,18 +18,21 @@ if TYPE_CHECKING:
 
 class Stores:
     def __init__(
-        self,
-        dirs: DataDirs,
-        queue: FileQueue,
-        dlq: DeadLetterStore,
-        keys: IdempotencyStore,
-        clock: Clock,
+        self, queue: FileQueue, dlq: DeadLetterStore, keys: IdempotencyStore, clock: Clock
     ) -> None:
-        self.dirs = dirs
         self.queue = queue
         self.dlq = dlq
         self.keys = keys
         self.clock = clock
+
+    @property
+    def dirs(self) -> DataDirs:
+        """The three directories (made when asked: no pathlib on ``tm enqueue``'s path)."""
+        from tracemind.config import DataDirs
+
+        return DataDirs.of(
+            os.fspath(self.queue.root), os.fspath(self.keys.root), os.fspath(self.dlq.root)
+        )
 
     def submitter(self, ttl_s: float) -> QueueSubmitter:
         return QueueSubmitter(self.queue, self.keys, ttl_s=ttl_s, clock=self.clock)
@@ -60,26 +65,15 @@ class Stores:
 def open_stores(dirs: DataDirs, *, durable: bool, clock: Clock = system_clock) -> Stores:
     """The stores of ``dirs``; nothing is created on disk until a writer method needs it."""
     queue, dlq, keys = _open(dirs.queue, dirs.idempotency, dirs.dlq, durable, clock)
-    return Stores(dirs, queue, dlq, keys, clock)
+    return Stores(queue, dlq, keys, clock)
 
 
 def open_stores_at(
     queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, clock: Clock
 ) -> Stores:
     """:func:`open_stores` from the three directories as absolute path strings."""
-    from tracemind.config import DataDirs
-
     queue, dlq, keys = _open(queue_dir, idempotency_dir, dlq_dir, durable, clock)
-    return Stores(DataDirs.of(queue_dir, idempotency_dir, dlq_dir), queue, dlq, keys, clock)
-
-
-def open_submitter(
-    queue_dir: str, idempotency_dir: str, dlq_dir: str, *, durable: bool, ttl_s: float
-) -> QueueSubmitter:
-    """What ``Stores.submitter`` returns, from the directories as strings (see
-    :func:`tracemind.config.data_paths`): all that ``tm enqueue`` needs."""
-    queue, _, keys = _open(queue_dir, idempotency_dir, dlq_dir, durable, system_clock)
-    return QueueSubmitter(queue, keys, ttl_s=ttl_s)
+    return Stores(queue, dlq, keys, clock)
 
 
 def _open(
