@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import structlog
 
+from redis_server import RedisServer, SharedServer, require_redis_server
 from tm_testing import (
     CONSUMER_SOURCE,
     ECHO_FLOW,
@@ -96,9 +97,23 @@ def _file_backend(dirs: DataDirs, clock: FakeClock, *, durable: bool) -> QueueHa
     return QueueHarness(stores.queue, clock, reopen, stores.submitter)
 
 
+def _redis_backend(dirs: DataDirs, clock: FakeClock) -> QueueHarness:
+    """A fresh key prefix on the session's redis-server (see ``redis_server.py``)."""
+    from tracemind.backend import open_backend
+
+    location = SharedServer.fresh_location()
+    backend = open_backend(location, durable=True, env={}, clock=clock)
+
+    def reopen() -> TaskQueue:
+        return open_backend(location, durable=True, env={}, clock=clock).queue
+
+    return QueueHarness(backend.queue, clock, reopen, backend.submitter)  # type: ignore[arg-type]
+
+
 BACKENDS: dict[str, Callable[[DataDirs, FakeClock], QueueHarness]] = {
     "file": functools.partial(_file_backend, durable=False),
     "file-durable": functools.partial(_file_backend, durable=True),
+    "redis": _redis_backend,
 }
 """Backend name → factory; a new backend (e.g. Redis) adds one entry and runs the same suite."""
 
@@ -110,7 +125,41 @@ def harness(
     clock: FakeClock,
     logs: list[dict[str, Any]],
 ) -> QueueHarness:
+    if request.param.startswith("redis"):
+        request.getfixturevalue("redis_url")
     return BACKENDS[request.param](dirs, clock)
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a redis-server shared by the session (AOF, ``appendfsync always``); each
+    user takes its own key prefix (``SharedServer.fresh_location``). Skips where redis-server
+    is not installed, fails under CI."""
+    require_redis_server()
+    try:
+        yield SharedServer.url()
+    finally:
+        SharedServer.stop()
+
+
+@pytest.fixture
+def redis_location(redis_url: str) -> str:
+    """A ``redis://`` location with a key prefix no other test uses."""
+    return SharedServer.fresh_location()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone (for tests that kill or reconfigure it); stopped by
+    its PID afterwards."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # -- subprocesses ------------------------------------------------------------------------------

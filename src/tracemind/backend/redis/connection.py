@@ -1,0 +1,148 @@
+"""One Redis server of a location: the client, the key names, the scripts, and every Redis
+failure turned into one :class:`~tracemind.errors.QueueError` line naming ``host:port`` (never
+the password)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tracemind.backend.redis import scripts
+from tracemind.errors import QueueError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from redis.commands.core import Script
+
+    from tracemind.backend.location import Location
+
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+"""A reply slower than this is a failure (a blocking wait asks for less, see ``MAX_BLOCK_S``)."""
+MAX_BLOCK_S = 20.0
+"""The longest a blocking read waits in one call (below ``COMMAND_TIMEOUT_S``)."""
+
+_REFUSALS = {
+    "NOAUTH": "authentication required (give the password in the URL or TM_REDIS_PASSWORD)",
+    "WRONGPASS": "authentication failed (wrong user or password)",
+    "NOPERM": "the user may not run the queue's commands (ACL)",
+    "LOADING": "the server is loading its data; try again",
+    "READONLY": "the server is a read-only replica",
+    "OOM": "the server is out of memory (maxmemory)",
+    "MISCONF": "the server cannot persist its data (MISCONF)",
+}
+"""Error replies that are about the server, not about the code: one line each."""
+
+
+class Keys:
+    """The key names of one queue under ``prefix`` (see docs/queue-format.md)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.ordered = [f"{prefix}:{name}" for name in scripts.KEY_ORDER]
+        """The ``KEYS`` every script takes."""
+        named = dict(zip(scripts.KEY_ORDER, self.ordered, strict=True))
+        self.due = named["due"]
+        self.ready = named["ready"]
+        self.leases = named["leases"]
+        self.done = named["done"]
+        self.dead = named["dead"]
+        self.keyed = named["keyed"]
+        self.audit = named["audit"]
+        self.events = named["events"]
+        self.damaged = named["damaged"]
+        self.registry = f"{prefix}:registry"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def audit_copy(self, task_id: str, kind: str, now_ms: int) -> str:
+        return f"{self.prefix}:audit:{kind}:{task_id}:{now_ms}"
+
+    @staticmethod
+    def digest(idempotency_key: str) -> str:
+        """What an idempotency key is stored under (``<prefix>:key:<digest>``)."""
+        return hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+
+
+class Connection:
+    """A client of the location's server (thread-safe: a pool of connections) and its scripts.
+
+    Nothing connects until the first command. A command is sent once (no automatic retry: a
+    script whose reply was lost must not run twice); a failure raises :class:`QueueError`.
+    """
+
+    def __init__(self, location: Location, env: Mapping[str, str] = os.environ) -> None:
+        parts = location.redis_parts()
+        self.where = f"{parts['host']}:{parts['port']}"
+        # Any: redis-py's annotations do not follow decode_responses (every reply here is str).
+        self.client: Any = redis.Redis(
+            host=str(parts["host"]),
+            port=int(str(parts["port"])),
+            db=int(str(parts["db"])),
+            username=parts["username"] if isinstance(parts["username"], str) else None,
+            password=location.password(env),
+            ssl=bool(parts["tls"]),
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        self.keys = Keys(str(parts["prefix"]))
+        self._scripts: dict[str, Script] = {}
+
+    def run(self, name: str, *args: str | int | float) -> Any:
+        """Run script ``name`` with ``args`` after the prefix (see :mod:`.scripts`)."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(scripts.source(name))
+        with self.errors():
+            return script(keys=self.keys.ordered, args=[self.keys.prefix, *args])
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn a failure to reach or use the server into one :class:`QueueError` line."""
+        try:
+            yield
+        except redis.exceptions.AuthenticationError as exc:
+            raise QueueError(f"redis {self.where}: {_refusal(exc)}") from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QueueError(f"redis {self.where}: unreachable ({_reason(exc)})") from None
+        except redis.exceptions.ResponseError as exc:
+            code = str(exc).split(" ", 1)[0]
+            if code not in _REFUSALS:
+                raise  # a reply about the request itself: a bug, shown whole
+            raise QueueError(f"redis {self.where}: {_REFUSALS[code]}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _refusal(exc: redis.exceptions.RedisError) -> str:
+    code = str(exc).split(" ", 1)[0]
+    return _REFUSALS.get(code, _REFUSALS["WRONGPASS"])
+
+
+def _reason(exc: redis.exceptions.RedisError) -> str:
+    """The cause of a connection failure in a few words (redis-py's message names the address
+    again and ends with a period)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    text = str(exc).rstrip(".")
+    head, sep, tail = text.rpartition(". ")
+    return tail if sep and "connecting to" in head else text or type(exc).__name__
+
+
+def dumps(value: object) -> str:
+    """JSON text as the queue stores it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
