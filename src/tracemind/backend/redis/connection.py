@@ -128,8 +128,9 @@ class Connection:
 
 
 def _refusal(exc: redis.exceptions.RedisError) -> str:
-    code = str(exc).split(" ", 1)[0]
-    return _REFUSALS.get(code, _REFUSALS["WRONGPASS"])
+    """Why the server refused the client (redis-py keeps the reply's code aside)."""
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return _REFUSALS.get(str(code), _REFUSALS["WRONGPASS"])
 
 
 def _reason(exc: redis.exceptions.RedisError) -> str:

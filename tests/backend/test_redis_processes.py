@@ -1,0 +1,136 @@
+"""The Redis backend across real processes: submitters racing on keys, a consumer SIGKILLed while
+it holds leases, a server that requires a password. Executions are counted in append-only logs
+(see ``redis_agents.py``); every process is bounded in time and stopped by its PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from redis_server import RedisServer
+from tm_testing import ECHO_FLOW, Processes, make_task, wait_until
+from tracemind.backend import open_backend
+from tracemind.errors import QueueError
+from tracemind.queue.protocol import TaskStatus
+
+AGENTS_DIR = Path(__file__).parent
+AGENT_TIMEOUT_S = 60.0
+
+
+def agent(processes: Processes, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m redis_agents ARGS`` (see that module), tracked for teardown."""
+    path = os.pathsep.join([str(AGENTS_DIR), *filter(None, sys.path)])
+    env = {**os.environ, "PYTHONPATH": path}
+    return processes.start([sys.executable, "-m", "redis_agents", *args], env=env)
+
+
+def lines(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.slow
+def test_two_processes_submitting_the_same_keys_agree_on_one_task_per_key(
+    redis_location: str, processes: Processes, tmp_path: Path
+) -> None:
+    # Given two processes ready to submit the same 200 keys at the same instant
+    flow = tmp_path / "echo.json"
+    flow.write_text(json.dumps(ECHO_FLOW))
+    start = tmp_path / "go"
+    logs = [tmp_path / f"submit-{n}.log" for n in range(2)]
+    procs = [
+        agent(
+            processes,
+            *("submit", redis_location, str(log), "--flow", str(flow), "-n", "200"),
+            *("--start", str(start)),
+        )
+        for log in logs
+    ]
+    for log in logs:
+        wait_until(Path(f"{log}.ready").exists, AGENT_TIMEOUT_S, f"{log.name} ready")
+    # When they start together
+    start.touch()
+    for proc in procs:
+        assert proc.wait(timeout=AGENT_TIMEOUT_S) == 0
+    # Then each key resolved to exactly one task, created by exactly one of them
+    rows = [row for log in logs for row in lines(log)]
+    assert len(rows) == 400
+    by_key: dict[str, set[str]] = {}
+    created: Counter[str] = Counter()
+    for task_id, duplicate, key in rows:
+        by_key.setdefault(key, set()).add(task_id)
+        created[key] += duplicate == "0"
+    assert len(by_key) == 200
+    assert all(len(ids) == 1 for ids in by_key.values())
+    assert set(created.values()) == {1}
+    assert open_backend(redis_location, durable=True, env={}).queue.stats().pending == 200
+
+
+@pytest.mark.slow
+def test_a_sigkilled_consumers_leases_come_back_after_the_lease_time_and_nothing_runs_twice(
+    redis_location: str, processes: Processes, tmp_path: Path
+) -> None:
+    # Given 300 tasks, and a consumer that leased 5 of them (2 s leases) and is SIGKILLed
+    backend = open_backend(redis_location, durable=True, env={})
+    tasks = [make_task(time.time) for _ in range(300)]
+    backend.queue.enqueue(tasks)
+    log, stop = tmp_path / "runs.log", tmp_path / "stop"
+    holder = agent(processes, "consume", redis_location, str(log), "--hold", "5", "--name", "h")
+    wait_until(Path(f"{log}.holding").exists, AGENT_TIMEOUT_S, "the holder's leases")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=AGENT_TIMEOUT_S)
+    held = {tid for verb, tid, attempt, _ in lines(log) if verb == "start"}
+    assert len(held) == 5
+    # When two other consumers drain the queue (recovering lapsed leases as they go)
+    consumers = [
+        agent(processes, "consume", redis_location, str(log), "--stop", str(stop), "--name", n)
+        for n in ("a", "b")
+    ]
+
+    def drained() -> bool:
+        stats = backend.queue.stats()
+        return stats.pending + stats.delayed + stats.inflight == 0
+
+    wait_until(drained, AGENT_TIMEOUT_S, "the queue drained")
+    stop.touch()
+    for proc in consumers:
+        assert proc.wait(timeout=AGENT_TIMEOUT_S) == 0
+    # Then every task succeeded; the held ones ran twice (attempt 2), every other one once
+    starts = Counter(row[1] for row in lines(log) if row[0] == "start")
+    assert len(starts) == 300
+    assert {t for t, n in starts.items() if n != 1} == held
+    assert all(starts[t] == 2 for t in held)
+    for task in tasks:
+        info = backend.queue.find(task.task_id)
+        assert info is not None and info.status is TaskStatus.SUCCEEDED
+        assert info.attempts == (2 if task.task_id in held else 1)
+
+
+def test_a_wrong_or_missing_password_is_one_line_without_the_password(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis_server.password = "right-secret"
+    redis_server.start()
+    url = f"redis://:wrong-secret@127.0.0.1:{redis_server.port}/0"
+    where = f"redis 127.0.0.1:{redis_server.port}"
+
+    with pytest.raises(QueueError) as wrong:
+        open_backend(url, durable=True, env={}).queue.stats()
+    with pytest.raises(QueueError) as missing:
+        open_backend(redis_server.url, durable=True, env={}).queue.stats()
+    from_env = open_backend(
+        redis_server.url, durable=True, env={"TM_REDIS_PASSWORD": "right-secret"}
+    )
+
+    assert str(wrong.value) == f"{where}: authentication failed (wrong user or password)"
+    assert str(missing.value).startswith(f"{where}: authentication required")
+    assert "secret" not in str(wrong.value) + str(missing.value)
+    assert from_env.queue.stats().pending == 0
+    assert from_env.problems() == []
