@@ -8,6 +8,7 @@ where they fail: a CI run must never pass by skipping the Redis backend.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -24,14 +25,21 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
 
+def _missing(message: str) -> None:
+    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_redis_server() -> str:
-    """The ``redis-server`` binary; skips (fails under CI) when it is not installed."""
+    """The ``redis-server`` binary, with the ``redis`` client importable; skips (fails under CI)
+    when either is missing."""
+    if importlib.util.find_spec("redis") is None:
+        _missing("the redis client is not installed (pip install -e '.[status,redis]')")
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}:
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing("redis-server is not installed (apt-get install redis-server)")
+    assert binary is not None
     return binary
 
 

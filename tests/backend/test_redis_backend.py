@@ -4,18 +4,23 @@ redis-server with a fresh key prefix per test)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tm_testing import FakeClock
 from tracemind.backend import open_backend
-from tracemind.backend.redis import RedisBackend
 from tracemind.errors import NotFound, QueueError, UsageError
 from tracemind.flows import FlowSnapshot
 from tracemind.queue.protocol import Failure, Lease, TaskStatus
 from tracemind.submit import Submission
+
+if TYPE_CHECKING:
+    from tracemind.backend.redis import RedisBackend
 
 LEASE_S = 30.0
 HOUR_S = 3600.0
@@ -24,8 +29,8 @@ DAY_S = 86_400.0
 
 @pytest.fixture
 def backend(redis_location: str, clock: FakeClock) -> Iterator[RedisBackend]:
-    opened = open_backend(redis_location, durable=True, env={}, clock=clock)
-    assert isinstance(opened, RedisBackend)
+    opened: Any = open_backend(redis_location, durable=True, env={}, clock=clock)
+    assert type(opened).__name__ == "RedisBackend"
     yield opened
     opened.close()
 
@@ -386,3 +391,15 @@ def _put(backend: RedisBackend, clock: FakeClock, *, due_in_s: float = 0.0) -> s
     task = make_task(clock, due_in_s=due_in_s, max_attempts=3)
     backend.queue.enqueue([task])
     return task.task_id
+
+
+def test_a_file_location_never_imports_the_redis_client(tmp_path: Path) -> None:
+    code = (
+        "import sys; from tracemind.backend import open_backend; "
+        f"open_backend({str(tmp_path)!r}.join(['file://', '']), durable=False).queue.stats(); "
+        "print('redis' in sys.modules, 'tracemind.backend.redis' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
