@@ -403,3 +403,20 @@ def test_a_file_location_never_imports_the_redis_client(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_consumers_holding_nothing_are_forgotten_and_holders_kept(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    _put(backend, clock)
+    _put(backend, clock)
+    backend.queue.ack(_lease(backend, "gone-1"), {})
+    _lease(backend, "busy-1")
+    client = backend.connection.client
+    keys = backend.connection.keys
+
+    assert backend.queue.forget_idle_consumers(0.0) == 1
+
+    names = [c["name"] for c in client.xinfo_consumers(keys.ready, "tm")]
+    assert names == ["busy-1"]
+    assert backend.queue.held_by("busy-") == 1

@@ -12,6 +12,7 @@ the clock the backend was given, never the server's. Each verb is one Lua script
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from tracemind.backend.redis.connection import MAX_BLOCK_S, dumps
@@ -47,6 +48,8 @@ RECOVER_LIMIT = 1000
 """At most this many expired leases are looked at per :meth:`RedisQueue.recover`."""
 ENQUEUE_CHUNK = 1000
 """Tasks per enqueue script: each chunk is atomic; a bigger batch is several scripts."""
+CONSUMER_IDLE_S = 600.0
+"""A consumer name that held nothing for this long is forgotten by :meth:`RedisQueue.maintain`."""
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 
 
@@ -66,6 +69,7 @@ class RedisQueue:
         self.keys = connection.keys
         self.clock = clock
         self._last_event: str | None = None
+        self._next_forget_s = time.monotonic() + CONSUMER_IDLE_S
 
     @property
     def _log(self) -> Any:
@@ -232,8 +236,18 @@ class RedisQueue:
         return True
 
     def maintain(self) -> None:
-        """Move due tasks into the stream, so readers and leases find them there."""
+        """Move due tasks into the stream, so readers and leases find them there; now and then
+        forget the consumer names of workers gone for a while."""
         self.connection.run("promote", ms(self.clock()), PROMOTE_LIMIT)
+        now_s = time.monotonic()
+        if now_s >= self._next_forget_s:
+            self._next_forget_s = now_s + CONSUMER_IDLE_S
+            self.forget_idle_consumers(CONSUMER_IDLE_S)
+
+    def forget_idle_consumers(self, idle_s: float) -> int:
+        """Delete the consumer group's consumers that hold no lease and were idle ``idle_s``
+        (by the server's clock: only upkeep, never a lease, depends on it); how many."""
+        return int(self.connection.run("forget_consumers", ms(idle_s)))
 
     # -- readers (never create or modify anything) ----------------------------------------------
 

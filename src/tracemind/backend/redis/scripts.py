@@ -162,6 +162,22 @@ PROMOTE = """
 return promote(tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 
+FORGET_CONSUMERS = """
+-- ARGV: P, idle_ms. Deletes the group's consumers that hold no entry and were idle that long
+-- (every worker process reads under its own name; a consumer holding nothing loses nothing).
+if redis.call('EXISTS', READY) == 0 then return 0 end
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', READY, G)) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', READY, G, info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 RENEW = """
 -- ARGV: P, task_id, token, deadline_ms. 1 when renewed, 0 when the lease was lost.
 local h = tkey(ARGV[2])
@@ -350,6 +366,7 @@ SCRIPTS = {
     "enqueue": ENQUEUE,
     "lease": LEASE,
     "promote": PROMOTE,
+    "forget_consumers": FORGET_CONSUMERS,
     "renew": RENEW,
     "ack": ACK,
     "retry": RETRY,
