@@ -134,3 +134,23 @@ def test_a_wrong_or_missing_password_is_one_line_without_the_password(
     assert "secret" not in str(wrong.value) + str(missing.value)
     assert from_env.queue.stats().pending == 0
     assert from_env.problems() == []
+
+
+def test_a_full_server_refuses_an_enqueue_with_one_line_and_keeps_what_it_had(
+    redis_server: RedisServer,
+) -> None:
+    # Given a server holding one task, then set to refuse writes beyond its memory
+    redis_server.start()
+    backend = open_backend(redis_server.url, durable=True, env={})
+    backend.queue.enqueue([make_task(time.time)])
+    client = backend.connection.client  # type: ignore[attr-defined]
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    # When a task is enqueued, the refusal is one line naming the server
+    with pytest.raises(QueueError) as caught:
+        backend.queue.enqueue([make_task(time.time)])
+    assert str(caught.value) == (
+        f"redis 127.0.0.1:{redis_server.port}: the server is out of memory (maxmemory)"
+    )
+    # Then readers still work and nothing was half-written
+    assert backend.queue.stats().pending == 1

@@ -39,6 +39,8 @@ _REFUSALS = {
     "READONLY": "the server is a read-only replica",
     "OOM": "the server is out of memory (maxmemory)",
     "MISCONF": "the server cannot persist its data (MISCONF)",
+    "BUSY": "the server is busy running a script; try again",
+    "MASTERDOWN": "the replica lost its primary",
 }
 """Error replies that are about the server, not about the code: one line each."""
 
@@ -118,7 +120,7 @@ class Connection:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QueueError(f"redis {self.where}: unreachable ({_reason(exc)})") from None
         except redis.exceptions.ResponseError as exc:
-            code = str(exc).split(" ", 1)[0]
+            code = _code(exc)
             if code not in _REFUSALS:
                 raise  # a reply about the request itself: a bug, shown whole
             raise QueueError(f"redis {self.where}: {_REFUSALS[code]}") from None
@@ -127,10 +129,15 @@ class Connection:
         self.client.close()
 
 
+def _code(exc: redis.exceptions.RedisError) -> str:
+    """The error reply's code (``OOM``, ``NOAUTH``…): redis-py keeps it aside for the errors it
+    has a class for, and leaves it in the message for the others."""
+    return str(getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0])
+
+
 def _refusal(exc: redis.exceptions.RedisError) -> str:
-    """Why the server refused the client (redis-py keeps the reply's code aside)."""
-    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
-    return _REFUSALS.get(str(code), _REFUSALS["WRONGPASS"])
+    """Why the server refused the client's credentials."""
+    return _REFUSALS.get(_code(exc), _REFUSALS["WRONGPASS"])
 
 
 def _reason(exc: redis.exceptions.RedisError) -> str:
