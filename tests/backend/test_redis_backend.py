@@ -4,6 +4,7 @@ redis-server with a fresh key prefix per test)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -420,3 +421,43 @@ def test_consumers_holding_nothing_are_forgotten_and_holders_kept(
     names = [c["name"] for c in client.xinfo_consumers(keys.ready, "tm")]
     assert names == ["busy-1"]
     assert backend.queue.held_by("busy-") == 1
+
+
+SUBMIT_PROBE = """
+import json, sys
+from tracemind.backend import open_backend
+from tracemind.submit import Submission
+
+class Snapshot:
+    flow = {"id": "probe", "retry": {"max_attempts": 3}}
+
+    def to_dict(self):
+        return {"flow": self.flow}
+
+backend = open_backend(sys.argv[1], durable=True)
+[result] = backend.submitter(3600.0).submit_many(Snapshot(), [Submission({"n": 1})])
+print(json.dumps({"task_id": result.task_id, "loaded": sorted(sys.modules)}))
+"""
+SLOW_ON_SUBMIT = ("redis", "typing", "threading", "hashlib", "pathlib", "datetime", "asyncio")
+"""What a submission to a Redis location must not import (``tm enqueue``'s start-up)."""
+
+
+def test_a_submission_speaks_resp_itself_and_imports_nothing_slow(
+    backend: RedisBackend, redis_location: str
+) -> None:
+    del backend  # (the fixture's location is the one probed; its prefix is fresh)
+    out = subprocess.run(
+        [sys.executable, "-c", SUBMIT_PROBE, redis_location],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+
+    loaded = set(report["loaded"])
+    assert "tracemind.backend.redis.wire" in loaded
+    assert loaded.isdisjoint(SLOW_ON_SUBMIT), sorted(loaded & set(SLOW_ON_SUBMIT))
+    reader = open_backend(redis_location, durable=True, env={})
+    info = reader.queue.find(report["task_id"])
+    assert info is not None and info.status is TaskStatus.PENDING

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from tracemind.backend.redis.connection import Connection
 from tracemind.backend.redis.queue import RedisQueue, ms
@@ -14,6 +13,7 @@ from tracemind.backend.redis.stores import RedisDeadLetters, RedisRegistry, Redi
 from tracemind.clock import system_clock
 from tracemind.errors import NotFound, QueueError
 
+TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
     from collections.abc import Mapping
 

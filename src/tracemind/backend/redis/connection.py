@@ -1,26 +1,27 @@
-"""One Redis server of a location: the client, the key names, the scripts, and every Redis
+"""One Redis server of a location: the clients, the key names, the scripts, and every Redis
 failure turned into one :class:`~tracemind.errors.QueueError` line naming ``host:port`` (never
-the password)."""
+the password).
+
+Two clients, each made on first use: :mod:`.wire` for submissions (``tm enqueue`` must not pay
+for importing redis-py), redis-py for everything else.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
-
-import redis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from tracemind.backend.redis import scripts
+from tracemind.backend.redis.wire import ReplyError, Server, Wire
 from tracemind.errors import QueueError
 
+TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
+    from typing import Any
 
+    import redis.exceptions
     from redis.commands.core import Script
 
     from tracemind.backend.location import Location
@@ -43,6 +44,8 @@ _REFUSALS = {
     "MASTERDOWN": "the replica lost its primary",
 }
 """Error replies that are about the server, not about the code: one line each."""
+WIRE_SCRIPTS = frozenset({"enqueue"})
+"""Scripts sent by :mod:`.wire` (what ``tm enqueue`` runs), not by redis-py."""
 
 
 class Keys:
@@ -73,6 +76,8 @@ class Keys:
     @staticmethod
     def digest(idempotency_key: str) -> str:
         """What an idempotency key is stored under (``<prefix>:key:<digest>``)."""
+        import hashlib  # (OpenSSL: only submissions with a key pay for it)
+
         return hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
 
 
@@ -86,33 +91,82 @@ class Connection:
     def __init__(self, location: Location, env: Mapping[str, str] = os.environ) -> None:
         parts = location.redis_parts()
         self.where = f"{parts['host']}:{parts['port']}"
-        # Any: redis-py's annotations do not follow decode_responses (every reply here is str).
-        self.client: Any = redis.Redis(
+        self.keys = Keys(str(parts["prefix"]))
+        username = parts["username"]
+        self.server = Server(
             host=str(parts["host"]),
             port=int(str(parts["port"])),
             db=int(str(parts["db"])),
-            username=parts["username"] if isinstance(parts["username"], str) else None,
+            username=username if isinstance(username, str) else None,
             password=location.password(env),
-            ssl=bool(parts["tls"]),
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=COMMAND_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            tls=bool(parts["tls"]),
         )
-        self.keys = Keys(str(parts["prefix"]))
+        self._client: Any = None
+        self._wire: Wire | None = None
         self._scripts: dict[str, Script] = {}
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (a thread-safe pool), made on first use. Any: redis-py's
+        annotations do not follow ``decode_responses`` (every reply here is a str)."""
+        if self._client is None:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            server = self.server
+            self._client = redis.Redis(
+                host=server.host,
+                port=server.port,
+                db=server.db,
+                username=server.username,
+                password=server.password,
+                ssl=server.tls,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=COMMAND_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+        return self._client
+
+    @property
+    def wire(self) -> Wire:
+        if self._wire is None:
+            self._wire = Wire(
+                self.server,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                timeout_s=COMMAND_TIMEOUT_S,
+            )
+        return self._wire
 
     def run(self, name: str, *args: str | int | float) -> Any:
         """Run script ``name`` with ``args`` after the prefix (see :mod:`.scripts`)."""
+        if name in WIRE_SCRIPTS:
+            return self._run_on_wire(name, args)
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.client.register_script(scripts.source(name))
         with self.errors():
             return script(keys=self.keys.ordered, args=[self.keys.prefix, *args])
 
+    def _run_on_wire(self, name: str, args: tuple[str | int | float, ...]) -> Any:
+        try:
+            return self.wire.eval(
+                scripts.source(name), self.keys.ordered, [self.keys.prefix, *args]
+            )
+        except ReplyError as exc:
+            if exc.code not in _REFUSALS:
+                raise
+            raise QueueError(f"redis {self.where}: {_REFUSALS[exc.code]}") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise QueueError(f"redis {self.where}: unreachable ({reason})") from None
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        """Turn a failure to reach or use the server into one :class:`QueueError` line."""
+        """Turn a failure of a redis-py call into one :class:`QueueError` line."""
+        import redis.exceptions
+
         try:
             yield
         except redis.exceptions.AuthenticationError as exc:
@@ -126,7 +180,10 @@ class Connection:
             raise QueueError(f"redis {self.where}: {_REFUSALS[code]}") from None
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+        if self._wire is not None:
+            self._wire.close()
 
 
 def _code(exc: redis.exceptions.RedisError) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
 
 from tracemind.backend.redis.connection import MAX_BLOCK_S, dumps
 from tracemind.backend.redis.scripts import GROUP
@@ -36,8 +35,10 @@ from tracemind.queue.records import (
     with_failure,
 )
 
+TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from typing import Any
 
     from tracemind.backend.redis.connection import Connection
     from tracemind.clock import Clock

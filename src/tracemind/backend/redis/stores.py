@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
 
 from tracemind.backend.redis.connection import Keys, dumps
 from tracemind.backend.redis.queue import ms, requeued_record
@@ -12,8 +11,10 @@ from tracemind.queue.protocol import NewTask
 from tracemind.queue.records import new_record
 from tracemind.submit import SubmitResult
 
+TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
     from tracemind.backend.redis.connection import Connection
     from tracemind.backend.redis.queue import RedisQueue
