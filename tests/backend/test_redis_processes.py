@@ -129,10 +129,21 @@ def test_a_wrong_or_missing_password_is_one_line_without_the_password(
         redis_server.url, durable=True, env={"TM_REDIS_PASSWORD": "right-secret"}
     )
 
+    # (an enqueue goes over the module's own RESP client: the same lines)
+    with pytest.raises(QueueError) as wrong_on_wire:
+        open_backend(url, durable=True, env={}).queue.enqueue([make_task(time.time)])
+    with pytest.raises(QueueError) as missing_on_wire:
+        open_backend(redis_server.url, durable=True, env={}).queue.enqueue([make_task(time.time)])
+
     assert str(wrong.value) == f"{where}: authentication failed (wrong user or password)"
     assert str(missing.value).startswith(f"{where}: authentication required")
+    assert (str(wrong_on_wire.value), str(missing_on_wire.value)) == (
+        str(wrong.value),
+        str(missing.value),
+    )
     assert "secret" not in str(wrong.value) + str(missing.value)
-    assert from_env.queue.stats().pending == 0
+    from_env.queue.enqueue([make_task(time.time)])
+    assert from_env.queue.stats().pending == 1
     assert from_env.problems() == []
 
 

@@ -22,6 +22,9 @@ class ReplyError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.code = message.split(" ", 1)[0]
+        if self.code == "ERR" and "unauthenticated" in message:
+            # A server with a password refuses a long command before AUTH this way.
+            self.code = "NOAUTH"
 
 
 class Server:
@@ -71,6 +74,10 @@ class Wire:
                 return self._command(args)
             except OSError:  # (a timeout mid-reply too: what is left to read is not ours)
                 self.close()
+                raise
+            except ReplyError as exc:
+                if "Protocol error" in str(exc):
+                    self.close()  # (the server closes such a connection)
                 raise
 
     def eval(self, source: str, keys: list[str], args: list[Any]) -> Any:
