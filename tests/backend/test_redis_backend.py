@@ -5,6 +5,7 @@ redis-server with a fresh key prefix per test)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -464,3 +465,32 @@ def test_a_submission_speaks_resp_itself_and_imports_nothing_slow(
     reader = open_backend(redis_location, durable=True, env={})
     info = reader.queue.find(report["task_id"])
     assert info is not None and info.status is TaskStatus.PENDING
+
+
+def test_a_forked_child_enqueues_on_its_own_connection(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    # Given a parent whose RESP connection is open
+    _put(backend, clock)
+    parent_id = backend.connection.wire.call("CLIENT", "ID")
+    # When a forked child enqueues (and reports the id of the connection it used)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: exit at once whatever happens
+        code = 1
+        try:
+            backend.queue.enqueue([make_task(clock)])
+            os.write(write_end, str(backend.connection.wire.call("CLIENT", "ID")).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_id = int(os.read(read_end, 100) or b"0")
+    os.close(read_end)
+    _put(backend, clock)
+    # Then the child used a connection of its own, and every task is there
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_id not in (0, parent_id)
+    assert backend.connection.wire.call("CLIENT", "ID") == parent_id
+    assert backend.queue.stats().pending == 3

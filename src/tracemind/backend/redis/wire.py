@@ -7,6 +7,7 @@ readers) uses redis-py.
 from __future__ import annotations
 
 import _thread
+import os
 import socket
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing`, no `threading` at run time)
@@ -60,9 +61,14 @@ class Wire:
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._lock = _thread.allocate_lock()
+        self._pid = os.getpid()
 
     def call(self, *args: str | int | float) -> Any:
         """Send one command and return its reply; :class:`ReplyError` for an error reply."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's socket and lock are not its own (never close them).
+            self._sock, self._buffer = None, b""
+            self._lock, self._pid = _thread.allocate_lock(), os.getpid()
         with self._lock:
             if self._sock is None:
                 try:
