@@ -4,11 +4,14 @@ it holds leases, a server that requires a password. Executions are counted in ap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -165,3 +168,44 @@ def test_a_full_server_refuses_an_enqueue_with_one_line_and_keeps_what_it_had(
     )
     # Then readers still work and nothing was half-written
     assert backend.queue.stats().pending == 1
+
+
+def test_a_server_that_denies_the_client_is_one_line_for_readers_and_submissions() -> None:
+    # Given a server that answers every command as a Redis in protected mode does for a client
+    # from another host (a real TCP server on 127.0.0.1: a real redis-server in that mode would
+    # have to listen beyond the loopback interface)
+    denied = b"-DENIED Redis is running in protected mode because protected mode is enabled\r\n"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(1 << 20)
+                    conn.sendall(denied)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        backend = open_backend(f"redis://127.0.0.1:{port}/0", durable=True, env={})
+        # When a reader and a submission use it
+        with pytest.raises(QueueError) as reading:
+            backend.queue.stats()
+        with pytest.raises(QueueError) as writing:
+            backend.queue.enqueue([make_task(time.time)])
+    finally:
+        stop.set()
+        server.join(timeout=10)
+        listener.close()
+    # Then each fails with the same one line
+    expected = f"redis 127.0.0.1:{port}: the server refuses clients from other hosts"
+    assert str(reading.value).startswith(expected)
+    assert str(writing.value) == str(reading.value)

@@ -41,6 +41,7 @@ _REFUSALS = {
     "OOM": "the server is out of memory (maxmemory)",
     "MISCONF": "the server cannot persist its data (MISCONF)",
     "BUSY": "the server is busy running a script; try again",
+    "DENIED": "the server refuses clients from other hosts (protected mode: give it a password)",
     "MASTERDOWN": "the replica lost its primary",
 }
 """Error replies that are about the server, not about the code: one line each."""
