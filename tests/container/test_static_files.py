@@ -132,9 +132,9 @@ def test_dockerfile_runtime_contract() -> None:
     copies = [rest for kw, rest in runtime if kw == "COPY"]
     assert "LICENSE /usr/share/doc/tracemind-daemon/LICENSE" in copies
     assert re.search(
-        r"""pip wheel .*"\.\[status\]"|pip wheel .*'\.\[status\]'""",
+        r"""pip wheel .*"\.\[status,redis\]"|pip wheel .*'\.\[status,redis\]'""",
         " ".join(rest for kw, rest in instructions[:runtime_start] if kw == "RUN"),
-    ), "the build stage must build the project with its status extra"
+    ), "the build stage must build the project with its status and redis extras"
 
 
 def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:

@@ -47,6 +47,6 @@ def open_backend(
 
         raise UsageError(
             f"queue location {location.redacted()}: the Redis backend needs the redis client "
-            "(pip install 'tracemind-daemon[redis]')"
+            "(install the project with its redis extra: pip install './checkout[redis]')"
         ) from None
     return RedisBackend(location, durable=durable, env=env, clock=clock)
