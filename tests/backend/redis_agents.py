@@ -8,7 +8,8 @@ after ``--max-s``. Redis failures (a restarting server) are logged and retried, 
             ``<task_id> <duplicate 0|1> <key>``
 ``produce`` enqueue tasks one at a time until the stop file: ``enqueued <task_id> <time>``
             after each enqueue returned (an acknowledged enqueue)
-``consume`` recover, lease, run (append ``start``), ack (append ``acked`` once ack returned);
+``consume`` recover, lease, run (append ``start``, sleep ``--work-s``), ack (append ``acked``
+            once ack returned);
             ``--hold N`` leases N tasks, appends ``start`` for each and then sleeps, holding
             them, until killed
 """
@@ -104,6 +105,7 @@ def consume(args: argparse.Namespace) -> None:
                 queue.wait_for_work(0.1)
                 continue
             append(log, f"start {lease.task_id} {lease.attempt} {consumer}")
+            time.sleep(args.work_s)
             queue.ack(lease, {"by": consumer})
             append(log, f"acked {lease.task_id} {time.time():.3f}")
         except QueueError as exc:
@@ -123,6 +125,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--name", default="c")
     parser.add_argument("--lease-s", type=float, default=2.0)
     parser.add_argument("--hold", type=int, default=0)
+    parser.add_argument("--work-s", type=float, default=0.0)
     parser.add_argument("--max-s", type=float, default=60.0)
     args = parser.parse_args(argv)
     {"submit": submit, "produce": produce, "consume": consume}[args.verb](args)

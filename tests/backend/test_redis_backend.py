@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -494,3 +496,37 @@ def test_a_forked_child_enqueues_on_its_own_connection(
     assert child_id not in (0, parent_id)
     assert backend.connection.wire.call("CLIENT", "ID") == parent_id
     assert backend.queue.stats().pending == 3
+
+
+def test_an_idle_consumer_wakes_when_another_process_enqueues(
+    backend: RedisBackend, clock: FakeClock, redis_location: str
+) -> None:
+    # Given an idle consumer that looked once (the first wait only notes where events stand)
+    assert backend.queue.lease("c1", LEASE_S) is None
+    backend.queue.wait_for_work(0.0)
+    producer = open_backend(redis_location, durable=True, env={}, clock=clock)
+    timer = threading.Timer(0.3, lambda: producer.queue.enqueue([make_task(clock)]))
+    # When another client enqueues while it waits (up to 10 s)
+    started = time.monotonic()
+    timer.start()
+    try:
+        backend.queue.wait_for_work(10.0)
+    finally:
+        timer.join(timeout=10)
+    waited_s = time.monotonic() - started
+    # Then it woke for it, long before the timeout, and leases the task
+    assert 0.2 <= waited_s < 5.0
+    assert backend.queue.lease("c1", LEASE_S) is not None
+
+
+def test_an_idle_consumer_wakes_when_a_delayed_task_falls_due(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    _put(backend, clock, due_in_s=0.3)
+    backend.queue.wait_for_work(0.0)  # (the first wait only notes where events stand)
+    backend.queue.lease("c1", LEASE_S)  # (consumes nothing: not due yet)
+
+    started = time.monotonic()
+    backend.queue.wait_for_work(10.0)
+
+    assert 0.2 <= time.monotonic() - started < 5.0

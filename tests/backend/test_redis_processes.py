@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,3 +210,57 @@ def test_a_server_that_denies_the_client_is_one_line_for_readers_and_submissions
     expected = f"redis 127.0.0.1:{port}: the server refuses clients from other hosts"
     assert str(reading.value).startswith(expected)
     assert str(writing.value) == str(reading.value)
+
+
+@pytest.mark.slow
+def test_three_consumers_drain_2000_tasks_while_one_is_sigkilled_mid_run(
+    redis_location: str, processes: Processes, tmp_path: Path
+) -> None:
+    # Given 2,000 tasks and three consumer processes at work (2 s leases, 2 ms per task)
+    backend = open_backend(redis_location, durable=True, env={})
+    tasks = [make_task(time.time) for _ in range(2000)]
+    backend.queue.enqueue(tasks)
+    log, stop = tmp_path / "runs.log", tmp_path / "stop"
+    consumers = {
+        name: agent(
+            processes,
+            *("consume", redis_location, str(log), "--stop", str(stop), "--name", name),
+            *("--work-s", "0.002"),
+        )
+        for name in ("a", "b", "c")
+    }
+    # When one of them is SIGKILLed mid-run
+    wait_until(lambda: len(lines(log)) >= 600, AGENT_TIMEOUT_S, "a third of the work")
+    os.kill(consumers["a"].pid, signal.SIGKILL)
+    consumers["a"].wait(timeout=AGENT_TIMEOUT_S)
+    held = _leases_of(redis_location, "a-")  # (before they lapse: 2 s)
+
+    def drained() -> bool:
+        stats = backend.queue.stats()
+        return stats.pending + stats.delayed + stats.inflight == 0
+
+    wait_until(drained, AGENT_TIMEOUT_S, "the queue drained")
+    stop.touch()
+    for name in ("b", "c"):
+        assert consumers[name].wait(timeout=AGENT_TIMEOUT_S) == 0
+    # Then every task succeeded; what the killed one held when it died ran again (attempt 2),
+    # and nothing else ran twice
+    rows = lines(log)
+    starts = Counter(row[1] for row in rows if row[0] == "start")
+    assert len(starts) == 2000
+    assert len(held) <= 1  # (a consumer holds one lease at a time)
+    assert {t for t, n in starts.items() if n > 1} <= held
+    for task in tasks:
+        info = backend.queue.find(task.task_id)
+        assert info is not None and info.status is TaskStatus.SUCCEEDED
+        assert info.attempts == (2 if task.task_id in held else 1), task.task_id
+
+
+def _leases_of(location: str, consumer_prefix: str) -> set[str]:
+    """Ids of the tasks that consumers named ``consumer_prefix…`` hold now (read from Redis)."""
+    backend: Any = open_backend(location, durable=True, env={})
+    client, keys = backend.connection.client, backend.connection.keys
+    held = client.zrange(keys.leases, 0, -1)
+    return {
+        t for t in held if str(client.hget(keys.task(t), "consumer")).startswith(consumer_prefix)
+    }
