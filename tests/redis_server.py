@@ -63,6 +63,7 @@ class RedisServer:
         persistence: str = "always",
         password: str | None = None,
         rdb_every_s: int = 1,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.binary = require_redis_server()
         self.directory = directory
@@ -70,14 +71,19 @@ class RedisServer:
         self.persistence = persistence
         self.password = password
         self.rdb_every_s = rdb_every_s
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.tls is not None:  # TLS only: the plain port is off
+            argv = [self.binary, "--port", "0", "--tls-port", str(self.port)]
+            argv += ["--bind", "127.0.0.1", "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
         argv += ["--dir", str(self.directory), "--daemonize", "no", "--protected-mode", "no"]
         if self.persistence == "rdb":
             argv += ["--appendonly", "no", "--save", f"{self.rdb_every_s} 1"]
@@ -110,6 +116,8 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer within {START_TIMEOUT_S} s")
 
     def _ping(self) -> bool:
+        if self.tls is not None:
+            return self._tls_ping()
         auth = b""
         if self.password is not None:
             secret = self.password.encode()
@@ -126,6 +134,21 @@ class RedisServer:
                     if auth and reply.count(b"\r\n") >= 2:
                         break
                 return b"+PONG" in reply
+        except OSError:
+            return False
+
+    def _tls_ping(self) -> bool:
+        import ssl
+
+        assert self.tls is not None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
 
@@ -181,3 +204,42 @@ class SharedServer:
         if cls.root is not None:
             shutil.rmtree(cls.root, ignore_errors=True)
             cls.root = None
+
+
+class TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the ``openssl`` tool
+    (skips where it is missing, fails under CI)."""
+
+    def __init__(self, directory: Path) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            _missing("the openssl tool is not installed")
+        assert openssl is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca, self.cert, self.key = (
+            directory / "ca.pem",
+            directory / "server.pem",
+            directory / "server.key",
+        )
+        ca_key, request, extensions = (
+            directory / "ca.key",
+            directory / "server.csr",
+            directory / "ext.cnf",
+        )
+        extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+        for argv in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", self.ca],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key, "-out", request],
+            ["x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial"],
+        ):
+            tail: list[str | Path] = ["-days", "1"]
+            if argv[0] == "req":
+                tail += ["-subj", "/CN=tracemind-test"]
+            else:
+                tail += ["-out", self.cert, "-extfile", extensions]
+            subprocess.run(
+                [openssl, *map(str, argv), *map(str, tail)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )

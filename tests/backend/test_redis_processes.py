@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from redis_server import RedisServer
+from redis_server import RedisServer, TlsFiles
 from tm_testing import ECHO_FLOW, Processes, make_task, wait_until
 from tracemind.backend import open_backend
 from tracemind.errors import QueueError
@@ -264,3 +264,41 @@ def _leases_of(location: str, consumer_prefix: str) -> set[str]:
     return {
         t for t in held if str(client.hget(keys.task(t), "consumer")).startswith(consumer_prefix)
     }
+
+
+def test_rediss_works_with_a_trusted_ca_and_is_one_line_without_it(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # Given a TLS-only server whose certificate a private CA signed
+    tls = TlsFiles(tmp_path / "tls")
+    server = RedisServer(tmp_path / "redis", tls=tls).start()
+    probe = (
+        "import sys, time; from tracemind.backend import open_backend; "
+        "from tracemind.queue.protocol import NewTask; from tracemind.queue.names import new_task_id; "
+        "b = open_backend(sys.argv[1], durable=True, env={}); "
+        "b.queue.enqueue([NewTask(new_task_id(), {'max_attempts': 1}, time.time())]); "
+        "print(b.queue.stats().pending)"
+    )
+    try:
+        # When a client trusts the CA (SSL_CERT_FILE), and when it does not
+        trusted = subprocess.run(
+            [sys.executable, "-c", probe, server.url],
+            env={**os.environ, "SSL_CERT_FILE": str(tls.ca)},
+            capture_output=True,
+            text=True,
+            timeout=AGENT_TIMEOUT_S,
+            check=False,
+        )
+        untrusted = open_backend(server.url, durable=True, env={})
+        with pytest.raises(QueueError) as reading:
+            untrusted.queue.stats()
+        with pytest.raises(QueueError) as writing:
+            untrusted.queue.enqueue([make_task(time.time)])
+    finally:
+        server.stop()
+    # Then both clients (the submission's own and redis-py) talk TLS; without trust, one line
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout.split() == ["1"]
+    expected = f"redis 127.0.0.1:{server.port}: TLS failed ("
+    assert str(reading.value).startswith(expected) and str(writing.value).startswith(expected)
+    assert "certificate" in str(reading.value)

@@ -160,8 +160,7 @@ class Connection:
                 raise
             raise QueueError(f"redis {self.where}: {_REFUSALS[exc.code]}") from None
         except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise QueueError(f"redis {self.where}: unreachable ({reason})") from None
+            raise QueueError(f"redis {self.where}: {_unreachable(exc)}") from None
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -173,7 +172,7 @@ class Connection:
         except redis.exceptions.AuthenticationError as exc:
             raise QueueError(f"redis {self.where}: {_refusal(exc)}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QueueError(f"redis {self.where}: unreachable ({_reason(exc)})") from None
+            raise QueueError(f"redis {self.where}: {_unreachable(exc)}") from None
         except redis.exceptions.ResponseError as exc:
             code = _code(exc)
             if code not in _REFUSALS:
@@ -198,15 +197,20 @@ def _refusal(exc: redis.exceptions.RedisError) -> str:
     return _REFUSALS.get(_code(exc), _REFUSALS["WRONGPASS"])
 
 
-def _reason(exc: redis.exceptions.RedisError) -> str:
-    """The cause of a connection failure in a few words (redis-py's message names the address
-    again and ends with a period)."""
-    cause = exc.__cause__ or exc.__context__
+def _unreachable(exc: BaseException) -> str:
+    """Why the server could not be used, in a few words: ``unreachable (Connection refused)``,
+    or ``TLS failed (…)`` when the handshake did (redis-py wraps the socket's error, and its
+    own message names the address again)."""
+    cause = exc if isinstance(exc, OSError) else (exc.__cause__ or exc.__context__)
+    if isinstance(cause, OSError) and type(cause).__module__ == "ssl":
+        detail = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        return f"TLS failed ({detail or cause})"
     if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
+        return f"unreachable ({cause.strerror})"
     text = str(exc).rstrip(".")
     head, sep, tail = text.rpartition(". ")
-    return tail if sep and "connecting to" in head else text or type(exc).__name__
+    reason = tail if sep and "connecting to" in head else text or type(exc).__name__
+    return f"unreachable ({reason})"
 
 
 def dumps(value: object) -> str:
