@@ -29,6 +29,7 @@ from bench import (
     fig_keys,
     fig_noiso,
     fig_pickup,
+    fig_redis,
     fig_status,
 )
 from bench.context import BacklogSizes, Context, Sizes
@@ -58,8 +59,10 @@ FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
     "keys": (10, "Batch with idempotency keys", fig_keys.run),
     "enqueue_noiso": (11, "Durable enqueue without scratch isolation", fig_noiso.run),
     "dlq": (12, "Counts with many dead letters", fig_dlq.run),
+    "redis": (13, "Redis backend vs RQ", fig_redis.run),
 }
 BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq")
+REDIS_FIGURES = ("redis",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,6 +91,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"also run the backlog figures ({', '.join(BACKLOG_FIGURES)}): minutes and, at the "
         "default depth, several GB of scratch space",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also run the Redis figure against RQ (needs redis-server; makes bench/.venv-rq)",
     )
     parser.add_argument(
         "--depth",
@@ -153,7 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         names = [name for name in FIGURES if name in args.only]
     else:
-        names = [name for name in FIGURES if args.backlog or name not in BACKLOG_FIGURES]
+        names = [
+            name
+            for name in FIGURES
+            if (args.backlog or name not in BACKLOG_FIGURES)
+            and (args.redis or name not in REDIS_FIGURES)
+        ]
     try:
         figures = [run_figure(name, ctx) for name in names]
         host = machine(scratch)
