@@ -302,3 +302,64 @@ def test_rediss_works_with_a_trusted_ca_and_is_one_line_without_it(
     expected = f"redis 127.0.0.1:{server.port}: TLS failed ("
     assert str(reading.value).startswith(expected) and str(writing.value).startswith(expected)
     assert "certificate" in str(reading.value)
+
+
+class OldRedis:
+    """A TCP server on 127.0.0.1 that speaks enough RESP to pass for Redis 6.2 (HELLO unknown,
+    CLIENT accepted, INFO and PING answered): the version check must stop at it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        info = b"# Server\r\nredis_version:6.2.14\r\n"
+        replies = {
+            b"HELLO": b"-ERR unknown command 'HELLO'\r\n",
+            b"CLIENT": b"+OK\r\n",
+            b"INFO": b"$%d\r\n%s\r\n" % (len(info), info),
+            b"PING": b"+PONG\r\n",
+        }
+        with conn, contextlib.suppress(OSError, ValueError):
+            conn.settimeout(5)
+            stream = conn.makefile("rb")
+            while not self.stop.is_set():
+                header = stream.readline()
+                if not header.startswith(b"*"):
+                    return
+                words = []
+                for _ in range(int(header[1:])):
+                    size = int(stream.readline()[1:])
+                    words.append(stream.read(size + 2)[:-2])
+                conn.sendall(replies.get(words[0].upper(), b"-ERR not in this fake\r\n"))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+def test_a_server_older_than_redis_7_is_refused_with_one_line() -> None:
+    old = OldRedis()
+    try:
+        backend = open_backend(f"redis://127.0.0.1:{old.port}/0", durable=True, env={})
+        with pytest.raises(QueueError) as reading:
+            backend.queue.stats()
+        problems = backend.problems()
+    finally:
+        old.close()
+    expected = f"redis 127.0.0.1:{old.port}: Redis 7.0 or later is needed (this is 6.2.14)"
+    assert str(reading.value) == expected
+    assert problems == [expected]

@@ -71,7 +71,9 @@ class RedisBackend:
         return outcome
 
     def prepare(self) -> None:
-        """Check that the server answers (nothing to create: the first writer makes its keys)."""
+        """Check that the server answers and is Redis 7.0 or later (nothing to create: the first
+        writer makes its keys)."""
+        self.connection.check_version()
         with self.connection.errors():
             self.connection.client.ping()
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 """A reply slower than this is a failure (a blocking wait asks for less, see ``MAX_BLOCK_S``)."""
+MIN_VERSION = (7, 0)
 MAX_BLOCK_S = 20.0
 """The longest a blocking read waits in one call (below ``COMMAND_TIMEOUT_S``)."""
 
@@ -104,6 +105,7 @@ class Connection:
         )
         self._client: Any = None
         self._wire: Wire | None = None
+        self._version_ok = False
         self._scripts: dict[str, Script] = {}
 
     @property
@@ -140,10 +142,25 @@ class Connection:
             )
         return self._wire
 
+    def check_version(self) -> None:
+        """:class:`QueueError` unless the server is Redis 7.0 or later (the read-only scripts
+        use 7.0's script flags); asked once per connection object."""
+        if self._version_ok:
+            return
+        with self.errors():
+            version = str(self.client.info("server").get("redis_version", "0"))
+        numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+        if numbers < MIN_VERSION:
+            raise QueueError(
+                f"redis {self.where}: Redis 7.0 or later is needed (this is {version})"
+            )
+        self._version_ok = True
+
     def run(self, name: str, *args: str | int | float) -> Any:
         """Run script ``name`` with ``args`` after the prefix (see :mod:`.scripts`)."""
         if name in WIRE_SCRIPTS:
             return self._run_on_wire(name, args)
+        self.check_version()
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.client.register_script(scripts.source(name))
