@@ -530,3 +530,25 @@ def test_an_idle_consumer_wakes_when_a_delayed_task_falls_due(
     backend.queue.wait_for_work(10.0)
 
     assert 0.2 <= time.monotonic() - started < 5.0
+
+
+def test_a_deep_backlog_enters_the_stream_a_little_at_a_time(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    # Given 3,000 due tasks
+    tasks = []
+    for _ in range(3000):
+        tasks.append(make_task(clock))
+        clock.advance(0.001)
+    backend.queue.enqueue(tasks)
+    client, keys = backend.connection.client, backend.connection.keys
+    # When tasks are leased, the stream holds at most 100 waiting entries, oldest due first
+    leased = [_lease(backend).task_id for _ in range(250)]
+    assert leased == [t.task_id for t in tasks[:250]]
+    assert client.xlen(keys.ready) - client.zcard(keys.leases) <= 100
+    # And a task that falls due meanwhile waits behind at most those
+    early = make_task(clock, due_in_s=-3600.0)
+    backend.queue.enqueue([early])
+    order = [_lease(backend).task_id for _ in range(101)]
+    assert early.task_id in order
+    assert backend.queue.stats().pending == 3000 - 250 - 101 + 1

@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from tracemind.backend.redis.connection import Connection
     from tracemind.clock import Clock
 
-PROMOTE_LIMIT = 1000
-"""At most this many due tasks move into the stream per script (bounds a script's run time)."""
+PROMOTE_LIMIT = 100
+"""The stream is topped up to this many undelivered tasks (bounds a script's run time, and how
+many tasks one that falls due can wait behind)."""
 RECOVER_LIMIT = 1000
 """At most this many expired leases are looked at per :meth:`RedisQueue.recover`."""
 ENQUEUE_CHUNK = 1000

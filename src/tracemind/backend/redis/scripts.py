@@ -60,8 +60,13 @@ local function finish(id, h, state, set, now, done)
   redis.call('HSET', h, 'state', state, 'finished_ms', now, 'done', done)
   redis.call('ZADD', set, now, id)
 end
+-- Tops the stream up to `limit` undelivered entries with the tasks due longest (every entry
+-- in flight has a lease: undelivered = XLEN - ZCARD leases, both O(1)). Kept short, so a task
+-- that falls due waits behind at most `limit` others, and a deep backlog is never moved at once.
 local function promote(now, limit)
-  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local ready = redis.call('XLEN', READY) - redis.call('ZCARD', LEASES)
+  if ready >= limit then return 0 end
+  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit - ready)
   if #due == 0 then return 0 end
   ensure_group()
   for i = 1, #due, 2 do
@@ -158,7 +163,7 @@ return false
 """
 
 PROMOTE = """
--- ARGV: P, now_ms, limit. Moves up to limit due tasks into the stream; returns how many.
+-- ARGV: P, now_ms, limit. Tops the stream up with due tasks (see promote); returns how many.
 return promote(tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 
