@@ -216,18 +216,20 @@ def test_a_server_that_denies_the_client_is_one_line_for_readers_and_submissions
 def test_three_consumers_drain_2000_tasks_while_one_is_sigkilled_mid_run(
     redis_location: str, processes: Processes, tmp_path: Path
 ) -> None:
-    # Given 2,000 tasks and three consumer processes at work (2 s leases, 2 ms per task)
+    # Given 2,000 tasks and three consumer processes at work (2 ms per task)
     backend = open_backend(redis_location, durable=True, env={})
     tasks = [make_task(time.time) for _ in range(2000)]
     backend.queue.enqueue(tasks)
     log, stop = tmp_path / "runs.log", tmp_path / "stop"
+    # (the one to be killed leases for 2 s, so its lease comes back soon; the others for 60 s,
+    # so that a pause of theirs on a busy machine never lets a lease lapse)
     consumers = {
         name: agent(
             processes,
             *("consume", redis_location, str(log), "--stop", str(stop), "--name", name),
-            *("--work-s", "0.002"),
+            *("--work-s", "0.002", "--lease-s", lease_s),
         )
-        for name in ("a", "b", "c")
+        for name, lease_s in (("a", "2"), ("b", "60"), ("c", "60"))
     }
     # When one of them is SIGKILLed mid-run
     wait_until(lambda: len(lines(log)) >= 600, AGENT_TIMEOUT_S, "a third of the work")
