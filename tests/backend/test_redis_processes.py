@@ -93,8 +93,12 @@ def test_a_sigkilled_consumers_leases_come_back_after_the_lease_time_and_nothing
     held = {tid for verb, tid, attempt, _ in lines(log) if verb == "start"}
     assert len(held) == 5
     # When two other consumers drain the queue (recovering lapsed leases as they go)
-    consumers = [
-        agent(processes, "consume", redis_location, str(log), "--stop", str(stop), "--name", n)
+    consumers = [  # (60 s leases: a pause of theirs on a busy machine never lets one lapse)
+        agent(
+            processes,
+            *("consume", redis_location, str(log), "--stop", str(stop), "--name", n),
+            *("--lease-s", "60"),
+        )
         for n in ("a", "b")
     ]
 
