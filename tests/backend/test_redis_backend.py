@@ -552,3 +552,47 @@ def test_a_deep_backlog_enters_the_stream_a_little_at_a_time(
     order = [_lease(backend).task_id for _ in range(101)]
     assert early.task_id in order
     assert backend.queue.stats().pending == 3000 - 250 - 101 + 1
+
+
+def test_tasks_are_listed_newest_first_by_status_and_flow(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    # Given tasks in several states, enqueued one after the other
+    ids = []
+    for _ in range(6):
+        ids.append(_put(backend, clock))
+        clock.advance(0.01)
+    backend.queue.ack(_lease(backend), {})  # ids[0] succeeded
+    backend.queue.dead_letter(_lease(backend), Failure("boom"))  # ids[1] dead
+    _lease(backend)  # ids[2] in flight
+    assert backend.cancel(ids[3]) == "cancelled"
+    # When they are listed
+    everything = set(TaskStatus)
+    newest = backend.queue.newest(everything, 10)
+    waiting = backend.queue.newest({TaskStatus.PENDING}, 10)
+    # Then newest first, each with its status; filters by status, limit and flow
+    assert [i.task_id for i in newest] == ids[::-1]
+    assert [i.status for i in newest][-4:] == [
+        TaskStatus.CANCELLED,
+        TaskStatus.INFLIGHT,
+        TaskStatus.DEAD,
+        TaskStatus.SUCCEEDED,
+    ]
+    assert [i.task_id for i in waiting] == [ids[5], ids[4]]
+    assert [i.task_id for i in backend.queue.newest(everything, 2)] == [ids[5], ids[4]]
+    assert backend.queue.newest(everything, 10, flow_id="other") == []
+    assert len(backend.queue.newest(everything, 10, flow_id="unit")) == 6
+    # And finished() knows only the terminal ones
+    assert [backend.queue.finished(t) is not None for t in ids] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+        False,
+    ]
+    # And a purged or pruned task leaves the listing
+    assert backend.dead_letters.purge(ids[1])
+    clock.advance(8 * DAY_S)
+    backend.prune()
+    assert [i.task_id for i in backend.queue.newest(everything, 10)] == [ids[5], ids[4], ids[2]]

@@ -67,6 +67,7 @@ class Keys:
         self.audit = named["audit"]
         self.events = named["events"]
         self.damaged = named["damaged"]
+        self.tasks = named["tasks"]
         self.registry = f"{prefix}:registry"
 
     def task(self, task_id: str) -> str:

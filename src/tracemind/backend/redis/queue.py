@@ -37,7 +37,7 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Collection, Iterable, Sequence
     from typing import Any
 
     from tracemind.backend.redis.connection import Connection
@@ -52,6 +52,9 @@ ENQUEUE_CHUNK = 1000
 """Tasks per enqueue script: each chunk is atomic; a bigger batch is several scripts."""
 CONSUMER_IDLE_S = 600.0
 """A consumer name that held nothing for this long is forgotten by :meth:`RedisQueue.maintain`."""
+LIST_CAP = 10_000
+"""At most this many tasks are looked at by one :meth:`RedisQueue.newest` listing."""
+LIST_CHUNK = 200
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 
 
@@ -288,6 +291,42 @@ class RedisQueue:
         if not fields or "state" not in fields:
             return None
         return task_info(task_id, fields, self.clock())
+
+    def finished(self, task_id: str) -> TaskInfo | None:
+        """The task's terminal state (succeeded, dead or cancelled) in O(1); None while it is
+        anywhere else or does not exist; read-only."""
+        info = self.find(task_id)
+        terminal = (TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED)
+        return info if info is not None and info.status in terminal else None
+
+    def newest(
+        self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
+    ) -> list[TaskInfo]:
+        """Up to ``limit`` tasks in ``statuses`` (of ``flow_id`` when given), newest first, from
+        the index of task ids; looks at no more than :data:`LIST_CAP` tasks; read-only."""
+        client = self.connection.client
+        now_s = self.clock()
+        found: list[TaskInfo] = []
+        seen = 0
+        while seen < LIST_CAP and len(found) < limit:
+            with self.connection.errors():
+                ids = client.zrevrangebylex(self.keys.tasks, "+", "-", seen, LIST_CHUNK)
+                if not ids:
+                    break
+                pipe = client.pipeline(transaction=False)
+                for task_id in ids:
+                    pipe.hgetall(self.keys.task(task_id))
+                replies = pipe.execute()
+            seen += len(ids)
+            for task_id, fields in zip(ids, replies, strict=True):
+                info = task_info(task_id, fields, now_s) if fields.get("state") else None
+                if info is None or info.status not in statuses:
+                    continue
+                if flow_id is None or info.record.get("flow_id") == flow_id:
+                    found.append(info)
+                    if len(found) == limit:
+                        break
+        return found
 
 
 def task_info(task_id: str, fields: dict[str, str], now_s: float) -> TaskInfo | None:

@@ -22,13 +22,24 @@ from __future__ import annotations
 GROUP = "tm"
 """The consumer group every consumer of a queue reads the stream through."""
 
-KEY_ORDER = ("due", "ready", "leases", "done", "dead", "keyed", "audit", "events", "damaged")
+KEY_ORDER = (
+    "due",
+    "ready",
+    "leases",
+    "done",
+    "dead",
+    "keyed",
+    "audit",
+    "events",
+    "damaged",
+    "tasks",
+)
 """The ``KEYS`` of every script, in this order."""
 
 _PRELUDE = """
 local P = ARGV[1]
 local DUE, READY, LEASES, DONE, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local KEYED, AUDIT, EVENTS, DAMAGED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local KEYED, AUDIT, EVENTS, DAMAGED, TASKS = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local G = '{group}'
 local function tkey(id) return P .. ':task:' .. id end
 local function ikey(digest) return P .. ':key:' .. digest end
@@ -116,6 +127,7 @@ for i = 4, #ARGV, 4 do
       redis.call('HSET', h, 'record', rec, 'state', 'waiting', 'attempts', 0, 'due_ms', due,
                  'key', k)
       redis.call('ZADD', DUE, due, id)
+      redis.call('ZADD', TASKS, 0, id)
       added = added + 1
     end
     if k ~= '' then
@@ -305,6 +317,7 @@ if s[3] and s[3] ~= '' and redis.call('GET', ikey(s[3])) == id then
   redis.call('DEL', ikey(s[3]))
 end
 redis.call('ZREM', DEAD, id)
+redis.call('ZREM', TASKS, id)
 redis.call('DEL', h)
 redis.call('SET', ARGV[5], ARGV[6])
 redis.call('ZADD', AUDIT, ARGV[4], ARGV[5])
@@ -332,6 +345,7 @@ for _, member in ipairs(old) do
     end
     if kind == 'results' and finished then
       redis.call('ZREM', KEYED, member)
+      redis.call('ZREM', TASKS, member)
       redis.call('DEL', h)
       removed = removed + 1
     end
