@@ -596,3 +596,18 @@ def test_tasks_are_listed_newest_first_by_status_and_flow(
     clock.advance(8 * DAY_S)
     backend.prune()
     assert [i.task_id for i in backend.queue.newest(everything, 10)] == [ids[5], ids[4], ids[2]]
+
+
+def test_waiting_since_counts_tasks_enqueued_since_and_never_delivered(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    _put(backend, clock)
+    clock.advance(10)
+    since_s = clock()
+    for _ in range(4):
+        _put(backend, clock)
+    _lease(backend)  # the oldest: before since_s
+    _lease(backend)  # one of the four
+
+    assert backend.queue.waiting_since(since_s) == 3
+    assert backend.queue.waiting_since(since_s + 1) == 0

@@ -55,6 +55,7 @@ CONSUMER_IDLE_S = 600.0
 LIST_CAP = 10_000
 """At most this many tasks are looked at by one :meth:`RedisQueue.newest` listing."""
 LIST_CHUNK = 200
+_WAITING = ("waiting", "ready")
 LOST_ERROR = "the worker died or its lease expired during this attempt"
 
 
@@ -298,6 +299,19 @@ class RedisQueue:
         info = self.find(task_id)
         terminal = (TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED)
         return info if info is not None and info.status in terminal else None
+
+    def waiting_since(self, epoch_s: float) -> int:
+        """Tasks enqueued at or after ``epoch_s`` and never delivered yet, read-only (O(tasks
+        enqueued since then))."""
+        client = self.connection.client
+        since = f"[{ms(epoch_s):012x}"
+        with self.connection.errors():
+            ids = client.zrangebylex(self.keys.tasks, since, "+")
+            pipe = client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(self.keys.task(task_id), ["state", "attempts"])
+            replies = pipe.execute() if ids else []
+        return sum(1 for state, attempts in replies if state in _WAITING and attempts == "0")
 
     def newest(
         self, statuses: Collection[TaskStatus], limit: int, *, flow_id: str | None = None
