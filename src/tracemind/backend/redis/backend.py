@@ -8,7 +8,8 @@ import time
 from collections import Counter
 
 from tracemind.backend.redis.connection import Connection
-from tracemind.backend.redis.queue import RedisQueue, ms
+from tracemind.backend.redis.queue import RedisQueue
+from tracemind.backend.redis.records import ms
 from tracemind.backend.redis.stores import RedisDeadLetters, RedisRegistry, RedisSubmitter
 from tracemind.clock import system_clock
 from tracemind.errors import NotFound, QueueError

@@ -15,6 +15,7 @@ import json
 import time
 
 from tracemind.backend.redis.connection import MAX_BLOCK_S, dumps
+from tracemind.backend.redis.records import encode_record, ms, task_info
 from tracemind.backend.redis.scripts import GROUP
 from tracemind.queue.names import new_token
 from tracemind.queue.protocol import (
@@ -27,11 +28,9 @@ from tracemind.queue.protocol import (
     TaskStatus,
 )
 from tracemind.queue.records import (
-    DEAD_FIELDS,
     count_of,
     dead_entry,
     max_attempts_of,
-    succeeded_entry,
     with_failure,
 )
 
@@ -57,10 +56,6 @@ LIST_CAP = 10_000
 LIST_CHUNK = 200
 _WAITING = ("waiting", "ready")
 LOST_ERROR = "the worker died or its lease expired during this attempt"
-
-
-def ms(epoch_s: float) -> int:
-    return int(epoch_s * 1000)
 
 
 class RedisQueue:
@@ -96,7 +91,7 @@ class RedisQueue:
         for start in range(0, len(tasks), ENQUEUE_CHUNK):
             args: list[str | int] = [ms(self.clock()), ms(key_ttl_s)]
             for task, digest in tasks[start : start + ENQUEUE_CHUNK]:
-                args += [task.task_id, digest, ms(task.due_s), _encode(task.record, flows)]
+                args += [task.task_id, digest, ms(task.due_s), encode_record(task.record, flows)]
             reply = self.connection.run("enqueue", *args)
             resolved += [
                 ("dup:" if int(dup) else "") + task_id
@@ -341,59 +336,6 @@ class RedisQueue:
                     if len(found) == limit:
                         break
         return found
-
-
-def task_info(task_id: str, fields: dict[str, str], now_s: float) -> TaskInfo | None:
-    """What ``find`` reports of a task's hash."""
-    state = fields["state"]
-    attempts = count_of(int(fields.get("attempts") or 0))
-    finished_s = int(fields["finished_ms"]) / 1000 if fields.get("finished_ms") else None
-    record = _loads(fields.get("record"))
-    if state == "succeeded":
-        entry = succeeded_entry(record, _loads(fields.get("done")))
-        return TaskInfo(
-            task_id, TaskStatus.SUCCEEDED, count_of(entry.get("attempts")), entry, None, finished_s
-        )
-    if state == "dead":
-        entry = _loads(fields.get("done"))
-        return TaskInfo(
-            task_id, TaskStatus.DEAD, count_of(entry.get("attempts")), entry, None, finished_s
-        )
-    if state == "cancelled":
-        entry = {k: v for k, v in record.items() if k != "flow"}
-        entry.update(status="cancelled", cancelled_at=finished_s)
-        return TaskInfo(task_id, TaskStatus.CANCELLED, 0, entry, None, finished_s)
-    if state == "inflight":
-        return TaskInfo(task_id, TaskStatus.INFLIGHT, attempts, record)
-    if state in ("waiting", "ready"):
-        due_s = int(fields.get("due_ms") or 0) / 1000
-        status = TaskStatus.PENDING if ms(due_s) <= ms(now_s) else TaskStatus.DELAYED
-        return TaskInfo(task_id, status, attempts, record, due_s=due_s)
-    return None  # damaged: never counts as a task
-
-
-def requeued_record(entry: dict[str, Any]) -> dict[str, Any]:
-    """A dead entry as a task record again (its history kept)."""
-    return {k: v for k, v in entry.items() if k not in DEAD_FIELDS}
-
-
-def _encode(record: dict[str, Any], flows: dict[int, str]) -> str:
-    """``record`` as JSON; a flow snapshot shared by a batch's records is encoded once."""
-    flow = record.get("flow")
-    if not isinstance(flow, dict):
-        return dumps(record)
-    if id(flow) not in flows:
-        flows[id(flow)] = dumps(flow)
-    rest = dumps({k: v for k, v in record.items() if k != "flow"})
-    return rest[:-1] + ("," if rest != "{}" else "") + '"flow":' + flows[id(flow)] + "}"
-
-
-def _loads(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _matches(consumer: str, dead: tuple[str, ...]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tracemind.backend.redis.connection import Keys, dumps
-from tracemind.backend.redis.queue import ms, requeued_record
+from tracemind.backend.redis.records import ms, requeued_record
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
 from tracemind.queue.records import new_record
