@@ -26,7 +26,7 @@ RUN python3 -m venv /opt/build-venv
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN /opt/build-venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[status]"
+RUN /opt/build-venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[status,redis]"
 
 # ---- runtime --------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

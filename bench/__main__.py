@@ -29,6 +29,7 @@ from bench import (
     fig_keys,
     fig_noiso,
     fig_pickup,
+    fig_redis,
     fig_retention,
     fig_serving,
     fig_status,
@@ -62,8 +63,10 @@ FIGURES: dict[str, tuple[int, str, Callable[[Context], FigureResult]]] = {
     "dlq": (12, "Counts with many dead letters", fig_dlq.run),
     "serving": (13, "Probes and queue stats while draining a deep backlog", fig_serving.run),
     "retention": (14, "Disk per task before and after a retention pass", fig_retention.run),
+    "redis": (15, "Redis backend vs RQ", fig_redis.run),
 }
 BACKLOG_FIGURES = ("inspect", "depth", "keys", "enqueue_noiso", "dlq", "serving", "retention")
+REDIS_FIGURES = ("redis",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -92,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"also run the backlog figures ({', '.join(BACKLOG_FIGURES)}): minutes and, at the "
         "default depth, several GB of scratch space",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also run the Redis figure against RQ (needs redis-server; makes bench/.venv-rq)",
     )
     parser.add_argument(
         "--depth",
@@ -157,7 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         names = [name for name in FIGURES if name in args.only]
     else:
-        names = [name for name in FIGURES if args.backlog or name not in BACKLOG_FIGURES]
+        names = [
+            name
+            for name in FIGURES
+            if (args.backlog or name not in BACKLOG_FIGURES)
+            and (args.redis or name not in REDIS_FIGURES)
+        ]
     try:
         figures = [run_figure(name, ctx) for name in names]
         host = machine(scratch)

@@ -55,9 +55,25 @@ def _file_backend(tmp_path: Path, clock: FakeClock, *, durable: bool) -> Backend
     return open_backend(location, durable=durable, env={}, clock=clock)
 
 
+def _redis_backend(tmp_path: Path, clock: FakeClock) -> Backend:
+    """A key prefix named after ``tmp_path`` on the session's redis-server (``redis_server``)."""
+    import hashlib
+    import importlib.util
+    import shutil
+
+    from redis_server import SharedServer
+
+    if importlib.util.find_spec("redis") is None or shutil.which("redis-server") is None:
+        raise BackendUnavailable("redis-server or the redis client is not installed")
+    prefix = "t" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    location = f"{SharedServer.url()}?prefix={prefix}"
+    return open_backend(location, durable=True, env={}, clock=clock)
+
+
 BACKEND_FACTORIES: dict[str, BackendFactory] = {
     "file": functools.partial(_file_backend, durable=False),
     "file-durable": functools.partial(_file_backend, durable=True),
+    "redis": _redis_backend,
 }
 """Backend name → factory (see the module docstring); a new backend adds one entry."""
 

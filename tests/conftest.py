@@ -22,6 +22,7 @@ import pytest
 import structlog
 
 from backend_testing import BACKEND_FACTORIES, open_or_skip
+from redis_server import RedisServer, SharedServer, require_redis_server
 from tm_testing import (
     CONSUMER_SOURCE,
     ECHO_FLOW,
@@ -108,6 +109,42 @@ def harness(
     finally:
         for backend in opened:
             backend.close()
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+def pytest_sessionfinish() -> None:
+    SharedServer.stop()  # (started by the first test that needed it)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a redis-server shared by the session (AOF, ``appendfsync always``); each
+    user takes its own key prefix (``SharedServer.fresh_location``). Skips where redis-server
+    is not installed, fails under CI."""
+    require_redis_server()
+    try:
+        yield SharedServer.url()
+    finally:
+        SharedServer.stop()
+
+
+@pytest.fixture
+def redis_location(redis_url: str) -> str:
+    """A ``redis://`` location with a key prefix no other test uses."""
+    return SharedServer.fresh_location()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone (for tests that kill or reconfigure it); stopped by
+    its PID afterwards."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # -- subprocesses ------------------------------------------------------------------------------

@@ -89,8 +89,8 @@ def test_wheel_classifiers_urls_and_extras(wheel: Path) -> None:
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
     assert {"Source", "Documentation", "Changelog"} <= set(urls)
     assert all(url.startswith("https://") for url in urls.values())
-    # What a user installs: the status extra only; the test tools are a dependency group.
-    assert meta.get_all("Provides-Extra") == ["status"]
+    # What a user installs: the status and redis extras only; the test tools are a dependency group.
+    assert meta.get_all("Provides-Extra") == ["redis", "status"]
     requirements = " ".join(meta.get_all("Requires-Dist") or [])
     for tool in ("pytest", "ruff", "mypy", "docker", "hadolint"):
         assert tool not in requirements, tool

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, Tm, make_task, pending_path
-from tracemind.backend.file.retention import DAY_S, Pruner, RetentionPolicy
+from tracemind.backend.file.retention import Pruner
 from tracemind.backend.file.stores import Stores, open_stores
+from tracemind.backend.retention import DAY_S, RetentionPolicy
 from tracemind.config import DataDirs
 from tracemind.errors import UsageError
 from tracemind.flows import FlowSnapshot

@@ -58,6 +58,6 @@ def test_readers_answer_on_a_data_root_they_cannot_write(
     assert (answers["stats"]["pending"], answers["stats"]["inflight"], answers["dead"]) == (1, 1, 1)
     assert answers["dead_letters"] == [dead.task_id] and answers["dead_count"] == 1
     assert answers["live"] == ["d-one"] and answers["has_waiting"] is True
-    assert answers["problems"] and all("cannot write" in line for line in answers["problems"])
+    assert answers["problems"] and all("not writable" in line for line in answers["problems"])
     assert RAW_STATES["file"](backend) == before
     assert os.stat(shared_tmp / "data").st_uid == 0

@@ -14,7 +14,7 @@ import pytest
 
 from backend_testing import LEASE_S, Subject
 from tm_testing import FakeClock
-from tracemind.backend.file.retention import DAY_S
+from tracemind.backend.retention import DAY_S
 from tracemind.queue.protocol import TaskStatus
 
 HOUR_S = 3600.0

@@ -23,8 +23,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 K8S_DIR = REPO / "deploy" / "k8s"
-K8S_SCALE_DIR = K8S_DIR / "scale"
-COMPOSE_SCALE = "deploy/compose.scale.yaml"
 COMPOSE_OVERRIDES = ("deploy/compose.prod.yaml", "deploy/compose.triggers.yaml")
 DRAIN_TIMEOUT_S = 8.0  # the daemon's default drain timeout; every stop grace period must exceed it
 TOOL_TIMEOUT_S = 120
@@ -134,9 +132,9 @@ def test_dockerfile_runtime_contract() -> None:
     copies = [rest for kw, rest in runtime if kw == "COPY"]
     assert "LICENSE /usr/share/doc/tracemind-daemon/LICENSE" in copies
     assert re.search(
-        r"""pip wheel .*"\.\[status\]"|pip wheel .*'\.\[status\]'""",
+        r"""pip wheel .*"\.\[status,redis\]"|pip wheel .*'\.\[status,redis\]'""",
         " ".join(rest for kw, rest in instructions[:runtime_start] if kw == "RUN"),
-    ), "the build stage must build the project with its status extra"
+    ), "the build stage must build the project with its status and redis extras"
 
 
 def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
@@ -156,17 +154,16 @@ def test_dockerignore_keeps_secrets_data_and_caches_out() -> None:
 # ---- Kubernetes ----------------------------------------------------------------------------------
 
 
-def _k8s_documents(folder: Path = K8S_DIR) -> list[dict[str, Any]]:
+def _k8s_documents() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.yaml")):
+    for path in sorted(K8S_DIR.glob("*.yaml")):
         docs.extend(doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc)
     return docs
 
 
-@pytest.mark.parametrize("folder", [K8S_DIR, K8S_SCALE_DIR], ids=["k8s", "k8s/scale"])
-def test_k8s_manifests_pass_strict_schema_validation(folder: Path) -> None:
+def test_k8s_manifests_pass_strict_schema_validation() -> None:
     validate = _tool("kubernetes-validate")
-    manifests = sorted(str(path) for path in folder.glob("*.yaml"))
+    manifests = sorted(str(path) for path in K8S_DIR.glob("*.yaml"))
     assert manifests, "deploy/k8s has no manifests"
     result = _run([validate, "--strict", *manifests])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -206,35 +203,6 @@ def test_k8s_workload_is_single_restricted_and_probed() -> None:
     assert set(mounts) == {"/data", "/tmp"}
     tmp_volume = next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
     assert tmp_volume["emptyDir"]["medium"] == "Memory"
-
-
-def test_k8s_scale_runs_three_restricted_daemons_on_redis() -> None:
-    docs = {(doc["kind"], doc["metadata"]["name"]): doc for doc in _k8s_documents(K8S_SCALE_DIR)}
-    deployment = docs[("Deployment", "tracemind")]["spec"]
-    assert deployment["replicas"] == 3
-    pod = deployment["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > DRAIN_TIMEOUT_S
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    (container,) = pod["containers"]
-    security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"]["drop"] == ["ALL"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    env = {item["name"]: item for item in container["env"]}
-    service = docs[("Service", "tracemind-redis")]["spec"]
-    assert (
-        env["TM_QUEUE_URL"]["value"] == f"redis://tracemind-redis:{service['ports'][0]['port']}/0"
-    )
-    assert "secretKeyRef" in env["TM_REDIS_PASSWORD"]["valueFrom"]  # never a literal password
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}  # no data volume
-    budget = docs[("PodDisruptionBudget", "tracemind")]["spec"]
-    assert budget["minAvailable"] == 2
-    assert budget["selector"] == deployment["selector"]
-    redis = docs[("StatefulSet", "tracemind-redis")]["spec"]["template"]["spec"]["containers"][0]
-    assert "--appendonly yes" in redis["args"][0]
 
 
 def test_k8s_network_policy_admits_only_the_scraper_to_the_status_port() -> None:
@@ -383,26 +351,6 @@ def test_trigger_port_is_published_only_with_its_override(compose: list[str]) ->
     ports = json.loads(result.stdout)["services"]["tracemind"]["ports"]
     published = {(p["host_ip"], str(p["published"]), p["target"]) for p in ports}
     assert published == {("127.0.0.1", "8080", 8080), ("127.0.0.1", "8081", 8081)}
-
-
-def test_compose_scale_profile_runs_daemons_on_redis(compose: list[str]) -> None:
-    # Given the scale override and its profile. When compose resolves them. Then the daemons
-    # reach Redis by URL, keep no data mount, and publish ports that do not collide.
-    args = ["-f", "compose.yaml", "-f", COMPOSE_SCALE, "--profile", "scale"]
-    result = _run([*compose, *args, "config", "--format", "json"], env=_clean_env())
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "", f"compose printed warnings: {result.stderr}"
-    services = json.loads(result.stdout)["services"]
-    daemon, redis = services["tracemind"], services["redis"]
-    assert daemon["environment"]["TM_QUEUE_URL"] == "redis://redis:6379/0"
-    assert all(volume["target"] != "/data" for volume in daemon["volumes"])
-    assert [(p["host_ip"], p.get("published", "")) for p in daemon["ports"]] == [("127.0.0.1", "")]
-    assert daemon["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert redis["image"] == "redis:7-bookworm"
-    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
-    assert [(p["host_ip"], p["target"]) for p in redis["ports"]] == [("127.0.0.1", 6379)]
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    assert any(volume["type"] == "volume" for volume in redis["volumes"])
 
 
 def test_env_example_names_every_setting() -> None:

@@ -38,9 +38,15 @@ def open_backend(
         from tracemind.backend.file.backend import FileBackend
 
         return FileBackend(location, durable=durable, env=env, clock=clock)
-    from tracemind.errors import UsageError
+    try:
+        from tracemind.backend.redis import RedisBackend
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        from tracemind.errors import UsageError
 
-    raise UsageError(
-        f"queue location {location.redacted()}: the {location.scheme}:// backend is not "
-        "available in this version"
-    )
+        raise UsageError(
+            f"queue location {location.redacted()}: the Redis backend needs the redis client "
+            "(install the project with its redis extra: pip install './checkout[redis]')"
+        ) from None
+    return RedisBackend(location, durable=durable, env=env, clock=clock)

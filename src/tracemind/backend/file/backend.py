@@ -95,7 +95,8 @@ class FileBackend:
     @property
     def pruner(self) -> Pruner:
         if self._pruner is None:
-            from tracemind.backend.file.retention import Pruner, RetentionPolicy
+            from tracemind.backend.file.retention import Pruner
+            from tracemind.backend.retention import RetentionPolicy
 
             self._pruner = Pruner(self.stores, RetentionPolicy.from_env(self.env))
         return self._pruner

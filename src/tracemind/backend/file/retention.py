@@ -18,7 +18,7 @@ before a late ack (deleted when a consumer reaches it, however deep the backlog)
 removes any result, a pass collects the ids of every copy that could still be stale — every
 inflight file and every pending copy delivered before — and keeps their results. What remains
 is a stale lease whose worker is paused: it lapses within its lease, which is why a result TTL
-below :data:`MIN_RESULT_TTL_S` (far above any lease) is refused. Keys go before their results
+below :data:`~tracemind.backend.retention.MIN_RESULT_TTL_S` (far above any lease) is refused. Keys go before their results
 (a key whose task no longer exists would otherwise be taken for a live one), and a result TTL
 shorter than the idempotency TTL is refused for the same reason.
 """
@@ -29,58 +29,28 @@ import contextlib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tracemind.config import idempotency_ttl_s, seconds_setting
-from tracemind.errors import LockTimeout, UsageError
+from tracemind.backend.retention import (
+    KINDS,
+    QUARANTINE_TTL_S,
+    TEMPORARY_TTL_S,
+    RetentionPolicy,
+)
+from tracemind.errors import LockTimeout
 from tracemind.fsutil import read_regular, scan_entries
 from tracemind.log import get_logger
 from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, is_temporary, staged_name
 from tracemind.queue.protocol import TaskStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
     from tracemind.backend.file.stores import Stores
 
-DAY_S = 86_400.0
-DEFAULT_RESULT_TTL_S = 7 * DAY_S
-DEFAULT_DLQ_AUDIT_TTL_S = 30 * DAY_S
-QUARANTINE_TTL_S = 7 * DAY_S
-TEMPORARY_TTL_S = 3_600.0
-MIN_RESULT_TTL_S = 3_600.0
-"""Far longer than any lease plus a recovery round: see the module docstring."""
-KINDS = ("results", "keys", "dlq_audit", "quarantine", "temporaries")
 PASS_EVERY_S = 60.0
 PASS_BUDGET = 5_000
 """At most this many removals per background pass, so a pass never stalls a serving process."""
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    result_ttl_s: float = DEFAULT_RESULT_TTL_S
-    key_ttl_s: float = DAY_S
-    dlq_audit_ttl_s: float = DEFAULT_DLQ_AUDIT_TTL_S
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> RetentionPolicy:
-        """The policy the environment sets (the key TTL is ``TM_IDEMPOTENCY_TTL_S``);
-        :class:`UsageError` (one line) for a bad value."""
-        key_ttl_s = idempotency_ttl_s(env)
-        result_ttl_s = seconds_setting("TM_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, env)
-        audit_ttl_s = seconds_setting("TM_DLQ_AUDIT_TTL_S", DEFAULT_DLQ_AUDIT_TTL_S, env)
-        if result_ttl_s < MIN_RESULT_TTL_S:
-            raise UsageError(
-                f"TM_RESULT_TTL_S must be at least {MIN_RESULT_TTL_S:g} s (a stale copy of a "
-                f"task must find its result), got {result_ttl_s:g}"
-            )
-        if result_ttl_s < key_ttl_s:
-            raise UsageError(
-                f"TM_RESULT_TTL_S ({result_ttl_s:g} s) must not be shorter than "
-                f"TM_IDEMPOTENCY_TTL_S ({key_ttl_s:g} s): a key must not outlive its result"
-            )
-        return cls(result_ttl_s, key_ttl_s, audit_ttl_s)
 
 
 class Pruner:
