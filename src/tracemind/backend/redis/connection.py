@@ -149,7 +149,7 @@ class Connection:
         if self._version_ok:
             return
         with self.errors():
-            version = str(self.client.info("server").get("redis_version", "0"))
+            version = str(self.client.info(section="server").get("redis_version", "0"))
         numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
         if numbers < MIN_VERSION:
             raise QueueError(
