@@ -2,9 +2,16 @@
 
 Layout::
 
-    <idempotency-dir>/keys/<sha256(key)[:40]>.json   {"key", "task_id", "created_at", "due_ms"}
+    <idempotency-dir>/keys/<sha256(key)[:40]>.json   a symlink: "v2:{task_id}:{due_ms}:{created_ms}"
     <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
     <idempotency-dir>/tmp/
+
+A key record is a symbolic link whose target text is the record (never a path that is
+followed): creating one is a single ``symlink(2)``, atomic — a record exists whole or not at
+all, so no temporary file, rename or data block is needed — and reading one is a single
+``readlink(2)`` (the lock files of Mercurial and Emacs use the same trick). Records written
+by earlier versions are regular JSON files ``{"key", "task_id", "created_at", "due_ms"}`` and
+are still read.
 
 A key record only *points* at a task; whether the key still blocks a new submission is decided
 from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
@@ -17,17 +24,18 @@ its last descriptor, and one that is paused keeps them (the others wait, then gi
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 from contextlib import ExitStack, contextmanager
 
 from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
-    dump_json,
     ensure_dir,
     file_mode,
     read_json,
-    write_atomic,
-    write_many_atomic,
+    scan_entries,
+    write_symlinks,
 )
 from tracemind.quarantine import quarantine
 from tracemind.values import Value
@@ -35,23 +43,38 @@ from tracemind.values import Value
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+    from typing import NoReturn
 
     from tracemind.fsutil import StrPath
 
 LOCK_TIMEOUT_S = 10.0
 
 
+RECORD_PREFIX = "v2:"
+"""How the target of a symlink key record starts (records of other versions are not parsed)."""
+
+
 class KeyRecord(Value):
     """``key`` points at ``task_id``, written at ``created_at``; ``due_ms`` is the task's due
-    time as enqueued (None in records written before tasks were staged)."""
+    time as enqueued (None in records written before tasks were staged); ``stripe`` is the lock
+    stripe its task was staged under (None in records written before staged names carried it).
+    """
 
-    __slots__ = ("created_at", "due_ms", "key", "task_id")
+    __slots__ = ("created_at", "due_ms", "key", "stripe", "task_id")
 
-    def __init__(self, key: str, task_id: str, created_at: float, due_ms: int | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        task_id: str,
+        created_at: float,
+        due_ms: int | None,
+        stripe: str | None = None,
+    ) -> None:
         self.key = key
         self.task_id = task_id
         self.created_at = created_at
         self.due_ms = due_ms
+        self.stripe = stripe
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -61,6 +84,35 @@ class KeyRecord(Value):
             "due_ms": self.due_ms,
         }
 
+    def target(self) -> str:
+        """The record as the target text of its symlink (about 53 bytes: ext4 keeps a target
+        under 60 bytes inside the inode, so a record costs no data block)."""
+        created_ms = int(self.created_at * 1000)
+        return f"{RECORD_PREFIX}{self.task_id}:{self.due_ms or 0}:{created_ms}"
+
+
+class Pointer(Value):
+    """What a key record says, read without knowing its key (retention): the task, its due time
+    as enqueued, when it was written, and the stripe its task was staged under (None for records
+    of earlier versions)."""
+
+    __slots__ = ("created_at", "due_ms", "stripe", "task_id")
+
+    def __init__(
+        self, task_id: str, due_ms: int | None, created_at: float, stripe: str | None
+    ) -> None:
+        self.task_id = task_id
+        self.due_ms = due_ms
+        self.created_at = created_at
+        self.stripe = stripe
+
+
+@functools.lru_cache(maxsize=65_536)
+def _digest(key: str) -> str:
+    import hashlib  # only submissions with a key pay for it (OpenSSL, ~3 ms)
+
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
 
 class IdempotencyStore:
     def __init__(
@@ -69,12 +121,12 @@ class IdempotencyStore:
         self.root = root
         self.durable = durable
         self.lock_timeout_s = lock_timeout_s
+        self._keys = os.path.join(root, "keys")
 
     @staticmethod
-    def _digest(key: str) -> str:
-        import hashlib  # only submissions with a key pay for it (OpenSSL, ~3 ms)
-
-        return hashlib.sha256(key.encode()).hexdigest()[:40]
+    def stripe(key: str) -> str:
+        """The lock stripe of ``key``: two hex digits (256 locks shared by all keys)."""
+        return _digest(key)[:2]
 
     @contextmanager
     def locked(self, key: str, *, timeout_s: float | None = None) -> Iterator[None]:
@@ -86,8 +138,16 @@ class IdempotencyStore:
     def locked_many(self, keys: Iterable[str], *, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the locks of every key in ``keys`` (their stripes, taken in one global order so
         two batches never deadlock); raises LockTimeout when one is not acquired in time."""
-        stripes = sorted({self._digest(key)[:2] for key in keys})
-        if not stripes:
+        with self.locked_stripes({self.stripe(key) for key in keys}, timeout_s=timeout_s):
+            yield
+
+    @contextmanager
+    def locked_stripes(
+        self, stripes: Iterable[str], *, timeout_s: float | None = None
+    ) -> Iterator[None]:
+        """Hold the locks of ``stripes`` (see :meth:`stripe`), in one global order."""
+        ordered = sorted(set(stripes))
+        if not ordered:
             yield
             return
         from filelock import FileLock, Timeout
@@ -95,7 +155,7 @@ class IdempotencyStore:
         lock_dir = ensure_dir(os.path.join(self.root, "locks"))
         wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
         with ExitStack() as held:
-            for stripe in stripes:
+            for stripe in ordered:
                 lock = FileLock(
                     os.path.join(lock_dir, f"{stripe}.lock"),
                     timeout=wait_s,
@@ -117,15 +177,30 @@ class IdempotencyStore:
             yield
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
+        return os.path.join(self._keys, f"{_digest(key)}.json")
 
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
-        torn, of the wrong shape, or not a regular file, which is never opened).
+        a symlink whose target is not a record, a torn or misshapen file of an earlier version,
+        or any other kind of entry, which is never opened).
 
         A record this process may not read is no damage and is not taken as absent either (that
         would give the key a second task): :class:`QueueError` naming the fix."""
-        path = self._path(key)
+        pointer = self.pointer_at(self._path(key))
+        if pointer is None:
+            return None
+        return KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
+
+    def pointer_at(self, path: str) -> Pointer | None:
+        """What the key record at ``path`` points at; None when absent or damaged, and
+        :class:`QueueError` when this process may not read it (see :meth:`get`)."""
+        try:
+            return _parse_target(os.readlink(path), os.path.basename(path)[:2])
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not a symlink, a record of earlier versions
+                return _unreadable(path, exc)
         try:
             data = read_json(path)
         except FileNotFoundError:
@@ -133,36 +208,39 @@ class IdempotencyStore:
         except ValueError:
             return None
         except OSError as exc:
-            from tracemind.problems import unreadable_error
-
-            raise unreadable_error(path, exc) from exc
+            return _unreadable(path, exc)
         try:
             due_ms = data.get("due_ms")
-            return KeyRecord(
-                str(data["key"]),
+            return Pointer(
                 str(data["task_id"]),
-                float(data["created_at"]),
                 due_ms if isinstance(due_ms, int) and not isinstance(due_ms, bool) else None,
+                float(data["created_at"]),
+                None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
+    def records(self) -> Iterator[str]:
+        """The path of every entry of ``keys/`` named like a record (any kind: a reader of one
+        tells a record from damage); read-only."""
+        for name, _ in scan_entries(self._keys):
+            if len(name) == 45 and name.endswith(".json"):
+                yield os.path.join(self._keys, name)
+
     def put_many(self, records: Iterable[KeyRecord]) -> None:
         """Point each record's key at its task, durably when the store is (call while holding
-        :meth:`locked_many` for those keys)."""
-        items = [(self._path(r.key), dump_json(r.to_dict())) for r in records]
+        :meth:`locked_many` for those keys): one ``symlink`` per new key; a key that already has
+        a record (of a task that no longer blocks it) gets the new one by a rename over it."""
+        items = [(self._path(r.key), r.target()) for r in records]
         if not items:
             return
-        ensure_dir(os.path.join(self.root, "keys"))
+        ensure_dir(self._keys)
         tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
-        if len(items) == 1:
-            write_atomic(*items[0], tmp_dir=tmp_dir, durable=self.durable)
-        else:
-            write_many_atomic(items, tmp_dir=tmp_dir, durable=self.durable)
+        write_symlinks(items, tmp_dir=tmp_dir, durable=self.durable)
 
     def put(self, key: str, task_id: str, now_s: float, due_ms: int | None = None) -> None:
         """Point ``key`` at ``task_id`` (call while holding :meth:`locked`)."""
-        self.put_many([KeyRecord(key, task_id, now_s, due_ms)])
+        self.put_many([KeyRecord(key, task_id, now_s, due_ms, self.stripe(key))])
 
     def quarantine_damaged(self, key: str) -> bool:
         """Move the record of ``key`` aside if it exists but cannot be read (call while holding
@@ -179,3 +257,21 @@ class IdempotencyStore:
         if record is not None and record.task_id == task_id:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(key))
+
+
+def _parse_target(target: str, stripe: str) -> Pointer | None:
+    """The pointer a symlink record's target holds; None when it is not one."""
+    from tracemind.queue.names import is_task_id
+
+    parts = target.split(":")
+    if len(parts) != 4 or parts[0] + ":" != RECORD_PREFIX or not is_task_id(parts[1]):
+        return None
+    if not (parts[2].isdigit() and parts[3].isdigit()):
+        return None
+    return Pointer(parts[1], int(parts[2]), int(parts[3]) / 1000, stripe)
+
+
+def _unreadable(path: str, exc: OSError) -> NoReturn:
+    from tracemind.problems import unreadable_error
+
+    raise unreadable_error(path, exc) from exc

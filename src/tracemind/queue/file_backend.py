@@ -22,6 +22,7 @@ from tracemind.dlq import DeadLetterStore
 from tracemind.errors import QueueError
 from tracemind.fsutil import (
     DamagedEntry,
+    create_many,
     dump_json,
     ensure_dir,
     fdatasync_file,
@@ -34,7 +35,6 @@ from tracemind.fsutil import (
     scan_entries,
     scan_names,
     write_atomic,
-    write_many_atomic,
 )
 from tracemind.log import get_logger
 from tracemind.quarantine import quarantine, sweep_temporaries
@@ -46,7 +46,7 @@ from tracemind.queue.names import (
     is_task_id,
     is_temporary,
     new_token,
-    staged_name,
+    parse_staged,
 )
 from tracemind.queue.pending import PendingDir
 from tracemind.queue.protocol import (
@@ -192,31 +192,33 @@ class FileQueue:
             ]
         )
 
-    def stage(self, tasks: Sequence[NewTask]) -> list[str]:
-        """Write ``tasks`` where no consumer sees them (``staging/``, under their pending names),
-        durably when the queue is; returns their names for :meth:`publish`."""
+    def stage(self, tasks: Sequence[NewTask], names: Sequence[str]) -> None:
+        """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
+        :func:`~tracemind.queue.names.staged_name`), durably when the queue is.
+
+        Each file is created in place, without a temporary file and a rename: nothing reads a
+        staged file before the submitter's key record points at it, which it writes only after
+        this returns, and a torn one (its submitter died while writing it) is an orphan that
+        :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
         self.prepare()
         encoded_flows: dict[int, bytes] = {}
-        names = [staged_name(t.task_id, _ms(t.due_s)) for t in tasks]
         items = [
             (self._staging + name, _encode_record(t.record, encoded_flows))
             for name, t in zip(names, tasks, strict=True)
         ]
-        if len(items) == 1:
-            write_atomic(*items[0], tmp_dir=self._tmp, durable=self.durable)
-        elif items:
-            write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
-        return names
+        create_many(items, durable=self.durable)
 
     def publish(self, names: Iterable[str]) -> int:
         """Make staged tasks visible to consumers, each by one rename (a name already published,
         or rolled back, is skipped); returns how many this call moved."""
         moved: list[PendingName] = []
         for name in names:
-            parsed = PendingName.parse(name)
+            parsed = parse_staged(name)
             staged = self._staging + name
-            if parsed is not None and self.waiting.move_in(staged, parsed, sync=False, ring=False):
-                moved.append(parsed)
+            if parsed is not None and self.waiting.move_in(
+                staged, parsed[1], sync=False, ring=False
+            ):
+                moved.append(parsed[1])
         self.waiting.sync_buckets(moved)
         return len(moved)
 
@@ -231,13 +233,14 @@ class FileQueue:
 
     def staged(self) -> list[str]:
         """Names of the staged tasks (normally none: only a submitter that died leaves any)."""
-        return [n for n in scan_names(self._staging) if PendingName.parse(n) is not None]
+        return [n for n in scan_names(self._staging) if parse_staged(n) is not None]
 
     def quarantine_staged(self, name: str, reason: str) -> bool:
         return quarantine(self._staging + name, self.root, reason) is not None
 
     def staged_record(self, name: str) -> dict[str, Any] | None:
-        """The record of a staged task; None when it is gone or unreadable."""
+        """The record of a staged task; None when it is gone or unreadable (or torn: read it
+        holding its key's lock, or it may still be being written)."""
         try:
             record, _ = parse_task_file(read_regular(self._staging + name))
         except (OSError, ValueError):
