@@ -141,7 +141,7 @@ def _submit_crashing(submitter: QueueSubmitter, echo_snapshot: FlowSnapshot) -> 
         submitter.submit_many(echo_snapshot, items)
 
 
-@pytest.mark.parametrize("dies_after", ["stage", "put_many", "publish"])
+@pytest.mark.parametrize("dies_after", ["stage", "link_many", "publish"])
 def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_per_key(
     stores: Stores,
     echo_snapshot: FlowSnapshot,
@@ -151,7 +151,7 @@ def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_p
     # Given a keyed batch whose process dies right after one of its steps, and whose
     # rollback never runs (a killed process runs no handler)
     submitter = stores.submitter(TTL_S)
-    target = stores.keys if dies_after == "put_many" else stores.queue
+    target = stores.keys if dies_after == "link_many" else stores.queue
     _crash_after(monkeypatch, target, dies_after)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
@@ -180,7 +180,7 @@ def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
     submitter = stores.submitter(TTL_S)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
-    _crash_after(monkeypatch, stores.keys, "put_many")
+    _crash_after(monkeypatch, stores.keys, "link_many")
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
     keyed = {f"k{n}": stores.keys.get(f"k{n}") for n in range(3)}
@@ -276,15 +276,15 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
         assert key is not None and key.task_id == result.task_id
 
 
-def test_a_keyed_task_costs_one_file_one_symlink_and_one_rename(
+def test_a_keyed_task_costs_one_file_one_link_and_one_rename(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given counters on file creations, symlinks and renames
     import os
 
     stores.queue.prepare()
-    calls = {"create": 0, "symlink": 0, "rename": 0}
-    real_open, real_symlink, real_rename = os.open, os.symlink, os.rename
+    calls = {"create": 0, "link": 0, "rename": 0}
+    real_open, real_link, real_rename = os.open, os.link, os.rename
 
     def counted_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         calls["create"] += bool(flags & os.O_CREAT) and Path(path).name != ".bell"
@@ -298,18 +298,18 @@ def test_a_keyed_task_costs_one_file_one_symlink_and_one_rename(
         return call
 
     monkeypatch.setattr(os, "open", counted_open)
-    monkeypatch.setattr(os, "symlink", counted("symlink", real_symlink))
+    monkeypatch.setattr(os, "link", counted("link", real_link))
     monkeypatch.setattr(os, "rename", counted("rename", real_rename))
     # When a batch of 100 new keys is submitted
     items = [Submission({"n": n}, f"key-{n}") for n in range(100)]
     results = stores.submitter(TTL_S).submit_many(echo_snapshot, items)
     monkeypatch.undo()
-    # Then each task was created once (in staging/, in place), its key record is one symlink,
-    # and publishing it is its only rename (lock files aside: at most one per stripe)
+    # Then each task file was created once (in staging/, in place), its key record is a second
+    # name of that file (a hard link), and publishing it is its only rename (lock files aside)
     assert not any(r.duplicate for r in results) and stores.queue.stats().pending == 100
     lock_files = len(list((stores.dirs.idempotency / "locks").iterdir()))
     assert calls["create"] - lock_files == 100
-    assert (calls["symlink"], calls["rename"]) == (100, 100)
+    assert (calls["link"], calls["rename"]) == (100, 100)
 
 
 def _new_task(clock: FakeClock, snapshot: FlowSnapshot, key: str) -> NewTask:
@@ -360,21 +360,21 @@ def test_duplicates_within_one_batch_resolve_to_the_first(
     assert stores.queue.stats().pending == 4
 
 
-@pytest.mark.parametrize("damage", ["torn file of an earlier version", "symlink to a non-record"])
+@pytest.mark.parametrize("damage", ["torn record of an earlier version", "symlink"])
 def test_a_damaged_key_record_blocks_nothing_and_is_moved_aside_with_a_log_line(
     stores: Stores, echo_snapshot: FlowSnapshot, logs: list[dict[str, Any]], damage: str
 ) -> None:
-    # Given a key record that was damaged: a truncated JSON record (the form earlier versions
-    # wrote), or a symlink whose target is not a record
+    # Given a key record that was damaged: a truncated record of the form earlier versions
+    # wrote, or a symlink where the record (a second name of the task's file) was
     submitter = stores.submitter(TTL_S)
     first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
     [record] = (stores.dirs.idempotency / "keys").iterdir()
-    assert record.is_symlink()
+    assert record.stat().st_nlink == 2  # the task's file, also named in pending/
     record.unlink()
     if damage.startswith("torn"):
         record.write_bytes(b'{"key": "k", "task_')
     else:
-        record.symlink_to(f"v2:{first.task_id}:12")
+        record.symlink_to(next(Path(stores.queue.root, "pending").glob("*/*/*.json")))
     # When the key is submitted again
     again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
     # Then it is accepted as a new task, the damaged record was quarantined and logged,

@@ -32,7 +32,7 @@ def real_stores(dirs: DataDirs) -> Stores:
 
 def _age(path: str | Path, seconds: float) -> None:
     then = time.time() - seconds
-    os.utime(path, (then, then), follow_symlinks=False)  # (a key record is a symlink)
+    os.utime(path, (then, then))
 
 
 def _succeed(stores: Stores, snapshot: FlowSnapshot, key: str | None = None) -> str:

@@ -275,31 +275,35 @@ def create_many(items: Sequence[tuple[str, bytes]], *, durable: bool) -> None:
         raise write_error(exc.filename or "", exc) from exc
 
 
-def write_symlinks(items: Sequence[tuple[str, str]], *, tmp_dir: StrPath, durable: bool) -> None:
-    """Make each path a symlink holding its text (a small record, never a path to follow),
-    with one sync for the whole batch.
+def link_many(items: Sequence[tuple[str, str]], *, tmp_dir: StrPath, durable: bool) -> None:
+    """Give each existing file (``source``) a second name (``target``), with one sync for the
+    whole batch: ``[(source, target), ...]``.
 
-    A symlink is created whole by one ``symlink(2)``, so there is no torn state, no temporary
-    file for a new one, and no data block (ext4 keeps a target under 60 bytes in the inode). A
-    path that exists already is replaced atomically: a symlink made in ``tmp_dir``, renamed over
-    it. With ``durable``, every new entry is durable when this returns (``syncfs``, then a sync
-    of each directory; a symlink has no data of its own to sync). Raises :class:`QueueError`.
+    A hard link is one directory entry: no inode, no data, no temporary file, and never torn.
+    A target that exists already is replaced atomically (a link made in ``tmp_dir``, renamed
+    over it). Where the two are on different file systems the target is written as a copy
+    instead (whole, by :func:`write_atomic`). With ``durable``, every target is durable when
+    this returns (the sources' data must be already). Raises :class:`QueueError`.
     """
     directories: set[str] = set()
     try:
-        for path, text in items:
+        for source, target in items:
             try:
-                os.symlink(text, path)
+                os.link(source, target)
             except FileExistsError:
-                tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{os.urandom(4).hex()}.tmp")
-                os.symlink(text, tmp)
+                tmp = os.path.join(tmp_dir, f"{os.path.basename(target)}.{os.urandom(4).hex()}.tmp")
+                os.link(source, tmp)
                 try:
-                    os.rename(tmp, path)
+                    os.rename(tmp, target)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
                     raise
-            directories.add(_parent(path))
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                write_atomic(target, read_regular(source), tmp_dir=tmp_dir, durable=durable)
+            directories.add(_parent(target))
         if durable and directories:
             sync_filesystem(next(iter(directories)))
             for directory in directories:

@@ -2,16 +2,18 @@
 
 Layout::
 
-    <idempotency-dir>/keys/<sha256(key)[:40]>.json   a symlink: "v2:{task_id}:{due_ms}:{created_ms}"
+    <idempotency-dir>/keys/<sha256(key)[:40]>.json   the key's task file (a hard link), or a record
     <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
     <idempotency-dir>/tmp/
 
-A key record is a symbolic link whose target text is the record (never a path that is
-followed): creating one is a single ``symlink(2)``, atomic — a record exists whole or not at
-all, so no temporary file, rename or data block is needed — and reading one is a single
-``readlink(2)`` (the lock files of Mercurial and Emacs use the same trick). Records written
-by earlier versions are regular JSON files ``{"key", "task_id", "created_at", "due_ms"}`` and
-are still read.
+A submitter points a key at its task by giving the task's staged file a second name in
+``keys/`` (a hard link, see :func:`~tracemind.fsutil.link_many`): one directory entry, no new
+file, never torn, and the task record it holds (``task_id``, ``idempotency_key``, ``due_at``,
+``enqueued_at``) is what the key says. The two names share one file: an ack appends its
+completion line to it too, which a key's reader ignores (it reads the first line). Where the
+idempotency directory is on another file system than the queue, the key gets a copy instead.
+Records written by earlier versions are small JSON files ``{"key", "task_id", "created_at",
+"due_ms"}`` and are still read.
 
 A key record only *points* at a task; whether the key still blocks a new submission is decided
 from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
@@ -24,18 +26,21 @@ its last descriptor, and one that is paused keeps them (the others wait, then gi
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
+import json
 import os
 from contextlib import ExitStack, contextmanager
 
 from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
+    dump_json,
     ensure_dir,
     file_mode,
-    read_json,
+    link_many,
+    read_regular,
     scan_entries,
-    write_symlinks,
+    write_atomic,
+    write_many_atomic,
 )
 from tracemind.quarantine import quarantine
 from tracemind.values import Value
@@ -43,15 +48,10 @@ from tracemind.values import Value
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from typing import NoReturn
 
     from tracemind.fsutil import StrPath
 
 LOCK_TIMEOUT_S = 10.0
-
-
-RECORD_PREFIX = "v2:"
-"""How the target of a symlink key record starts (records of other versions are not parsed)."""
 
 
 class KeyRecord(Value):
@@ -83,12 +83,6 @@ class KeyRecord(Value):
             "created_at": self.created_at,
             "due_ms": self.due_ms,
         }
-
-    def target(self) -> str:
-        """The record as the target text of its symlink (about 53 bytes: ext4 keeps a target
-        under 60 bytes inside the inode, so a record costs no data block)."""
-        created_ms = int(self.created_at * 1000)
-        return f"{RECORD_PREFIX}{self.task_id}:{self.due_ms or 0}:{created_ms}"
 
 
 class Pointer(Value):
@@ -195,29 +189,32 @@ class IdempotencyStore:
         """What the key record at ``path`` points at; None when absent or damaged, and
         :class:`QueueError` when this process may not read it (see :meth:`get`)."""
         try:
-            return _parse_target(os.readlink(path), os.path.basename(path)[:2])
+            first_line = read_regular(path).partition(b"\n")[0]
+            data = json.loads(first_line)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: not a symlink, a record of earlier versions
-                return _unreadable(path, exc)
-        try:
-            data = read_json(path)
-        except FileNotFoundError:
-            return None
-        except ValueError:
+        except ValueError:  # torn, not JSON, or not a regular file (DamagedEntry)
             return None
         except OSError as exc:
-            return _unreadable(path, exc)
+            from tracemind.problems import unreadable_error
+
+            raise unreadable_error(path, exc) from exc
         try:
+            if "v" in data:  # the task's own record: the key's task file, linked
+                return Pointer(
+                    _task_id(data["task_id"]),
+                    int(float(data["due_at"]) * 1000),
+                    float(data["enqueued_at"]),
+                    os.path.basename(path)[:2],
+                )
             due_ms = data.get("due_ms")
             return Pointer(
-                str(data["task_id"]),
+                _task_id(data["task_id"]),
                 due_ms if isinstance(due_ms, int) and not isinstance(due_ms, bool) else None,
                 float(data["created_at"]),
                 None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             return None
 
     def records(self) -> Iterator[str]:
@@ -227,20 +224,36 @@ class IdempotencyStore:
             if len(name) == 45 and name.endswith(".json"):
                 yield os.path.join(self._keys, name)
 
-    def put_many(self, records: Iterable[KeyRecord]) -> None:
-        """Point each record's key at its task, durably when the store is (call while holding
-        :meth:`locked_many` for those keys): one ``symlink`` per new key; a key that already has
-        a record (of a task that no longer blocks it) gets the new one by a rename over it."""
-        items = [(self._path(r.key), r.target()) for r in records]
+    def link_many(self, tasks: Iterable[tuple[str, str]]) -> None:
+        """Point each key at its task, given as ``(key, path of the task's staged file)``, by a
+        hard link named for the key, durably when the store is (call while holding
+        :meth:`locked_many` for those keys, once the staged files are whole, and durable with
+        a durable store). A key that already has a record (of a task that no longer blocks
+        it) gets the new one by a rename over it."""
+        items = [(staged, self._path(key)) for key, staged in tasks]
         if not items:
             return
         ensure_dir(self._keys)
         tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
-        write_symlinks(items, tmp_dir=tmp_dir, durable=self.durable)
+        link_many(items, tmp_dir=tmp_dir, durable=self.durable)
+
+    def put_many(self, records: Iterable[KeyRecord]) -> None:
+        """Point each record's key at its task with a small record of its own (the form of
+        earlier versions, which :meth:`link_many` replaced; kept for tools and tests), durably
+        when the store is (call while holding :meth:`locked_many` for those keys)."""
+        items = [(self._path(r.key), dump_json(r.to_dict())) for r in records]
+        if not items:
+            return
+        ensure_dir(self._keys)
+        tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
+        if len(items) == 1:
+            write_atomic(*items[0], tmp_dir=tmp_dir, durable=self.durable)
+        else:
+            write_many_atomic(items, tmp_dir=tmp_dir, durable=self.durable)
 
     def put(self, key: str, task_id: str, now_s: float, due_ms: int | None = None) -> None:
         """Point ``key`` at ``task_id`` (call while holding :meth:`locked`)."""
-        self.put_many([KeyRecord(key, task_id, now_s, due_ms, self.stripe(key))])
+        self.put_many([KeyRecord(key, task_id, now_s, due_ms)])
 
     def quarantine_damaged(self, key: str) -> bool:
         """Move the record of ``key`` aside if it exists but cannot be read (call while holding
@@ -259,19 +272,9 @@ class IdempotencyStore:
                 os.unlink(self._path(key))
 
 
-def _parse_target(target: str, stripe: str) -> Pointer | None:
-    """The pointer a symlink record's target holds; None when it is not one."""
+def _task_id(value: object) -> str:
     from tracemind.queue.names import is_task_id
 
-    parts = target.split(":")
-    if len(parts) != 4 or parts[0] + ":" != RECORD_PREFIX or not is_task_id(parts[1]):
-        return None
-    if not (parts[2].isdigit() and parts[3].isdigit()):
-        return None
-    return Pointer(parts[1], int(parts[2]), int(parts[3]) / 1000, stripe)
-
-
-def _unreadable(path: str, exc: OSError) -> NoReturn:
-    from tracemind.problems import unreadable_error
-
-    raise unreadable_error(path, exc) from exc
+    if not isinstance(value, str) or not is_task_id(value):
+        raise ValueError("not a task id")
+    return value

@@ -7,15 +7,19 @@ How a keyed submission stays exact whatever happens to its process:
 
 1. take the stripe locks of every key of the batch (held until step 4 is over);
 2. decide each key from its record and the queue (O(1) per key, see :meth:`QueueSubmitter._blocks`);
-3. write the new tasks to the queue's ``staging/`` (invisible to consumers), then the key
-   records pointing at them;
+3. write the new tasks to the queue's ``staging/`` (invisible to consumers; each file created
+   in place under a name that carries its key's lock stripe), make them durable, then give
+   each a second name in the store's ``keys/`` (a hard link: the key record);
 4. publish: one rename per task from ``staging/`` into ``pending/``.
 
-A submitter killed anywhere leaves nothing half-made: before step 3's key records its staged
-tasks are orphans that :meth:`QueueSubmitter.settle_staged` removes; after them, the next holder
-of the key's lock (a retry, another submitter, or the daemon's settling) finds the task staged
-and publishes it, so a key that answers "duplicate" always names a task that exists. A paused
-submitter keeps its locks: nobody decides by the clock that its claim is dead.
+So a keyed task costs one new file, one link and one rename (a plain one: a file and a rename).
+A submitter killed anywhere leaves nothing half-made: before step 3's links its staged tasks
+— whole, or the one it was writing, torn — are orphans that :meth:`QueueSubmitter.settle_staged`
+removes, holding the stripe's lock so that it never touches a live submitter's files; after
+them, the next holder of the key's lock (a retry, another submitter, or the daemon's settling)
+finds the task staged and publishes it, so a key that answers "duplicate" always names a task
+that exists. A paused submitter keeps its locks: nobody decides by the clock that its claim is
+dead.
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ class QueueSubmitter:
             task_id = new_task_id(at_ms=now_ms + index // CHUNK_TASKS)
             if key is not None:
                 known[key] = task_id
+            due_s = now_s if item.due_s is None else item.due_s
             record = new_record(
                 task_id=task_id,
                 flow=snapshot,
@@ -158,8 +163,9 @@ class QueueSubmitter:
                 enqueued_at=now_s,
                 idempotency_key=key,
                 trigger=item.trigger,
+                due_at=due_s,
             )
-            new.append(NewTask(task_id, record, now_s if item.due_s is None else item.due_s))
+            new.append(NewTask(task_id, record, due_s))
             results.append(SubmitResult(task_id, False))
         return new, results
 
@@ -181,7 +187,10 @@ class QueueSubmitter:
         names = [staged_name(r.task_id, r.due_ms, r.stripe) for r in records]
         try:
             self.queue.stage(keyed, names)
-            self.keys.put_many(records)
+            self.keys.link_many(
+                (r.key, self.queue.staged_path(name))
+                for r, name in zip(records, names, strict=True)
+            )
             self.queue.publish(names)
         except BaseException:
             self.queue.unstage(names)

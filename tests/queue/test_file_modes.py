@@ -27,18 +27,14 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 
 def _modes(root: Path) -> tuple[dict[str, str], set[str]]:
     """Every path under ``root`` (not ``root`` itself) whose mode is not FILE_MODE (files) or
-    DIR_MODE (directories), as ``{relative path: mode}``; and the directories holding files.
-    A symlink (a key record) has no mode of its own on Linux (always 0777, never checked): its
-    directory's 2770 is what keeps others out."""
+    DIR_MODE (directories), as ``{relative path: mode}``; and the directories holding files."""
     wrong: dict[str, str] = {}
     holders: set[str] = set()
     for path in root.rglob("*"):
         info = path.lstat()
         mode = stat.S_IMODE(info.st_mode)
         expected = DIR_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE
-        if stat.S_ISLNK(info.st_mode):
-            expected = 0o777
-        if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+        if stat.S_ISREG(info.st_mode):
             holders.add(str(path.parent.relative_to(root)))
         if mode != expected:
             wrong[str(path.relative_to(root))] = oct(mode)

@@ -215,9 +215,8 @@ def test_a_special_state_file_reads_as_absent(tmp_path: Path) -> None:
 
 @pytest.fixture
 def unreadable(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Paths whose open (or readlink: a key record) fails with EACCES (tests run as root, which
-    ignores mode bits; the real thing, with another uid, is in
-    tests/daemon/test_daemon_special_entries.py)."""
+    """Paths whose open fails with EACCES (tests run as root, which ignores mode bits; the real
+    thing, with another uid, is in tests/daemon/test_daemon_special_entries.py)."""
     import tracemind.fsutil as fsutil
     import tracemind.problems as problems
 
@@ -229,15 +228,7 @@ def unreadable(monkeypatch: pytest.MonkeyPatch) -> set[str]:
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_open(path, flags, *args, **kwargs)
 
-    real_readlink = os.readlink
-
-    def fake_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if os.fspath(path) in denied:
-            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
-        return real_readlink(path, *args, **kwargs)
-
     monkeypatch.setattr(fsutil.os, "open", fake_open)
-    monkeypatch.setattr(fsutil.os, "readlink", fake_readlink)
     monkeypatch.setattr(problems, "_logged", set())
     return denied
 
@@ -339,4 +330,4 @@ def test_readers_and_writers_never_call_an_entry_they_may_not_read_damaged(
     unreadable.add(str(key))
     with pytest.raises(QueueError, match="cannot read"):
         submitter.submit(echo_snapshot, {}, idempotency_key="k")
-    assert os.path.lexists(key) and not (stores.keys.root / "quarantine").exists()
+    assert key.exists() and not (stores.keys.root / "quarantine").exists()

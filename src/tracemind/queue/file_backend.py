@@ -196,8 +196,8 @@ class FileQueue:
         """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
         :func:`~tracemind.queue.names.staged_name`), durably when the queue is.
 
-        Each file is created in place, without a temporary file and a rename: nothing reads a
-        staged file before the submitter's key record points at it, which it writes only after
+        Each file is created in place, without a temporary file and a rename: nothing trusts a
+        staged file before the submitter's key record points at it, which it makes only after
         this returns, and a torn one (its submitter died while writing it) is an orphan that
         :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
         self.prepare()
@@ -227,6 +227,9 @@ class FileQueue:
         for name in names:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(self._staging + name)
+
+    def staged_path(self, name: str) -> str:
+        return self._staging + name
 
     def is_staged(self, name: str) -> bool:
         return os.path.lexists(self._staging + name)

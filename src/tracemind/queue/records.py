@@ -24,8 +24,10 @@ def new_record(
     enqueued_at: float,
     idempotency_key: str | None = None,
     trigger: dict[str, Any] | None = None,
+    due_at: float | None = None,
 ) -> dict[str, Any]:
-    """A task record: ``flow`` is the flow snapshot (``FlowSnapshot.to_dict()``)."""
+    """A task record: ``flow`` is the flow snapshot (``FlowSnapshot.to_dict()``); ``due_at``
+    is when it was first due, as submitted (epoch seconds; default ``enqueued_at``)."""
     return {
         "v": 1,
         "task_id": task_id,
@@ -34,6 +36,7 @@ def new_record(
         "input": inputs,
         "max_attempts": max_attempts,
         "enqueued_at": enqueued_at,
+        "due_at": enqueued_at if due_at is None else due_at,
         "idempotency_key": idempotency_key,
         "trigger": trigger,
         "history": [],
