@@ -58,13 +58,27 @@ class Census(Value):
 
 
 class _BucketCount:
-    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged."""
+    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged, and the
+    lowest and highest task id in it."""
 
-    __slots__ = ("damaged", "delayed", "due", "oldest_ms")
+    __slots__ = ("damaged", "delayed", "due", "first_id", "last_id", "oldest_ms")
 
     def __init__(self) -> None:
         self.due = self.delayed = self.damaged = 0
         self.oldest_ms: int | None = None
+        self.first_id = self.last_id = ""
+
+    def add_id(self, task_id: str) -> None:
+        if not self.first_id or task_id < self.first_id:
+            self.first_id = task_id
+        if task_id > self.last_id:
+            self.last_id = task_id
+
+    def id_range(self) -> list[int]:
+        """``[lowest, highest]`` task id as integers (``[-1, -1]`` for a bucket with none)."""
+        if not self.first_id:
+            return [-1, -1]
+        return [int(self.first_id, 16), int(self.last_id, 16)]
 
 
 def count_pending(
@@ -72,8 +86,10 @@ def count_pending(
 ) -> tuple[Census, dict[str, list[int]]]:
     """(the census of ``pending/`` as of ``now_ms``, the cache entries for its settled buckets).
 
-    ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged, oldest_due_ms]`` as written
-    by :func:`save`; entries are used only for buckets that lie wholly in the past.
+    ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged,
+    oldest_due_ms, lowest_task_id, highest_task_id]`` as written by :func:`save` (task ids as
+    integers; entries of earlier versions lack the two ids); entries are used only for buckets
+    that lie wholly in the past.
     """
     census = Census()
     settled: dict[str, list[int]] = {}
@@ -101,7 +117,8 @@ def count_pending(
         census.damaged += counted.damaged
         if past and bucket.mtime_ns < settle_ns and len(settled) < MAX_CACHED_BUCKETS:
             oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
-            settled[key] = [bucket.mtime_ns, counted.due, counted.damaged, oldest]
+            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
+            settled[key] = entry
     return census, settled
 
 
@@ -117,13 +134,25 @@ def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCo
     for name in pending.bucket_entries(bucket):
         if name is None:
             counted.damaged += 1
-        elif name.due_ms <= now_ms:
-            counted.due += 1
-            if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
-                counted.oldest_ms = name.due_ms
         else:
-            counted.delayed += 1
+            counted.add_id(name.task_id)
+            if name.due_ms <= now_ms:
+                counted.due += 1
+                if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
+                    counted.oldest_ms = name.due_ms
+            else:
+                counted.delayed += 1
     return counted
+
+
+def may_hold(cache: dict[str, list[int]] | None, key: str, mtime_ns: int, task_id: str) -> bool:
+    """Whether the bucket ``key`` (relative to ``pending/``), whose directory has ``mtime_ns``
+    now, may hold a copy of ``task_id``: False only when the census counted that bucket at that
+    mtime and ``task_id`` lies outside the ids it held."""
+    entry = cache.get(key) if cache else None
+    if entry is None or len(entry) < 6 or entry[0] != mtime_ns:
+        return True
+    return entry[4] <= int(task_id, 16) <= entry[5]
 
 
 DLQ_KEY = "//dlq"
@@ -176,7 +205,7 @@ def load(queue_root: str) -> dict[str, list[int]] | None:
     return {
         str(path): entry
         for path, entry in buckets.items()
-        if isinstance(entry, list) and len(entry) == 4 and all(type(v) is int for v in entry)
+        if isinstance(entry, list) and len(entry) in (4, 6) and all(type(v) is int for v in entry)
     }
 
 

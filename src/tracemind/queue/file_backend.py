@@ -70,7 +70,7 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -825,14 +825,25 @@ class FileQueue:
     def find(self, task_id: str) -> TaskInfo | None:
         """Where the task is now; read-only. A task moves between ``inflight/`` and ``pending/``
         (a lease, a retry, a recovery) by renames that a search of one then the other can miss,
-        so "nowhere" is answered only after :data:`FIND_PASSES` searches agree."""
+        so "nowhere" is answered only after :data:`FIND_PASSES` searches agree. Buckets of
+        ``pending/`` that the census counted, unchanged since, and whose task ids do not
+        include this one are not listed (see :func:`tracemind.queue.census.may_hold`)."""
+        from tracemind.queue import census
+
+        cached = census.load(os.fspath(self.root))
+
+        def may_hold(bucket: str, mtime_ns: int) -> bool:
+            return census.may_hold(cached, bucket, mtime_ns, task_id)
+
         for _ in range(FIND_PASSES):
-            info = self._find_once(task_id)
+            info = self._find_once(task_id, may_hold)
             if info is not None:
                 return info
         return None
 
-    def _find_once(self, task_id: str) -> TaskInfo | None:
+    def _find_once(
+        self, task_id: str, may_hold: Callable[[str, int], bool] | None = None
+    ) -> TaskInfo | None:
         if self._is_done(task_id):
             return self.finished(task_id)
         leases = [
@@ -844,7 +855,7 @@ class FileQueue:
             lease = max(leases, key=lambda n: n.attempt)
             record, _ = _read_or_empty(self._inflight + str(lease))
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
-        copy = self.waiting.find(task_id)
+        copy = self.waiting.find(task_id, may_hold)
         if copy is not None:
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED

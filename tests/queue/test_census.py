@@ -1,0 +1,98 @@
+"""The census of ``pending/``: what it lets a reader skip, and who keeps it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tm_testing import FakeClock, make_task
+from tracemind.queue.names import new_task_id
+from tracemind.stores import Stores
+
+
+class ListingLog:
+    """Wraps ``os.scandir``: the directories listed."""
+
+    def __init__(self) -> None:
+        self.real = os.scandir
+        self.listed: list[str] = []
+
+    def __call__(self, path: Any = ".") -> Any:
+        self.listed.append(os.fspath(path))
+        return self.real(path)
+
+    def buckets(self) -> list[str]:
+        """The inner buckets of pending/ that were listed (``…/pending/{outer}/{inner}``)."""
+        paths = [p.rstrip("/") for p in self.listed]
+        return [p for p in paths if _is_outer(os.path.basename(os.path.dirname(p)))]
+
+
+def _is_outer(name: str) -> bool:
+    return len(name) == 7 and name.isdigit()
+
+
+def _backlog(stores: Stores, clock: FakeClock, seconds: int, per_second: int) -> list[str]:
+    """Tasks in ``seconds`` consecutive buckets (the fake clock is ahead of the real one, so
+    their directories are settled as soon as the clock has moved past them)."""
+    ids = []
+    for _ in range(seconds):
+        tasks = [make_task(clock) for _ in range(per_second)]
+        stores.queue.enqueue(tasks)
+        ids += [t.task_id for t in tasks]
+        clock.advance(1.0)
+    clock.advance(5.0)
+    return ids
+
+
+def test_finding_an_unknown_id_lists_no_bucket_the_census_counted(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a backlog over 5 buckets that a serving process has counted
+    ids = _backlog(stores, clock, seconds=5, per_second=20)
+    stores.queue.refresh_census()
+    # When ids of no task are looked up: one from long before the backlog, one made now
+    log = ListingLog()
+    monkeypatch.setattr(os, "scandir", log)
+    unknown = ["000000000000" + "0000" + "abcdef", new_task_id(clock())]
+    found = [stores.queue.find(task_id) for task_id in unknown]
+    # Then each is nowhere, and no bucket was listed to say so
+    assert found == [None, None]
+    assert log.buckets() == []
+    # and one among the backlog's own ids is looked for only in the bucket its id falls in
+    assert stores.queue.find(ids[50][:-6] + "ffffff") is None
+    monkeypatch.undo()
+    assert len(set(log.buckets())) == 1
+    # while a task in one of them is still found (its bucket is listed), and so is a retried
+    # copy of another in a bucket that changed since the census
+    assert stores.queue.find(ids[42]) is not None
+    lease = stores.queue.lease("c1", 30.0)
+    assert lease is not None
+    from tracemind.queue.protocol import Failure
+
+    stores.queue.retry(lease, Failure("again"), 0.0)
+    info = stores.queue.find(lease.task_id)
+    assert info is not None and info.attempts == 1
+
+
+def test_a_bucket_changed_since_the_census_is_listed_again(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a counted backlog, then a task of an older id put back into its newest bucket
+    # (as a recovery or a requeue would)
+    ids = _backlog(stores, clock, seconds=3, per_second=5)
+    stores.queue.refresh_census()
+    newest = max(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    old = make_task(FakeClock(clock() - 3600))
+    target = newest / f"{int(newest.name) * 1000:013d}_{old.task_id}_1.json"
+    target.write_bytes(b"{}")
+    os.utime(newest, ns=(os.stat(newest).st_atime_ns, os.stat(newest).st_mtime_ns + 1))
+    # When it is looked up, Then it is found: its bucket's mtime no longer matches the census
+    log = ListingLog()
+    monkeypatch.setattr(os, "scandir", log)
+    info = stores.queue.find(old.task_id)
+    monkeypatch.undo()
+    assert info is not None and info.attempts == 1
+    assert str(newest) in log.buckets()
+    assert len(ids) == 15
