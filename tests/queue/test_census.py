@@ -96,3 +96,58 @@ def test_a_bucket_changed_since_the_census_is_listed_again(
     assert info is not None and info.attempts == 1
     assert str(newest) in log.buckets()
     assert len(ids) == 15
+
+
+def test_writers_keep_the_census_of_a_queue_no_daemon_serves(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given producers writing batches while no daemon serves the queue (each writer brings the
+    # census up to date when it is older than CENSUS_WRITER_AGE_S: here, every time)
+    from tracemind.queue import file_backend
+
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 0.0)
+    for _ in range(6):
+        stores.queue.enqueue([make_task(clock) for _ in range(50)])
+        clock.advance(1.0)
+    monkeypatch.undo()
+    clock.advance(5.0)
+    # When a reader counts the queue
+    log = ListingLog()
+    monkeypatch.setattr(os, "scandir", log)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    # Then the counts are exact, and only the bucket written after the last writer's census
+    # was listed (the reader writes nothing)
+    assert (stats.pending, stats.delayed, stats.damaged) == (300, 0, 0)
+    assert len(log.buckets()) == 1
+
+
+def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a queue whose census a writer has just brought up to date
+    _backlog(stores, clock, seconds=3, per_second=10)
+    stores.queue.keep_census()
+    # When another task is enqueued right after, Then no directory is listed for the census
+    log = ListingLog()
+    monkeypatch.setattr(os, "scandir", log)
+    stores.queue.enqueue([make_task(clock)])
+    monkeypatch.undo()
+    assert log.listed == []
+
+
+def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a backlog of 6 settled buckets of 20 tasks, no census, and a budget of 30 names
+    from tracemind.queue import file_backend
+
+    _backlog(stores, clock, seconds=6, per_second=20)
+    (stores.queue.root / "census.json").unlink()
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_BUDGET", 30)
+    # When a writer keeps the census, Then it lists two buckets (stopping once past 30 names)
+    log = ListingLog()
+    monkeypatch.setattr(os, "scandir", log)
+    stores.queue.keep_census()
+    monkeypatch.undo()
+    assert len(log.buckets()) == 2

@@ -122,6 +122,39 @@ def count_pending(
     return census, settled
 
 
+def settle_more(
+    pending: PendingDir, now_ms: int, cache: dict[str, list[int]] | None, budget: int
+) -> dict[str, list[int]]:
+    """``cache`` with the settled buckets it lacks counted in, listing at most about
+    ``budget`` names (what a writer does on the way: see :meth:`FileQueue.keep_census`).
+
+    Unlike :func:`count_pending` it lists no bucket that it could not keep (recent, or in the
+    future), and it drops the entries of buckets that changed or are gone; entries that are not
+    buckets (the DLQ's) are kept as they are."""
+    kept = {key: entry for key, entry in (cache or {}).items() if not key[:1].isdigit()}
+    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    root_length = len(pending.path)
+    listed = 0
+    for bucket in pending.buckets():
+        if not isinstance(bucket, Bucket) or len(kept) >= MAX_CACHED_BUCKETS:
+            continue
+        key = bucket.path[root_length:]
+        cached = cache.get(key) if cache else None
+        if cached is not None and cached[0] == bucket.mtime_ns:
+            kept[key] = cached
+        elif (
+            listed < budget
+            and bucket.start_ms + INNER_MS <= now_ms
+            and (bucket.mtime_ns < settle_ns)
+        ):
+            counted = _count_bucket(pending, bucket, now_ms)
+            listed += counted.due + counted.delayed + counted.damaged
+            oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
+            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
+            kept[key] = entry
+    return kept
+
+
 def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
     if due_ms <= now_ms:
         census.add_due(1, due_ms)
@@ -207,6 +240,19 @@ def load(queue_root: str) -> dict[str, list[int]] | None:
         for path, entry in buckets.items()
         if isinstance(entry, list) and len(entry) in (4, 6) and all(type(v) is int for v in entry)
     }
+
+
+def age_s(queue_root: str, now_s: float) -> float | None:
+    """How long ago the census file was written or confirmed; None when there is none."""
+    try:
+        return now_s - os.stat(os.path.join(queue_root, CENSUS_FILE)).st_mtime
+    except OSError:
+        return None
+
+
+def confirm(queue_root: str) -> None:
+    """Mark the census file as current without rewriting it (it was found up to date)."""
+    os.utime(os.path.join(queue_root, CENSUS_FILE))
 
 
 def save(queue_root: str, tmp_dir: str, cache: dict[str, list[int]]) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from collections import deque
 
 from tracemind.clock import Clock, system_clock
@@ -87,6 +88,10 @@ LAYOUT_FILE = "layout-2"
 FENCE_LEASE_S = 60.0
 FIND_PASSES = 3
 """Searches that must all miss before ``find`` says a task does not exist."""
+CENSUS_WRITER_AGE_S = 5.0
+"""A writer brings the census up to date when it is older than this (or missing)."""
+CENSUS_WRITER_BUDGET = 20_000
+"""At most about this many names listed by one writer for the census."""
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
@@ -191,6 +196,33 @@ class FileQueue:
                 for t in tasks
             ]
         )
+        if tasks:
+            self.keep_census()
+
+    def keep_census(self) -> None:
+        """What a writer does for readers on its way (called after an enqueue or a publish):
+        when the census is missing or older than :data:`CENSUS_WRITER_AGE_S`, count in the
+        buckets that settled since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a
+        queue filled while no daemon serves it (an outage) has a census too, and readers list
+        only what arrived in the last few seconds. Costs one ``stat`` otherwise; a census that
+        cannot be written (a read-only volume) is left as it is."""
+        from tracemind.queue import census
+
+        root = os.fspath(self.root)
+        age_s = census.age_s(root, time.time())  # (the file's mtime is the real clock's)
+        if age_s is not None and 0 <= age_s < CENSUS_WRITER_AGE_S:
+            return
+        previous = census.load(root)
+        try:
+            kept = census.settle_more(
+                self.waiting, _ms(self.clock()), previous, CENSUS_WRITER_BUDGET
+            )
+            if kept != previous or age_s is None:
+                census.save(root, self._tmp, kept)
+            else:
+                census.confirm(root)
+        except (QueueError, OSError) as exc:
+            self._log.debug("census not kept", error=str(exc))
 
     def stage(self, tasks: Sequence[NewTask], names: Sequence[str]) -> None:
         """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
@@ -220,6 +252,8 @@ class FileQueue:
             ):
                 moved.append(parsed[1])
         self.waiting.sync_buckets(moved)
+        if moved:
+            self.keep_census()
         return len(moved)
 
     def unstage(self, names: Iterable[str]) -> None:
