@@ -126,6 +126,9 @@ def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a queue whose census a writer has just brought up to date
+    from tracemind.queue import file_backend
+
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 60.0)  # (a slow machine)
     _backlog(stores, clock, seconds=3, per_second=10)
     stores.queue.keep_census()
     # When another task is enqueued right after, Then no directory is listed for the census

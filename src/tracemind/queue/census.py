@@ -242,12 +242,14 @@ def load(queue_root: str) -> dict[str, list[int]] | None:
     }
 
 
-def age_s(queue_root: str, now_s: float) -> float | None:
-    """How long ago the census file was written or confirmed; None when there is none."""
+def file_state(queue_root: str, now_s: float) -> tuple[float, int] | None:
+    """(how long ago the census file was written or confirmed, its size in bytes); None when
+    there is none."""
     try:
-        return now_s - os.stat(os.path.join(queue_root, CENSUS_FILE)).st_mtime
+        info = os.stat(os.path.join(queue_root, CENSUS_FILE))
     except OSError:
         return None
+    return now_s - info.st_mtime, info.st_size
 
 
 def confirm(queue_root: str) -> None:

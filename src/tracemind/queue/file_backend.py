@@ -88,8 +88,11 @@ LAYOUT_FILE = "layout-2"
 FENCE_LEASE_S = 60.0
 FIND_PASSES = 3
 """Searches that must all miss before ``find`` says a task does not exist."""
-CENSUS_WRITER_AGE_S = 5.0
-"""A writer brings the census up to date when it is older than this (or missing)."""
+CENSUS_WRITER_AGE_S = 1.0
+"""A writer brings the census up to date when it is older than this (or missing) ..."""
+CENSUS_WRITER_BYTES_PER_S = 500_000
+"""... and than one second per this many bytes of it (about 10,000 buckets): a writer's pass
+costs a ``stat`` per bucket, so a backlog spread over many seconds is passed over less often."""
 CENSUS_WRITER_BUDGET = 20_000
 """At most about this many names listed by one writer for the census."""
 UNREADABLE_RETRY_S = 1.0
@@ -201,23 +204,26 @@ class FileQueue:
 
     def keep_census(self) -> None:
         """What a writer does for readers on its way (called after an enqueue or a publish):
-        when the census is missing or older than :data:`CENSUS_WRITER_AGE_S`, count in the
-        buckets that settled since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a
-        queue filled while no daemon serves it (an outage) has a census too, and readers list
-        only what arrived in the last few seconds. Costs one ``stat`` otherwise; a census that
-        cannot be written (a read-only volume) is left as it is."""
+        when the census is missing or older than :data:`CENSUS_WRITER_AGE_S` (more for a big
+        one), count in the buckets that settled since, listing at most
+        :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no daemon serves it (an
+        outage) has a census too, and readers list only the buckets written in the last few
+        seconds before the writes stopped. Costs one ``stat`` otherwise; a census that cannot
+        be written (a read-only volume) is left as it is."""
         from tracemind.queue import census
 
         root = os.fspath(self.root)
-        age_s = census.age_s(root, time.time())  # (the file's mtime is the real clock's)
-        if age_s is not None and 0 <= age_s < CENSUS_WRITER_AGE_S:
-            return
+        state = census.file_state(root, time.time())  # (the file's mtime is the real clock's)
+        if state is not None:
+            age_s, size = state
+            if 0 <= age_s < max(CENSUS_WRITER_AGE_S, size / CENSUS_WRITER_BYTES_PER_S):
+                return
         previous = census.load(root)
         try:
             kept = census.settle_more(
                 self.waiting, _ms(self.clock()), previous, CENSUS_WRITER_BUDGET
             )
-            if kept != previous or age_s is None:
+            if kept != previous or state is None:
                 census.save(root, self._tmp, kept)
             else:
                 census.confirm(root)
