@@ -3,7 +3,7 @@
 Layout::
 
     <idempotency-dir>/keys/<sha256(key)[:40]>.json   the key's task file (a hard link), or a record
-    <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
+    <idempotency-dir>/locks/stripes.lock            256 striped cross-process locks (one byte each)
     <idempotency-dir>/tmp/
 
 A submitter points a key at its task by giving the task's staged file a second name in
@@ -29,13 +29,11 @@ import contextlib
 import functools
 import json
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
-from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
     dump_json,
     ensure_dir,
-    file_mode,
     link_many,
     read_regular,
     scan_entries,
@@ -140,34 +138,14 @@ class IdempotencyStore:
         self, stripes: Iterable[str], *, timeout_s: float | None = None
     ) -> Iterator[None]:
         """Hold the locks of ``stripes`` (see :meth:`stripe`), in one global order."""
-        ordered = sorted(set(stripes))
-        if not ordered:
+        numbers = [int(stripe, 16) for stripe in set(stripes)]
+        if not numbers:
             yield
             return
-        from filelock import FileLock, Timeout
+        from tracemind import stripes as striped
 
-        lock_dir = ensure_dir(os.path.join(self.root, "locks"))
         wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
-        with ExitStack() as held:
-            for stripe in ordered:
-                lock = FileLock(
-                    os.path.join(lock_dir, f"{stripe}.lock"),
-                    timeout=wait_s,
-                    mode=file_mode(),
-                    thread_local=False,
-                )
-                try:
-                    lock.acquire()
-                except Timeout:
-                    raise LockTimeout(
-                        f"idempotency key lock {lock.lock_file} not acquired within "
-                        f"{wait_s:g} s (another process holds it, or is paused)"
-                    ) from None
-                except OSError as exc:  # after Timeout, which is an OSError too
-                    raise QueueError(
-                        f"{lock.lock_file}: cannot open the lock ({exc.strerror})"
-                    ) from exc
-                held.callback(lock.release)
+        with striped.held(os.path.join(self.root, "locks"), numbers, wait_s):
             yield
 
     def _path(self, key: str) -> str:
