@@ -51,7 +51,8 @@ def timed_ms(cmd: list[str], env: dict[str, str], expect_ok: bool) -> float:
     no_daemon = cmd[1:3] == ["daemon", "ps"] and done.returncode == 3
     if expect_ok and done.returncode != 0 and not no_daemon:
         raise BenchError(f"`{' '.join(cmd[1:4])}` exited {done.returncode}: {done.stderr[-300:]!r}")
-    if not expect_ok and (done.returncode == 0 or b"not found" not in done.stderr):
+    # (with --json the error is a JSON document on stdout)
+    if not expect_ok and (done.returncode == 0 or b"not found" not in done.stdout + done.stderr):
         raise BenchError(f"`{' '.join(cmd[1:4])}` did not report a missing task: {done.stderr!r}")
     return elapsed_ms
 
