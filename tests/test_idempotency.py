@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -549,3 +550,27 @@ def test_purging_a_dead_task_frees_its_key(
     # Then it is a new task: the key did not outlive its task
     assert again.duplicate is False and again.task_id != first.task_id
     assert _status(stores, again.task_id) is TaskStatus.PENDING
+
+
+def test_a_key_on_another_file_system_than_its_task_gets_a_copy(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an idempotency directory where a hard link to the queue's files fails (EXDEV)
+    import errno
+    import os
+
+    def cross_device(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link", os.fspath(source))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    submitter = stores.submitter(TTL_S)
+    # When a keyed task is submitted, then the same key again
+    first = submitter.submit(echo_snapshot, {"n": 1}, idempotency_key="k")
+    again = submitter.submit(echo_snapshot, {"n": 2}, idempotency_key="k")
+    # Then the key's record is a whole copy of the task's record (a file of its own), and it
+    # blocks the key like a link would
+    [record] = (stores.dirs.idempotency / "keys").iterdir()
+    assert record.stat().st_nlink == 1
+    assert json.loads(record.read_bytes().partition(b"\n")[0])["task_id"] == first.task_id
+    assert (again.task_id, again.duplicate) == (first.task_id, True)
+    assert stores.queue.stats().pending == 1

@@ -60,7 +60,8 @@ def held(lock_dir: str, stripes: Sequence[int], wait_s: float) -> Iterator[None]
 def _lock_byte(fd: int, offset: int, deadline: float, path: str, wait_s: float) -> None:
     import fcntl
 
-    request = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
     pause_s = POLL_S
     while True:
         try:
