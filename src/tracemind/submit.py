@@ -197,7 +197,10 @@ class QueueSubmitter:
             for record in records:
                 self.keys.forget(record.key, record.task_id)
             raise
-        self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
+        if plain:
+            self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
+        else:
+            self.queue.keep_census()  # (an enqueue does it too)
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
         """Whether ``record``'s task still holds its key (call holding the key's lock).

@@ -203,10 +203,10 @@ class FileQueue:
             self.keep_census()
 
     def keep_census(self) -> None:
-        """What a writer does for readers on its way (called after an enqueue or a publish):
-        when the census is missing or older than :data:`CENSUS_WRITER_AGE_S` (more for a big
-        one), count in the buckets that settled since, listing at most
-        :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no daemon serves it (an
+        """What a writer does for readers on its way (after an enqueue, and after a keyed
+        batch's publication): when the census is missing or older than
+        :data:`CENSUS_WRITER_AGE_S` (more for a big one), count in the buckets that settled
+        since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no daemon serves it (an
         outage) has a census too, and readers list only the buckets written in the last few
         seconds before the writes stopped. Costs one ``stat`` otherwise; a census that cannot
         be written (a read-only volume) is left as it is."""
@@ -258,8 +258,6 @@ class FileQueue:
             ):
                 moved.append(parsed[1])
         self.waiting.sync_buckets(moved)
-        if moved:
-            self.keep_census()
         return len(moved)
 
     def unstage(self, names: Iterable[str]) -> None:
