@@ -153,8 +153,8 @@ class IdempotencyStore:
 
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
-        a symlink whose target is not a record, a torn or misshapen file of an earlier version,
-        or any other kind of entry, which is never opened).
+        a file whose first line is not a task record or a record of an earlier version, or any
+        entry that is not a regular file, which is never opened).
 
         A record this process may not read is no damage and is not taken as absent either (that
         would give the key a second task): :class:`QueueError` naming the fix."""

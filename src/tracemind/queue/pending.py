@@ -332,8 +332,10 @@ class PendingDir:
     def _may_hold(may_hold: Callable[[str, int], bool], key: str, path: str) -> bool:
         try:
             mtime_ns = os.stat(path, follow_symlinks=False).st_mtime_ns
-        except OSError:  # gone since the listing (emptied): nothing to find there
+        except FileNotFoundError:  # gone since the listing (emptied): nothing to find there
             return False
+        except OSError:  # (e.g. EACCES) the listing says what is wrong
+            return True
         return may_hold(key, mtime_ns)
 
     def newest_first(self) -> Iterator[PendingName]:
