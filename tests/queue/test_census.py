@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task
+from tracemind.flows import FlowSnapshot
+from tracemind.queue import census
 from tracemind.queue.names import new_task_id
 from tracemind.stores import Stores
+from tracemind.submit import Submission
 
 
 class ListingLog:
@@ -154,3 +157,17 @@ def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     stores.queue.keep_census()
     monkeypatch.undo()
     assert len(log.buckets()) == 2
+
+
+def test_a_keyed_batch_keeps_the_census_too(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given settled buckets that no census covers yet
+    _backlog(stores, clock, seconds=3, per_second=10)
+    (stores.queue.root / "census.json").unlink()
+    # When a batch of keyed tasks only is submitted (staged, linked, published)
+    items = [Submission({}, f"k{n}") for n in range(3)]
+    stores.submitter(60.0).submit_many(echo_snapshot, items)
+    # Then the census counts the settled buckets
+    cached = census.load(str(stores.queue.root))
+    assert cached is not None and len(cached) == 3
