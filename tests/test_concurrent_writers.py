@@ -147,3 +147,8 @@ def test_a_keyed_batch_interrupted_at_random_instants_then_retried_keeps_one_tas
         _assert_one_existing_task_per_key(stores, json.loads(out)["task_ids"])
         if first.returncode == 0:  # a stopped batch resumed: it finished, leaving nothing staged
             assert stores.queue.staged() == []
+        # And settling what a killed batch left staged (whole files, and one torn while it was
+        # written in place) removes it all and publishes nothing more
+        stores.settle_staged()
+        assert stores.queue.staged() == []
+        _assert_one_existing_task_per_key(stores, json.loads(out)["task_ids"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs, idempotency_ttl_s
 from tracemind.errors import LockTimeout, QueueError, UsageError
 from tracemind.flows import FlowSnapshot
+from tracemind.queue.names import staged_name
 from tracemind.queue.protocol import Failure, NewTask, TaskStatus
 from tracemind.submit import QueueSubmitter, Submission
 
@@ -140,7 +142,7 @@ def _submit_crashing(submitter: QueueSubmitter, echo_snapshot: FlowSnapshot) -> 
         submitter.submit_many(echo_snapshot, items)
 
 
-@pytest.mark.parametrize("dies_after", ["stage", "put_many", "publish"])
+@pytest.mark.parametrize("dies_after", ["stage", "link_many", "publish"])
 def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_per_key(
     stores: Stores,
     echo_snapshot: FlowSnapshot,
@@ -150,7 +152,7 @@ def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_p
     # Given a keyed batch whose process dies right after one of its steps, and whose
     # rollback never runs (a killed process runs no handler)
     submitter = stores.submitter(TTL_S)
-    target = stores.keys if dies_after == "put_many" else stores.queue
+    target = stores.keys if dies_after == "link_many" else stores.queue
     _crash_after(monkeypatch, target, dies_after)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
@@ -179,7 +181,7 @@ def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
     submitter = stores.submitter(TTL_S)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
-    _crash_after(monkeypatch, stores.keys, "put_many")
+    _crash_after(monkeypatch, stores.keys, "link_many")
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
     keyed = {f"k{n}": stores.keys.get(f"k{n}") for n in range(3)}
@@ -200,12 +202,23 @@ def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
     assert stores.keys.get("orphan") is None
 
 
+@pytest.mark.parametrize("written", ["whole", "half"])
 def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
-    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot, dirs: DataDirs
+    stores: Stores,
+    clock: FakeClock,
+    echo_snapshot: FlowSnapshot,
+    dirs: DataDirs,
+    logs: list[dict[str, Any]],
+    written: str,
 ) -> None:
-    # Given a task staged under a key whose lock a live process holds
+    # Given a task staged under a key whose lock a live process holds, written whole or only
+    # half (a staged file is written in place: its submitter may be in the middle of it)
     task = _new_task(clock, echo_snapshot, "busy")
-    [name] = stores.queue.stage([task])
+    name = staged_name(task.task_id, int(task.due_s * 1000), stores.keys.stripe("busy"))
+    stores.queue.stage([task], [name])
+    staged = Path(stores.queue.root) / "staging" / name
+    if written == "half":
+        staged.write_bytes(staged.read_bytes()[:40])
     script = (
         "import sys; from tracemind.backend.file.keys import IdempotencyStore; "
         "s = IdempotencyStore(sys.argv[1], durable=False)\n"
@@ -225,9 +238,80 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
     finally:
         holder.kill()
         holder.wait(timeout=10)
-    # and once that submitter is gone (it never wrote the key), the task is removed
+    # and once that submitter is gone (it never wrote the key), the task is removed, torn or
+    # not, without being taken for damage
     assert stores.settle_staged() == 1
     assert stores.queue.staged() == []
+    assert not (Path(stores.queue.root) / "quarantine").exists()
+    assert not any("quarantined" in e["event"] for e in logs)
+
+
+def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry_makes_one(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a keyed batch of three killed while writing its third staged task in place
+    from tracemind.backend.file import queue as file_backend
+
+    def die_in_third(items: Any, *, durable: bool) -> None:
+        for n, (path, data) in enumerate(items):
+            Path(path).write_bytes(data if n < 2 else data[: len(data) // 2])
+        raise _Crash
+
+    submitter = stores.submitter(TTL_S)
+    monkeypatch.setattr(file_backend, "create_many", die_in_third)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)  # (no rollback on a kill)
+    _submit_crashing(submitter, echo_snapshot)
+    monkeypatch.undo()
+    assert len(stores.queue.staged()) == 3 and stores.keys.get("k2") is None
+    # When the client retries, and the daemon settles what is staged
+    retry = submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(3)])
+    settled = stores.settle_staged()
+    # Then the retry made one task per key, and settling removed the three orphans (the torn
+    # one too, as an orphan, not as damage) without publishing any of them
+    assert [r.duplicate for r in retry] == [False] * 3
+    assert settled == 3 and stores.queue.staged() == []
+    assert stores.queue.stats().pending == 3
+    assert not (Path(stores.queue.root) / "quarantine").exists()
+    for n, result in enumerate(retry):
+        key = stores.keys.get(f"k{n}")
+        assert key is not None and key.task_id == result.task_id
+
+
+def test_a_keyed_task_costs_one_file_one_link_and_one_rename(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given counters on file creations, symlinks and renames
+    import os
+
+    stores.queue.prepare()
+    stores.queue.keep_census()  # (kept by writers every few seconds, not per task)
+    calls = {"create": 0, "link": 0, "rename": 0}
+    real_open, real_link, real_rename = os.open, os.link, os.rename
+
+    def counted_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        calls["create"] += bool(flags & os.O_CREAT) and Path(path).name != ".bell"
+        return real_open(path, flags, *args, **kwargs)
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "open", counted_open)
+    monkeypatch.setattr(os, "link", counted("link", real_link))
+    monkeypatch.setattr(os, "rename", counted("rename", real_rename))
+    # When a batch of 100 new keys is submitted
+    items = [Submission({"n": n}, f"key-{n}") for n in range(100)]
+    results = stores.submitter(TTL_S).submit_many(echo_snapshot, items)
+    monkeypatch.undo()
+    # Then each task file was created once (in staging/, in place), its key record is a second
+    # name of that file (a hard link), and publishing it is its only rename (lock files aside)
+    assert not any(r.duplicate for r in results) and stores.queue.stats().pending == 100
+    lock_files = len(list((stores.dirs.idempotency / "locks").iterdir()))
+    assert calls["create"] - lock_files == 100
+    assert (calls["link"], calls["rename"]) == (100, 100)
 
 
 def _new_task(clock: FakeClock, snapshot: FlowSnapshot, key: str) -> NewTask:
@@ -278,14 +362,21 @@ def test_duplicates_within_one_batch_resolve_to_the_first(
     assert stores.queue.stats().pending == 4
 
 
+@pytest.mark.parametrize("damage", ["torn record of an earlier version", "symlink"])
 def test_a_damaged_key_record_blocks_nothing_and_is_moved_aside_with_a_log_line(
-    stores: Stores, echo_snapshot: FlowSnapshot, logs: list[dict[str, Any]]
+    stores: Stores, echo_snapshot: FlowSnapshot, logs: list[dict[str, Any]], damage: str
 ) -> None:
-    # Given a key record that was truncated
+    # Given a key record that was damaged: a truncated record of the form earlier versions
+    # wrote, or a symlink where the record (a second name of the task's file) was
     submitter = stores.submitter(TTL_S)
     first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
     [record] = (stores.dirs.idempotency / "keys").iterdir()
-    record.write_bytes(b'{"key": "k", "task_')
+    assert record.stat().st_nlink == 2  # the task's file, also named in pending/
+    record.unlink()
+    if damage.startswith("torn"):
+        record.write_bytes(b'{"key": "k", "task_')
+    else:
+        record.symlink_to(next(Path(stores.queue.root, "pending").glob("*/*/*.json")))
     # When the key is submitted again
     again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
     # Then it is accepted as a new task, the damaged record was quarantined and logged,
@@ -407,7 +498,7 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
     from tracemind.backend.file import queue as file_backend
 
     paused, resume = threading.Event(), threading.Event()
-    real_write = file_backend.write_atomic
+    real_write = file_backend.create_many
 
     def pausing_write(*args: Any, **kwargs: Any) -> None:
         if threading.current_thread().name == "submitter-a":
@@ -415,7 +506,7 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
             assert resume.wait(30)
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(file_backend, "write_atomic", pausing_write)
+    monkeypatch.setattr(file_backend, "create_many", pausing_write)
     a = open_stores(dirs, durable=False, clock=clock).submitter(TTL_S)
     results: list[Any] = []
     thread = threading.Thread(
@@ -459,3 +550,27 @@ def test_purging_a_dead_task_frees_its_key(
     # Then it is a new task: the key did not outlive its task
     assert again.duplicate is False and again.task_id != first.task_id
     assert _status(stores, again.task_id) is TaskStatus.PENDING
+
+
+def test_a_key_on_another_file_system_than_its_task_gets_a_copy(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an idempotency directory where a hard link to the queue's files fails (EXDEV)
+    import errno
+    import os
+
+    def cross_device(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link", os.fspath(source))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    submitter = stores.submitter(TTL_S)
+    # When a keyed task is submitted, then the same key again
+    first = submitter.submit(echo_snapshot, {"n": 1}, idempotency_key="k")
+    again = submitter.submit(echo_snapshot, {"n": 2}, idempotency_key="k")
+    # Then the key's record is a whole copy of the task's record (a file of its own), and it
+    # blocks the key like a link would
+    [record] = (stores.dirs.idempotency / "keys").iterdir()
+    assert record.stat().st_nlink == 1
+    assert json.loads(record.read_bytes().partition(b"\n")[0])["task_id"] == first.task_id
+    assert (again.task_id, again.duplicate) == (first.task_id, True)
+    assert stores.queue.stats().pending == 1

@@ -29,7 +29,7 @@ from tracemind.errors import QueueError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import Any
 
     StrPath = str | os.PathLike[str]
@@ -242,6 +242,74 @@ def write_many_atomic(
         for directory in {_parent(target) for target, _ in staged}:
             fsync_dir(directory)
     return [target for target, _ in staged]
+
+
+def create_many(items: Sequence[tuple[str, bytes]], *, durable: bool) -> None:
+    """Create each new file in place (``O_EXCL``: never over an existing one) and write it, with
+    one sync for the whole batch: no temporary file and no rename.
+
+    Only for a directory that nobody trusts before a later step says a file is complete (the
+    keyed submission's ``staging/``, see :mod:`tracemind.submit`): a crash part-way leaves the
+    file being written torn or empty. With ``durable``, every file's data and entry are durable
+    when this returns. Raises :class:`QueueError` (files already created stay; the caller rolls
+    back).
+    """
+    directories: set[str] = set()
+    try:
+        for path, data in items:
+            fd = create_exclusive(path, os.O_WRONLY)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            directories.add(_parent(path))
+        if durable and directories:
+            if not sync_filesystem(next(iter(directories))):
+                for path, _ in items:
+                    fdatasync_file(path)
+            for directory in directories:
+                fsync_dir(directory)
+    except OSError as exc:
+        raise write_error(exc.filename or "", exc) from exc
+
+
+def link_many(items: Sequence[tuple[str, str]], *, tmp_dir: StrPath, durable: bool) -> None:
+    """Give each existing file (``source``) a second name (``target``), with one sync for the
+    whole batch: ``[(source, target), ...]``.
+
+    A hard link is one directory entry: no inode, no data, no temporary file, and never torn.
+    A target that exists already is replaced atomically (a link made in ``tmp_dir``, renamed
+    over it). Where the two are on different file systems the target is written as a copy
+    instead (whole, by :func:`write_atomic`). With ``durable``, every target is durable when
+    this returns (the sources' data must be already). Raises :class:`QueueError`.
+    """
+    directories: set[str] = set()
+    try:
+        for source, target in items:
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                tmp = os.path.join(tmp_dir, f"{os.path.basename(target)}.{os.urandom(4).hex()}.tmp")
+                os.link(source, tmp)
+                try:
+                    os.rename(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                write_atomic(target, read_regular(source), tmp_dir=tmp_dir, durable=durable)
+            directories.add(_parent(target))
+        if durable and directories:
+            sync_filesystem(next(iter(directories)))
+            for directory in directories:
+                fsync_dir(directory)
+    except OSError as exc:
+        raise write_error(exc.filename or "", exc) from exc
 
 
 def replace_content(target: StrPath, data: bytes, *, tmp_dir: StrPath, durable: bool) -> None:

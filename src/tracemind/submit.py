@@ -7,15 +7,19 @@ How a keyed submission stays exact whatever happens to its process:
 
 1. take the stripe locks of every key of the batch (held until step 4 is over);
 2. decide each key from its record and the queue (O(1) per key, see :meth:`QueueSubmitter._blocks`);
-3. write the new tasks to the queue's ``staging/`` (invisible to consumers), then the key
-   records pointing at them;
+3. write the new tasks to the queue's ``staging/`` (invisible to consumers; each file created
+   in place under a name that carries its key's lock stripe), make them durable, then give
+   each a second name in the store's ``keys/`` (a hard link: the key record);
 4. publish: one rename per task from ``staging/`` into ``pending/``.
 
-A submitter killed anywhere leaves nothing half-made: before step 3's key records its staged
-tasks are orphans that :meth:`QueueSubmitter.settle_staged` removes; after them, the next holder
-of the key's lock (a retry, another submitter, or the daemon's settling) finds the task staged
-and publishes it, so a key that answers "duplicate" always names a task that exists. A paused
-submitter keeps its locks: nobody decides by the clock that its claim is dead.
+So a keyed task costs one new file, one link and one rename (a plain one: a file and a rename).
+A submitter killed anywhere leaves nothing half-made: before step 3's links its staged tasks
+— whole, or the one it was writing, torn — are orphans that :meth:`QueueSubmitter.settle_staged`
+removes, holding the stripe's lock so that it never touches a live submitter's files; after
+them, the next holder of the key's lock (a retry, another submitter, or the daemon's settling)
+finds the task staged and publishes it, so a key that answers "duplicate" always names a task
+that exists. A paused submitter keeps its locks: nobody decides by the clock that its claim is
+dead.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tracemind.backend.file.keys import IdempotencyStore, KeyRecord
 from tracemind.backend.file.pending import CHUNK_TASKS
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
-from tracemind.queue.names import new_task_id, staged_name
+from tracemind.queue.names import new_task_id, parse_staged, staged_name
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record, task_policy
 from tracemind.values import Value
@@ -151,6 +155,7 @@ class QueueSubmitter:
             task_id = new_task_id(at_ms=now_ms + index // CHUNK_TASKS)
             if key is not None:
                 known[key] = task_id
+            due_s = now_s if item.due_s is None else item.due_s
             record = new_record(
                 task_id=task_id,
                 flow=snapshot,
@@ -160,8 +165,9 @@ class QueueSubmitter:
                 idempotency_key=key,
                 trigger=item.trigger,
                 policy=policy,
+                due_at=due_s,
             )
-            new.append(NewTask(task_id, record, now_s if item.due_s is None else item.due_s))
+            new.append(NewTask(task_id, record, due_s))
             results.append(SubmitResult(task_id, False))
         return new, results
 
@@ -171,20 +177,32 @@ class QueueSubmitter:
         keyed = [t for t in new if t.record["idempotency_key"] is not None]
         plain = [t for t in new if t.record["idempotency_key"] is None]
         records = [
-            KeyRecord(t.record["idempotency_key"], t.task_id, t.due_s, int(t.due_s * 1000))
+            KeyRecord(
+                key := t.record["idempotency_key"],
+                t.task_id,
+                t.due_s,
+                int(t.due_s * 1000),
+                self.keys.stripe(key),
+            )
             for t in keyed
         ]
-        names = [staged_name(r.task_id, r.due_ms) for r in records]
+        names = [staged_name(r.task_id, r.due_ms, r.stripe) for r in records]
         try:
-            self.queue.stage(keyed)
-            self.keys.put_many(records)
+            self.queue.stage(keyed, names)
+            self.keys.link_many(
+                (r.key, self.queue.staged_path(name))
+                for r, name in zip(records, names, strict=True)
+            )
             self.queue.publish(names)
         except BaseException:
             self.queue.unstage(names)
             for record in records:
                 self.keys.forget(record.key, record.task_id)
             raise
-        self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
+        if plain:
+            self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
+        else:
+            self.queue.keep_census()  # (an enqueue does it too)
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
         """Whether ``record``'s task still holds its key (call holding the key's lock).
@@ -195,7 +213,7 @@ class QueueSubmitter:
         """
         if record.due_ms is None:
             return self._blocks_legacy(record, now_s)
-        if self.queue.is_staged(staged_name(record.task_id, record.due_ms)):
+        if self.queue.is_staged(staged_name(record.task_id, record.due_ms, record.stripe)):
             self._roll_forward(record)
             return True
         info = self.queue.finished(record.task_id)
@@ -216,7 +234,7 @@ class QueueSubmitter:
 
     def _roll_forward(self, record: KeyRecord) -> None:
         assert record.due_ms is not None
-        if self.queue.publish([staged_name(record.task_id, record.due_ms)]):
+        if self.queue.publish([staged_name(record.task_id, record.due_ms, record.stripe)]):
             _log().warning(
                 "published a task whose submitter died after claiming its key",
                 task_id=record.task_id,
@@ -224,29 +242,47 @@ class QueueSubmitter:
 
     def settle_staged(self) -> int:
         """Finish what dead submitters left in ``staging/``: publish each staged task its key
-        points at, remove the others (their submitter died before writing the key). A task
-        whose key lock is held is left to its live submitter. Returns how many were settled."""
+        points at, remove the others (their submitter died before writing the key, maybe while
+        writing the task itself). A task whose key lock is held is left to its live submitter.
+        Returns how many were settled."""
         settled = 0
+        busy: set[str] = set()  # stripes a live submitter holds: not waited for twice a pass
         for name in self.queue.staged():
-            record = self.queue.staged_record(name)
-            key = None if record is None else record.get("idempotency_key")
-            try:
-                with self.keys.locked_many(
-                    [key] if isinstance(key, str) else [], timeout_s=SETTLE_LOCK_WAIT_S
-                ):
-                    settled += self._settle_one(name, key)
-            except LockTimeout:
+            parsed = parse_staged(name)
+            stripe = None if parsed is None else parsed[0]
+            if stripe in busy:
                 continue
+            try:
+                if stripe is None:  # staged by an earlier version: written whole, then renamed
+                    settled += self._settle_unstriped(name)
+                    continue
+                with self.keys.locked_stripes([stripe], timeout_s=SETTLE_LOCK_WAIT_S):
+                    record = self.queue.staged_record(name)
+                    settled += self._settle_one(name, None if record is None else record)
+            except LockTimeout:
+                if stripe is not None:
+                    busy.add(stripe)
             except TraceMindError as exc:
                 _log().error("staged task not settled", task=str(name), error=str(exc))
         return settled
 
-    def _settle_one(self, name: str, key: object) -> int:
-        """Settle one staged task (call holding its key's lock)."""
+    def _settle_unstriped(self, name: str) -> int:
+        record = self.queue.staged_record(name)
+        key = None if record is None else record.get("idempotency_key")
         if not isinstance(key, str):
             return 1 if self.queue.quarantine_staged(name, "unreadable staged task") else 0
-        record = self.keys.get(key)
-        if record is not None and staged_name(record.task_id, record.due_ms) == name:
+        with self.keys.locked(key, timeout_s=SETTLE_LOCK_WAIT_S):
+            return self._settle_one(name, record)
+
+    def _settle_one(self, name: str, staged: dict[str, Any] | None) -> int:
+        """Settle one staged task whose record is ``staged`` (call holding its key's lock).
+
+        A staged record that does not parse is torn: its submitter died while writing it, so no
+        key record points at it (key records are written only once every staged task is whole,
+        and synced, with a durable queue)."""
+        key = None if staged is None else staged.get("idempotency_key")
+        record = self.keys.get(key) if isinstance(key, str) else None
+        if record is not None and staged_name(record.task_id, record.due_ms, record.stripe) == name:
             return 1 if self.queue.publish([name]) else 0
         self.queue.unstage([name])
         _log().warning("removed a task staged by a submitter that died before its key", task=name)

@@ -83,6 +83,7 @@ def damaged(dirs: DataDirs, flows: FlowFiles) -> dict[str, Any]:
     with stores.keys.locked("k-torn"):
         stores.keys.put("k-torn", good[0], clock())
     [key_file] = keys.iterdir()
+    key_file.unlink()  # (a second name of the task's file: writing through it would tear it)
     key_file.write_bytes(b'{"key": "k-')
     bad["key-torn"] = key_file
     return {"good": good, "done_id": done_id, "dead_id": dead_id, "bad": bad}

@@ -104,10 +104,25 @@ class InflightName(Value):
         return InflightName(self.task_id, self.attempt, self.consumer, self.token, deadline_ms)
 
 
-def staged_name(task_id: str, due_ms: int | None) -> str:
-    """The name a keyed task is staged under in ``staging/`` and published under into
-    ``pending/`` (a submitter's key record carries ``due_ms``; records without it name none)."""
-    return str(PendingName(due_ms or 0, task_id, 0))
+def staged_name(task_id: str, due_ms: int | None, stripe: str | None = None) -> str:
+    """The name a keyed task is staged under in ``staging/``: ``{stripe}-{pending name}``, where
+    ``stripe`` is its key's lock stripe (two hex digits), so whoever settles it knows which lock
+    to take before opening it. Names staged without a stripe (by earlier versions) are the bare
+    pending name. A key record carries ``due_ms``; records without it name none."""
+    pending = str(PendingName(due_ms or 0, task_id, 0))
+    return pending if stripe is None else f"{stripe}-{pending}"
+
+
+def parse_staged(name: str) -> tuple[str | None, PendingName] | None:
+    """(the lock stripe or None, the pending name) of a name in ``staging/``; None for any other
+    name."""
+    stripe: str | None = None
+    if len(name) > 3 and name[2] == "-":
+        stripe, name = name[:2], name[3:]
+        if not _HEX_DIGITS.issuperset(stripe):
+            return None
+    parsed = PendingName.parse(name)
+    return None if parsed is None else (stripe, parsed)
 
 
 def done_name(task_id: str) -> str:

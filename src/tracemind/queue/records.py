@@ -28,10 +28,12 @@ def new_record(
     idempotency_key: str | None = None,
     trigger: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
+    due_at: float | None = None,
 ) -> dict[str, Any]:
     """A task record: ``flow`` is the flow snapshot (``FlowSnapshot.to_dict()``); ``policy``
     is what :func:`task_policy` resolved at submit (a record without one is resolved from its
-    flow by whoever runs it, see :func:`policy_of`)."""
+    flow by whoever runs it, see :func:`policy_of`); ``due_at`` is when it was first due, as
+    submitted (epoch seconds; default ``enqueued_at``)."""
     record = {
         "v": 1,
         "task_id": task_id,
@@ -40,6 +42,7 @@ def new_record(
         "input": inputs,
         "max_attempts": max_attempts,
         "enqueued_at": enqueued_at,
+        "due_at": enqueued_at if due_at is None else due_at,
         "idempotency_key": idempotency_key,
         "trigger": trigger,
         "history": [],

@@ -58,13 +58,27 @@ class Census(Value):
 
 
 class _BucketCount:
-    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged."""
+    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged, and the
+    lowest and highest task id in it."""
 
-    __slots__ = ("damaged", "delayed", "due", "oldest_ms")
+    __slots__ = ("damaged", "delayed", "due", "first_id", "last_id", "oldest_ms")
 
     def __init__(self) -> None:
         self.due = self.delayed = self.damaged = 0
         self.oldest_ms: int | None = None
+        self.first_id = self.last_id = ""
+
+    def add_id(self, task_id: str) -> None:
+        if not self.first_id or task_id < self.first_id:
+            self.first_id = task_id
+        if task_id > self.last_id:
+            self.last_id = task_id
+
+    def id_range(self) -> list[int]:
+        """``[lowest, highest]`` task id as integers (``[-1, -1]`` for a bucket with none)."""
+        if not self.first_id:
+            return [-1, -1]
+        return [int(self.first_id, 16), int(self.last_id, 16)]
 
 
 def count_pending(
@@ -72,8 +86,10 @@ def count_pending(
 ) -> tuple[Census, dict[str, list[int]]]:
     """(the census of ``pending/`` as of ``now_ms``, the cache entries for its settled buckets).
 
-    ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged, oldest_due_ms]`` as written
-    by :func:`save`; entries are used only for buckets that lie wholly in the past.
+    ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged,
+    oldest_due_ms, lowest_task_id, highest_task_id]`` as written by :func:`save` (task ids as
+    integers; entries of earlier versions lack the two ids); entries are used only for buckets
+    that lie wholly in the past.
     """
     census = Census()
     settled: dict[str, list[int]] = {}
@@ -101,8 +117,42 @@ def count_pending(
         census.damaged += counted.damaged
         if past and bucket.mtime_ns < settle_ns and len(settled) < MAX_CACHED_BUCKETS:
             oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
-            settled[key] = [bucket.mtime_ns, counted.due, counted.damaged, oldest]
+            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
+            settled[key] = entry
     return census, settled
+
+
+def settle_more(
+    pending: PendingDir, now_ms: int, cache: dict[str, list[int]] | None, budget: int
+) -> dict[str, list[int]]:
+    """``cache`` with the settled buckets it lacks counted in, listing at most about
+    ``budget`` names (what a writer does on the way: see :meth:`FileQueue.keep_census`).
+
+    Unlike :func:`count_pending` it lists no bucket that it could not keep (recent, or in the
+    future), and it drops the entries of buckets that changed or are gone; entries that are not
+    buckets (the DLQ's) are kept as they are."""
+    kept = {key: entry for key, entry in (cache or {}).items() if not key[:1].isdigit()}
+    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    root_length = len(pending.path)
+    listed = 0
+    for bucket in pending.buckets():
+        if not isinstance(bucket, Bucket) or len(kept) >= MAX_CACHED_BUCKETS:
+            continue
+        key = bucket.path[root_length:]
+        cached = cache.get(key) if cache else None
+        if cached is not None and cached[0] == bucket.mtime_ns:
+            kept[key] = cached
+        elif (
+            listed < budget
+            and bucket.start_ms + INNER_MS <= now_ms
+            and (bucket.mtime_ns < settle_ns)
+        ):
+            counted = _count_bucket(pending, bucket, now_ms)
+            listed += counted.due + counted.delayed + counted.damaged
+            oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
+            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
+            kept[key] = entry
+    return kept
 
 
 def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
@@ -117,13 +167,25 @@ def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCo
     for name in pending.bucket_entries(bucket):
         if name is None:
             counted.damaged += 1
-        elif name.due_ms <= now_ms:
-            counted.due += 1
-            if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
-                counted.oldest_ms = name.due_ms
         else:
-            counted.delayed += 1
+            counted.add_id(name.task_id)
+            if name.due_ms <= now_ms:
+                counted.due += 1
+                if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
+                    counted.oldest_ms = name.due_ms
+            else:
+                counted.delayed += 1
     return counted
+
+
+def may_hold(cache: dict[str, list[int]] | None, key: str, mtime_ns: int, task_id: str) -> bool:
+    """Whether the bucket ``key`` (relative to ``pending/``), whose directory has ``mtime_ns``
+    now, may hold a copy of ``task_id``: False only when the census counted that bucket at that
+    mtime and ``task_id`` lies outside the ids it held."""
+    entry = cache.get(key) if cache else None
+    if entry is None or len(entry) < 6 or entry[0] != mtime_ns:
+        return True
+    return entry[4] <= int(task_id, 16) <= entry[5]
 
 
 DLQ_KEY = "//dlq"
@@ -176,8 +238,23 @@ def load(queue_root: str) -> dict[str, list[int]] | None:
     return {
         str(path): entry
         for path, entry in buckets.items()
-        if isinstance(entry, list) and len(entry) == 4 and all(type(v) is int for v in entry)
+        if isinstance(entry, list) and len(entry) in (4, 6) and all(type(v) is int for v in entry)
     }
+
+
+def file_state(queue_root: str, now_s: float) -> tuple[float, int] | None:
+    """(how long ago the census file was written or confirmed, its size in bytes); None when
+    there is none."""
+    try:
+        info = os.stat(os.path.join(queue_root, CENSUS_FILE))
+    except OSError:
+        return None
+    return now_s - info.st_mtime, info.st_size
+
+
+def confirm(queue_root: str) -> None:
+    """Mark the census file as current without rewriting it (it was found up to date)."""
+    os.utime(os.path.join(queue_root, CENSUS_FILE))
 
 
 def save(queue_root: str, tmp_dir: str, cache: dict[str, list[int]]) -> None:

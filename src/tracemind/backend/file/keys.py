@@ -2,9 +2,18 @@
 
 Layout::
 
-    <idempotency-dir>/keys/<sha256(key)[:40]>.json   {"key", "task_id", "created_at", "due_ms"}
-    <idempotency-dir>/locks/<2 hex>.lock             256 striped cross-process locks
+    <idempotency-dir>/keys/<sha256(key)[:40]>.json   the key's task file (a hard link), or a record
+    <idempotency-dir>/locks/stripes.lock            256 striped cross-process locks (one byte each)
     <idempotency-dir>/tmp/
+
+A submitter points a key at its task by giving the task's staged file a second name in
+``keys/`` (a hard link, see :func:`~tracemind.fsutil.link_many`): one directory entry, no new
+file, never torn, and the task record it holds (``task_id``, ``idempotency_key``, ``due_at``,
+``enqueued_at``) is what the key says. The two names share one file: an ack appends its
+completion line to it too, which a key's reader ignores (it reads the first line). Where the
+idempotency directory is on another file system than the queue, the key gets a copy instead.
+Records written by earlier versions are small JSON files ``{"key", "task_id", "created_at",
+"due_ms"}`` and are still read.
 
 A key record only *points* at a task; whether the key still blocks a new submission is decided
 from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
@@ -17,16 +26,18 @@ its last descriptor, and one that is paused keeps them (the others wait, then gi
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 from tracemind.backend.file.quarantine import quarantine
-from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
     dump_json,
     ensure_dir,
-    file_mode,
-    read_json,
+    link_many,
+    read_regular,
+    scan_entries,
     write_atomic,
     write_many_atomic,
 )
@@ -43,15 +54,25 @@ LOCK_TIMEOUT_S = 10.0
 
 class KeyRecord(Value):
     """``key`` points at ``task_id``, written at ``created_at``; ``due_ms`` is the task's due
-    time as enqueued (None in records written before tasks were staged)."""
+    time as enqueued (None in records written before tasks were staged); ``stripe`` is the lock
+    stripe its task was staged under (None in records written before staged names carried it).
+    """
 
-    __slots__ = ("created_at", "due_ms", "key", "task_id")
+    __slots__ = ("created_at", "due_ms", "key", "stripe", "task_id")
 
-    def __init__(self, key: str, task_id: str, created_at: float, due_ms: int | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        task_id: str,
+        created_at: float,
+        due_ms: int | None,
+        stripe: str | None = None,
+    ) -> None:
         self.key = key
         self.task_id = task_id
         self.created_at = created_at
         self.due_ms = due_ms
+        self.stripe = stripe
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +83,29 @@ class KeyRecord(Value):
         }
 
 
+class Pointer(Value):
+    """What a key record says, read without knowing its key (retention): the task, its due time
+    as enqueued, when it was written, and the stripe its task was staged under (None for records
+    of earlier versions)."""
+
+    __slots__ = ("created_at", "due_ms", "stripe", "task_id")
+
+    def __init__(
+        self, task_id: str, due_ms: int | None, created_at: float, stripe: str | None
+    ) -> None:
+        self.task_id = task_id
+        self.due_ms = due_ms
+        self.created_at = created_at
+        self.stripe = stripe
+
+
+@functools.lru_cache(maxsize=65_536)
+def _digest(key: str) -> str:
+    import hashlib  # only submissions with a key pay for it (OpenSSL, ~3 ms)
+
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
 class IdempotencyStore:
     def __init__(
         self, root: StrPath, *, durable: bool, lock_timeout_s: float = LOCK_TIMEOUT_S
@@ -69,12 +113,12 @@ class IdempotencyStore:
         self.root = root
         self.durable = durable
         self.lock_timeout_s = lock_timeout_s
+        self._keys = os.path.join(root, "keys")
 
     @staticmethod
-    def _digest(key: str) -> str:
-        import hashlib  # only submissions with a key pay for it (OpenSSL, ~3 ms)
-
-        return hashlib.sha256(key.encode()).hexdigest()[:40]
+    def stripe(key: str) -> str:
+        """The lock stripe of ``key``: two hex digits (256 locks shared by all keys)."""
+        return _digest(key)[:2]
 
     @contextmanager
     def locked(self, key: str, *, timeout_s: float | None = None) -> Iterator[None]:
@@ -86,74 +130,99 @@ class IdempotencyStore:
     def locked_many(self, keys: Iterable[str], *, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the locks of every key in ``keys`` (their stripes, taken in one global order so
         two batches never deadlock); raises LockTimeout when one is not acquired in time."""
-        stripes = sorted({self._digest(key)[:2] for key in keys})
-        if not stripes:
+        with self.locked_stripes({self.stripe(key) for key in keys}, timeout_s=timeout_s):
+            yield
+
+    @contextmanager
+    def locked_stripes(
+        self, stripes: Iterable[str], *, timeout_s: float | None = None
+    ) -> Iterator[None]:
+        """Hold the locks of ``stripes`` (see :meth:`stripe`), in one global order."""
+        numbers = [int(stripe, 16) for stripe in set(stripes)]
+        if not numbers:
             yield
             return
-        from filelock import FileLock, Timeout
+        from tracemind.backend.file import stripes as striped
 
-        lock_dir = ensure_dir(os.path.join(self.root, "locks"))
         wait_s = self.lock_timeout_s if timeout_s is None else timeout_s
-        with ExitStack() as held:
-            for stripe in stripes:
-                lock = FileLock(
-                    os.path.join(lock_dir, f"{stripe}.lock"),
-                    timeout=wait_s,
-                    mode=file_mode(),
-                    thread_local=False,
-                )
-                try:
-                    lock.acquire()
-                except Timeout:
-                    raise LockTimeout(
-                        f"idempotency key lock {lock.lock_file} not acquired within "
-                        f"{wait_s:g} s (another process holds it, or is paused)"
-                    ) from None
-                except OSError as exc:  # after Timeout, which is an OSError too
-                    raise QueueError(
-                        f"{lock.lock_file}: cannot open the lock ({exc.strerror})"
-                    ) from exc
-                held.callback(lock.release)
+        with striped.held(os.path.join(self.root, "locks"), numbers, wait_s):
             yield
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, "keys", f"{self._digest(key)}.json")
+        return os.path.join(self._keys, f"{_digest(key)}.json")
 
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
-        torn, of the wrong shape, or not a regular file, which is never opened).
+        a file whose first line is not a task record or a record of an earlier version, or any
+        entry that is not a regular file, which is never opened).
 
         A record this process may not read is no damage and is not taken as absent either (that
         would give the key a second task): :class:`QueueError` naming the fix."""
-        path = self._path(key)
+        pointer = self.pointer_at(self._path(key))
+        if pointer is None:
+            return None
+        return KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
+
+    def pointer_at(self, path: str) -> Pointer | None:
+        """What the key record at ``path`` points at; None when absent or damaged, and
+        :class:`QueueError` when this process may not read it (see :meth:`get`)."""
         try:
-            data = read_json(path)
+            first_line = read_regular(path).partition(b"\n")[0]
+            data = json.loads(first_line)
         except FileNotFoundError:
             return None
-        except ValueError:
+        except ValueError:  # torn, not JSON, or not a regular file (DamagedEntry)
             return None
         except OSError as exc:
             from tracemind.backend.file.problems import unreadable_error
 
             raise unreadable_error(path, exc) from exc
         try:
+            if "v" in data:  # the task's own record: the key's task file, linked
+                return Pointer(
+                    _task_id(data["task_id"]),
+                    int(float(data["due_at"]) * 1000),
+                    float(data["enqueued_at"]),
+                    os.path.basename(path)[:2],
+                )
             due_ms = data.get("due_ms")
-            return KeyRecord(
-                str(data["key"]),
-                str(data["task_id"]),
-                float(data["created_at"]),
+            return Pointer(
+                _task_id(data["task_id"]),
                 due_ms if isinstance(due_ms, int) and not isinstance(due_ms, bool) else None,
+                float(data["created_at"]),
+                None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             return None
 
+    def records(self) -> Iterator[str]:
+        """The path of every entry of ``keys/`` named like a record (any kind: a reader of one
+        tells a record from damage); read-only."""
+        for name, _ in scan_entries(self._keys):
+            if len(name) == 45 and name.endswith(".json"):
+                yield os.path.join(self._keys, name)
+
+    def link_many(self, tasks: Iterable[tuple[str, str]]) -> None:
+        """Point each key at its task, given as ``(key, path of the task's staged file)``, by a
+        hard link named for the key, durably when the store is (call while holding
+        :meth:`locked_many` for those keys, once the staged files are whole, and durable with
+        a durable store). A key that already has a record (of a task that no longer blocks
+        it) gets the new one by a rename over it."""
+        items = [(staged, self._path(key)) for key, staged in tasks]
+        if not items:
+            return
+        ensure_dir(self._keys)
+        tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
+        link_many(items, tmp_dir=tmp_dir, durable=self.durable)
+
     def put_many(self, records: Iterable[KeyRecord]) -> None:
-        """Point each record's key at its task, durably when the store is (call while holding
-        :meth:`locked_many` for those keys)."""
+        """Point each record's key at its task with a small record of its own (the form of
+        earlier versions, which :meth:`link_many` replaced; kept for tools and tests), durably
+        when the store is (call while holding :meth:`locked_many` for those keys)."""
         items = [(self._path(r.key), dump_json(r.to_dict())) for r in records]
         if not items:
             return
-        ensure_dir(os.path.join(self.root, "keys"))
+        ensure_dir(self._keys)
         tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
         if len(items) == 1:
             write_atomic(*items[0], tmp_dir=tmp_dir, durable=self.durable)
@@ -179,3 +248,11 @@ class IdempotencyStore:
         if record is not None and record.task_id == task_id:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(key))
+
+
+def _task_id(value: object) -> str:
+    from tracemind.queue.names import is_task_id
+
+    if not isinstance(value, str) or not is_task_id(value):
+        raise ValueError("not a task id")
+    return value

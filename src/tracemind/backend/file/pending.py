@@ -40,7 +40,7 @@ from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 OUTER_MS = 1_000_000
 INNER_MS = 1_000
@@ -294,12 +294,16 @@ class PendingDir:
                     elif damaged and not is_temporary(name):
                         yield None
 
-    def find(self, task_id: str) -> PendingName | None:
+    def find(
+        self, task_id: str, may_hold: Callable[[str, int], bool] | None = None
+    ) -> PendingName | None:
         """The waiting copy of ``task_id``, or None. O(1) for a task that waits as it was
         enqueued (due at its enqueue time, never delivered). A task waiting for a delay or a
         retry is due later than most of a backlog, so the buckets are searched newest first,
-        and the search stops at the first bucket that holds it; an unknown id costs a listing
-        of every bucket."""
+        and the search stops at the first bucket that holds it. ``may_hold(bucket, mtime_ns)``
+        (the bucket's path relative to ``pending/``, without a trailing separator) says which
+        buckets need listing: the census knows the task ids of the buckets it counted, so an
+        unknown id costs a stat per bucket plus a listing of the buckets changed since."""
         enqueued_ms = int(task_id[:12], 16)
         fresh = PendingName(enqueued_ms, task_id, 0)
         if os.path.exists(self.path_of(fresh)):
@@ -311,6 +315,10 @@ class PendingDir:
         for outer_name in sorted(self._bucket_names(self.path, 7), reverse=True):
             outer = self.path + outer_name + "/"
             for inner_name in sorted(self._bucket_names(outer, 10), reverse=True):
+                if may_hold is not None and not self._may_hold(
+                    may_hold, outer_name + "/" + inner_name, outer + inner_name
+                ):
+                    continue
                 copies = [
                     parsed
                     for name, _ in scan_entries(outer + inner_name)
@@ -319,6 +327,16 @@ class PendingDir:
                 if copies:  # (a FIFO named so is found too, and then shows as damaged)
                     return max(copies, key=lambda n: n.attempts)
         return None
+
+    @staticmethod
+    def _may_hold(may_hold: Callable[[str, int], bool], key: str, path: str) -> bool:
+        try:
+            mtime_ns = os.stat(path, follow_symlinks=False).st_mtime_ns
+        except FileNotFoundError:  # gone since the listing (emptied): nothing to find there
+            return False
+        except OSError:  # (e.g. EACCES) the listing says what is wrong
+            return True
+        return may_hold(key, mtime_ns)
 
     def newest_first(self) -> Iterator[PendingName]:
         """Every waiting task, by due time from the latest back (by task id within a bucket);

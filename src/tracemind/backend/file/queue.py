@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
@@ -24,6 +25,7 @@ from tracemind.clock import Clock, system_clock
 from tracemind.errors import QueueError
 from tracemind.fsutil import (
     DamagedEntry,
+    create_many,
     dump_json,
     ensure_dir,
     fdatasync_file,
@@ -36,7 +38,6 @@ from tracemind.fsutil import (
     scan_entries,
     scan_names,
     write_atomic,
-    write_many_atomic,
 )
 from tracemind.log import get_logger
 from tracemind.queue.names import (
@@ -47,7 +48,7 @@ from tracemind.queue.names import (
     is_task_id,
     is_temporary,
     new_token,
-    staged_name,
+    parse_staged,
 )
 from tracemind.queue.protocol import (
     Failure,
@@ -70,7 +71,7 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -87,6 +88,13 @@ LAYOUT_FILE = "layout-2"
 FENCE_LEASE_S = 60.0
 FIND_PASSES = 3
 """Searches that must all miss before ``find`` says a task does not exist."""
+CENSUS_WRITER_AGE_S = 1.0
+"""A writer brings the census up to date when it is older than this (or missing) ..."""
+CENSUS_WRITER_BYTES_PER_S = 500_000
+"""... and than one second per this many bytes of it (about 10,000 buckets): a writer's pass
+costs a ``stat`` per bucket, so a backlog spread over many seconds is passed over less often."""
+CENSUS_WRITER_BUDGET = 20_000
+"""At most about this many names listed by one writer for the census."""
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
@@ -191,32 +199,64 @@ class FileQueue:
                 for t in tasks
             ]
         )
+        if tasks:
+            self.keep_census()
 
-    def stage(self, tasks: Sequence[NewTask]) -> list[str]:
-        """Write ``tasks`` where no consumer sees them (``staging/``, under their pending names),
-        durably when the queue is; returns their names for :meth:`publish`."""
+    def keep_census(self) -> None:
+        """What a writer does for readers on its way (after an enqueue, and after a keyed
+        batch's publication): when the census is missing or older than
+        :data:`CENSUS_WRITER_AGE_S` (more for a big one), count in the buckets that settled
+        since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no daemon serves it (an
+        outage) has a census too, and readers list only the buckets written in the last few
+        seconds before the writes stopped. Costs one ``stat`` otherwise; a census that cannot
+        be written (a read-only volume) is left as it is."""
+        from tracemind.backend.file import census
+
+        root = os.fspath(self.root)
+        state = census.file_state(root, time.time())  # (the file's mtime is the real clock's)
+        if state is not None:
+            age_s, size = state
+            if 0 <= age_s < max(CENSUS_WRITER_AGE_S, size / CENSUS_WRITER_BYTES_PER_S):
+                return
+        previous = census.load(root)
+        try:
+            kept = census.settle_more(
+                self.waiting, _ms(self.clock()), previous, CENSUS_WRITER_BUDGET
+            )
+            if kept != previous or state is None:
+                census.save(root, self._tmp, kept)
+            else:
+                census.confirm(root)
+        except (QueueError, OSError) as exc:
+            self._log.debug("census not kept", error=str(exc))
+
+    def stage(self, tasks: Sequence[NewTask], names: Sequence[str]) -> None:
+        """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
+        :func:`~tracemind.queue.names.staged_name`), durably when the queue is.
+
+        Each file is created in place, without a temporary file and a rename: nothing trusts a
+        staged file before the submitter's key record points at it, which it makes only after
+        this returns, and a torn one (its submitter died while writing it) is an orphan that
+        :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
         self.prepare()
         encoded_flows: dict[int, bytes] = {}
-        names = [staged_name(t.task_id, _ms(t.due_s)) for t in tasks]
         items = [
             (self._staging + name, _encode_record(t.record, encoded_flows))
             for name, t in zip(names, tasks, strict=True)
         ]
-        if len(items) == 1:
-            write_atomic(*items[0], tmp_dir=self._tmp, durable=self.durable)
-        elif items:
-            write_many_atomic(items, tmp_dir=self._tmp, durable=self.durable)
-        return names
+        create_many(items, durable=self.durable)
 
     def publish(self, names: Iterable[str]) -> int:
         """Make staged tasks visible to consumers, each by one rename (a name already published,
         or rolled back, is skipped); returns how many this call moved."""
         moved: list[PendingName] = []
         for name in names:
-            parsed = PendingName.parse(name)
+            parsed = parse_staged(name)
             staged = self._staging + name
-            if parsed is not None and self.waiting.move_in(staged, parsed, sync=False, ring=False):
-                moved.append(parsed)
+            if parsed is not None and self.waiting.move_in(
+                staged, parsed[1], sync=False, ring=False
+            ):
+                moved.append(parsed[1])
         self.waiting.sync_buckets(moved)
         return len(moved)
 
@@ -226,18 +266,22 @@ class FileQueue:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(self._staging + name)
 
+    def staged_path(self, name: str) -> str:
+        return self._staging + name
+
     def is_staged(self, name: str) -> bool:
         return os.path.lexists(self._staging + name)
 
     def staged(self) -> list[str]:
         """Names of the staged tasks (normally none: only a submitter that died leaves any)."""
-        return [n for n in scan_names(self._staging) if PendingName.parse(n) is not None]
+        return [n for n in scan_names(self._staging) if parse_staged(n) is not None]
 
     def quarantine_staged(self, name: str, reason: str) -> bool:
         return quarantine(self._staging + name, self.root, reason) is not None
 
     def staged_record(self, name: str) -> dict[str, Any] | None:
-        """The record of a staged task; None when it is gone or unreadable."""
+        """The record of a staged task; None when it is gone or unreadable (or torn: read it
+        holding its key's lock, or it may still be being written)."""
         try:
             record, _ = parse_task_file(read_regular(self._staging + name))
         except (OSError, ValueError):
@@ -819,14 +863,25 @@ class FileQueue:
     def find(self, task_id: str) -> TaskInfo | None:
         """Where the task is now; read-only. A task moves between ``inflight/`` and ``pending/``
         (a lease, a retry, a recovery) by renames that a search of one then the other can miss,
-        so "nowhere" is answered only after :data:`FIND_PASSES` searches agree."""
+        so "nowhere" is answered only after :data:`FIND_PASSES` searches agree. Buckets of
+        ``pending/`` that the census counted, unchanged since, and whose task ids do not
+        include this one are not listed (see :func:`tracemind.backend.file.census.may_hold`)."""
+        from tracemind.backend.file import census
+
+        cached = census.load(os.fspath(self.root))
+
+        def may_hold(bucket: str, mtime_ns: int) -> bool:
+            return census.may_hold(cached, bucket, mtime_ns, task_id)
+
         for _ in range(FIND_PASSES):
-            info = self._find_once(task_id)
+            info = self._find_once(task_id, may_hold)
             if info is not None:
                 return info
         return None
 
-    def _find_once(self, task_id: str) -> TaskInfo | None:
+    def _find_once(
+        self, task_id: str, may_hold: Callable[[str, int], bool] | None = None
+    ) -> TaskInfo | None:
         if self._is_done(task_id):
             return self.finished(task_id)
         leases = [
@@ -838,7 +893,7 @@ class FileQueue:
             lease = max(leases, key=lambda n: n.attempt)
             record, _ = _read_or_empty(self._inflight + str(lease))
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
-        copy = self.waiting.find(task_id)
+        copy = self.waiting.find(task_id, may_hold)
         if copy is not None:
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED

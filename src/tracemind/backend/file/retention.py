@@ -37,15 +37,16 @@ from tracemind.backend.retention import (
     TEMPORARY_TTL_S,
     RetentionPolicy,
 )
-from tracemind.errors import LockTimeout
-from tracemind.fsutil import read_regular, scan_entries
+from tracemind.errors import LockTimeout, QueueError
+from tracemind.fsutil import scan_entries
 from tracemind.log import get_logger
-from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, is_temporary, staged_name
+from tracemind.queue.names import DONE_BUCKET_MS, is_task_id, staged_name
 from tracemind.queue.protocol import TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from tracemind.backend.file.keys import Pointer
     from tracemind.backend.file.stores import Stores
 
 PASS_EVERY_S = 60.0
@@ -141,39 +142,33 @@ class Pruner:
 
     def _expired_keys(self, now_s: float) -> Iterator[tuple[str, str]]:
         """Keys written before the TTL whose task succeeded before it, or no longer exists
-        (checked under the key's lock; a key a submitter holds is left for the next pass)."""
+        (decided and removed under the key's lock, from the record as read under it; a key a
+        submitter holds is left for the next pass)."""
         keys = self.stores.keys
-        folder = os.path.join(os.fspath(keys.root), "keys")
         cutoff_s = now_s - self.policy.key_ttl_s
-        for name, regular in scan_entries(folder):
-            if not regular or is_temporary(name):
-                continue
-            path = os.path.join(folder, name)
+        for path in keys.records():
             try:
                 if os.lstat(path).st_mtime >= cutoff_s:
                     continue
-                record = _key_record(path)
-            except OSError:
-                continue
-            if record is None:
-                continue
-            key, task_id, due_ms = record
-            try:
-                with keys.locked(key, timeout_s=0.05):
-                    if self._key_expired(task_id, due_ms, cutoff_s):
+                with keys.locked_stripes([os.path.basename(path)[:2]], timeout_s=0.05):
+                    pointer = keys.pointer_at(path)  # (rewritten since the listing, maybe)
+                    if pointer is not None and self._key_expired(pointer, cutoff_s):
                         yield "keys", path
-            except LockTimeout:
+            except (LockTimeout, OSError):
+                continue
+            except QueueError:  # a record this process may not read: not damage, left alone
                 continue
 
-    def _key_expired(self, task_id: str, due_ms: int | None, cutoff_s: float) -> bool:
+    def _key_expired(self, pointer: Pointer, cutoff_s: float) -> bool:
         """Whether a key may go: its task succeeded before ``cutoff_s``, or no longer exists
         anywhere (a dead task's key goes when the task is purged)."""
         queue = self.stores.queue
+        task_id, due_ms = pointer.task_id, pointer.due_ms
         info = queue.finished(task_id)
         if info is not None:
             succeeded = info.status is TaskStatus.SUCCEEDED
             return succeeded and info.finished_s is not None and info.finished_s < cutoff_s
-        if due_ms is not None and queue.is_staged(staged_name(task_id, due_ms)):
+        if due_ms is not None and queue.is_staged(staged_name(task_id, due_ms, pointer.stripe)):
             return False  # its submitter died; settling publishes it
         # A task found nowhere: looked for twice, as a task can move between two listings.
         return queue.find(task_id) is None and queue.find(task_id) is None
@@ -192,17 +187,6 @@ def upkeep(stores: Stores, pruner: Pruner) -> None:
     submitters staged, and remove what expired (the pruner paces itself)."""
     stores.settle_staged()
     pruner.prune_if_due()
-
-
-def _key_record(path: str) -> tuple[str, str, int | None] | None:
-    import json
-
-    try:
-        data = json.loads(read_regular(path))
-        due_ms = data.get("due_ms")
-        return str(data["key"]), str(data["task_id"]), due_ms if type(due_ms) is int else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def _older_than(kind: str, folder: str, cutoff_s: float) -> Iterator[tuple[str, str]]:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tracemind.submit import Submission
 
 STALE_S = 10.0
-"""A heartbeat older than this is not live (as in :mod:`tracemind.queue.registry`)."""
+"""A heartbeat older than this is not live (as in :mod:`tracemind.backend.file.registry`)."""
 FORGET_S = 86_400.0
 """A registration whose heartbeat is older than this is removed by the next registration."""
 BATCH_TICK_TASKS = 1000
