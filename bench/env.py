@@ -116,6 +116,12 @@ def _base_env(drop: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def plain_env() -> dict[str, str]:
+    """The environment of either side's processes with no ``TM_``/``BENCH_`` settings, bytecode
+    cached as in :func:`_base_env`."""
+    return _base_env(("TM_", "BENCH_"))
+
+
 def ours_env(data_dir: Path) -> dict[str, str]:
     """Our processes' environment: durable queue (V2), every directory under ``data_dir``."""
     env = _base_env(("TM_",))

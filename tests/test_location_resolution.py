@@ -152,3 +152,48 @@ def test_a_redacted_location_reads_back_without_its_password() -> None:
     recorded = Location.parse_redacted(location.redacted())
     assert recorded.redis_parts() == {**location.redis_parts(), "password": None}
     assert recorded.password({"TM_REDIS_PASSWORD": "from-env"}) == "from-env"
+
+
+PLAIN_REDIS_URLS = [
+    "redis://localhost:6379/0",
+    "redis://127.0.0.1:54195/0",
+    "rediss://Cache.Example:6380/15?prefix=tm:orders",
+    "REDIS://H:1/2",
+    "redis://h",
+    "redis://h/",
+    "redis://h//1",
+    "redis://h/00?prefix=a_b-c.d",
+    "redis://h:65535",
+]
+NOT_PLAIN_REDIS_URLS = [
+    "redis://user:secret@h:1/0",
+    "redis://h:0/1",
+    "redis://h:/1",
+    "redis://h:70000/0",
+    "redis://[::1]:6379/0",
+    "redis://h/0?prefix=a&prefix=b",
+    "redis://h/0?prefix=",
+    "redis://h/0?prefix=a%3Ab",
+    "redis://h/x",
+    "redis://:1/0",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_REDIS_URLS + NOT_PLAIN_REDIS_URLS)
+def test_the_plain_redis_url_reads_as_urllib_reads_it(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracemind.backend import location as module
+
+    # Given the parts read by hand (None: left to urllib)
+    plain = module._plain_redis_parts(text)
+    assert (plain is not None) == (text in PLAIN_REDIS_URLS)
+    # When urllib reads the same text
+    monkeypatch.setattr(module, "_plain_redis_parts", lambda _text: None)
+    try:
+        by_urllib: object = module._redis_parts(text)
+    except UsageError as exc:
+        by_urllib = exc
+    # Then a plain URL has the same parts either way
+    if plain is not None:
+        assert plain == by_urllib

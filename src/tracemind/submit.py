@@ -31,7 +31,7 @@ from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.queue.names import new_task_id, parse_staged, staged_name
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import new_record, task_policy
-from tracemind.values import Value
+from tracemind.submission import Submission, SubmitResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,38 +41,10 @@ if TYPE_CHECKING:
     from tracemind.backend.file.queue import FileQueue
     from tracemind.flows import FlowSnapshot
 
+__all__ = ["QueueSubmitter", "Submission", "SubmitResult"]
+
 SETTLE_LOCK_WAIT_S = 0.05
 """How long settling waits for a key's lock: a held lock means a live submitter is at work."""
-
-
-class SubmitResult(Value):
-    __slots__ = ("duplicate", "task_id")
-
-    def __init__(self, task_id: str, duplicate: bool) -> None:
-        self.task_id = task_id
-        self.duplicate = duplicate
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "duplicate": self.duplicate}
-
-
-class Submission(Value):
-    """One task to submit: its input, optional idempotency key, optional trigger metadata, and
-    when it becomes due (epoch seconds; None: now, the time of the submission)."""
-
-    __slots__ = ("due_s", "idempotency_key", "inputs", "trigger")
-
-    def __init__(
-        self,
-        inputs: dict[str, Any],
-        idempotency_key: str | None = None,
-        trigger: dict[str, Any] | None = None,
-        due_s: float | None = None,
-    ) -> None:
-        self.inputs = inputs
-        self.idempotency_key = idempotency_key
-        self.trigger = trigger
-        self.due_s = due_s
 
 
 class QueueSubmitter:

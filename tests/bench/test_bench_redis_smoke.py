@@ -55,9 +55,11 @@ def test_the_redis_figure_runs_against_rq_and_writes_numbers(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert figure["status"] == "ok", figure["note"]
     rows = {row["label"]: row for row in figure["rows"]}
-    assert len(rows) == 3
+    assert len(rows) == 6
     for row in rows.values():
         assert isinstance(row["ours"], float) and math.isfinite(row["ours"]) and row["ours"] > 0
     paired = [row for row in rows.values() if row["anchor"] is not None]
-    assert len(paired) == 2 and all(row["ratio"] > 0 for row in paired)
+    assert len(paired) == 5 and all(row["ratio"] > 0 for row in paired)
+    daemons = [row for label, row in rows.items() if "2 daemons x 2 workers" in label]
+    assert len(daemons) == 1 and daemons[0]["goal"] is not None
     assert figure["params"]["rq"] != "unknown"

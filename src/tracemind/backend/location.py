@@ -205,7 +205,47 @@ def _file_dirs(text: str, rest: str) -> tuple[str, str, str]:
     return dirs["queue"], dirs["idempotency"], dirs["dlq"]
 
 
+_PLAIN_URL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:/?=")
+"""The characters of a Redis URL :func:`_plain_redis_parts` reads without ``urllib``."""
+
+
+def _plain_redis_parts(text: str) -> dict[str, object] | None:
+    """The parts of the usual URL, ``redis[s]://host[:port][/db][?prefix=word]`` with plain
+    characters only (no user or password, no IPv6 or IDNA host, no escapes), read by hand: the
+    same as :func:`_redis_parts` reads it, without importing ``urllib.parse`` (and with it
+    ``ipaddress``) on ``tm enqueue``'s path. None for any other text: ``urllib`` reads it."""
+    if not _PLAIN_URL.issuperset(text):
+        return None
+    scheme, _, rest = text.partition("://")
+    rest, _, query = rest.partition("?")
+    hostport, _, path = rest.partition("/")
+    host, colon, port_text = hostport.partition(":")
+    db_text = path.strip("/") or "0"
+    if not host or "/" in db_text or not db_text.isdigit():
+        return None
+    if colon and not (port_text.isdigit() and 0 < int(port_text) <= 65535):
+        return None
+    prefix = "tm"
+    if query:
+        name, eq, value = query.partition("=")
+        if name != "prefix" or not eq or not value or "=" in value:
+            return None
+        prefix = value
+    return {
+        "host": host.lower(),
+        "port": int(port_text) if port_text else 6379,
+        "db": int(db_text),
+        "username": None,
+        "password": None,
+        "prefix": prefix,
+        "tls": scheme.lower() == "rediss",
+    }
+
+
 def _redis_parts(text: str) -> dict[str, object]:
+    plain = _plain_redis_parts(text)
+    if plain is not None:
+        return plain
     from urllib.parse import parse_qs, unquote, urlsplit
 
     try:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from tracemind.backend.location import Location
     from tracemind.flows import FlowSnapshot
     from tracemind.queue.protocol import QueueStats, TaskInfo, TaskQueue, TaskStatus
-    from tracemind.submit import Submission, SubmitResult
+    from tracemind.submission import Submission, SubmitResult
 else:
     Protocol = object  # (a contract for the type checker; `tm enqueue` imports no `typing`)
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tracemind.backend.protocol import Backend, Submitter
     from tracemind.flows import FlowSnapshot
     from tracemind.flows.cache import CachedFlow
-    from tracemind.submit import Submission
+    from tracemind.submission import Submission
 
 RUN_DESCRIPTION = (
     "Run FLOW synchronously in this process and print the final state as JSON. Each step runs "
@@ -147,7 +147,7 @@ def enqueue_command(args: argparse.Namespace) -> int:
 
 
 def _enqueue_one(args: argparse.Namespace, raw_input: str) -> int:
-    from tracemind.submit import Submission
+    from tracemind.submission import Submission
 
     if args.idempotency_key is not None:
         check_text(args.idempotency_key, "--idempotency-key")
@@ -230,7 +230,7 @@ def read_jsonl(path: str, key_field: str | None, due_s: float | None = None) -> 
     """Every line of ``path`` (``-``: standard input) as a submission; any bad line rejects the
     whole file."""
     from tracemind.client.inputs import key_from_field
-    from tracemind.submit import Submission
+    from tracemind.submission import Submission
 
     if path == "-":
         lines = read_stdin("--inputs -").splitlines()

@@ -169,10 +169,23 @@ class Connection:
             return script(keys=self.keys.ordered, args=[self.keys.prefix, *args])
 
     def _run_on_wire(self, name: str, args: tuple[str | int | float, ...]) -> Any:
-        try:
+        with self._wire_errors():
             return self.wire.eval(
                 scripts.source(name), self.keys.ordered, [self.keys.prefix, *args]
             )
+
+    def on_wire(self, *command: str | int | float) -> Any:
+        """Send one plain command through :mod:`.wire` (no redis-py: what ``tm enqueue`` runs)
+        and return its RESP2 reply (a hash comes back as a flat list); a failure raises
+        :class:`QueueError` as :meth:`errors` does."""
+        with self._wire_errors():
+            return self.wire.call(*command)
+
+    @contextlib.contextmanager
+    def _wire_errors(self) -> Iterator[None]:
+        """:meth:`errors` for the commands sent through :mod:`.wire`."""
+        try:
+            yield
         except ReplyError as exc:
             if exc.code not in _REFUSALS:
                 raise

@@ -9,7 +9,7 @@ from tracemind.backend.redis.records import ms, requeued_record
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
 from tracemind.queue.records import new_record
-from tracemind.submit import SubmitResult
+from tracemind.submission import SubmitResult
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tracemind.backend.redis.queue import RedisQueue
     from tracemind.clock import Clock
     from tracemind.flows import FlowSnapshot
-    from tracemind.submit import Submission
+    from tracemind.submission import Submission
 
 STALE_S = 10.0
 """A heartbeat older than this is not live (as in :mod:`tracemind.backend.file.registry`)."""
@@ -137,10 +137,10 @@ class RedisRegistry:
         return sorted(found, key=lambda e: str(e["instance_id"]))
 
     def _entries(self) -> list[dict[str, Any]]:
-        with self.connection.errors():
-            raw = self.connection.client.hgetall(self.key)
+        # Through the wire, not redis-py: `tm enqueue` reads the registry for its notice.
+        flat = self.connection.on_wire("HGETALL", self.key)
         entries = []
-        for text in raw.values():
+        for text in flat[1::2]:
             try:
                 entry = json.loads(text)
             except ValueError:
@@ -172,7 +172,7 @@ class RedisSubmitter:
         idempotency_key: str | None = None,
         trigger: dict[str, Any] | None = None,
     ) -> SubmitResult:
-        from tracemind.submit import Submission
+        from tracemind.submission import Submission
 
         return self.submit_many(flow, [Submission(inputs, idempotency_key, trigger)])[0]
 
