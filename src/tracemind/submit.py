@@ -30,7 +30,7 @@ from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.queue.names import new_task_id, parse_staged, staged_name
 from tracemind.queue.protocol import NewTask, TaskStatus
-from tracemind.queue.records import new_record, task_policy
+from tracemind.queue.records import TaskMaker
 from tracemind.submission import Submission, SubmitResult
 
 TYPE_CHECKING = False
@@ -111,9 +111,7 @@ class QueueSubmitter:
     ) -> tuple[list[NewTask], list[SubmitResult]]:
         """The tasks to create and every item's result; ``known`` maps keys to the task they
         resolve to and gains the keys of new tasks (a key repeated in a batch is a duplicate)."""
-        snapshot = flow.to_dict()
-        max_attempts = int(flow.flow["retry"]["max_attempts"])
-        policy = task_policy(flow.flow)
+        maker = TaskMaker(flow, now_s)
         results: list[SubmitResult] = []
         new: list[NewTask] = []
         now_ms = int(now_s * 1000)
@@ -127,19 +125,7 @@ class QueueSubmitter:
             task_id = new_task_id(at_ms=now_ms + index // CHUNK_TASKS)
             if key is not None:
                 known[key] = task_id
-            due_s = now_s if item.due_s is None else item.due_s
-            record = new_record(
-                task_id=task_id,
-                flow=snapshot,
-                inputs=item.inputs,
-                max_attempts=max_attempts,
-                enqueued_at=now_s,
-                idempotency_key=key,
-                trigger=item.trigger,
-                policy=policy,
-                due_at=due_s,
-            )
-            new.append(NewTask(task_id, record, due_s))
+            new.append(maker.task(task_id, item))
             results.append(SubmitResult(task_id, False))
         return new, results
 

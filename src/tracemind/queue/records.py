@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
-from tracemind.queue.protocol import Failure
+from tracemind.queue.protocol import Failure, NewTask
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from tracemind.flows import FlowSnapshot
+    from tracemind.submission import Submission
 
 LOST_ATTEMPT = "lost: the worker died or its lease expired"
 DEAD_FIELDS = frozenset({"status", "attempts", "error", "traceback", "dead_at", "lease_token"})
@@ -50,6 +53,34 @@ def new_record(
     if policy is not None:
         record["policy"] = policy
     return record
+
+
+class TaskMaker:
+    """Makes the tasks of one batch of submissions of ``flow`` at ``now_s``: every backend's
+    submitter builds its records here, so a record means the same on every backend (the
+    policy resolved at submit, the first due time)."""
+
+    def __init__(self, flow: FlowSnapshot, now_s: float) -> None:
+        self.snapshot = flow.to_dict()
+        self.policy = task_policy(flow.flow)
+        self.max_attempts = int(flow.flow["retry"]["max_attempts"])
+        self.now_s = now_s
+
+    def task(self, task_id: str, item: Submission) -> NewTask:
+        """The task ``item`` makes under ``task_id``, due at its ``due_s`` (default: now)."""
+        due_s = self.now_s if item.due_s is None else item.due_s
+        record = new_record(
+            task_id=task_id,
+            flow=self.snapshot,
+            inputs=item.inputs,
+            max_attempts=self.max_attempts,
+            enqueued_at=self.now_s,
+            idempotency_key=item.idempotency_key,
+            trigger=item.trigger,
+            policy=self.policy,
+            due_at=due_s,
+        )
+        return NewTask(task_id, record, due_s)
 
 
 def task_policy(flow_section: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from tracemind.backend.redis.connection import Keys, dumps
 from tracemind.backend.redis.records import ms, requeued_record
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
-from tracemind.queue.records import new_record
+from tracemind.queue.records import TaskMaker
 from tracemind.submission import SubmitResult
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
@@ -180,22 +180,11 @@ class RedisSubmitter:
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
     ) -> list[SubmitResult]:
         now_s = self.clock()
-        snapshot = flow.to_dict()
-        max_attempts = int(flow.flow["retry"]["max_attempts"])
+        maker = TaskMaker(flow, now_s)
         items: list[tuple[NewTask, str]] = []
         for index, item in enumerate(submissions):
             task_id = new_task_id(at_ms=ms(now_s) + index // BATCH_TICK_TASKS)
-            record = new_record(
-                task_id=task_id,
-                flow=snapshot,
-                inputs=item.inputs,
-                max_attempts=max_attempts,
-                enqueued_at=now_s,
-                idempotency_key=item.idempotency_key,
-                trigger=item.trigger,
-            )
-            due_s = now_s if item.due_s is None else item.due_s
             key = item.idempotency_key
-            items.append((NewTask(task_id, record, due_s), "" if key is None else Keys.digest(key)))
+            items.append((maker.task(task_id, item), "" if key is None else Keys.digest(key)))
         resolved = self.queue.submit(items, key_ttl_s=self.ttl_s)
         return [SubmitResult(r.removeprefix("dup:"), r.startswith("dup:")) for r in resolved]
