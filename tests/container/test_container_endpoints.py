@@ -59,6 +59,11 @@ def _enqueued(stack: Project) -> float:
     return families["tracemind_tasks_enqueued:counter"]["tracemind_tasks_enqueued_total{}"]
 
 
+def _inflight(stack: Project) -> float:
+    families = _metrics(stack.get("/metrics").body)
+    return families["tracemind_queue_inflight:gauge"]["tracemind_queue_inflight{}"]
+
+
 def _bodies(stack: Project) -> dict[str, str]:
     return {path: stack.get(path).body for path in ENDPOINTS}
 
@@ -90,6 +95,8 @@ def test_up_wait_is_healthy_and_every_endpoint_answers_without_task_inputs(
         timeout_s=15,
     )
     stack.wait_for("both enqueues to be counted", lambda: _enqueued(stack) >= 2, timeout_s=10)
+    # (/status and /metrics serve bodies up to a second old: wait until they show the lease)
+    stack.wait_for("the counts to show the lease", lambda: _inflight(stack) >= 1, timeout_s=5)
 
     # When every endpoint is read while the task runs.
     live, health, ready = (stack.get(p) for p in ("/livez", "/healthz", "/readyz"))
