@@ -174,10 +174,48 @@ def _file_add_unknown(backend: Backend) -> None:
     (Path(queue.pending_dir) / "notes.txt").write_text("hello")
 
 
-RAW_STATES: dict[str, Callable[[Backend], object]] = {"file": _file_tree}
+def _redis_keys(backend: Backend) -> dict[bytes, tuple[object, int]]:
+    """Every key of the location's prefix: its value (a stream's serialized form, ``DUMP``,
+    which includes its consumer groups and their pending entries) and its time to live."""
+    connection: Any = backend.connection  # type: ignore[attr-defined]
+    client = connection.client
+    read = {
+        b"hash": lambda key: sorted(client.hgetall(key).items()),
+        b"zset": lambda key: client.zrange(key, 0, -1, withscores=True),
+        b"string": client.get,
+        b"set": lambda key: sorted(client.smembers(key)),
+        b"list": lambda key: client.lrange(key, 0, -1),
+    }
+    state = {}
+    for key in client.scan_iter(match=f"{connection.keys.prefix}:*", count=1000):
+        kind = client.type(key)
+        kind = kind.encode() if isinstance(kind, str) else kind
+        state[key] = (read.get(kind, client.dump)(key), client.pttl(key))
+    return state
+
+
+def _redis_damage_record(backend: Backend, task_id: str) -> None:
+    """Overwrite the waiting task's stored record with a torn one."""
+    connection: Any = backend.connection  # type: ignore[attr-defined]
+    connection.client.hset(connection.keys.task(task_id), "record", '{"v":1,"task_id":"01')
+
+
+def _redis_add_unknown(backend: Backend) -> None:
+    """Keys no writer made beside the tasks' own: a task-like hash of no task, and a stray
+    string. (The queue's indexes — the due set, the stream — are its own, like the file
+    backend's census: a member written there by hand is not damage it promises to survive.)"""
+    connection: Any = backend.connection  # type: ignore[attr-defined]
+    connection.client.hset(
+        connection.keys.task("notes"), mapping={"record": "{}", "state": "pending"}
+    )
+    connection.client.set(f"{connection.keys.prefix}:notes.txt", "hello")
+
+
+RAW_STATES: dict[str, Callable[[Backend], object]] = {"file": _file_tree, "redis": _redis_keys}
 """Location scheme → everything the backend stores, comparable with ``==``."""
 DAMAGE: dict[str, dict[str, Callable[..., None]]] = {
     "file": {"record": _file_damage_record, "unknown": _file_add_unknown},
+    "redis": {"record": _redis_damage_record, "unknown": _redis_add_unknown},
 }
 """Location scheme → ``record(backend, task_id)`` (corrupt a waiting task's stored record in
 place) and ``unknown(backend)`` (store an entry no writer made beside the waiting tasks)."""
