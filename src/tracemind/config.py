@@ -145,5 +145,22 @@ def seconds_setting(name: str, default: float, env: Mapping[str, str] = os.envir
     return value
 
 
+WORKER_NICE = 5
+"""How much lower than its pool's the CPU priority of a worker process is, by default."""
+
+
+def worker_nice(env: Mapping[str, str] = os.environ) -> int:
+    """``TM_WORKER_NICE`` (0-19, default :data:`WORKER_NICE`): workers run their steps this much
+    nicer than the daemon, so that steps which keep every core busy never starve the
+    supervisor's heartbeat or the probes. 0 keeps the daemon's priority. One line
+    (:class:`UsageError`) for anything else."""
+    raw = env.get("TM_WORKER_NICE")
+    if not raw:
+        return WORKER_NICE
+    if not raw.isdigit() or int(raw) > 19:
+        raise UsageError(f"TM_WORKER_NICE must be a whole number from 0 to 19, got {raw!r}")
+    return int(raw)
+
+
 def idempotency_ttl_s(env: Mapping[str, str] = os.environ) -> float:
     return seconds_setting("TM_IDEMPOTENCY_TTL_S", DEFAULT_IDEMPOTENCY_TTL_S, env)

@@ -61,3 +61,17 @@ def test_concurrent_readers_share_one_computation() -> None:
     for thread in threads:
         thread.join(timeout=5)
     assert results == [1] * 8 and len(calls) == 1
+
+
+def test_a_primed_read_is_ready_before_the_first_request() -> None:
+    calls: list[float] = []
+    recent = Recent(lambda: calls.append(time.monotonic()) or len(calls), max_age_s=60.0)
+    # Given a read primed as the server starts
+    recent.prime()
+    recent.prime()  # (twice: still one computation)
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    # When the first request comes, then it gets that result without computing another
+    assert recent.get() == 1 and len(calls) == 1

@@ -123,6 +123,7 @@ def pool_settings(
         lease_s=args.lease_s,
         log_file=log_file,
         report_idle=report_idle,
+        nice=config.worker_nice(),
     )
     return PoolSettings(size=args.workers, instance_id=instance_id, worker=worker, fork=fork)
 

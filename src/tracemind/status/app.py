@@ -61,9 +61,17 @@ class Recent(Generic[T]):
         self._at_s = float("-inf")
         self._refreshing = False
 
+    def prime(self) -> None:
+        """Compute the first result in the background now, so that the first request finds
+        one (a server calls this as it starts)."""
+        with self._lock:
+            if self._value is None and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="status-refresh", daemon=True).start()
+
     def get(self) -> T:
         with self._lock:
-            if self._value is None:  # the first request computes (nothing to serve yet)
+            if self._value is None:  # a request before the first result computes it
                 self._value, self._at_s = self.compute(), time.monotonic()
                 return self._value
             stale = time.monotonic() - self._at_s >= self.max_age_s
@@ -96,6 +104,8 @@ def create_app(state: StateDir, backend: Backend, token: str | None = None) -> F
     dashboard_doc = Recent(
         lambda: dashboard_document(state, backend, actions=actions), COUNTS_MAX_AGE_S
     )
+    status_doc.prime()  # (what scrapers ask first is ready before they ask)
+    metrics_text.prime()
 
     @app.after_request
     def secure(response: Response) -> Response:

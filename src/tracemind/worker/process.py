@@ -97,6 +97,8 @@ def main(forked: ForkedStart | None = None) -> int:
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0o007)  # fsutil.PROCESS_UMASK: group rw, nothing for others, whatever the pool's
+    if settings.nice:
+        os.nice(settings.nice)  # steps yield the CPU to the supervisor and the probes
 
     from tracemind import log
     from tracemind.backend import open_backend

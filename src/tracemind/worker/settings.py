@@ -29,6 +29,9 @@ class WorkerSettings:
     """Where workers log (None: the pool's standard output)."""
     report_idle: bool = False
     """Workers report when they find nothing to do (a burst pool stops on it)."""
+    nice: int = 0
+    """How much nicer than the pool a worker runs (``TM_WORKER_NICE``, see
+    :func:`tracemind.config.worker_nice`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values; the location as its full text (see the module doc)."""
@@ -39,6 +42,7 @@ class WorkerSettings:
             "lease_s": self.lease_s,
             "log_file": self.log_file,
             "report_idle": self.report_idle,
+            "nice": self.nice,
         }
 
     @classmethod
