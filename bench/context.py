@@ -103,7 +103,7 @@ class BacklogSizes:
             build_chunk=10_000,
             one_batch=200_000,
             inspect_samples=15,
-            probe_window_s=10.0,
+            probe_window_s=20.0,
             idle_windows=3,
             idle_window_s=20.0,
             dead=100_000,
