@@ -12,7 +12,10 @@ from tracemind.values import Value
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
+
+    from tracemind.flows import FlowSnapshot
 
 
 class SubmitResult(Value):
@@ -46,3 +49,23 @@ class Submission(Value):
         self.idempotency_key = idempotency_key
         self.trigger = trigger
         self.due_s = due_s
+
+
+class SubmitsOne:
+    """``submit`` (one task) for a submitter that has ``submit_many`` (a batch)."""
+
+    def submit_many(
+        self, flow: FlowSnapshot, submissions: Sequence[Submission]
+    ) -> list[SubmitResult]:
+        raise NotImplementedError
+
+    def submit(
+        self,
+        flow: FlowSnapshot,
+        inputs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> SubmitResult:
+        """One task, as a batch of one (see ``submit_many``)."""
+        return self.submit_many(flow, [Submission(inputs, idempotency_key, trigger)])[0]

@@ -31,7 +31,7 @@ from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.queue.names import new_task_id, parse_staged, staged_name
 from tracemind.queue.protocol import NewTask, TaskStatus
 from tracemind.queue.records import TaskMaker
-from tracemind.submission import Submission, SubmitResult
+from tracemind.submission import Submission, SubmitResult, SubmitsOne
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ SETTLE_LOCK_WAIT_S = 0.05
 """How long settling waits for a key's lock: a held lock means a live submitter is at work."""
 
 
-class QueueSubmitter:
+class QueueSubmitter(SubmitsOne):
     """Submits to a :class:`FileQueue`, deduplicating through an :class:`IdempotencyStore`."""
 
     def __init__(
@@ -62,16 +62,6 @@ class QueueSubmitter:
         self.keys = keys
         self.ttl_s = ttl_s
         self.clock = clock
-
-    def submit(
-        self,
-        flow: FlowSnapshot,
-        inputs: dict[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        trigger: dict[str, Any] | None = None,
-    ) -> SubmitResult:
-        return self.submit_many(flow, [Submission(inputs, idempotency_key, trigger)])[0]
 
     def submit_many(
         self, flow: FlowSnapshot, submissions: Sequence[Submission]

@@ -9,7 +9,7 @@ from tracemind.backend.redis.records import ms, requeued_record
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
 from tracemind.queue.records import TaskMaker
-from tracemind.submission import SubmitResult
+from tracemind.submission import SubmitResult, SubmitsOne
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class RedisRegistry:
         return entries
 
 
-class RedisSubmitter:
+class RedisSubmitter(SubmitsOne):
     """:class:`~tracemind.backend.protocol.Submitter` of a Redis location (guarantee 8).
 
     Each chunk of a batch is one script that decides every key (a key blocks while its task
@@ -163,18 +163,6 @@ class RedisSubmitter:
         self.queue = queue
         self.ttl_s = ttl_s
         self.clock = clock
-
-    def submit(
-        self,
-        flow: FlowSnapshot,
-        inputs: dict[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        trigger: dict[str, Any] | None = None,
-    ) -> SubmitResult:
-        from tracemind.submission import Submission
-
-        return self.submit_many(flow, [Submission(inputs, idempotency_key, trigger)])[0]
 
     def submit_many(
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
