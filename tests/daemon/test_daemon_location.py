@@ -86,7 +86,7 @@ def test_ps_and_the_status_document_show_the_location_redacted(tmp_path: Path) -
         unreadable_records=lambda: (0, []),
         counts=lambda: (SimpleNamespace(pending=0, inflight=0, delayed=0,
                                         oldest_pending_age_s=None), 0, 0),
-        registry=SimpleNamespace(live=lambda: []),
+        registry=SimpleNamespace(live=lambda now_s=None: []),
         queue=SimpleNamespace(held_by=lambda prefix: 0),
     )  # fmt: skip
     # When the status document is made
