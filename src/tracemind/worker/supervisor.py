@@ -14,9 +14,9 @@ A burst pool looks at the queue only once every live worker reported idle, so it
 a few milliseconds of the last result being committed.
 
 While the queue's server cannot be reached (:class:`~tracemind.errors.QueueUnavailable`) a
-pool that serves (not ``burst``) keeps supervising: its upkeep is retried at most every
-:data:`~tracemind.worker.outage.MAX_BACKOFF_S` and its workers wait too. A burst pool stops with
-the error instead (a batch job fails rather than waiting without a bound).
+pool that serves (not ``burst``) keeps supervising: its upkeep is retried with the outage's
+backoff, at least every :data:`RECOVER_EVERY_S`, and its workers wait too. A burst pool stops
+with the error instead (a batch job fails rather than waiting without a bound).
 """
 
 from __future__ import annotations
