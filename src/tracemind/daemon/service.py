@@ -218,12 +218,16 @@ class Daemon:
         pool_status = self.pool.status()
         draining = self.supervisor.draining
         ready, reason = self._readiness(pool_status, draining)
+        enqueued_total, busy = self._enqueued_total, None
         try:
-            enqueued_total = self._count_enqueued()
-            busy = self.pool.held_leases()
+            # While the supervisor's upkeep finds the server away (it tries every second),
+            # the beat asks nothing of it: a server that does not answer (a network partition)
+            # would make each call wait for its connect timeout, and the heartbeat go stale.
+            if not self.supervisor.outage.ongoing:
+                enqueued_total = self._count_enqueued()
+                busy = self.pool.held_leases()
         except QueueUnavailable as exc:
             ready, reason = False, reason or str(exc)
-            enqueued_total, busy = self._enqueued_total, None
         beat = {
             "instance_id": self.settings.instance_id,
             "at": time.time(),
@@ -297,6 +301,8 @@ class Daemon:
             return False, "workers are crash-looping"
         if pool_status.get("alive", 0) < self.settings.pool.size:
             return False, "workers not alive"
+        if self.supervisor.outage.reason is not None:
+            return False, self.supervisor.outage.reason
         problems = self.backend.problems()
         if problems:
             return False, problems[0]
