@@ -62,9 +62,10 @@ def test_three_daemons_drain_2000_tasks_while_one_is_sigkilled(
     for state in states.values():
         wait_until(lambda s=state: _members(env, s) == ids, 30, "three daemons in the cluster")
 
-    # When 2,000 tasks are enqueued (one batch) and one daemon is SIGKILLed mid-run
+    # When 2,000 tasks of 30 ms are enqueued (one batch) and one daemon is SIGKILLed mid-run
+    # (busy: each worker holds a lease most of the time)
     flow = env.flow("sleep", "sleep")
-    task_ids = env.enqueue_many(flow, [{"seconds": 0.01} for _ in range(TASKS)])
+    task_ids = env.enqueue_many(flow, [{"seconds": 0.03} for _ in range(TASKS)])
     wait_until(lambda: sum(env.executions().values()) >= TASKS // 4, 60, "a quarter done")
     killed = metas["b"]
     env.kill_daemon(killed, group=True)
