@@ -26,7 +26,7 @@ def test_a_file_url_is_a_data_root_for_every_verb(tm: Tm, flows: FlowFiles, tmp_
     assert ps["queue_url"] == url
 
 
-@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "file://relative/path", "nothing"])
+@pytest.mark.parametrize("url", ["memcached://localhost:11211", "file://relative/path", "nothing"])
 def test_an_unknown_or_malformed_location_is_one_line_and_exit_2(tm: Tm, url: str) -> None:
     flag = tm("queue", "stats", "--queue-url", url)
     assert flag.returncode == 2 and "Traceback" not in flag.stderr and url in flag.stderr

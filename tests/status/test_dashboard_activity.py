@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tracemind.backend import open_backend
 from tracemind.backend.location import Location
 from tracemind.config import DataDirs
 from tracemind.daemon.state import StateDir
@@ -92,9 +93,11 @@ def test_error_line_edge_cases() -> None:
 def test_status_document_has_an_empty_activity_when_no_daemon_runs(tmp_path: Path) -> None:
     # Given a state dir no daemon ever used
     dirs = DataDirs(tmp_path / "queue", tmp_path / "idempotency", tmp_path / "dlq")
+    location = Location.for_file_dirs(str(dirs.queue), str(dirs.idempotency), str(dirs.dlq))
+    backend = open_backend(location, durable=False)
 
     # When the status document is built
-    doc = status_document(StateDir(tmp_path / "state"), dirs)
+    doc = status_document(StateDir(tmp_path / "state"), backend)
 
     # Then it has the activity keys, empty, saying there is no start time
     assert doc["activity"] == empty_activity()
