@@ -79,6 +79,12 @@ class QueueError(TraceMindError):
     """The queue directory cannot be used (unwritable, not a directory, ...)."""
 
 
+class QueueUnavailable(QueueError):
+    """The queue's server cannot be reached for now (refused, closed, timed out, loading):
+    a CLI verb reports it and exits 1; a long-lived process (daemon, worker) waits and retries,
+    since it may come back by itself."""
+
+
 class NotFound(TraceMindError):
     """A task, DLQ entry or daemon that the command names does not exist."""
 

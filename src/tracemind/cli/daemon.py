@@ -296,10 +296,13 @@ def _print_table(doc: dict[str, Any], served: bool) -> None:
         ready = "ready" if doc["ready"] else f"not ready ({doc['reason']})"
         print(f"workers: {w['alive']}/{w['configured']} alive, {w['busy']} busy; {ready}")
     q = doc["queue"]
-    print(
-        f"queue: {q['pending']} pending, {q['delayed']} delayed, {q['inflight']} in flight; "
-        f"dlq: {doc['dlq']['pending']}"
-    )
+    if doc.get("queue_error"):
+        print(f"queue: not reachable ({doc['queue_error']})")
+    else:
+        print(
+            f"queue: {q['pending']} pending, {q['delayed']} delayed, {q['inflight']} in flight; "
+            f"dlq: {doc['dlq']['pending']}"
+        )
     unreadable = doc["unreadable_records"]
     for problem in unreadable["first"]:
         print(

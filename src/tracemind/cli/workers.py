@@ -129,10 +129,12 @@ def pool_settings(
 
 
 def start_command(args: argparse.Namespace) -> int:
+    import contextlib
     import os
 
     from tracemind import log
     from tracemind.backend import open_backend
+    from tracemind.errors import QueueUnavailable
     from tracemind.worker.pool import WorkerPool
     from tracemind.worker.runtime import load_factory
     from tracemind.worker.supervisor import Supervisor
@@ -155,13 +157,14 @@ def start_command(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         burst=args.burst,
         upkeep=backend.maintain,
-        on_tick=registrar(backend.registry, pool, settings.instance_id),
+        on_tick=registrar(backend.registry, pool, settings.instance_id, burst=args.burst),
     )
     supervisor.install_signal_handlers()
     try:
         supervisor.run()
     finally:
-        backend.registry.deregister(settings.instance_id)
+        with contextlib.suppress(QueueUnavailable):  # (the entry then goes stale by itself)
+            backend.registry.deregister(settings.instance_id)
     if supervisor.crash_looped:
         from tracemind.errors import TraceMindError
 
@@ -169,11 +172,16 @@ def start_command(args: argparse.Namespace) -> int:
     exit_now(0)
 
 
-def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callable[[], None]:
-    """A supervisor tick that keeps this pool registered as serving the queue (once a second)."""
+def registrar(
+    registry: Registry, pool: WorkerPool, instance_id: str, *, burst: bool = False
+) -> Callable[[], None]:
+    """A supervisor tick that keeps this pool registered as serving the queue (once a second).
+    While the queue cannot be reached the registration waits for a later tick (``burst``: the
+    error ends the run, as the supervisor's own upkeep does)."""
     import time
 
     from tracemind.backend.registration import registration
+    from tracemind.errors import QueueUnavailable
 
     started_s = time.time()
     next_s = 0.0
@@ -183,6 +191,13 @@ def registrar(registry: Registry, pool: WorkerPool, instance_id: str) -> Callabl
         if time.monotonic() < next_s:
             return
         next_s = time.monotonic() + 1.0
+        try:
+            write_entry()
+        except QueueUnavailable:
+            if burst:
+                raise
+
+    def write_entry() -> None:
         status = pool.status()
         workers = {
             "configured": pool.settings.size,

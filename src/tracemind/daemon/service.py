@@ -5,6 +5,12 @@ reports the first and exits 0), the location (must be writable; prepared), retur
 dead predecessor left, metadata, then
 the worker pool under the supervisor, whose tick refreshes the heartbeat every second and picks
 up stop requests. Stop: drain (workers finish, up to ``drain_timeout_s``), return leases, exit 0.
+
+Once started, a daemon outlives its queue's server: while it cannot be reached
+(:class:`~tracemind.errors.QueueUnavailable`) the heartbeat file still beats, says
+``ready: false`` with the error line as ``reason`` (``/readyz`` answers 503, ``ps`` shows it),
+the workers and the upkeep retry with a bounded backoff, and everything resumes by itself when
+the server is back (the registration first of all).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from tracemind.clock import iso_utc
 from tracemind.daemon.identity import describe_self
 from tracemind.daemon.settings import Component, DaemonSettings
 from tracemind.daemon.state import HEARTBEAT_INTERVAL_S, StateDir
-from tracemind.errors import QueueError, TraceMindError
+from tracemind.errors import QueueError, QueueUnavailable, TraceMindError
 from tracemind.flows.hooks import import_path
 from tracemind.fsutil import check_dirs_writable, not_writable
 from tracemind.log import get_logger
@@ -207,9 +213,21 @@ class Daemon:
             self._next_beat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     def _beat(self, *, stopped: bool = False) -> None:
+        """Write the heartbeat file, then (re)register in the queue; while the queue cannot be
+        reached the file says why and the registration waits for the next beat."""
         pool_status = self.pool.status()
         draining = self.supervisor.draining
         ready, reason = self._readiness(pool_status, draining)
+        enqueued_total, busy = self._enqueued_total, None
+        try:
+            # While the supervisor's upkeep finds the server away (it tries every second),
+            # the beat asks nothing of it: a server that does not answer (a network partition)
+            # would make each call wait for its connect timeout, and the heartbeat go stale.
+            if not self.supervisor.outage.ongoing:
+                enqueued_total = self._count_enqueued()
+                busy = self.pool.held_leases()
+        except QueueUnavailable as exc:
+            ready, reason = False, reason or str(exc)
         beat = {
             "instance_id": self.settings.instance_id,
             "at": time.time(),
@@ -220,13 +238,24 @@ class Daemon:
             "ready": ready and not stopped,
             "reason": reason,
             "outcomes": self.pool.outcomes.to_dict(),
-            "enqueued_total": self._count_enqueued(),
+            "enqueued_total": enqueued_total,
             "pruned": dict(self.backend.pruned()),
             "components": {name: c.describe() for name, c in self.components.items()},
             "activity": self.pool.activity.to_dict(time.time()),
         }
         with contextlib.suppress(OSError):
             self.state.write_json(self.state.heartbeat_path, beat)
+        if busy is None:
+            return  # unreachable: registered again (or deregistered) by a later beat
+        try:
+            self._register(stopped, pool_status, draining, busy)
+        except QueueUnavailable as exc:
+            self.log.warning("registration not written: queue unreachable", error=str(exc))
+
+    def _register(
+        self, stopped: bool, pool_status: dict[str, Any], draining: bool, busy: int
+    ) -> None:
+        """Renew this daemon's entry in the queue's registry (remove it once ``stopped``)."""
         if stopped:
             self.backend.registry.deregister(self.settings.instance_id)
         else:
@@ -238,7 +267,7 @@ class Daemon:
                 workers={
                     "configured": self.settings.pool.size,
                     "alive": int(pool_status.get("alive") or 0),
-                    "busy": self.pool.held_leases(),
+                    "busy": busy,
                 },
                 draining=draining,
             )
@@ -272,6 +301,8 @@ class Daemon:
             return False, "workers are crash-looping"
         if pool_status.get("alive", 0) < self.settings.pool.size:
             return False, "workers not alive"
+        if self.supervisor.outage.reason is not None:
+            return False, self.supervisor.outage.reason
         problems = self.backend.problems()
         if problems:
             return False, problems[0]

@@ -12,6 +12,10 @@ never task inputs, results or secrets.
 minute over the last hour and the last failures (ids, attempt, time, the error's first line).
 Each ``cluster`` member also says since when it runs (``uptime_s``) and what its busy workers
 run (``running``: task id, flow id, step, ``elapsed_s``).
+
+While the backend's server cannot be reached the document is still made from the state dir:
+``queue_error`` holds the error line (None otherwise), the counts are zeros, ``cluster`` is
+empty, and ``ready`` is false with that line as ``reason``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from tracemind.daemon.identity import held_by, verify_daemon
 from tracemind.daemon.recorded import recorded_location
 from tracemind.daemon.state import StateDir, liveness
+from tracemind.errors import QueueUnavailable
 from tracemind.worker.activity import empty_activity
 
 if TYPE_CHECKING:
@@ -67,19 +72,23 @@ def status_document(state: StateDir, backend: Backend | None) -> dict[str, Any]:
     cluster: list[dict[str, Any]] = []
     busy = 0
     unreadable: tuple[int, list[dict[str, Any]]] = (0, [])
+    queue_error: str | None = None
     if backend is not None:
-        unreadable = backend.unreadable_records()
-        stats, dead, _ = backend.counts()
-        queue = {
-            "pending": stats.pending,
-            "inflight": stats.inflight,
-            "delayed": stats.delayed,
-            "oldest_pending_age_s": stats.oldest_pending_age_s,
-        }
-        dlq = {"pending": dead}
-        cluster = [_member(entry, now_s) for entry in backend.registry.live(now_s)]
-        if live.running and isinstance(instance, str):
-            busy = backend.queue.held_by(f"{instance}-")
+        try:
+            unreadable = backend.unreadable_records()
+            stats, dead, _ = backend.counts()
+            queue = {
+                "pending": stats.pending,
+                "inflight": stats.inflight,
+                "delayed": stats.delayed,
+                "oldest_pending_age_s": stats.oldest_pending_age_s,
+            }
+            dlq = {"pending": dead}
+            cluster = [_member(entry, now_s) for entry in backend.registry.live(now_s)]
+            if live.running and isinstance(instance, str):
+                busy = backend.queue.held_by(f"{instance}-")
+        except QueueUnavailable as exc:
+            queue_error = str(exc)
     components = beat.get("components") or {}
     verified: bool | None = None
     note: str | None = None
@@ -99,8 +108,8 @@ def status_document(state: StateDir, backend: Backend | None) -> dict[str, Any]:
         "started_at": meta.get("started_at"),
         "heartbeat_age_s": None if live.heartbeat_age_s is None else round(live.heartbeat_age_s, 3),
         "draining": bool(beat.get("draining", False)),
-        "ready": bool(beat.get("ready", False)) and not unreadable[0],
-        "reason": (beat.get("reason") or problem_reason(unreadable[0]))
+        "ready": bool(beat.get("ready", False)) and not unreadable[0] and not queue_error,
+        "reason": (beat.get("reason") or queue_error or problem_reason(unreadable[0]))
         if live.running
         else live.state,
         "workers": {
@@ -113,6 +122,7 @@ def status_document(state: StateDir, backend: Backend | None) -> dict[str, Any]:
         "dlq": dlq,
         "cluster": cluster,
         "queue_url": None if backend is None else backend.location.redacted(),
+        "queue_error": queue_error,
         "triggers": (components.get("triggers") or {}).get("triggers", []),
         "unreadable_records": {"count": unreadable[0], "first": unreadable[1]},
         "status_url": meta.get("status_url"),

@@ -30,6 +30,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from tracemind.backend.protocol import Backend
 from tracemind.daemon.state import StateDir, liveness
 from tracemind.daemon.status_doc import problem_reason, status_document
+from tracemind.errors import QueueUnavailable
 
 COUNTS_MAX_AGE_S = 1.0
 SECURITY_HEADERS = {
@@ -83,6 +84,10 @@ class Recent(Generic[T]):
     def _refresh(self) -> None:
         try:
             value = self.compute()
+        except QueueUnavailable:  # the last good value stays; a later request tries again
+            with self._lock:
+                self._refreshing = False
+            return
         except Exception:  # the last good value stays; the next request tries again
             with self._lock:
                 self._refreshing = False
@@ -106,6 +111,11 @@ def create_app(state: StateDir, backend: Backend, token: str | None = None) -> F
     )
     status_doc.prime()  # (what scrapers ask first is ready before they ask)
     metrics_text.prime()
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_unavailable(error: QueueUnavailable) -> Any:
+        """A count asked of a server that cannot be reached: 503 with the error line."""
+        return jsonify(error=str(error)), 503
 
     @app.after_request
     def secure(response: Response) -> Response:

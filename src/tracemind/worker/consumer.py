@@ -3,6 +3,12 @@
 ``run_once`` is the single-step seam tests drive; ``run`` loops until asked to stop. The lease is
 renewed every third of its length for as long as the task runs, however long that is; only an
 explicit per-flow ``timeout_s`` stops a long task.
+
+While the queue's server cannot be reached (:class:`~tracemind.errors.QueueUnavailable`) the
+consumer keeps its place: an idle one retries its look with a bounded backoff, a busy one keeps
+running its task while renewals are retried, and its outcome is recorded once the server is
+back (an outcome is never dropped; if the lease lapsed meanwhile and another consumer took the
+task, the task runs twice: the contract's "unless its worker died" case, from the queue's view).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from tracemind.errors import Cancelled
+from tracemind.errors import Cancelled, QueueUnavailable
 from tracemind.log import get_logger
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
 from tracemind.queue.records import max_attempts_of, policy_of
+from tracemind.worker.outage import Outage
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
 IDLE_WAIT_S = 0.1
@@ -72,6 +79,7 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         log = get_logger("tracemind.worker")
+        outage = Outage(log.bind(during="lease renewal"))
         with self._lock:
             while True:
                 lease = self._lease
@@ -89,6 +97,9 @@ class LeaseKeeper:
                 try:
                     self.queue.renew(lease, self.lease_s)
                     self._renewed_at_s = time.monotonic()
+                    outage.recovered()
+                except QueueUnavailable as exc:  # try again soon, while the lease may hold
+                    self._changed.wait(timeout=outage.failed(exc))
                 except LeaseLost:
                     self.lost, self._lease = True, None
                     log.error("lease lost while the task ran", task_id=lease.task_id)
@@ -143,6 +154,7 @@ class Consumer:
         self._interruptible = False  # True only while run() waits idle in the main thread
         self.keeper = LeaseKeeper(queue, lease_s)
         self.log = get_logger("tracemind.worker")
+        self.outage = Outage(self.log)
 
     def run(self) -> None:
         """Process tasks until :attr:`stopping` is set (a task in progress is finished first);
@@ -154,14 +166,18 @@ class Consumer:
         busy = True
         try:
             while not self.stopping.is_set():
-                if self.run_once():
-                    busy = True
-                    continue
-                if busy and self.on_idle is not None:
-                    self.queue.flush()
-                    self.on_idle()
-                busy = False
-                self._wait_idle()
+                try:
+                    if self.run_once():
+                        busy = True
+                        continue
+                    if busy and self.on_idle is not None:
+                        self.queue.flush()
+                        self.on_idle()
+                    busy = False
+                    self._wait_idle()
+                    self.outage.recovered()
+                except QueueUnavailable as exc:
+                    self._pause(self.outage.failed(exc))
         except _StopWaiting:
             pass
         finally:
@@ -173,6 +189,15 @@ class Consumer:
             self._interruptible = True
             if not self.stopping.is_set():
                 self.queue.wait_for_work(IDLE_WAIT_S)
+        finally:
+            self._interruptible = False
+
+    def _pause(self, delay_s: float) -> None:
+        """Sleep ``delay_s`` before the next try; a stop request ends the sleep at once."""
+        try:
+            self._interruptible = True
+            if not self.stopping.is_set():
+                time.sleep(delay_s)
         finally:
             self._interruptible = False
 
@@ -205,7 +230,7 @@ class Consumer:
             lease.record.get("flow_id"),
             lease.attempt,
             lease.record,
-            cancel_requested=functools.partial(self.queue.cancel_requested, lease.task_id),
+            cancel_requested=functools.partial(self._cancel_requested, lease.task_id),
             on_step=self.on_step or _ignore_step,
         )
         self.log.info("task started")
@@ -233,11 +258,7 @@ class Consumer:
             self.log.warning("lease was lost; the task will run again elsewhere")
             return
         try:
-            if cancelled:
-                self.queue.cancel_leased(lease)
-                outcome = "cancelled"
-            else:
-                outcome = self._settle(lease, result, failure, retryable)
+            outcome = self._record(lease, cancelled, result, failure, retryable)
         except LeaseLost:
             self.log.warning("lease was lost before the outcome was recorded")
             return
@@ -245,6 +266,38 @@ class Consumer:
         if self.on_finished is not None:
             error = failure.error if failure is not None else None
             self.on_finished(outcome, time.monotonic() - started_s, lease.attempt, error)
+
+    def _cancel_requested(self, task_id: str) -> bool:
+        """Whether the task's cancellation was requested; False while the server cannot say
+        (the task goes on, and the next look asks again)."""
+        try:
+            return self.queue.cancel_requested(task_id)
+        except QueueUnavailable:
+            return False
+
+    def _record(
+        self,
+        lease: Lease,
+        cancelled: bool,
+        result: dict[str, Any] | None,
+        failure: Failure | None,
+        retryable: bool,
+    ) -> str:
+        """Record the outcome, retrying while the server cannot be reached (each verb is
+        atomic, and one that ran before its reply was lost finds the task settled: LeaseLost,
+        or an ack that changes nothing)."""
+        while True:
+            try:
+                if cancelled:
+                    self.queue.cancel_leased(lease)
+                    outcome = "cancelled"
+                else:
+                    outcome = self._settle(lease, result, failure, retryable)
+            except QueueUnavailable as exc:
+                time.sleep(self.outage.failed(exc))
+                continue
+            self.outage.recovered()
+            return outcome
 
     def _settle(
         self,

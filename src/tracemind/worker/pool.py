@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracemind.config import MAX_WORKERS
-from tracemind.errors import UsageError
+from tracemind.errors import QueueUnavailable, UsageError
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
 from tracemind.worker.activity import RUNNING_LISTED_MAX, Activity, RunningTask, short_id
@@ -300,7 +300,7 @@ class WorkerPool:
         assert slot.process is not None
         code = slot.process.returncode
         lived_s = now_s - slot.started_s
-        returned = self.queue.recover([slot.consumer_id])
+        returned = self._return_leases(slot.consumer_id)
         self._read_events(slot)
         with contextlib.suppress(OSError):
             os.close(slot.events)
@@ -450,8 +450,21 @@ class WorkerPool:
         if not drained:
             self.log.warning("drain timeout: killing workers", still_running=self.alive())
             self.kill()
-        self.queue.recover([self.consumer_prefix])
+        self._return_leases(self.consumer_prefix)
         return drained
+
+    def _return_leases(self, consumer_prefix: str) -> int:
+        """Return the leases of consumers named ``consumer_prefix…``; 0 while the server
+        cannot be reached (they return by themselves once their lease time passed)."""
+        try:
+            return self.queue.recover([consumer_prefix])
+        except QueueUnavailable as exc:
+            self.log.warning(
+                "leases not returned: queue unreachable; they return after the lease time",
+                consumers=consumer_prefix,
+                error=str(exc),
+            )
+            return 0
 
     def kill(self) -> None:
         self.stopping = True

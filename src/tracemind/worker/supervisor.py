@@ -12,6 +12,11 @@ once for a signal (a self-pipe, ``signal.set_wakeup_fd``), a worker's exit (its 
 worker reporting idle (burst mode) or :meth:`Supervisor.request_stop` from another thread.
 A burst pool looks at the queue only once every live worker reported idle, so it stops within
 a few milliseconds of the last result being committed.
+
+While the queue's server cannot be reached (:class:`~tracemind.errors.QueueUnavailable`) a
+pool that serves (not ``burst``) keeps supervising: its upkeep is retried with the outage's
+backoff, at least every :data:`RECOVER_EVERY_S`, and its workers wait too. A burst pool stops
+with the error instead (a batch job fails rather than waiting without a bound).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from tracemind.errors import QueueUnavailable
 from tracemind.log import get_logger
 from tracemind.queue.protocol import TaskQueue
+from tracemind.worker.outage import Outage
 from tracemind.worker.pool import WorkerPool
 
 TICK_S = 0.05
@@ -58,6 +65,8 @@ class Supervisor:
         self.crash_looped = False
         """In burst mode: the run ended because the workers kept dying at start."""
         self.log = get_logger("tracemind.supervisor")
+        self.outage = Outage(self.log)
+        """The queue as the upkeep last found it (``outage.reason``: why it is unreachable)."""
         self._wake_read, self._wake_write = os.pipe()  # kept open while this process lives
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
@@ -88,6 +97,18 @@ class Supervisor:
             self.upkeep()
         else:
             self.queue.maintain()
+
+    def _recover_or_wait(self) -> float:
+        """:meth:`_recover`; the seconds until the next one (sooner while the server is
+        unreachable, unless this is a burst pool: then the error ends the run)."""
+        try:
+            self._recover()
+        except QueueUnavailable as exc:
+            if self.burst:
+                raise
+            return min(RECOVER_EVERY_S, self.outage.failed(exc))
+        self.outage.recovered()
+        return RECOVER_EVERY_S
 
     def request_stop(self) -> None:
         """Begin the drain (from the loop's own thread or any other; never blocks)."""
@@ -125,15 +146,13 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
 
     def _run(self) -> bool:
-        self._recover()
+        next_recover_s = time.monotonic() + self._recover_or_wait()
         self.pool.start()
-        next_recover_s = time.monotonic() + RECOVER_EVERY_S
         while not self.stop_requested.is_set():
             self.pool.poll()
             now_s = time.monotonic()
             if now_s >= next_recover_s:
-                self._recover()
-                next_recover_s = now_s + RECOVER_EVERY_S
+                next_recover_s = now_s + self._recover_or_wait()
             if self.burst and self.pool.failing_to_start():
                 # A batch job fails instead of respawning forever (e.g. a read-only queue).
                 self.log.error("burst stopped: workers are crash-looping")

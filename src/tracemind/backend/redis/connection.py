@@ -14,7 +14,7 @@ import os
 
 from tracemind.backend.redis import scripts
 from tracemind.backend.redis.wire import ReplyError, Server, Wire
-from tracemind.errors import QueueError
+from tracemind.errors import QueueError, QueueUnavailable
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ _REFUSALS = {
     "MASTERDOWN": "the replica lost its primary",
 }
 """Error replies that are about the server, not about the code: one line each."""
+_PASSING = frozenset({"LOADING", "BUSY", "MASTERDOWN"})
+"""Refusals that end by themselves (:class:`QueueUnavailable`: a daemon waits them out)."""
 WIRE_SCRIPTS = frozenset({"enqueue"})
 """Scripts sent by :mod:`.wire` (what ``tm enqueue`` runs), not by redis-py."""
 
@@ -189,9 +191,9 @@ class Connection:
         except ReplyError as exc:
             if exc.code not in _REFUSALS:
                 raise
-            raise QueueError(f"redis {self.where}: {_REFUSALS[exc.code]}") from None
+            raise _refused(self.where, exc.code) from None
         except OSError as exc:
-            raise QueueError(f"redis {self.where}: {_unreachable(exc)}") from None
+            raise QueueUnavailable(f"redis {self.where}: {_unreachable(exc)}") from None
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -203,18 +205,25 @@ class Connection:
         except redis.exceptions.AuthenticationError as exc:
             raise QueueError(f"redis {self.where}: {_refusal(exc)}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QueueError(f"redis {self.where}: {_unreachable(exc)}") from None
+            raise QueueUnavailable(f"redis {self.where}: {_unreachable(exc)}") from None
         except redis.exceptions.ResponseError as exc:
             code = _code(exc)
             if code not in _REFUSALS:
                 raise  # a reply about the request itself: a bug, shown whole
-            raise QueueError(f"redis {self.where}: {_REFUSALS[code]}") from None
+            raise _refused(self.where, code) from None
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
         if self._wire is not None:
             self._wire.close()
+
+
+def _refused(where: str, code: str) -> QueueError:
+    """The error for a refusal ``code`` of :data:`_REFUSALS` (one that passes by itself is
+    :class:`QueueUnavailable`)."""
+    kind = QueueUnavailable if code in _PASSING else QueueError
+    return kind(f"redis {where}: {_REFUSALS[code]}")
 
 
 def _code(exc: redis.exceptions.RedisError) -> str:
