@@ -97,6 +97,11 @@ def test_up_wait_is_healthy_and_every_endpoint_answers_without_task_inputs(
     stack.wait_for("both enqueues to be counted", lambda: _enqueued(stack) >= 2, timeout_s=10)
     # (/status and /metrics serve bodies up to a second old: wait until they show the lease)
     stack.wait_for("the counts to show the lease", lambda: _inflight(stack) >= 1, timeout_s=5)
+    stack.wait_for(
+        "the status to show the lease",
+        lambda: stack.get("/status").json()["queue"]["inflight"] >= 1,
+        timeout_s=5,
+    )
 
     # When every endpoint is read while the task runs.
     live, health, ready = (stack.get(p) for p in ("/livez", "/healthz", "/readyz"))

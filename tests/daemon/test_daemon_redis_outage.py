@@ -141,7 +141,9 @@ def test_a_daemon_rides_out_a_redis_restart_and_loses_nothing_acknowledged(
     code, doc = _ps(env)
     assert code == 0 and doc["running"] is True and doc["ready"] is False
     assert doc["reason"].startswith(where) and doc["queue_error"].startswith(where)
-    code, body = _get(f"{status}/status")  # (made from the state dir, counts left out)
+    # (/status is made from the state dir, counts left out; its body may be a second old)
+    wait_until(lambda: _get(f"{status}/status")[1].get("queue_error"), 5, "/status says why")
+    code, body = _get(f"{status}/status")
     assert code == 200 and body["queue_error"].startswith(where) and body["ready"] is False
     # ... and a CLI verb gives one line and exit 1
     stats = env.tm("queue", "stats")

@@ -10,7 +10,9 @@ from tracemind.status.app import Recent
 
 def test_a_read_is_reused_while_young_and_refreshed_in_the_background_once_old() -> None:
     calls: list[float] = []
-    recent = Recent(lambda: calls.append(time.monotonic()) or len(calls), max_age_s=0.2)
+    recent = Recent(
+        lambda: calls.append(time.monotonic()) or len(calls), max_age_s=0.2, stale_limit_s=10.0
+    )
     assert [recent.get() for _ in range(5)] == [1] * 5
     time.sleep(0.25)
     # Once old, a request gets the last value at once and starts one refresh
@@ -30,7 +32,7 @@ def test_a_request_never_waits_for_a_slow_refresh() -> None:
             time.sleep(0.5)  # the refresh of a deep queue on a busy disk
         return len(calls)
 
-    recent = Recent(slow, max_age_s=0.01)
+    recent = Recent(slow, max_age_s=0.01, stale_limit_s=10.0)
     assert recent.get() == 1
     time.sleep(0.02)
     started = time.monotonic()
@@ -75,3 +77,13 @@ def test_a_primed_read_is_ready_before_the_first_request() -> None:
     time.sleep(0.05)
     # When the first request comes, then it gets that result without computing another
     assert recent.get() == 1 and len(calls) == 1
+
+
+def test_a_result_nobody_asked_for_a_while_is_computed_again_not_served() -> None:
+    calls: list[float] = []
+    recent = Recent(lambda: calls.append(time.monotonic()) or len(calls), max_age_s=0.05)
+    assert recent.get() == 1
+    # Given a result older than the stale limit (3 x the max age)
+    time.sleep(0.2)
+    # When a request comes, then it gets a fresh result, not the old one
+    assert recent.get() == 2 and len(calls) == 2

@@ -2,12 +2,12 @@
 token enables the dashboard's actions.
 
 ``create_app`` takes its dependencies (state dir, backend, the actions token). The probes
-read only the state
-dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of records a worker may
-not read (one small file each, none normally), so they stay fast under load; ``/status`` and
-``/metrics`` count the queue, so their bodies are refreshed in the background at most every
-:data:`COUNTS_MAX_AGE_S` and served from the last refresh (a request never waits for a count). Bodies carry counts and
-states only — never task inputs, results or secrets.
+read only the state dir (a lock probe and the heartbeat) and, for ``/readyz``, the reports of
+records a worker may not read (one small file each, none normally), so they stay fast under
+load; ``/status`` and ``/metrics`` count the queue, so their bodies are refreshed in the
+background at most every :data:`COUNTS_MAX_AGE_S` and served from the last refresh while
+requests keep coming (see :class:`Recent`). Bodies carry counts and states only — never task
+inputs, results or secrets.
 
 ``GET /`` is the dashboard (docs/dashboard.md): one page from ``templates/`` and ``static/``
 that reads ``/dashboard.json`` (refreshed like ``/status``) every 2 s. Every response carries
@@ -49,14 +49,20 @@ T = TypeVar("T")
 
 
 class Recent(Generic[T]):
-    """The last result of an expensive read, kept fresh off the request path: the first call
-    computes it; later calls return the last result at once, and when it is older than
-    ``max_age_s`` start one background refresh (stale-while-revalidate). So no request waits
-    for a listing of the queue, however deep it is or however busy the disk (thread-safe)."""
+    """The last result of an expensive read, kept fresh off the request path: a result younger
+    than ``max_age_s`` is served as it is; an older one is served at once while one background
+    refresh starts (stale-while-revalidate), so a request that comes while requests keep coming
+    never waits for a listing of the queue, however deep it is or however busy the disk. A
+    result older than ``stale_limit_s`` (nobody asked for a while) is not served: the request
+    computes a fresh one (so a scrape every 15 s never gets the previous scrape's figures).
+    Thread-safe."""
 
-    def __init__(self, compute: Callable[[], T], max_age_s: float) -> None:
+    def __init__(
+        self, compute: Callable[[], T], max_age_s: float, stale_limit_s: float | None = None
+    ) -> None:
         self.compute = compute
         self.max_age_s = max_age_s
+        self.stale_limit_s = 3 * max_age_s if stale_limit_s is None else stale_limit_s
         self._lock = threading.Lock()
         self._value: T | None = None
         self._at_s = float("-inf")
@@ -72,11 +78,11 @@ class Recent(Generic[T]):
 
     def get(self) -> T:
         with self._lock:
-            if self._value is None:  # a request before the first result computes it
+            age_s = time.monotonic() - self._at_s
+            if self._value is None or age_s >= self.stale_limit_s:
                 self._value, self._at_s = self.compute(), time.monotonic()
                 return self._value
-            stale = time.monotonic() - self._at_s >= self.max_age_s
-            if stale and not self._refreshing:
+            if age_s >= self.max_age_s and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self._refresh, name="status-refresh", daemon=True).start()
             return self._value
@@ -84,10 +90,6 @@ class Recent(Generic[T]):
     def _refresh(self) -> None:
         try:
             value = self.compute()
-        except QueueUnavailable:  # the last good value stays; a later request tries again
-            with self._lock:
-                self._refreshing = False
-            return
         except Exception:  # the last good value stays; the next request tries again
             with self._lock:
                 self._refreshing = False
