@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock
+from tm_testing import FakeClock, damage_record
 from tracemind.backend import Location, open_backend
 from tracemind.backend.protocol import Backend
 from tracemind.flows import FlowSnapshot
@@ -164,7 +164,7 @@ def _file_damage_record(backend: Backend, task_id: str) -> None:
     """Overwrite the waiting task's file with a torn record."""
     queue: Any = backend.queue
     [name] = [name for name in queue.waiting.entries() if name.task_id == task_id]
-    Path(queue.waiting.path_of(name)).write_bytes(b'{"v":1,"task_id":"01')
+    damage_record(queue.waiting.path_of(name), task_id, b'{"v":1,"task_id":"01')
 
 
 def _file_add_unknown(backend: Backend) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, Processes, Tm, make_task, read_records
+from tm_testing import FakeClock, Processes, Tm, make_task, read_records, task_record
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure
@@ -91,9 +91,7 @@ def _assert_one_existing_task_per_key(stores: Stores, task_ids: list[str]) -> No
     """Every id names a task that exists, and the queue holds exactly one task per key."""
     per_key: Counter[str] = Counter()
     for name in stores.queue.waiting.entries():
-        record = json.loads(
-            Path(stores.queue.waiting.path_of(name)).read_bytes().partition(b"\n")[0]
-        )
+        record = task_record(stores.queue.waiting.path_of(name))
         per_key[record["idempotency_key"]] += 1
     assert per_key == Counter({f"key-{n}": 1 for n in range(KEYS)})
     for n, task_id in enumerate(task_ids):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, Processes, Tm, wait_until
+from tm_testing import FakeClock, Processes, Tm, damage_record, wait_until
 from tracemind.backend.file.keys import IdempotencyStore
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs, idempotency_ttl_s
@@ -211,14 +210,14 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
     logs: list[dict[str, Any]],
     written: str,
 ) -> None:
-    # Given a task staged under a key whose lock a live process holds, written whole or only
-    # half (a staged file is written in place: its submitter may be in the middle of it)
+    # Given a task staged under a key whose lock a live process holds, its record whole or
+    # torn (damaged)
     task = _new_task(clock, echo_snapshot, "busy")
     name = staged_name(task.task_id, int(task.due_s * 1000), stores.keys.stripe("busy"))
-    stores.queue.stage([task], [name])
+    stores.queue.stage([task], [name], [stores.keys.digest("busy")])
     staged = Path(stores.queue.root) / "staging" / name
     if written == "half":
-        staged.write_bytes(staged.read_bytes()[:40])
+        damage_record(staged, task.task_id, b'{"v": 1, "task_id": "01a3')
     script = (
         "import sys; from tracemind.backend.file.keys import IdempotencyStore; "
         "s = IdempotencyStore(sys.argv[1], durable=False)\n"
@@ -249,27 +248,33 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
 def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry_makes_one(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a keyed batch of three killed while writing its third staged task in place
-    from tracemind.backend.file import queue as file_backend
+    # Given a keyed batch of three killed while writing its third record into its pack
+    from tracemind.backend.file import packs
 
-    def die_in_third(items: Any, *, durable: bool) -> None:
-        for n, (path, data) in enumerate(items):
-            Path(path).write_bytes(data if n < 2 else data[: len(data) // 2])
-        raise _Crash
+    real_write_at = packs._write_at
+    records_written = []
+
+    def die_in_third(fd: int, data: bytes, offset: int) -> None:
+        if data.startswith(b"\nR "):
+            records_written.append(data)
+            if len(records_written) == 3:
+                real_write_at(fd, data[: len(data) // 2], offset)
+                raise _Crash
+        real_write_at(fd, data, offset)
 
     submitter = stores.submitter(TTL_S)
-    monkeypatch.setattr(file_backend, "create_many", die_in_third)
+    monkeypatch.setattr(packs, "_write_at", die_in_third)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: None)  # (no rollback on a kill)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
-    assert len(stores.queue.staged()) == 3 and stores.keys.get("k2") is None
+    # (names are linked only once every record is whole: nothing was staged)
+    assert stores.queue.staged() == [] and stores.keys.get("k2") is None
     # When the client retries, and the daemon settles what is staged
     retry = submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(3)])
     settled = stores.settle_staged()
-    # Then the retry made one task per key, and settling removed the three orphans (the torn
-    # one too, as an orphan, not as damage) without publishing any of them
+    # Then the retry made one task per key, and the torn record harms nothing
     assert [r.duplicate for r in retry] == [False] * 3
-    assert settled == 3 and stores.queue.staged() == []
+    assert settled == 0 and stores.queue.staged() == []
     assert stores.queue.stats().pending == 3
     assert not (Path(stores.queue.root) / "quarantine").exists()
     for n, result in enumerate(retry):
@@ -277,7 +282,7 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
         assert key is not None and key.task_id == result.task_id
 
 
-def test_a_keyed_task_costs_one_file_one_link_and_one_rename(
+def test_a_keyed_task_costs_two_links_and_one_rename_and_no_file(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given counters on file creations, symlinks and renames
@@ -306,12 +311,13 @@ def test_a_keyed_task_costs_one_file_one_link_and_one_rename(
     items = [Submission({"n": n}, f"key-{n}") for n in range(100)]
     results = stores.submitter(TTL_S).submit_many(echo_snapshot, items)
     monkeypatch.undo()
-    # Then each task file was created once (in staging/, in place), its key record is a second
-    # name of that file (a hard link), and publishing it is its only rename (lock files aside)
+    # Then the records went into two packs (64 tasks at most each, each created once and renamed
+    # into packs/), each task's staged name and key record are links to its pack, and
+    # publishing it is its only rename (lock files aside)
     assert not any(r.duplicate for r in results) and stores.queue.stats().pending == 100
     lock_files = len(list((stores.dirs.idempotency / "locks").iterdir()))
-    assert calls["create"] - lock_files == 100
-    assert (calls["link"], calls["rename"]) == (100, 100)
+    assert calls["create"] - lock_files == 2
+    assert (calls["link"], calls["rename"]) == (200, 100 + 2)
 
 
 def _new_task(clock: FakeClock, snapshot: FlowSnapshot, key: str) -> NewTask:
@@ -371,7 +377,7 @@ def test_a_damaged_key_record_blocks_nothing_and_is_moved_aside_with_a_log_line(
     submitter = stores.submitter(TTL_S)
     first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
     [record] = (stores.dirs.idempotency / "keys").iterdir()
-    assert record.stat().st_nlink == 2  # the task's file, also named in pending/
+    assert record.stat().st_nlink == 3  # the task's pack, also named in pending/ and packs/
     record.unlink()
     if damage.startswith("torn"):
         record.write_bytes(b'{"key": "k", "task_')
@@ -495,10 +501,10 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
     # Given submitter A paused in the middle of writing its keyed task (as SIGSTOP would)
     import threading
 
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file.packs import PackWriter
 
     paused, resume = threading.Event(), threading.Event()
-    real_write = file_backend.create_many
+    real_write = PackWriter.add
 
     def pausing_write(*args: Any, **kwargs: Any) -> None:
         if threading.current_thread().name == "submitter-a":
@@ -506,7 +512,7 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
             assert resume.wait(30)
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(file_backend, "create_many", pausing_write)
+    monkeypatch.setattr(PackWriter, "add", pausing_write)
     a = open_stores(dirs, durable=False, clock=clock).submitter(TTL_S)
     results: list[Any] = []
     thread = threading.Thread(
@@ -559,18 +565,24 @@ def test_a_key_on_another_file_system_than_its_task_gets_a_copy(
     import errno
     import os
 
+    real_link = os.link
+    keys_dir = os.fspath(stores.dirs.idempotency)
+
     def cross_device(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link", os.fspath(source))
+        if os.fspath(target).startswith(keys_dir):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", os.fspath(source))
+        real_link(source, target, *args, **kwargs)
 
     monkeypatch.setattr(os, "link", cross_device)
     submitter = stores.submitter(TTL_S)
     # When a keyed task is submitted, then the same key again
     first = submitter.submit(echo_snapshot, {"n": 1}, idempotency_key="k")
     again = submitter.submit(echo_snapshot, {"n": 2}, idempotency_key="k")
-    # Then the key's record is a whole copy of the task's record (a file of its own), and it
+    # Then the key's record is a whole copy of the task's pack (a file of its own), and it
     # blocks the key like a link would
     [record] = (stores.dirs.idempotency / "keys").iterdir()
     assert record.stat().st_nlink == 1
-    assert json.loads(record.read_bytes().partition(b"\n")[0])["task_id"] == first.task_id
+    key = stores.keys.get("k")
+    assert key is not None and key.task_id == first.task_id
     assert (again.task_id, again.duplicate) == (first.task_id, True)
     assert stores.queue.stats().pending == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, Tm, make_task, pending_path
+from tracemind.backend.file.packs import task_bytes
 from tracemind.backend.file.retention import Pruner
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.backend.retention import DAY_S, RetentionPolicy
@@ -47,9 +48,11 @@ def _succeed(stores: Stores, snapshot: FlowSnapshot, key: str | None = None) -> 
 def _backdate_done(stores: Stores, task_id: str, seconds: float) -> Path:
     """Make a done record look finished ``seconds`` ago (its completion line and its mtime)."""
     path = Path(stores.queue.done_path(task_id))
-    record, _, completion = path.read_bytes().partition(b"\n")
+    # (a task's own lines, out of its pack, rewritten as a file of its own)
+    record, _, completion = task_bytes(path.read_bytes(), task_id).partition(b"\n")
     entry = json.loads(completion)
     entry["finished_at"] = time.time() - seconds
+    path.unlink()
     path.write_bytes(record + b"\n" + dump_json(entry))
     _age(path, seconds)
     return path

@@ -411,3 +411,51 @@ def done_path(queue: Any, task_id: str) -> Path:
 def done_files(done_dir: Path) -> list[Path]:
     """Every done record under a queue's ``done/`` directory (all hour buckets), sorted."""
     return sorted(done_dir.glob("*/*.json"))
+
+
+def damage_record(path: Path | str, task_id: str, torn: bytes) -> None:
+    """Damage the stored record of one task at ``path`` as a crash or a bad disk would: a
+    single-task file is overwritten with ``torn``; in a pack (shared by other tasks, see
+    ``tracemind.backend.file.packs``) only this task's record line is overwritten in place, with
+    ``torn`` padded to the line's length, so the other tasks' records stay whole."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"TMPACK "):
+        Path(path).write_bytes(torn)
+        return
+    start = data.index(b"\nR " + task_id.encode() + b" ")
+    record_at = data.index(b" {", start) + 1
+    end = data.index(b"\n", record_at)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, torn[: end - record_at].ljust(end - record_at), record_at)
+    finally:
+        os.close(fd)
+
+
+def task_file_bytes(path: Path | str) -> bytes:
+    """The bytes of the task named at ``path`` as a single-task file holds them (its record
+    line, then the lines appended for it), whether the name is a file of its own or a link to
+    a pack shared with other tasks; the task id is read from the name."""
+    import re
+
+    from tracemind.backend.file.packs import task_bytes
+
+    found = re.search(r"[0-9a-f]{22}", Path(path).name)
+    assert found is not None, f"no task id in {path}"
+    return task_bytes(Path(path).read_bytes(), found.group(0))
+
+
+def task_record(path: Path | str) -> dict[str, Any]:
+    """The record of the task named at ``path`` (see :func:`task_file_bytes`)."""
+    record: dict[str, Any] = json.loads(task_file_bytes(path).partition(b"\n")[0])
+    return record
+
+
+def key_record(path: Path | str) -> dict[str, Any]:
+    """The first line of the key record at ``path``: its task's record (out of the task's
+    pack when the record is a link to one), or a record of an earlier version."""
+    from tracemind.backend.file.packs import keyed_task_bytes
+
+    data = keyed_task_bytes(Path(path).read_bytes(), Path(path).name[:40])
+    record: dict[str, Any] = json.loads(data.partition(b"\n")[0])
+    return record

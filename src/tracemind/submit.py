@@ -124,19 +124,20 @@ class QueueSubmitter(SubmitsOne):
         holding their keys' locks). A failure rolls back what is not yet visible."""
         keyed = [t for t in new if t.record["idempotency_key"] is not None]
         plain = [t for t in new if t.record["idempotency_key"] is None]
+        digests = [self.keys.digest(t.record["idempotency_key"]) for t in keyed]
         records = [
             KeyRecord(
-                key := t.record["idempotency_key"],
+                t.record["idempotency_key"],
                 t.task_id,
                 t.due_s,
                 int(t.due_s * 1000),
-                self.keys.stripe(key),
+                digest[:2],
             )
-            for t in keyed
+            for t, digest in zip(keyed, digests, strict=True)
         ]
         names = [staged_name(r.task_id, r.due_ms, r.stripe) for r in records]
         try:
-            self.queue.stage(keyed, names)
+            self.queue.stage(keyed, names, digests)
             self.keys.link_many(
                 (r.key, self.queue.staged_path(name))
                 for r, name in zip(records, names, strict=True)

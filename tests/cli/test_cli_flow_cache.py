@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import Tm, files_under
+from tm_testing import Tm, files_under, task_record
 
 HOOKS = textwrap.dedent(
     """
@@ -72,7 +72,7 @@ def project(tm: Tm, tmp_path: Path) -> Project:
 
 def _queued_flow_ids(data_root: Path) -> list[str]:
     pending = sorted((data_root / "queue" / "pending").glob("*/*/*.json"))
-    return [json.loads(path.read_text())["flow_id"] for path in pending]
+    return [task_record(path)["flow_id"] for path in pending]
 
 
 def test_an_unchanged_flow_is_validated_once(project: Project, data_root: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import ECHO_FLOW, Tm, files_under
+from tm_testing import ECHO_FLOW, Tm, files_under, task_record
 from tracemind.cli.main import parse_quick
 
 LONE = r'{"u": "\ud800"}'
@@ -88,4 +88,4 @@ def test_a_surrogate_pair_is_a_character_and_is_accepted(
     [record] = [
         p for p in (data_root / "queue" / "pending").glob("*/*/*.json") if task_id in p.name
     ]
-    assert json.loads(record.read_text())["input"] == {"u": "\N{GRINNING FACE}"}
+    assert task_record(record)["input"] == {"u": "\N{GRINNING FACE}"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import FlowFiles, Tm, files_under, tm_command
+from tm_testing import FlowFiles, Tm, files_under, task_record, tm_command
 from tracemind import Client
 
 TASK_ID = "0123456789abcdef012345"
@@ -21,8 +21,7 @@ HELLO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "hello.yaml
 
 def _task(data_root: Path, task_id: str) -> dict[str, object]:
     [path] = [p for p in (data_root / "queue" / "pending").rglob("*") if task_id in p.name]
-    record: dict[str, object] = json.loads(path.read_text())
-    return record
+    return task_record(path)
 
 
 def test_dash_reads_the_input_from_stdin(tm: Tm, data_root: Path) -> None:

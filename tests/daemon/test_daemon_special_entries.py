@@ -34,6 +34,7 @@ from tm_testing import (
     Tm,
     free_port,
     json_lines,
+    key_record,
     read_records,
     tm_command,
     wait_until,
@@ -173,7 +174,7 @@ def test_a_special_entry_in_every_store_directory_stops_nothing(
         assert not os.path.lexists(special[what]), what
     # (the key's record was moved aside, and the key now points at its new task)
     assert len(list((data_root / "idempotency" / "quarantine").iterdir())) == 1
-    assert json.loads(special["keys"].read_bytes().partition(b"\n")[0])["task_id"] == ids[-1]
+    assert key_record(special["keys"])["task_id"] == ids[-1]
     for what in ("done", "purged", "requeued", "state"):
         assert os.path.lexists(special[what]), what
 

@@ -242,6 +242,7 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
 ) -> None:
     # Given a durable queue and counters on every kind of sync
     from tracemind import fsutil
+    from tracemind.backend.file import packs
     from tracemind.backend.file.stores import open_stores
     from tracemind.submit import Submission
 
@@ -258,21 +259,22 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
     monkeypatch.setattr(os, "fsync", count("fsync", real_fsync))
     monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_fdatasync))
     monkeypatch.setattr(fsutil, "sync_filesystem", count("syncfs", real_syncfs))
+    monkeypatch.setattr(packs, "sync_filesystem", count("syncfs", real_syncfs))
     stores = open_stores(dirs, durable=True, clock=clock)
     stores.queue.prepare()
     # When 200 keyed tasks are submitted as one batch
     items = [Submission({"n": n}, f"key-{n}") for n in range(200)]
     results = stores.submitter(60).submit_many(echo_snapshot, items)
-    # Then they are all there, made durable by two file-system syncs (the staged tasks, then
-    # the key records that point at them) and a few directory syncs
+    # Then they are all there, made durable by two file-system syncs (the packs holding the
+    # staged tasks, then the key records that point at them) and a few directory syncs
     assert stores.queue.stats().pending == 200 and not any(r.duplicate for r in results)
     if calls["syncfs"] == 2:
         assert calls["fdatasync"] == 0
-    else:  # no syncfs(2) here: one data sync per task file (a key record is a second name of
-        # its task's file: no data of its own), still no per-task directory sync
-        assert calls["fdatasync"] == 200
-    # staging/, keys/, the new bucket and its two parents (and nothing per task)
-    assert calls["fsync"] <= 5
+    else:  # no syncfs(2) here: one data sync per pack (of 64 tasks at most; a staged task and
+        # its key record are names of its pack: no data of their own)
+        assert calls["fdatasync"] == -(-200 // packs.PACK_TASKS)
+    # packs/, staging/, keys/, the new bucket and its two parents (and nothing per task)
+    assert calls["fsync"] <= 6
 
 
 def test_finding_a_task_that_waits_for_its_retry_does_not_list_the_backlog(

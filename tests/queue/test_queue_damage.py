@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, done_path, make_task, pending_path
+from tm_testing import FakeClock, damage_record, done_path, make_task, pending_path
 from tracemind.backend.file.stores import Stores
 from tracemind.fsutil import dump_json
 from tracemind.queue.names import InflightName, PendingName
@@ -86,7 +86,7 @@ def test_a_damaged_expired_inflight_record_is_quarantined_by_recovery(
     lease = stores.queue.lease("dead-0", LEASE_S)
     assert lease is not None
     inflight = stores.queue.inflight_dir / str(lease.handle)
-    inflight.write_bytes(b'{"task_id": "tr')
+    damage_record(inflight, lease.task_id, b'{"task_id": "tr')
     good = make_task(clock)
     stores.queue.enqueue([good])
     # When its lease expires and recovery runs

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tm_testing import free_port, wait_until
+from tm_testing import free_port, task_file_bytes, wait_until
 from tracemind.daemon.identity import is_same_process
 from tracemind.daemon.state import StateDir
 from tracemind.queue.records import parse_task_file
@@ -153,7 +153,7 @@ class Site:
             pattern = {"pending": "*/*/*.json", "done": "*/*.json"}.get(state, "*.json")
             for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
                 with contextlib.suppress(FileNotFoundError):  # claimed or finished meanwhile
-                    record, completion = parse_task_file(path.read_bytes())
+                    record, completion = parse_task_file(task_file_bytes(path))
                     found.append({**record, **(completion or {})})
         return found
 

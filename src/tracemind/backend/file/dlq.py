@@ -14,6 +14,7 @@ to recognise a stale copy of that same delivery after a crash). Reads never crea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -58,6 +59,20 @@ class DeadLetterStore:
 
     def has(self, task_id: str) -> bool:
         return os.path.exists(self._path(task_id))
+
+    def has_trace(self, task_id: str) -> bool:
+        """Whether the task has an entry here or an audit copy (purged or requeued); lists the
+        audit folders (for recovery paths only)."""
+        if os.path.lexists(os.path.join(self.root, f"{task_id}.json")):
+            return True
+        prefix = task_id + "."
+        for folder in ("purged", "requeued"):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if any(
+                    name.startswith(prefix) for name in os.listdir(os.path.join(self.root, folder))
+                ):
+                    return True
+        return False
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The entry, or None when absent or damaged (damaged entries are skipped by readers).

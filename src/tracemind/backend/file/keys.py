@@ -31,6 +31,7 @@ import json
 import os
 from contextlib import contextmanager
 
+from tracemind.backend.file.packs import is_pack, keyed_task_bytes
 from tracemind.backend.file.quarantine import quarantine
 from tracemind.fsutil import (
     dump_json,
@@ -120,6 +121,11 @@ class IdempotencyStore:
         """The lock stripe of ``key``: two hex digits (256 locks shared by all keys)."""
         return _digest(key)[:2]
 
+    @staticmethod
+    def digest(key: str) -> str:
+        """The name of ``key``'s record (40 hex digits; its first two are its stripe)."""
+        return _digest(key)
+
     @contextmanager
     def locked(self, key: str, *, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the key's cross-process lock (raises LockTimeout after ``lock_timeout_s``)."""
@@ -167,7 +173,10 @@ class IdempotencyStore:
         """What the key record at ``path`` points at; None when absent or damaged, and
         :class:`QueueError` when this process may not read it (see :meth:`get`)."""
         try:
-            first_line = read_regular(path).partition(b"\n")[0]
+            data = read_regular(path)
+            if is_pack(data):  # a link to the pack holding the key's task
+                data = keyed_task_bytes(data, os.path.basename(path)[:40])
+            first_line = data.partition(b"\n")[0]
             data = json.loads(first_line)
         except FileNotFoundError:
             return None

@@ -13,6 +13,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any
 
+from tracemind.backend.file.packs import task_bytes
 from tracemind.fsutil import read_regular, scan_entries, scan_names
 from tracemind.queue.names import InflightName, is_task_id
 from tracemind.queue.protocol import TaskInfo, TaskStatus
@@ -132,7 +133,7 @@ def _info(candidate: Candidate) -> TaskInfo | None:
             loaded = json.loads(data)
             record = loaded if isinstance(loaded, dict) else {}
         else:
-            first, completion = parse_task_file(data)
+            first, completion = parse_task_file(task_bytes(data, candidate.task_id))
             record = succeeded_entry(first, completion)
     except ValueError:
         record = {}

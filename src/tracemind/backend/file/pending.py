@@ -42,6 +42,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
+    from tracemind.backend.file.packs import PackWriter
+
 OUTER_MS = 1_000_000
 INNER_MS = 1_000
 BELL = ".bell"
@@ -83,11 +85,20 @@ class PendingDir:
     call :meth:`entries`. The directory itself is created by the queue's ``prepare``.
     """
 
-    def __init__(self, path: str, *, queue_root: str, tmp_dir: str, durable: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        queue_root: str,
+        tmp_dir: str,
+        durable: bool,
+        packs: PackWriter | None = None,
+    ) -> None:
         self.path = path  # ends in a separator
         self.queue_root = queue_root
         self.tmp_dir = tmp_dir
         self.durable = durable
+        self.packs = packs
 
     def path_of(self, name: PendingName) -> str:
         return self.path + bucket_of(name) + str(name)
@@ -95,11 +106,20 @@ class PendingDir:
     # -- writers -------------------------------------------------------------------------------
 
     def place(self, items: Sequence[tuple[PendingName, bytes]]) -> None:
-        """Write new task files (durably when the queue is), each whole or not at all."""
+        """Write new tasks (durably when the queue is), each whole or not at all: with a pack
+        writer, records appended to packs and each name a link to its pack (see
+        :mod:`tracemind.backend.file.packs`); else a file per task."""
         if not items:
             return
         for bucket in {bucket_of(name) for name, _ in items}:
             self._make_bucket(self.path + bucket)
+        if self.packs is not None:
+            self.packs.add(
+                [(name.task_id, None, data, self.path_of(name)) for name, data in items],
+                self._make_bucket,
+            )
+            self.ring()
+            return
         targets = [(self.path_of(name), data) for name, data in items]
         if len(targets) == 1:
             write_atomic(
@@ -157,6 +177,10 @@ class PendingDir:
                 os.close(create_exclusive(self.path + BELL, os.O_WRONLY))
         except OSError:
             pass  # only a wake-up hint: consumers look again on their own within 0.1 s
+
+    def make_bucket(self, inner: str) -> None:
+        """Make the inner bucket directory ``inner`` (see :meth:`_make_bucket`)."""
+        self._make_bucket(inner)
 
     def _make_bucket(self, inner: str) -> None:
         """Make the inner bucket directory ``inner`` (and its outer bucket) if missing; with a

@@ -19,13 +19,13 @@ import time
 from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
+from tracemind.backend.file.packs import MAGIC, PackWriter, appended_line, task_bytes
 from tracemind.backend.file.pending import PendingDir
 from tracemind.backend.file.quarantine import quarantine, sweep_temporaries
 from tracemind.clock import Clock, system_clock
 from tracemind.errors import QueueError
 from tracemind.fsutil import (
     DamagedEntry,
-    create_many,
     dump_json,
     ensure_dir,
     fdatasync_file,
@@ -134,8 +134,14 @@ class FileQueue:
         self._cancelled = os.path.join(root, "cancelled", "")
         self._cancel_requests = os.path.join(root, "cancel-requests", "")
         self._tmp = os.path.join(root, "tmp")
+        self._packs = os.path.join(root, "packs")
+        self.packs = PackWriter(self._packs, self._tmp, durable=durable)
         self.waiting = PendingDir(
-            self._pending, queue_root=os.fspath(root), tmp_dir=self._tmp, durable=durable
+            self._pending,
+            queue_root=os.fspath(root),
+            tmp_dir=self._tmp,
+            durable=durable,
+            packs=self.packs,
         )
         self._next_bucket_ms: int | None = None
         self._layout_current = False
@@ -230,21 +236,24 @@ class FileQueue:
         except (QueueError, OSError) as exc:
             self._log.debug("census not kept", error=str(exc))
 
-    def stage(self, tasks: Sequence[NewTask], names: Sequence[str]) -> None:
+    def stage(self, tasks: Sequence[NewTask], names: Sequence[str], digests: Sequence[str]) -> None:
         """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
-        :func:`~tracemind.queue.names.staged_name`), durably when the queue is.
+        :func:`~tracemind.queue.names.staged_name`), each a link to the pack holding its record
+        (tagged with its key's ``digests``), the records durable when the queue is; the links'
+        entries are made durable by the key records' sync that follows.
 
-        Each file is created in place, without a temporary file and a rename: nothing trusts a
-        staged file before the submitter's key record points at it, which it makes only after
-        this returns, and a torn one (its submitter died while writing it) is an orphan that
+        Nothing trusts a staged task before the submitter's key record points at it, which it
+        makes only after this returns; one whose submitter died before that is an orphan that
         :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
         self.prepare()
         encoded_flows: dict[int, bytes] = {}
-        items = [
-            (self._staging + name, _encode_record(t.record, encoded_flows))
-            for name, t in zip(names, tasks, strict=True)
-        ]
-        create_many(items, durable=self.durable)
+        self.packs.add(
+            [
+                (t.task_id, digest, _encode_record(t.record, encoded_flows), self._staging + name)
+                for name, t, digest in zip(names, tasks, digests, strict=True)
+            ],
+            ensure_dir,
+        )
 
     def publish(self, names: Iterable[str]) -> int:
         """Make staged tasks visible to consumers, each by one rename (a name already published,
@@ -283,7 +292,11 @@ class FileQueue:
         """The record of a staged task; None when it is gone or unreadable (or torn: read it
         holding its key's lock, or it may still be being written)."""
         try:
-            record, _ = parse_task_file(read_regular(self._staging + name))
+            parsed = parse_staged(name)
+            if parsed is None:
+                return None
+            data = read_regular(self._staging + name)
+            record, _ = parse_task_file(task_bytes(data, parsed[1].task_id))
         except (OSError, ValueError):
             return None
         return record
@@ -408,7 +421,9 @@ class FileQueue:
         except FileNotFoundError:
             return False
         with contextlib.suppress(OSError):
-            _append_line(target, dump_json({"status": "cancelled", "cancelled_at": self.clock()}))
+            _append_line(
+                target, task_id, dump_json({"status": "cancelled", "cancelled_at": self.clock()})
+            )
         if self.durable:
             with contextlib.suppress(OSError):
                 fdatasync_file(target)
@@ -483,7 +498,9 @@ class FileQueue:
             self._move_to_cancelled(claimed, candidate.task_id)  # asked while it was in flight
             return None
         try:
-            record, completion = parse_task_file(read_fd(fd, claimed))
+            record, completion = parse_task_file(
+                task_bytes(read_fd(fd, claimed), candidate.task_id)
+            )
         except (OSError, ValueError) as exc:
             quarantine(claimed, self.root, f"unreadable task record: {exc}")
             return None
@@ -586,7 +603,7 @@ class FileQueue:
         source = self._inflight + str(lease.handle)
         target = self.done_path(lease.task_id)
         try:
-            _append_line(source, line)
+            _append_line(source, lease.task_id, line)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError):
                 self._log.warning(
@@ -702,7 +719,7 @@ class FileQueue:
             self._unreadable("inflight/" + str(name), exc)
             return False
         try:
-            record, completion = parse_task_file(read_fd(fd, path))
+            record, completion = parse_task_file(task_bytes(read_fd(fd, path), name.task_id))
         except (OSError, ValueError) as exc:
             return quarantine(path, self.root, f"unreadable task record: {exc}") is not None
         finally:
@@ -760,6 +777,45 @@ class FileQueue:
 
     def maintain(self) -> None:
         self.refresh_census()
+        self.checkpoint()
+
+    def checkpoint(self) -> int:
+        """Retire the packs of writers that are gone, after a reboot first linking back every
+        task of theirs found nowhere (see :mod:`tracemind.backend.file.packs`); returns how
+        many tasks came back. Writers only."""
+        from tracemind.backend.file.packs import checkpoint
+
+        _, replayed = checkpoint(self._packs, self._replay)
+        if replayed:
+            self.waiting.ring()
+            self._log.warning("tasks linked again after a reboot lost them", tasks=replayed)
+        return replayed
+
+    def oldest_unsettled_ms(self) -> int | None:
+        """See :func:`tracemind.backend.file.packs.oldest_unsettled_ms`; read-only."""
+        from tracemind.backend.file.packs import oldest_unsettled_ms
+
+        return oldest_unsettled_ms(self._packs)
+
+    def _replay(self, pack: str, task_id: str, record_json: bytes) -> bool:
+        """Link the task back into ``pending/`` (attempts 0, due as submitted) when it is found
+        nowhere: not pending, delayed, in flight, finished, dead, purged or requeued."""
+        if not is_task_id(task_id) or self.find(task_id) is not None:
+            return False
+        if self.dlq.has_trace(task_id):
+            return False
+        try:
+            record = json.loads(record_json)
+            due_ms = _ms(float(record.get("due_at") or record["enqueued_at"]))
+        except (ValueError, KeyError, TypeError):
+            return False
+        target = self.waiting.path_of(PendingName(due_ms, task_id, 0))
+        self.waiting.make_bucket(os.path.dirname(target))
+        try:
+            os.link(pack, target)
+        except FileExistsError:
+            return False
+        return True
 
     def refresh_census(self) -> QueueStats:
         """:meth:`stats`, saving what it learnt for later readers (writers only)."""
@@ -819,7 +875,7 @@ class FileQueue:
         a task that finishes during the call is reported finished or not, never wrongly dead."""
         done = self._done_record(task_id)
         if done is not None:
-            entry = succeeded_entry(*_read_or_empty(done))
+            entry = succeeded_entry(*_read_or_empty(done, task_id))
             return TaskInfo(
                 task_id,
                 TaskStatus.SUCCEEDED,
@@ -829,8 +885,8 @@ class FileQueue:
             )
         cancelled = self.cancelled_path(task_id)
         if os.path.exists(cancelled):
-            record, _ = _read_or_empty(cancelled)
-            stamp = _cancel_stamp(cancelled)
+            record, _ = _read_or_empty(cancelled, task_id)
+            stamp = _cancel_stamp(cancelled, task_id)
             return TaskInfo(
                 task_id,
                 TaskStatus.CANCELLED,
@@ -891,15 +947,15 @@ class FileQueue:
         ]
         if leases:
             lease = max(leases, key=lambda n: n.attempt)
-            record, _ = _read_or_empty(self._inflight + str(lease))
+            record, _ = _read_or_empty(self._inflight + str(lease), task_id)
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
         copy = self.waiting.find(task_id, may_hold)
         if copy is not None:
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
-            record, _ = _read_or_empty(self.waiting.path_of(copy))
+            record, _ = _read_or_empty(self.waiting.path_of(copy), task_id)
             if not record:  # a first-layout file not yet moved into its bucket
-                record, _ = _read_or_empty(self._pending + str(copy))
+                record, _ = _read_or_empty(self._pending + str(copy), task_id)
             return TaskInfo(task_id, status, copy.attempts, record, due_s=copy.due_ms / 1000)
         return self.finished(task_id)
 
@@ -921,11 +977,12 @@ def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
     return any(consumer == d or (d.endswith("-") and consumer.startswith(d)) for d in dead)
 
 
-def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A task file for a reader: empty when damaged (absent, torn, not a regular file); a
-    :class:`QueueError` naming the fix when this process may not read it (that is no damage)."""
+def _read_or_empty(path: StrPath, task_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The task's file (or its part of a pack) for a reader: empty when damaged (absent, torn,
+    not a regular file); a :class:`QueueError` naming the fix when this process may not read it
+    (that is no damage)."""
     try:
-        return parse_task_file(read_regular(path))
+        return parse_task_file(task_bytes(read_regular(path), task_id))
     except PermissionError as exc:
         from tracemind.backend.file.problems import unreadable_error
 
@@ -934,10 +991,10 @@ def _read_or_empty(path: StrPath) -> tuple[dict[str, Any], dict[str, Any] | None
         return {}, None
 
 
-def _cancel_stamp(path: str) -> dict[str, Any]:
+def _cancel_stamp(path: str, task_id: str) -> dict[str, Any]:
     """The ``{"status": "cancelled", "cancelled_at"}`` line of a cancelled task's file."""
     with contextlib.suppress(OSError, ValueError):
-        for line in read_regular(path).split(b"\n")[1:]:
+        for line in task_bytes(read_regular(path), task_id).split(b"\n")[1:]:
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
                 if isinstance(entry, dict) and entry.get("status") == "cancelled":
@@ -945,12 +1002,13 @@ def _cancel_stamp(path: str) -> dict[str, Any]:
     return {"status": "cancelled"}
 
 
-def _append_line(path: str, line: bytes) -> None:
-    """Append ``line`` to an existing file in one write (a crash cannot leave half of it
-    without the other; a torn line after a power loss is ignored by readers)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+def _append_line(path: str, task_id: str, line: bytes) -> None:
+    """Append ``line`` for the task to its existing file (or pack) in one write (a crash
+    cannot leave half of it without the other; a torn line after a power loss is ignored by
+    readers)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
-        os.write(fd, b"\n" + line + b"\n")
+        os.write(fd, appended_line(os.pread(fd, len(MAGIC), 0), task_id, line))
     finally:
         os.close(fd)
 

@@ -68,6 +68,9 @@ class Pruner:
         self.totals: Counter[str] = Counter({kind: 0 for kind in KINDS})
         """Records removed by this pruner since it was made, by kind (for metrics)."""
         self._next_pass_s = time.monotonic() + PASS_EVERY_S  # (a short burst never prunes)
+        self._unsettled_ms: int | None = None
+        """Tasks enqueued from then on may be linked again after a reboot: none of them is
+        removed (see :mod:`tracemind.backend.file.packs`)."""
 
     def prune_if_due(self) -> None:
         """One bounded pass every :data:`PASS_EVERY_S` (a serving process calls this often)."""
@@ -83,6 +86,9 @@ class Pruner:
         """Remove (or, with ``dry_run``, only count) what has expired; returns counts by kind."""
         now_s = time.time() if now_s is None else now_s
         removed: Counter[str] = Counter({kind: 0 for kind in KINDS})
+        if not dry_run:
+            self.stores.queue.checkpoint()
+        self._unsettled_ms = self.stores.queue.oldest_unsettled_ms()
         for kind, path in self._expired(now_s):
             if sum(removed.values()) >= budget:
                 break
@@ -103,9 +109,11 @@ class Pruner:
         yield from self._expired_results(now_s)
         dlq_root = os.fspath(self.stores.dlq.root)
         for folder in ("purged", "requeued"):
-            yield from _older_than(
+            for kind, path in _older_than(
                 "dlq_audit", os.path.join(dlq_root, folder), now_s - self.policy.dlq_audit_ttl_s
-            )
+            ):
+                if self._settled(os.path.basename(path)):
+                    yield kind, path
         for store_root in (self.stores.queue.root, self.stores.dlq.root, self.stores.keys.root):
             root = os.fspath(store_root)
             yield from _quarantined(os.path.join(root, "quarantine"), now_s - QUARANTINE_TTL_S)
@@ -131,6 +139,8 @@ class Pruner:
             for name, is_file in scan_entries(folder):
                 if not (is_file and name.endswith(".json") and is_task_id(name[:-5])):
                     continue
+                if not self._settled(name):
+                    continue
                 path = os.path.join(folder, name)
                 with contextlib.suppress(FileNotFoundError):
                     if os.lstat(path).st_mtime >= cutoff_s:
@@ -139,6 +149,16 @@ class Pruner:
                         keep = queue.copies_that_may_be_stale()
                     if name[:-5] not in keep:
                         yield "results", path
+
+    def _settled(self, name: str) -> bool:
+        """Whether the task a record's ``name`` starts with (its id) was enqueued before every
+        task a replay may bring back; the others are kept."""
+        if self._unsettled_ms is None:
+            return True
+        try:
+            return int(name[:12], 16) < self._unsettled_ms
+        except ValueError:
+            return True
 
     def _expired_keys(self, now_s: float) -> Iterator[tuple[str, str]]:
         """Keys written before the TTL whose task succeeded before it, or no longer exists

@@ -1,0 +1,562 @@
+"""Packs: the records of many new tasks in one file, each task named by a hard link to it.
+
+Creating a file costs an inode; on ext4 without a journal, just after other files were deleted,
+that is ~0.5 ms each (docs/benchmarks.md, figure 11), while a hard link or a rename costs
+~0.02 ms. So a writer does not create a file per task: it writes the records of its new tasks
+into a *pack* it owns, makes them durable with one ``fdatasync``, and gives each task its name in
+``pending/`` (or ``staging/``) as a hard link to the pack. From then on the task's name is all
+that changes — claims, renews, retries and acks rename it as they rename a single-task file —
+and readers take the task's own lines out of the pack (:func:`task_bytes`).
+
+Format (one line each, every line written with a leading newline so that a line torn by a
+crash never runs into the next one)::
+
+    TMPACK 1 <boot id>                 the header
+    R <task id> <key digest or -> <record JSON>
+    A <task id> <JSON>                 appended later: an ack's completion, a cancel stamp
+
+A pack holds at most :data:`PACK_TASKS` records (and about :data:`PACK_BYTES`), so reading a
+task from its pack costs the same at any depth.
+
+**Durability.** When :meth:`PackWriter.add` returns, the records are durable (with a durable
+queue) and every link is made, but the links' directory entries are not synced: a process that
+dies keeps them (they are in the kernel's cache), only a power loss or a kernel crash can lose
+them. For that, the pack keeps a second name in ``packs/`` (durable from its creation) while
+its writer lives, with the boot id of its writing in its header. Its writer holds an
+open-file-description lock on byte :data:`ALIVE_BYTE` for as long as it may add to it.
+
+- :func:`checkpoint` (the daemon's upkeep, and before retention removes anything) takes every
+  pack whose writer is gone (the lock is free: no clock decides it), syncs the file system —
+  now every link those writers made is durable — and removes their ``packs/`` names.
+- After a reboot (the boot id differs), a pack still in ``packs/`` may name tasks whose links
+  were lost: :func:`checkpoint` hands each of its records to ``replay``, which links the ones
+  found nowhere in the queue back into ``pending/``.
+- So that a replay never brings back a task that was finished and then removed, retention
+  removes only tasks enqueued before every record still in ``packs/``
+  (:func:`oldest_unsettled_ms`).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import errno
+import os
+import stat
+import struct
+import time
+
+from tracemind.backend.file.quarantine import quarantine
+from tracemind.errors import QueueError
+from tracemind.fsutil import (
+    MAX_RECORD_BYTES,
+    DamagedEntry,
+    create_exclusive,
+    ensure_dir,
+    fsync_dir,
+    open_regular,
+    read_fd,
+    sync_filesystem,
+    write_error,
+)
+from tracemind.queue.names import is_task_id
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+MAGIC = b"TMPACK 1 "
+PACK_TASKS = 64
+"""Most records in one pack: reading one task reads its pack, at most ~this many records."""
+PACK_BYTES = 64 * 1024
+"""The room of a pack (a bigger record gets a pack of its own, as big as it needs)."""
+PACK_AGE_S = 60.0
+"""A writer starts a new pack when its pack is this old, so that a pack stays in ``packs/``
+(and holds retention back, see :func:`oldest_unsettled_ms`) for about this long at most."""
+ALIVE_BYTE = 1
+"""Held by a pack's writer for as long as it may add to the pack."""
+REPLAY_BYTE = 0
+"""Held by a process replaying the pack after a reboot."""
+WRITING_BYTE = 2
+"""Held by a pack's writer while it adds records (from the first write to the last link)."""
+SUFFIX = ".pack"
+NO_KEY = "-"
+LINK_ATTEMPTS = 5
+
+
+def boot_id() -> str:
+    """This boot's id (the kernel's ``random/boot_id``; the same in a container and its host)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
+            return file.read().decode().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def is_pack(data: bytes) -> bool:
+    return data.startswith(MAGIC)
+
+
+def task_bytes(data: bytes, task_id: str) -> bytes:
+    """One task's file as a single-task file holds it — its record line, then the lines
+    appended for it — from the bytes of a pack (any other file's bytes are returned as they
+    are). ``b""`` when the pack holds no record of the task."""
+    if not data.startswith(MAGIC):
+        return data
+    tid = task_id.encode()
+    start = data.find(b"\nR " + tid + b" ")
+    if start < 0:
+        return b""
+    tag_end = data.find(b" ", start + 4 + len(tid))
+    end = _line_end(data, tag_end)
+    if tag_end < 0 or tag_end > end:
+        return b""
+    parts = [data[tag_end + 1 : end]]
+    marker = b"\nA " + tid + b" "
+    pos = end
+    while (pos := data.find(marker, pos)) >= 0:
+        line_end = _line_end(data, pos + 1)
+        parts.append(data[pos + len(marker) : line_end])
+        pos = line_end
+    return b"\n".join(parts) + b"\n"
+
+
+def keyed_task_bytes(data: bytes, digest: str) -> bytes:
+    """Like :func:`task_bytes`, for the task whose idempotency key has ``digest`` (the key
+    record's name; a pack holds at most one record per key); ``b""`` when it holds none."""
+    if not data.startswith(MAGIC):
+        return data
+    marker = b" " + digest.encode() + b" "
+    pos = data.find(marker)
+    while pos >= 0:
+        line_start = data.rfind(b"\n", 0, pos) + 1
+        if data[line_start : line_start + 2] == b"R " and pos - line_start == 24:
+            return task_bytes(data, data[line_start + 2 : pos].decode())
+        pos = data.find(marker, pos + 1)
+    return b""
+
+
+def records(data: bytes, after: int = 0) -> list[tuple[str, bytes]]:
+    """(task id, record JSON) of every whole record line of a pack's bytes that starts at or
+    after byte ``after``, in order (none when the bytes are not a pack's)."""
+    return [(task_id, record) for _, task_id, record in _record_lines(data, after)]
+
+
+def _record_lines(data: bytes, after: int = 0) -> list[tuple[int, str, bytes]]:
+    """(end offset, task id, record JSON) of each whole record line from ``after`` on."""
+    if not data.startswith(MAGIC):
+        return []
+    found = []
+    pos = max(after, len(MAGIC))
+    while (start := data.find(b"\nR ", pos)) >= 0:
+        end = _line_end(data, start + 1)
+        line = data[start + 1 : end]
+        pos = end
+        if not line.endswith(b"}"):
+            continue  # torn
+        task_id, _, rest = line[2:].partition(b" ")
+        _, _, record = rest.partition(b" ")
+        if is_task_id(name := task_id.decode(errors="replace")):
+            found.append((end, name, record))
+    return found
+
+
+def settled(data: bytes) -> int:
+    """Up to which byte a checkpoint found every record of the pack linked and durable (its
+    ``S <offset>`` lines; 0 when none)."""
+    offset = 0
+    pos = 0
+    while (start := data.find(b"\nS ", pos)) >= 0:
+        end = _line_end(data, start + 1)
+        value = data[start + 3 : end]
+        if value.isdigit():
+            offset = max(offset, int(value))
+        pos = end
+    return offset
+
+
+def appended_line(data_head: bytes, task_id: str, line: bytes) -> bytes:
+    """What to append to a task's file to add ``line`` for it, given the file's first bytes."""
+    if data_head.startswith(MAGIC):
+        return b"\nA " + task_id.encode() + b" " + line + b"\n"
+    return b"\n" + line + b"\n"
+
+
+def _line_end(data: bytes, pos: int) -> int:
+    end = data.find(b"\n", pos)
+    return len(data) if end < 0 else end
+
+
+class PackWriter:
+    """One process's packs of one queue: writes records, makes them durable, links them.
+
+    A pack is created with its room already written (zeros, up to :data:`PACK_BYTES`; a first
+    pack only as much as its first call needs, rounded up to a block, so that a one-task
+    command does not leave a big file behind). Records are then written into that room at
+    known offsets, so that the ``fdatasync`` after each one flushes data only: the file's size
+    and blocks do not change, where an append would make every flush write the inode too.
+    Lines appended for a task (acks, stamps) go after the room.
+
+    Thread-safe; a child process made by ``fork`` starts packs of its own (it never writes
+    to its parent's)."""
+
+    def __init__(self, packs_dir: str, tmp_dir: str, *, durable: bool) -> None:
+        self.packs_dir = packs_dir
+        self.tmp_dir = tmp_dir
+        self.durable = durable
+        self._mutex = _thread.allocate_lock()
+        self._fd = -1
+        self._path = ""
+        self._pid = 0
+        self._tasks = 0
+        self._at = 0
+        """Where the next record goes (bytes from the start) ..."""
+        self._room_end = 0
+        """... and where the pack's room ends."""
+        self._opened_s = 0.0
+        self._opened_any = False
+        self._digests: set[str] = set()
+        """The key digests of the current pack's records: a key has at most one record in a
+        pack, so that its key record (a link to the pack) names one task."""
+
+    def add(
+        self,
+        items: Sequence[tuple[str, str | None, bytes, str]],
+        remake_parent: Callable[[str], object],
+    ) -> None:
+        """For each ``(task id, idempotency key digest or None, record JSON, target)``: write
+        the record into a pack, then (all records durable first, with a durable queue) make
+        ``target`` a hard link to that pack. ``remake_parent`` makes a target's directory again
+        when another process removed it. Raises :class:`QueueError`; a target already linked
+        stays (the caller rolls back what it must)."""
+        if not items:
+            return
+        lines = [
+            b"\nR %s %s %s\n" % (task_id.encode(), (digest or NO_KEY).encode(), record)
+            for task_id, digest, record, _ in items
+        ]
+        with self._mutex, self._writing():
+            placed: list[tuple[str, str]] = []  # (pack path, target)
+            touched: dict[str, int] = {}
+            full: list[int] = []  # packs this call filled: closed once their links are made
+            made_pack = False
+            left_bytes = sum(map(len, lines))
+            try:
+                for line, (_, digest, _, target) in zip(lines, items, strict=True):
+                    made_pack |= self._room_for(len(line), left_bytes, full, digest)
+                    if digest is not None:
+                        self._digests.add(digest)
+                    _write_at(self._fd, line, self._at)
+                    self._at += len(line)
+                    self._tasks += 1
+                    left_bytes -= len(line)
+                    touched[self._path] = self._fd
+                    placed.append((self._path, target))
+                self._make_durable(touched, made_pack)
+                for pack, target in placed:
+                    _link(pack, target, remake_parent)
+            except OSError as exc:
+                raise write_error(exc.filename or self.packs_dir, exc) from exc
+            finally:
+                for fd in full:
+                    os.close(fd)  # releases its alive lock: the next checkpoint retires it
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the current pack's writing lock (and that of every pack this call starts)
+        until the call's last link is made."""
+        self._locked_fds: list[int] = []
+        try:
+            if self._fd >= 0 and self._pid == os.getpid():
+                _set_lock(self._fd, WRITING_BYTE, True)
+                self._locked_fds.append(self._fd)
+            yield
+        finally:
+            for fd in self._locked_fds:
+                with contextlib.suppress(OSError):  # (closed already: released with it)
+                    _set_lock(fd, WRITING_BYTE, False)
+            self._locked_fds = []
+
+    def close(self) -> None:
+        """Let the current pack go (its ``packs/`` name then goes at the next checkpoint)."""
+        with self._mutex:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)  # releases the alive lock
+            self._fd, self._path = -1, ""
+
+    def _room_for(
+        self, line_bytes: int, left_bytes: int, full: list[int], digest: str | None
+    ) -> bool:
+        """Make sure the current pack has room for one more record of ``line_bytes`` with key
+        ``digest`` (this call has ``left_bytes`` more to write, this one included); True when
+        this started a new pack (the descriptor of the one it replaces goes to ``full``)."""
+        if (
+            self._fd >= 0
+            and self._pid == os.getpid()
+            and self._tasks < PACK_TASKS
+            and self._at + line_bytes <= self._room_end
+            and time.monotonic() - self._opened_s < PACK_AGE_S
+            and digest not in self._digests
+        ):
+            return False
+        if self._fd >= 0 and self._pid == os.getpid():
+            full.append(self._fd)
+        self._fd, self._path = -1, ""
+        header = MAGIC + boot_id().encode() + b"\n"
+        wanted = left_bytes if not self._opened_any else PACK_BYTES
+        room = max(
+            _blocks(len(header) + line_bytes), min(PACK_BYTES, _blocks(len(header) + wanted))
+        )
+        self._open(header, room)
+        return True
+
+    def _open(self, header: bytes, room_bytes: int) -> None:
+        """A new pack of ``room_bytes``: made in ``tmp/``, locked, written (its header, then
+        zeros), then named in ``packs/`` (so a checkpoint never sees it unlocked while its
+        writer lives)."""
+        ensure_dir(self.packs_dir)
+        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}{SUFFIX}"
+        tmp = os.path.join(self.tmp_dir, name + ".tmp")
+        fd = create_exclusive(tmp, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            _lock_alive(fd)
+            _set_lock(fd, WRITING_BYTE, True)
+            _write_at(fd, header + bytes(room_bytes - len(header)), 0)
+            path = os.path.join(self.packs_dir, name)
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._locked_fds.append(fd)
+        self._fd, self._path, self._pid = fd, path, os.getpid()
+        self._tasks, self._at, self._room_end = 0, len(header), room_bytes
+        self._digests = set()
+        self._opened_s, self._opened_any = time.monotonic(), True
+
+    def _make_durable(self, touched: dict[str, int], made_pack: bool) -> None:
+        if not self.durable:
+            return
+        if len(touched) == 1:
+            os.fdatasync(next(iter(touched.values())))
+            if made_pack:
+                fsync_dir(self.packs_dir)
+            return
+        if not sync_filesystem(self.packs_dir):
+            for fd in touched.values():
+                os.fdatasync(fd)
+            fsync_dir(self.packs_dir)
+
+
+def _blocks(size: int) -> int:
+    """``size`` rounded up to whole 4 KiB blocks."""
+    return -(-size // 4096) * 4096
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _link(source: str, target: str, remake_parent: Callable[[str], object]) -> None:
+    for attempt in range(LINK_ATTEMPTS):
+        try:
+            os.link(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == LINK_ATTEMPTS - 1 or not os.path.exists(source):
+                raise
+            remake_parent(os.path.dirname(target))
+
+
+def _flock_struct(kind: int, byte: int = ALIVE_BYTE) -> bytes:
+    # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
+
+
+def _lock_alive(fd: int) -> None:
+    import fcntl
+
+    if hasattr(fcntl, "F_OFD_SETLK"):
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_WRLCK))
+    else:  # not Linux: a flock on the whole file says the same
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _set_lock(fd: int, byte: int, locked: bool) -> None:
+    import fcntl
+
+    if hasattr(fcntl, "F_OFD_SETLK"):
+        kind = fcntl.F_WRLCK if locked else fcntl.F_UNLCK
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(kind, byte))
+
+
+def _held(fd: int, byte: int) -> bool:
+    """Whether another open file description holds the lock on ``byte``; asks only."""
+    import fcntl
+
+    if not hasattr(fcntl, "F_OFD_GETLK"):
+        return True  # (cannot tell: a live pack is never taken for settled)
+    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK, byte))
+    kind: int = struct.unpack("hhqqi4x", answer)[0]
+    return kind != fcntl.F_UNLCK
+
+
+def _lock_replay(fd: int) -> bool:
+    """Take the replay lock of a pack whose writer is gone, without waiting; False when
+    another process holds it."""
+    import fcntl
+
+    if not hasattr(fcntl, "F_OFD_SETLK"):
+        return True  # (its writer's flock is gone: nothing else to tell replayers apart)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_WRLCK, REPLAY_BYTE))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def writer_alive(fd: int) -> bool:
+    """Whether some open file description (a live writer) holds the pack open at ``fd``'s
+    alive lock; asks without taking anything."""
+    import fcntl
+
+    if hasattr(fcntl, "F_OFD_GETLK"):
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+        kind: int = struct.unpack("hhqqi4x", answer)[0]
+        return kind != fcntl.F_UNLCK
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return True
+        raise
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _pack_names(packs_dir: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(packs_dir) if n.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
+def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tuple[int, int]:
+    """Make every link of the listed packs durable, and say so: (packs retired, tasks replayed).
+
+    One ``syncfs`` covers all of them. Then a pack whose writer is gone (its alive lock is
+    free: no clock decides it) loses its ``packs/`` name; a live writer's pack that was not
+    being written to when it was read gets an ``S <offset>`` line saying that every record
+    before that offset is linked durably (made durable itself before this returns).
+
+    A pack written in an earlier boot first has each of its records past that offset offered
+    to ``replay(pack path, task id, record JSON)``, which links the task back when it is found
+    nowhere and says whether it did; that pack is locked meanwhile (byte
+    :data:`REPLAY_BYTE`, never waited for), so two processes never replay one pack at once,
+    and one that gets it after another retired it sees its name gone. An entry that is no
+    pack is moved aside; one that cannot be read is left for the next time (it holds
+    retention back until it can)."""
+    current = boot_id()
+    retired: list[str] = []
+    marks: list[tuple[int, int]] = []  # (descriptor of a live pack, offset settled)
+    held: list[int] = []
+    replayed = 0
+    try:
+        for name in _pack_names(packs_dir):
+            path = os.path.join(packs_dir, name)
+            if _not_a_pack(path):
+                quarantine(path, os.path.dirname(packs_dir), "not a pack")
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            held.append(fd)
+            try:
+                alive = writer_alive(fd)
+                data = read_fd(fd, path)
+                if not is_pack(data):
+                    if not alive:
+                        quarantine(path, os.path.dirname(packs_dir), "not a pack")
+                    continue
+                done_to = settled(data)
+                if alive:
+                    lines = _record_lines(data, done_to)
+                    if lines and not _held(fd, WRITING_BYTE):  # (asked after the read)
+                        marks.append((fd, lines[-1][0]))
+                    continue
+                header = data.partition(b"\n")[0]
+                if header[len(MAGIC) :].decode(errors="replace") != current:
+                    if not _lock_replay(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                        continue  # another process replays it, or has retired it
+                    for task_id, record in records(data, done_to):
+                        replayed += replay(path, task_id, record)
+            except (OSError, DamagedEntry):
+                continue
+            retired.append(path)
+        if not retired and not marks:
+            return 0, replayed
+        if not sync_filesystem(packs_dir):
+            raise QueueError(f"{packs_dir}: cannot sync the file system (syncfs is missing)")
+        for fd, offset in marks:
+            with contextlib.suppress(OSError):
+                _append(fd, b"\nS %d\n" % offset)
+                os.fdatasync(fd)
+        for path in retired:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return len(retired), replayed
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _append(fd: int, line: bytes) -> None:
+    """Append ``line`` at the end of the file open at ``fd`` (another descriptor, opened for
+    appending, so that it lands after whatever others appended)."""
+    appender = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(appender, line)
+    finally:
+        os.close(appender)
+
+
+def _not_a_pack(path: str) -> bool:
+    """Whether the ``packs/`` entry at ``path`` is damage: not a regular file, or too big."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES
+
+
+def oldest_unsettled_ms(packs_dir: str) -> int | None:
+    """The enqueue time (from the task id) of the oldest record still in ``packs/``, or None:
+    retention removes only tasks enqueued before it (see the module's docstring)."""
+    oldest: int | None = None
+    for name in _pack_names(packs_dir):
+        path = os.path.join(packs_dir, name)
+        try:
+            fd = open_regular(path)
+            try:
+                data = read_fd(fd, path)
+            finally:
+                os.close(fd)
+        except DamagedEntry:
+            continue  # damage, not a pack: it holds no record (a checkpoint moves it aside)
+        except OSError:
+            created = name[:13]  # a pack this process may not read: its creation, to be safe
+            if created.isdigit():
+                oldest = int(created) if oldest is None else min(oldest, int(created))
+            continue
+        for task_id, _ in records(data, settled(data)):
+            with contextlib.suppress(ValueError):
+                at_ms = int(task_id[:12], 16)
+                oldest = at_ms if oldest is None else min(oldest, at_ms)
+    return oldest

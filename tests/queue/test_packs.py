@@ -1,0 +1,354 @@
+"""Packs: many new tasks in one file, each task a hard link to it (tracemind.backend.file.packs).
+
+What must hold: every task reads as its own record, its acks and stamps stay its own, damage to
+one record stays with it, a writer's pack is never retired while the writer lives, and after a
+reboot that lost links (a power loss) a checkpoint links back exactly the tasks found nowhere —
+never one that ran, died, was purged or still waits — once, however many processes replay.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_until
+from tracemind.backend.file import packs
+from tracemind.backend.file.stores import Stores, open_stores
+from tracemind.config import DataDirs
+from tracemind.queue.protocol import Failure, TaskStatus
+
+LEASE_S = 30.0
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+def _packs_dir(stores: Stores) -> Path:
+    return Path(stores.queue.root) / "packs"
+
+
+def _pack_names(stores: Stores) -> list[str]:
+    folder = _packs_dir(stores)
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _drain(stores: Stores) -> list[str]:
+    ran = []
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        stores.queue.ack(lease, {"ran": lease.task_id})
+        ran.append(lease.task_id)
+    return ran
+
+
+def _lose_links(stores: Stores, task_ids: set[str]) -> None:
+    """What a power loss does to links made after the last sync: their entries are gone."""
+    for name in pending_names(stores.queue):
+        if name.split("_")[1] in task_ids:
+            [path] = Path(stores.queue.pending_dir).rglob(name)
+            path.unlink()
+
+
+def _written_in_another_boot(stores: Stores) -> None:
+    for name in _pack_names(stores):
+        path = _packs_dir(stores) / name
+        data = path.read_bytes()
+        assert data.startswith(packs.MAGIC)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, OTHER_BOOT.encode(), len(packs.MAGIC))
+        finally:
+            os.close(fd)
+
+
+def test_a_batch_shares_packs_and_every_task_reads_as_its_own(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a batch of 150 tasks
+    tasks = [make_task(clock, inputs={"n": n}) for n in range(150)]
+    stores.queue.enqueue(tasks)
+    # Then they live in three packs, each task's name a link to one of them
+    assert len(_pack_names(stores)) == 3
+    inodes = {p.stat().st_ino for p in Path(stores.queue.pending_dir).rglob("*.json")}
+    assert len(inodes) == 3
+    # And each task is leased with its own record, and its result is its own
+    ran = _drain(stores)
+    assert sorted(ran) == sorted(t.task_id for t in tasks)
+    for n, task in enumerate(tasks):
+        info = stores.queue.find(task.task_id)
+        assert info is not None and info.status is TaskStatus.SUCCEEDED
+        assert info.record["input"] == {"n": n}
+        assert info.record["result"] == {"ran": task.task_id}
+
+
+def test_one_task_per_call_fills_a_pack_then_starts_another(
+    stores: Stores, clock: FakeClock
+) -> None:
+    for _ in range(packs.PACK_TASKS + 1):
+        stores.queue.enqueue([make_task(clock)])
+
+    assert len(_pack_names(stores)) == 2
+
+
+def test_a_retry_and_a_cancel_stay_with_their_task(stores: Stores, clock: FakeClock) -> None:
+    # Given three tasks of one pack
+    first, second, third = (make_task(clock, inputs={"n": n}) for n in range(3))
+    stores.queue.enqueue([first, second, third])
+    # When the first fails once, the second is cancelled, and then everything runs
+    lease = stores.queue.lease("c", LEASE_S)
+    assert lease is not None and lease.task_id == first.task_id
+    stores.queue.retry(lease, Failure("boom"), 0.0)
+    assert stores.queue.cancel(second.task_id) == "cancelled"
+    ran = _drain(stores)
+    # Then the first ran again with its failure on record, the third once, the second never
+    assert ran == [third.task_id, first.task_id] or ran == [first.task_id, third.task_id]
+    info = stores.queue.find(first.task_id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED and info.attempts == 2
+    cancelled = stores.queue.find(second.task_id)
+    assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+    done = stores.queue.find(third.task_id)
+    assert done is not None and done.record["result"] == {"ran": third.task_id}
+
+
+def test_a_torn_record_in_a_pack_harms_only_its_own_task(stores: Stores, clock: FakeClock) -> None:
+    tasks = [make_task(clock, inputs={"n": n}) for n in range(5)]
+    stores.queue.enqueue(tasks)
+    [path] = [p for p in Path(stores.queue.pending_dir).rglob(f"*_{tasks[2].task_id}_0.json")]
+    damage_record(path, tasks[2].task_id, b'{"v":1,"ta')
+
+    ran = _drain(stores)
+
+    assert ran == [t.task_id for n, t in enumerate(tasks) if n != 2]
+    assert stores.queue.stats().pending == 0
+
+
+def test_a_live_writers_pack_is_never_retired(stores: Stores, clock: FakeClock) -> None:
+    # Given a writer that still holds its pack (it may add to it)
+    stores.queue.enqueue([make_task(clock)])
+    # Then a checkpoint leaves the pack's name alone, however long it waited
+    assert stores.queue.checkpoint() == 0
+    assert len(_pack_names(stores)) == 1
+    # And once the writer lets it go, the next checkpoint retires it
+    stores.queue.packs.close()
+    stores.queue.checkpoint()
+    assert _pack_names(stores) == []
+
+
+def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: FakeClock) -> None:
+    # Given tasks in every state, all from one pack whose writer is gone
+    stores = open_stores(dirs, durable=False, clock=clock)
+    tasks = [make_task(clock, inputs={"n": n}, max_attempts=1) for n in range(10)]
+    stores.queue.enqueue(tasks)
+    stores.queue.packs.close()
+    done = stores.queue.lease("c", LEASE_S)
+    assert done is not None
+    stores.queue.ack(done, {})
+    dead = stores.queue.lease("c", LEASE_S)
+    purged = stores.queue.lease("c", LEASE_S)
+    requeued = stores.queue.lease("c", LEASE_S)
+    inflight = stores.queue.lease("c", LEASE_S)
+    assert dead and purged and requeued and inflight
+    for lease in (dead, purged, requeued):
+        stores.queue.dead_letter(lease, Failure("no"))
+    assert stores.dlq.purge(purged.task_id)
+    assert stores.queue.requeue(requeued.task_id)
+    waiting = [t.task_id for t in tasks[5:]]
+    # When a power loss took the links of three waiting tasks, and the machine rebooted
+    lost = set(waiting[:3])
+    _lose_links(stores, lost)
+    _written_in_another_boot(stores)
+    # Then the next checkpoint links exactly those three back, and retires the pack
+    assert stores.queue.checkpoint() == 3
+    assert _pack_names(stores) == []
+    assert stores.queue.checkpoint() == 0
+    ran = _drain(stores)
+    assert sorted(ran) == sorted([*waiting, requeued.task_id])
+    for task_id in (done.task_id, dead.task_id, purged.task_id):
+        assert task_id not in ran
+
+
+def test_a_checkpoint_settles_a_live_writers_records_so_no_replay_brings_them_back(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given two tasks of a live writer, settled by a checkpoint, then run, and their results
+    # removed (as retention does)
+    first = [make_task(clock) for _ in range(2)]
+    stores.queue.enqueue(first)
+    assert stores.queue.checkpoint() == 0 and len(_pack_names(stores)) == 1
+    assert stores.queue.oldest_unsettled_ms() is None
+    assert sorted(_drain(stores)) == sorted(t.task_id for t in first)
+    for task in first:
+        Path(stores.queue.done_path(task.task_id)).unlink()
+    # and a third task of the same pack, not yet settled, whose link a power loss took
+    late = make_task(clock)
+    stores.queue.enqueue([late])
+    assert stores.queue.oldest_unsettled_ms() == int(late.task_id[:12], 16)
+    _lose_links(stores, {late.task_id})
+    stores.queue.packs.close()
+    _written_in_another_boot(stores)
+    # When the machine comes back, Then only the unsettled task is linked back
+    assert stores.queue.checkpoint() == 1
+    assert _drain(stores) == [late.task_id]
+
+
+def test_two_processes_replaying_at_once_bring_each_task_back_once(
+    dirs: DataDirs, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Given 100 tasks whose links a power loss took, in packs of an earlier boot
+    stores = open_stores(dirs, durable=False, clock=clock)
+    tasks = [make_task(clock) for _ in range(100)]
+    stores.queue.enqueue(tasks)
+    stores.queue.packs.close()
+    _lose_links(stores, {t.task_id for t in tasks})
+    _written_in_another_boot(stores)
+    # When two processes checkpoint at the same instant
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from tracemind.backend.file.stores import open_stores
+        from tracemind.config import DataDirs
+        stores = open_stores(DataDirs.of(*{_dirs(dirs)!r}), durable=False)
+        go = Path({str(tmp_path / "go")!r})
+        while not go.exists():
+            time.sleep(0.001)
+        print(stores.queue.checkpoint())
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    (tmp_path / "go").touch()
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    # Then every task is back exactly once
+    assert sum(int(out) for out in outputs) == 100
+    assert sorted(_drain(stores)) == sorted(t.task_id for t in tasks)
+
+
+def test_a_paused_writer_keeps_its_pack(dirs: DataDirs, clock: FakeClock) -> None:
+    # Given a writer process that enqueued and then stopped (SIGSTOP) holding its pack
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from pathlib import Path
+        from tracemind.backend.file.stores import open_stores
+        from tracemind.config import DataDirs
+        from tm_testing import FakeClock, make_task
+        stores = open_stores(DataDirs.of(*{_dirs(dirs)!r}), durable=True)
+        stores.queue.enqueue([make_task(FakeClock())])
+        print("enqueued", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"enqueued\n"
+        stores = open_stores(dirs, durable=True, clock=clock)
+        wait_until(lambda: _stopped(proc.pid), 10, "the writer to stop")
+        # Then no checkpoint retires its pack while it lives
+        stores.queue.checkpoint()
+        assert len(_pack_names(stores)) == 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # And once it is gone, the pack is retired and its task still waits
+    stores.queue.checkpoint()
+    assert _pack_names(stores) == []
+    assert stores.queue.stats().pending == 1
+
+
+def _dirs(dirs: DataDirs) -> list[str]:
+    return [str(dirs.queue), str(dirs.idempotency), str(dirs.dlq)]
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as file:
+        return file.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_retention_keeps_results_a_replay_could_bring_back(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a writer paused (SIGSTOP) in the middle of an enqueue: its record written, its
+    # link not yet made
+    from tracemind.backend.file.retention import Pruner
+    from tracemind.backend.retention import RetentionPolicy
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from tracemind.backend.file.stores import open_stores
+        from tracemind.config import DataDirs
+        from tm_testing import FakeClock, make_task
+        real_link = os.link
+        def pause_then_link(*args, **kwargs):
+            print("writing", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return real_link(*args, **kwargs)
+        os.link = pause_then_link
+        stores = open_stores(DataDirs.of(*{_dirs(dirs)!r}), durable=False)
+        stores.queue.enqueue([make_task(FakeClock())])
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+        wait_until(lambda: _stopped(writer.pid), 10, "the writer to stop")
+        # and a task enqueued after it (here, by this process, whose own pack is idle) that
+        # finished long ago
+        clock.advance(1)
+        stores = open_stores(dirs, durable=False, clock=clock)
+        task = make_task(clock)
+        stores.queue.enqueue([task])
+        lease = stores.queue.lease("c", LEASE_S)
+        assert lease is not None and lease.task_id == task.task_id
+        stores.queue.ack(lease, {})
+        done = Path(stores.queue.done_path(task.task_id))
+        old_s = clock() - 30 * 86400
+        os.utime(done, (old_s, old_s))
+        pruner = Pruner(stores, RetentionPolicy.from_env({}))
+        far_future_s = clock() + 30 * 86400
+        # Then retention keeps its result while the paused writer's record may be replayed
+        assert pruner.prune(now_s=far_future_s)["results"] == 0
+        assert done.exists()
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    # And removes it once that writer is gone
+    assert pruner.prune(now_s=far_future_s)["results"] == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "garbage", "empty", "huge"])
+def test_an_entry_of_packs_that_is_no_pack_is_moved_aside_and_holds_nothing_back(
+    stores: Stores, clock: FakeClock, kind: str
+) -> None:
+    # Given a task, and an entry in packs/ that no writer made
+    stores.queue.enqueue([make_task(clock)])
+    stores.queue.packs.close()
+    stores.queue.checkpoint()
+    junk = _packs_dir(stores) / "0000000000001-1-junk.pack"
+    if kind == "fifo":
+        os.mkfifo(junk)
+    elif kind == "directory":
+        junk.mkdir()
+    elif kind == "symlink":
+        junk.symlink_to("/dev/zero")
+    elif kind == "garbage":
+        junk.write_bytes(b"R 0123 - {}\n")
+    elif kind == "empty":
+        junk.write_bytes(b"")
+    else:
+        with open(junk, "wb") as file:
+            file.truncate(64 * 1024 * 1024 + 1)  # sparse: bigger than any record may be
+    # Then it never counts as the oldest record, and a checkpoint moves it aside, never blocking
+    assert stores.queue.oldest_unsettled_ms() is None
+    stores.queue.checkpoint()
+    assert _pack_names(stores) == []
+    assert any(Path(stores.queue.root, "quarantine").iterdir())
+    assert _drain(stores) != []
