@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import DaemonEnv
 
-from tm_testing import tm_command, wait_until
+from tm_testing import task_record, tm_command, wait_until
 
 ROUNDS = 20
 KEYED_PER_ROUND = 40
@@ -124,10 +124,7 @@ def test_a_crash_storm_loses_nothing_and_reruns_only_what_a_kill_interrupted(
     wait_until(drained, 180, "the queue to drain")
     # And every accepted task succeeded: nothing lost
     done_dir = daemon_env.data_dir / "queue" / "done"
-    records = {
-        path.stem: json.loads(path.read_bytes().partition(b"\n")[0])
-        for path in done_dir.glob("*/*.json")
-    }
+    records = {path.stem: task_record(path) for path in done_dir.glob("*/*.json")}
     assert accepted <= set(records), f"lost: {sorted(accepted - set(records))[:5]}"
     assert not list((daemon_env.data_dir / "dlq").glob("*.json"))
     # And each key has exactly one task, the one its successful enqueue reported

@@ -86,8 +86,9 @@ class Pruner:
         """Remove (or, with ``dry_run``, only count) what has expired; returns counts by kind."""
         now_s = time.time() if now_s is None else now_s
         removed: Counter[str] = Counter({kind: 0 for kind in KINDS})
-        if not dry_run:
-            self.stores.queue.checkpoint()
+        # (a dry run too: a checkpoint removes no record, and without it the count would not
+        # be what a prune removes)
+        self.stores.queue.checkpoint()
         self._unsettled_ms = self.stores.queue.oldest_unsettled_ms()
         for kind, path in self._expired(now_s):
             if sum(removed.values()) >= budget:
