@@ -16,15 +16,25 @@ from tracemind.submit import Submission
 
 
 class ListingLog:
-    """Wraps ``os.scandir``: the directories listed."""
+    """Wraps ``os.scandir`` and ``os.listdir`` (:meth:`install`): the directories listed."""
 
     def __init__(self) -> None:
         self.real = os.scandir
+        self.real_listdir = os.listdir
         self.listed: list[str] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> ListingLog:
+        monkeypatch.setattr(os, "scandir", self)
+        monkeypatch.setattr(os, "listdir", self.listdir)
+        return self
 
     def __call__(self, path: Any = ".") -> Any:
         self.listed.append(os.fspath(path))
         return self.real(path)
+
+    def listdir(self, path: Any = ".") -> list[Any]:
+        self.listed.append(os.fspath(path))
+        return self.real_listdir(path)
 
     def buckets(self) -> list[str]:
         """The inner buckets of pending/ that were listed (``…/pending/{outer}/{inner}``)."""
@@ -56,8 +66,7 @@ def test_finding_an_unknown_id_lists_no_bucket_the_census_counted(
     ids = _backlog(stores, clock, seconds=5, per_second=20)
     stores.queue.refresh_census()
     # When ids of no task are looked up: one from long before the backlog, one made now
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     unknown = ["000000000000" + "0000" + "abcdef", new_task_id(clock())]
     found = [stores.queue.find(task_id) for task_id in unknown]
     # Then each is nowhere, and no bucket was listed to say so
@@ -92,8 +101,7 @@ def test_a_bucket_changed_since_the_census_is_listed_again(
     target.write_bytes(b"{}")
     os.utime(newest, ns=(os.stat(newest).st_atime_ns, os.stat(newest).st_mtime_ns + 1))
     # When it is looked up, Then it is found: its bucket's mtime no longer matches the census
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     info = stores.queue.find(old.task_id)
     monkeypatch.undo()
     assert info is not None and info.attempts == 1
@@ -115,8 +123,7 @@ def test_writers_keep_the_census_of_a_queue_no_daemon_serves(
     monkeypatch.undo()
     clock.advance(5.0)
     # When a reader counts the queue
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stats = stores.queue.stats()
     monkeypatch.undo()
     # Then the counts are exact, and only the bucket written after the last writer's census
@@ -135,8 +142,7 @@ def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
     _backlog(stores, clock, seconds=3, per_second=10)
     stores.queue.keep_census()
     # When another task is enqueued right after, Then no directory is listed for the census
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stores.queue.enqueue([make_task(clock)])
     monkeypatch.undo()
     assert log.listed == []
@@ -152,8 +158,7 @@ def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     (stores.queue.root / "census.json").unlink()
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_BUDGET", 30)
     # When a writer keeps the census, Then it lists two buckets (stopping once past 30 names)
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stores.queue.keep_census()
     monkeypatch.undo()
     assert len(log.buckets()) == 2
