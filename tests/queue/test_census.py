@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tm_testing import FakeClock, make_task
 from tracemind.backend.file import census
-from tracemind.backend.file.stores import Stores
+from tracemind.backend.file.stores import Stores, open_stores
+from tracemind.config import DataDirs
 from tracemind.flows import FlowSnapshot
-from tracemind.queue.names import new_task_id
+from tracemind.queue.names import PendingName, new_task_id
 from tracemind.submit import Submission
 
 
@@ -176,3 +179,143 @@ def test_a_keyed_batch_keeps_the_census_too(
     # Then the census counts the settled buckets
     cached = census.load(str(stores.queue.root))
     assert cached is not None and len(cached) == 3
+
+
+def _uncovered_backlog(stores: Stores, clock: FakeClock, seconds: int) -> list[str]:
+    """A settled backlog of ``seconds`` buckets of 20 tasks that no census covers (what a
+    queue filled while no daemon served it looks like after the last writer's census)."""
+    ids = _backlog(stores, clock, seconds=seconds, per_second=20)
+    (stores.queue.root / "census.json").unlink(missing_ok=True)
+    return ids
+
+
+def test_an_unknown_id_lists_each_uncovered_bucket_once_over_all_passes(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 4 settled buckets that no census covers
+    _uncovered_backlog(stores, clock, seconds=4)
+    # When an id from before them all (which any bucket of its second may hold) is looked up
+    log = ListingLog().install(monkeypatch)
+    found = stores.queue.find("000000000000" + "0000" + "abcdef")
+    monkeypatch.undo()
+    # Then it is nowhere, and each bucket was listed once, not once per pass
+    assert found is None
+    assert len(log.buckets()) == 4 and len(set(log.buckets())) == 4
+
+
+def test_an_id_lists_only_the_buckets_whose_names_can_hold_it(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given uncovered buckets, one of them a chunk (tasks whose ids were made 5 s after their
+    # due time, which was given in the past)
+    _uncovered_backlog(stores, clock, seconds=3)
+    late = make_task(clock, due_in_s=-5.0)
+    stores.queue.enqueue([late])
+    (stores.queue.root / "census.json").unlink()
+    chunk = next(p for p in stores.queue.pending_dir.glob("*/*-*"))
+    assert chunk.name.endswith("-005000")
+    clock.advance(5.0)
+    # When an id made now is looked up, Then no bucket is listed (each holds ids made no
+    # later than its second, or 5 s after it)
+    log = ListingLog().install(monkeypatch)
+    assert stores.queue.find(new_task_id(clock())) is None
+    assert log.buckets() == []
+    # and an id made 5 s after a due time of the chunk's second lists that chunk only
+    assert stores.queue.find(late.task_id[:-6] + "ffffff") is None
+    monkeypatch.undo()
+    assert log.buckets() == [str(chunk)]
+    found = stores.queue.find(late.task_id)
+    assert found is not None and found.task_id == late.task_id
+
+
+def test_counting_an_uncovered_bucket_parses_no_name(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 uncovered buckets of task files
+    _uncovered_backlog(stores, clock, seconds=3)
+    # When a reader counts them
+    parsed: list[str] = []
+    real_parse = PendingName.parse
+
+    def counting_parse(name: str) -> PendingName | None:
+        parsed.append(name)
+        return real_parse(name)
+
+    monkeypatch.setattr(PendingName, "parse", staticmethod(counting_parse))
+    log = ListingLog().install(monkeypatch)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    # Then the counts are exact, each bucket was listed once, and no name was parsed
+    assert (stats.pending, stats.delayed, stats.damaged) == (60, 0, 0)
+    assert len(log.buckets()) == 3
+    assert parsed == []
+
+
+def _age(folder: Path, seconds: float) -> None:
+    """Give a directory an mtime ``seconds`` in the past (of the real clock)."""
+    old_ns = time.time_ns() - int(seconds * 1e9)
+    os.utime(folder, ns=(old_ns, old_ns))
+
+
+def test_a_task_written_just_after_the_census_was_read_is_counted(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 buckets that a serving process counted once they had settled
+    _backlog(stores, clock, seconds=3, per_second=5)
+    buckets = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    for folder in buckets:
+        _age(folder, 10.0)
+    stores.queue.refresh_census()
+    assert len(census.load(str(stores.queue.root)) or {}) == 3
+    # When a task lands in one of them right after a reader has read the census
+    real_load = census.load
+
+    def load_then_write(root: str) -> dict[str, list[int]] | None:
+        cached = real_load(root)
+        name = f"{int(buckets[1].name) * 1000 + 1:013d}_{new_task_id(clock() - 3600)}_1.json"
+        (buckets[1] / name).write_bytes(b"{}")
+        return cached
+
+    monkeypatch.setattr(census, "load", load_then_write)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    # Then it is counted: its bucket's mtime is no longer the one in the census
+    assert stats.pending == 16
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "same-tick"])
+def test_a_task_moved_into_a_bucket_after_a_pass_listed_it_is_found(
+    dirs: DataDirs, monkeypatch: pytest.MonkeyPatch, settled: bool
+) -> None:
+    # Given uncovered buckets on a clock that is the real one: settled ones (10 s old), or
+    # ones written just now
+    clock = FakeClock(time.time())
+    stores = open_stores(dirs, durable=False, clock=clock)
+    stores.queue.enqueue([make_task(clock) for _ in range(5)])
+    folder = next(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    if settled:
+        _age(folder, 10.0)
+    (stores.queue.root / "census.json").unlink(missing_ok=True)
+    # When, after the first pass of a lookup listed that bucket, the task is renamed into it
+    # (a retry) — keeping the bucket's mtime when it was not settled (the same timestamp tick
+    # as its last change), changing it otherwise (any later change does)
+    moved = make_task(FakeClock(clock() - 3600))
+    target = folder / f"{int(folder.name[:10]) * 1000:013d}_{moved.task_id}_1.json"
+    real_find_once = stores.queue._find_once
+    passes: list[int] = []
+
+    def find_once_then_move(task_id: str, search: Any = None) -> Any:
+        info = real_find_once(task_id, search)
+        if not passes:
+            before = os.stat(folder)
+            target.write_bytes(b"{}")
+            if not settled:
+                os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+        passes.append(1)
+        return info
+
+    monkeypatch.setattr(stores.queue, "_find_once", find_once_then_move)
+    info = stores.queue.find(moved.task_id)
+    # Then a later pass finds it
+    assert len(passes) == 2
+    assert info is not None and info.attempts == 1
