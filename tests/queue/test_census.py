@@ -129,10 +129,12 @@ def test_writers_keep_the_census_of_a_queue_no_daemon_serves(
     log = ListingLog().install(monkeypatch)
     stats = stores.queue.stats()
     monkeypatch.undo()
-    # Then the counts are exact, and only the bucket written after the last writer's census
-    # was listed (the reader writes nothing)
+    # Then the counts are exact, and at most the last bucket was listed: the last writer's
+    # census covers it unless it changed in the file system's tick of that census (the reader
+    # writes nothing)
     assert (stats.pending, stats.delayed, stats.damaged) == (300, 0, 0)
-    assert len(log.buckets()) == 1
+    newest = max(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    assert set(log.buckets()) <= {str(newest)}
 
 
 def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
@@ -319,3 +321,83 @@ def test_a_task_moved_into_a_bucket_after_a_pass_listed_it_is_found(
     # Then a later pass finds it
     assert len(passes) == 2
     assert info is not None and info.attempts == 1
+
+
+def _stamp(folders: list[Path], base_ns: int) -> list[int]:
+    """Give the directories mtimes a second apart from ``base_ns`` on; returns them."""
+    stamps = [base_ns + n * 1_000_000_000 for n in range(len(folders))]
+    for folder, stamp in zip(folders, stamps, strict=True):
+        os.utime(folder, ns=(stamp, stamp))
+    return stamps
+
+
+def test_a_writer_keeps_only_buckets_that_changed_before_the_file_systems_clock(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 buckets that last changed a second apart, and no census
+    _uncovered_backlog(stores, clock, seconds=3)
+    folders = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    stamps = _stamp(folders, time.time_ns() - 10_000_000_000)
+    # When a writer keeps the census while the file system's clock reads the middle one's
+    # mtime (it changed in that very tick: a change after the listing could keep it)
+    monkeypatch.setattr(census, "fs_clock_ns", lambda tmp_dir: stamps[1])
+    stores.queue.keep_census()
+    # Then only the bucket that changed before that tick is kept
+    keys = sorted(census.load(str(stores.queue.root)) or {})
+    assert keys == [str(folders[0].relative_to(stores.queue.pending_dir))]
+    # and when a task lands in the middle one in that same tick (its mtime unchanged),
+    # a reader still counts it
+    name = f"{int(folders[1].name) * 1000 + 7:013d}_{new_task_id(clock() - 3600)}_0.json"
+    (folders[1] / name).write_bytes(b"{}")
+    os.utime(folders[1], ns=(stamps[1], stamps[1]))
+    assert stores.queue.stats().pending == 61
+    # When the clock has moved one nanosecond past it, Then both are kept
+    (stores.queue.root / "census.json").unlink()
+    monkeypatch.setattr(census, "fs_clock_ns", lambda tmp_dir: stamps[1] + 1)
+    stores.queue.keep_census()
+    assert len(census.load(str(stores.queue.root)) or {}) == 2
+
+
+def test_a_writer_keeps_the_bucket_of_the_current_second_for_readers_after_it(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given tasks due through the current second, some not yet due, written a while ago
+    second_s = float(int(clock()))
+    clock.now_s = second_s + 0.1
+    tasks = [make_task(clock, due_in_s=offset) for offset in (0.0, 0.2, 0.7)]
+    stores.queue.enqueue(tasks)
+    clock.now_s = second_s + 0.5
+    (stores.queue.root / "census.json").unlink()
+    folder = next(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    _stamp([folder], time.time_ns() - 10_000_000_000)
+    # When a writer keeps the census within that second
+    stores.queue.keep_census()
+    # Then the bucket is kept with all 3 tasks and the first due time
+    (entry,) = (census.load(str(stores.queue.root)) or {}).values()
+    assert entry[1:4] == [3, 0, int((second_s + 0.1) * 1000)]
+    # and a reader within the second still lists it (one task is not due yet) ...
+    log = ListingLog().install(monkeypatch)
+    within = stores.queue.stats()
+    # ... while one after it takes the census (all due) and lists nothing
+    clock.advance(1.0)
+    after = stores.queue.stats()
+    monkeypatch.undo()
+    assert (within.pending, within.delayed) == (2, 1)
+    assert (after.pending, after.delayed) == (3, 0)
+    assert log.buckets() == [str(folder)]
+    assert after.oldest_pending_age_s == pytest.approx(1.4)
+
+
+def test_the_file_systems_clock_falls_between_the_changes_before_and_after_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    (folder / "first").touch()
+    before_ns = os.stat(folder).st_mtime_ns
+    clock_ns = census.fs_clock_ns(str(tmp_path))
+    (folder / "second").touch()
+    after_ns = os.stat(folder).st_mtime_ns
+    assert clock_ns is not None and before_ns <= clock_ns <= after_ns
+    assert [p.name for p in tmp_path.iterdir()] == ["bucket"]  # (its file is gone)
+    assert census.fs_clock_ns(str(tmp_path / "missing")) is None

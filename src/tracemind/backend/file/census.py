@@ -16,6 +16,7 @@ Readers never write the file; a missing, damaged or foreign file only means a fu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -131,11 +132,18 @@ def settle_more(
     """``cache`` with the settled buckets it lacks counted in, listing at most about
     ``budget`` names (what a writer does on the way: see :meth:`FileQueue.keep_census`).
 
-    Unlike :func:`count_pending` it lists no bucket that it could not keep (recent, or in the
-    future), and it drops the entries of buckets that changed or are gone; entries that are not
-    buckets (the DLQ's) are kept as they are."""
+    A bucket is settled here when its mtime is earlier than the file system's clock before
+    any listing (:func:`fs_clock_ns`; else :data:`SETTLE_S` before ``now_ms``): a change after
+    the listing then gives it another mtime, even in the same tick as the listing. Buckets of
+    the current second are kept too, with all their tasks (readers take an entry only once its
+    bucket is past, when all are due), so a queue whose writers stopped has a census up to
+    their last pass. Unlike :func:`count_pending` it lists no bucket that it could not keep (in
+    the future, or changed since that clock), and it drops the entries of buckets that changed
+    or are gone; entries that are not buckets (the DLQ's) are kept as they are."""
     kept = {key: entry for key, entry in (cache or {}).items() if not key[:1].isdigit()}
-    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    settled_ns = fs_clock_ns(pending.tmp_dir)
+    if settled_ns is None:
+        settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
     root_length = len(pending.path)
     listed = 0
     for bucket in pending.buckets():
@@ -145,17 +153,30 @@ def settle_more(
         cached = cache.get(key) if cache else None
         if cached is not None and cached[0] == bucket.mtime_ns:
             kept[key] = cached
-        elif (
-            listed < budget
-            and bucket.start_ms + INNER_MS <= now_ms
-            and (bucket.mtime_ns < settle_ns)
-        ):
+        elif listed < budget and bucket.start_ms <= now_ms and bucket.mtime_ns < settled_ns:
             counted = _count_bucket(pending, bucket, now_ms)
-            listed += counted.due + counted.delayed + counted.damaged
-            oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
-            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
-            kept[key] = entry
+            tasks = len(counted.names)
+            listed += tasks + counted.damaged
+            oldest = int(min(counted.names)[:13]) if tasks else -1
+            kept[key] = [bucket.mtime_ns, tasks, counted.damaged, oldest, *counted.id_range()]
     return kept
+
+
+def fs_clock_ns(tmp_dir: str) -> int | None:
+    """The file system's clock now, in its own ticks: the mtime of a file made (and removed)
+    in ``tmp_dir``. A directory whose mtime is earlier changes its mtime with any later
+    change. None when no file can be made there."""
+    path = os.path.join(tmp_dir, f".census-clock-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        return os.fstat(descriptor).st_mtime_ns
+    finally:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
