@@ -9,7 +9,8 @@ lists only the buckets whose mtime differs from the cached one (or that were not
 takes the rest from the file: the result is exact, and costs O(buckets + tasks in recently
 changed buckets). The settle margin is git's answer to "racily clean" index entries: a
 directory changed again within the same timestamp tick as its listing would keep its mtime, so
-only buckets that were quiet for a while are trusted.
+only buckets that were quiet for a while are trusted. Writers on their way (:func:`settle_more`)
+measure quiet on the file system's own clock instead, which needs no margin.
 
 Readers never write the file; a missing, damaged or foreign file only means a full listing.
 """
