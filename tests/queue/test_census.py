@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tm_testing import FakeClock, make_task
 from tracemind.backend.file import census
-from tracemind.backend.file.stores import Stores
+from tracemind.backend.file.stores import Stores, open_stores
+from tracemind.config import DataDirs
 from tracemind.flows import FlowSnapshot
-from tracemind.queue.names import new_task_id
+from tracemind.queue.names import PendingName, new_task_id
 from tracemind.submit import Submission
 
 
 class ListingLog:
-    """Wraps ``os.scandir``: the directories listed."""
+    """Wraps ``os.scandir`` and ``os.listdir`` (:meth:`install`): the directories listed."""
 
     def __init__(self) -> None:
         self.real = os.scandir
+        self.real_listdir = os.listdir
         self.listed: list[str] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> ListingLog:
+        monkeypatch.setattr(os, "scandir", self)
+        monkeypatch.setattr(os, "listdir", self.listdir)
+        return self
 
     def __call__(self, path: Any = ".") -> Any:
         self.listed.append(os.fspath(path))
         return self.real(path)
+
+    def listdir(self, path: Any = ".") -> list[Any]:
+        self.listed.append(os.fspath(path))
+        return self.real_listdir(path)
 
     def buckets(self) -> list[str]:
         """The inner buckets of pending/ that were listed (``…/pending/{outer}/{inner}``)."""
@@ -56,8 +69,7 @@ def test_finding_an_unknown_id_lists_no_bucket_the_census_counted(
     ids = _backlog(stores, clock, seconds=5, per_second=20)
     stores.queue.refresh_census()
     # When ids of no task are looked up: one from long before the backlog, one made now
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     unknown = ["000000000000" + "0000" + "abcdef", new_task_id(clock())]
     found = [stores.queue.find(task_id) for task_id in unknown]
     # Then each is nowhere, and no bucket was listed to say so
@@ -92,8 +104,7 @@ def test_a_bucket_changed_since_the_census_is_listed_again(
     target.write_bytes(b"{}")
     os.utime(newest, ns=(os.stat(newest).st_atime_ns, os.stat(newest).st_mtime_ns + 1))
     # When it is looked up, Then it is found: its bucket's mtime no longer matches the census
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     info = stores.queue.find(old.task_id)
     monkeypatch.undo()
     assert info is not None and info.attempts == 1
@@ -115,14 +126,15 @@ def test_writers_keep_the_census_of_a_queue_no_daemon_serves(
     monkeypatch.undo()
     clock.advance(5.0)
     # When a reader counts the queue
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stats = stores.queue.stats()
     monkeypatch.undo()
-    # Then the counts are exact, and only the bucket written after the last writer's census
-    # was listed (the reader writes nothing)
+    # Then the counts are exact, and at most the last bucket was listed: the last writer's
+    # census covers it unless it changed in the file system's tick of that census (the reader
+    # writes nothing)
     assert (stats.pending, stats.delayed, stats.damaged) == (300, 0, 0)
-    assert len(log.buckets()) == 1
+    newest = max(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    assert set(log.buckets()) <= {str(newest)}
 
 
 def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
@@ -135,8 +147,7 @@ def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
     _backlog(stores, clock, seconds=3, per_second=10)
     stores.queue.keep_census()
     # When another task is enqueued right after, Then no directory is listed for the census
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stores.queue.enqueue([make_task(clock)])
     monkeypatch.undo()
     assert log.listed == []
@@ -152,8 +163,7 @@ def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     (stores.queue.root / "census.json").unlink()
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_BUDGET", 30)
     # When a writer keeps the census, Then it lists two buckets (stopping once past 30 names)
-    log = ListingLog()
-    monkeypatch.setattr(os, "scandir", log)
+    log = ListingLog().install(monkeypatch)
     stores.queue.keep_census()
     monkeypatch.undo()
     assert len(log.buckets()) == 2
@@ -171,3 +181,223 @@ def test_a_keyed_batch_keeps_the_census_too(
     # Then the census counts the settled buckets
     cached = census.load(str(stores.queue.root))
     assert cached is not None and len(cached) == 3
+
+
+def _uncovered_backlog(stores: Stores, clock: FakeClock, seconds: int) -> list[str]:
+    """A settled backlog of ``seconds`` buckets of 20 tasks that no census covers (what a
+    queue filled while no daemon served it looks like after the last writer's census)."""
+    ids = _backlog(stores, clock, seconds=seconds, per_second=20)
+    (stores.queue.root / "census.json").unlink(missing_ok=True)
+    return ids
+
+
+def test_an_unknown_id_lists_each_uncovered_bucket_once_over_all_passes(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 4 settled buckets that no census covers
+    _uncovered_backlog(stores, clock, seconds=4)
+    # When an id from before them all (which any bucket of its second may hold) is looked up
+    log = ListingLog().install(monkeypatch)
+    found = stores.queue.find("000000000000" + "0000" + "abcdef")
+    monkeypatch.undo()
+    # Then it is nowhere, and each bucket was listed once, not once per pass
+    assert found is None
+    assert len(log.buckets()) == 4 and len(set(log.buckets())) == 4
+
+
+def test_an_id_lists_only_the_buckets_whose_names_can_hold_it(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given uncovered buckets, one of them a chunk (tasks whose ids were made 5 s after their
+    # due time, which was given in the past)
+    _uncovered_backlog(stores, clock, seconds=3)
+    late = make_task(clock, due_in_s=-5.0)
+    stores.queue.enqueue([late])
+    (stores.queue.root / "census.json").unlink()
+    chunk = next(p for p in stores.queue.pending_dir.glob("*/*-*"))
+    assert chunk.name.endswith("-005000")
+    clock.advance(5.0)
+    # When an id made now is looked up, Then no bucket is listed (each holds ids made no
+    # later than its second, or 5 s after it)
+    log = ListingLog().install(monkeypatch)
+    assert stores.queue.find(new_task_id(clock())) is None
+    assert log.buckets() == []
+    # and an id made 5 s after a due time of the chunk's second lists that chunk only
+    assert stores.queue.find(late.task_id[:-6] + "ffffff") is None
+    monkeypatch.undo()
+    assert log.buckets() == [str(chunk)]
+    found = stores.queue.find(late.task_id)
+    assert found is not None and found.task_id == late.task_id
+
+
+def test_counting_an_uncovered_bucket_parses_no_name(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 uncovered buckets of task files
+    _uncovered_backlog(stores, clock, seconds=3)
+    # When a reader counts them
+    parsed: list[str] = []
+    real_parse = PendingName.parse
+
+    def counting_parse(name: str) -> PendingName | None:
+        parsed.append(name)
+        return real_parse(name)
+
+    monkeypatch.setattr(PendingName, "parse", staticmethod(counting_parse))
+    log = ListingLog().install(monkeypatch)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    # Then the counts are exact, each bucket was listed once, and no name was parsed
+    assert (stats.pending, stats.delayed, stats.damaged) == (60, 0, 0)
+    assert len(log.buckets()) == 3
+    assert parsed == []
+
+
+def _age(folder: Path, seconds: float) -> None:
+    """Give a directory an mtime ``seconds`` in the past (of the real clock)."""
+    old_ns = time.time_ns() - int(seconds * 1e9)
+    os.utime(folder, ns=(old_ns, old_ns))
+
+
+def test_a_task_written_just_after_the_census_was_read_is_counted(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 buckets that a serving process counted once they had settled
+    _backlog(stores, clock, seconds=3, per_second=5)
+    buckets = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    for folder in buckets:
+        _age(folder, 10.0)
+    stores.queue.refresh_census()
+    assert len(census.load(str(stores.queue.root)) or {}) == 3
+    # When a task lands in one of them right after a reader has read the census
+    real_load = census.load
+
+    def load_then_write(root: str) -> dict[str, list[int]] | None:
+        cached = real_load(root)
+        name = f"{int(buckets[1].name) * 1000 + 1:013d}_{new_task_id(clock() - 3600)}_1.json"
+        (buckets[1] / name).write_bytes(b"{}")
+        return cached
+
+    monkeypatch.setattr(census, "load", load_then_write)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    # Then it is counted: its bucket's mtime is no longer the one in the census
+    assert stats.pending == 16
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "same-tick"])
+def test_a_task_moved_into_a_bucket_after_a_pass_listed_it_is_found(
+    dirs: DataDirs, monkeypatch: pytest.MonkeyPatch, settled: bool
+) -> None:
+    # Given uncovered buckets on a clock that is the real one: settled ones (10 s old), or
+    # ones written just now
+    clock = FakeClock(time.time())
+    stores = open_stores(dirs, durable=False, clock=clock)
+    stores.queue.enqueue([make_task(clock) for _ in range(5)])
+    folder = next(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    if settled:
+        _age(folder, 10.0)
+    (stores.queue.root / "census.json").unlink(missing_ok=True)
+    # When, after the first pass of a lookup listed that bucket, the task is renamed into it
+    # (a retry) — keeping the bucket's mtime when it was not settled (the same timestamp tick
+    # as its last change), changing it otherwise (any later change does)
+    moved = make_task(FakeClock(clock() - 3600))
+    target = folder / f"{int(folder.name[:10]) * 1000:013d}_{moved.task_id}_1.json"
+    real_find_once = stores.queue._find_once
+    passes: list[int] = []
+
+    def find_once_then_move(task_id: str, search: Any = None) -> Any:
+        info = real_find_once(task_id, search)
+        if not passes:
+            before = os.stat(folder)
+            target.write_bytes(b"{}")
+            if not settled:
+                os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+        passes.append(1)
+        return info
+
+    monkeypatch.setattr(stores.queue, "_find_once", find_once_then_move)
+    info = stores.queue.find(moved.task_id)
+    # Then a later pass finds it
+    assert len(passes) == 2
+    assert info is not None and info.attempts == 1
+
+
+def _stamp(folders: list[Path], base_ns: int) -> list[int]:
+    """Give the directories mtimes a second apart from ``base_ns`` on; returns them."""
+    stamps = [base_ns + n * 1_000_000_000 for n in range(len(folders))]
+    for folder, stamp in zip(folders, stamps, strict=True):
+        os.utime(folder, ns=(stamp, stamp))
+    return stamps
+
+
+def test_a_writer_keeps_only_buckets_that_changed_before_the_file_systems_clock(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 3 buckets that last changed a second apart, and no census
+    _uncovered_backlog(stores, clock, seconds=3)
+    folders = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    stamps = _stamp(folders, time.time_ns() - 10_000_000_000)
+    # When a writer keeps the census while the file system's clock reads the middle one's
+    # mtime (it changed in that very tick: a change after the listing could keep it)
+    monkeypatch.setattr(census, "fs_clock_ns", lambda tmp_dir: stamps[1])
+    stores.queue.keep_census()
+    # Then only the bucket that changed before that tick is kept
+    keys = sorted(census.load(str(stores.queue.root)) or {})
+    assert keys == [str(folders[0].relative_to(stores.queue.pending_dir))]
+    # and when a task lands in the middle one in that same tick (its mtime unchanged),
+    # a reader still counts it
+    name = f"{int(folders[1].name) * 1000 + 7:013d}_{new_task_id(clock() - 3600)}_0.json"
+    (folders[1] / name).write_bytes(b"{}")
+    os.utime(folders[1], ns=(stamps[1], stamps[1]))
+    assert stores.queue.stats().pending == 61
+    # When the clock has moved one nanosecond past it, Then both are kept
+    (stores.queue.root / "census.json").unlink()
+    monkeypatch.setattr(census, "fs_clock_ns", lambda tmp_dir: stamps[1] + 1)
+    stores.queue.keep_census()
+    assert len(census.load(str(stores.queue.root)) or {}) == 2
+
+
+def test_a_writer_keeps_the_bucket_of_the_current_second_for_readers_after_it(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given tasks due through the current second, some not yet due, written a while ago
+    second_s = float(int(clock()))
+    clock.now_s = second_s + 0.1
+    tasks = [make_task(clock, due_in_s=offset) for offset in (0.0, 0.2, 0.7)]
+    stores.queue.enqueue(tasks)
+    clock.now_s = second_s + 0.5
+    (stores.queue.root / "census.json").unlink()
+    folder = next(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    _stamp([folder], time.time_ns() - 10_000_000_000)
+    # When a writer keeps the census within that second
+    stores.queue.keep_census()
+    # Then the bucket is kept with all 3 tasks and the first due time
+    (entry,) = (census.load(str(stores.queue.root)) or {}).values()
+    assert entry[1:4] == [3, 0, int((second_s + 0.1) * 1000)]
+    # and a reader within the second still lists it (one task is not due yet) ...
+    log = ListingLog().install(monkeypatch)
+    within = stores.queue.stats()
+    # ... while one after it takes the census (all due) and lists nothing
+    clock.advance(1.0)
+    after = stores.queue.stats()
+    monkeypatch.undo()
+    assert (within.pending, within.delayed) == (2, 1)
+    assert (after.pending, after.delayed) == (3, 0)
+    assert log.buckets() == [str(folder)]
+    assert after.oldest_pending_age_s == pytest.approx(1.4)
+
+
+def test_the_file_systems_clock_falls_between_the_changes_before_and_after_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    (folder / "first").touch()
+    before_ns = os.stat(folder).st_mtime_ns
+    clock_ns = census.fs_clock_ns(str(tmp_path))
+    (folder / "second").touch()
+    after_ns = os.stat(folder).st_mtime_ns
+    assert clock_ns is not None and before_ns <= clock_ns <= after_ns
+    assert [p.name for p in tmp_path.iterdir()] == ["bucket"]  # (its file is gone)
+    assert census.fs_clock_ns(str(tmp_path / "missing")) is None

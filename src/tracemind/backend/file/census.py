@@ -9,18 +9,21 @@ lists only the buckets whose mtime differs from the cached one (or that were not
 takes the rest from the file: the result is exact, and costs O(buckets + tasks in recently
 changed buckets). The settle margin is git's answer to "racily clean" index entries: a
 directory changed again within the same timestamp tick as its listing would keep its mtime, so
-only buckets that were quiet for a while are trusted.
+only buckets that were quiet for a while are trusted. Writers on their way (:func:`settle_more`)
+measure quiet on the file system's own clock instead, which needs no margin.
 
 Readers never write the file; a missing, damaged or foreign file only means a full listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
-from tracemind.backend.file.pending import INNER_MS, Bucket, PendingDir
+from tracemind.backend.file.pending import INNER_MS, Bucket, PendingDir, all_task_names
 from tracemind.fsutil import dump_json, read_regular, write_atomic
+from tracemind.queue.names import PendingName, is_task_id, is_temporary
 from tracemind.values import Value
 
 TYPE_CHECKING = False
@@ -58,38 +61,40 @@ class Census(Value):
 
 
 class _BucketCount:
-    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged, and the
-    lowest and highest task id in it."""
+    """What one listing of a bucket found: tasks due by ``now``, delayed, damaged, the oldest
+    due time, and the names of its tasks (canonical: due times compare as strings)."""
 
-    __slots__ = ("damaged", "delayed", "due", "first_id", "last_id", "oldest_ms")
+    __slots__ = ("damaged", "delayed", "due", "names", "oldest_ms")
 
-    def __init__(self) -> None:
-        self.due = self.delayed = self.damaged = 0
+    def __init__(self, names: list[str], damaged: int) -> None:
+        self.names = names
+        self.damaged = damaged
+        self.due = self.delayed = 0
         self.oldest_ms: int | None = None
-        self.first_id = self.last_id = ""
-
-    def add_id(self, task_id: str) -> None:
-        if not self.first_id or task_id < self.first_id:
-            self.first_id = task_id
-        if task_id > self.last_id:
-            self.last_id = task_id
 
     def id_range(self) -> list[int]:
         """``[lowest, highest]`` task id as integers (``[-1, -1]`` for a bucket with none)."""
-        if not self.first_id:
+        if not self.names:
             return [-1, -1]
-        return [int(self.first_id, 16), int(self.last_id, 16)]
+        ids = [name[14:36] for name in self.names]
+        return [int(min(ids), 16), int(max(ids), 16)]
 
 
 def count_pending(
-    pending: PendingDir, now_ms: int, cache: dict[str, list[int]] | None = None
+    pending: PendingDir,
+    now_ms: int,
+    cache: dict[str, list[int]] | None = None,
+    *,
+    keep: bool = True,
 ) -> tuple[Census, dict[str, list[int]]]:
-    """(the census of ``pending/`` as of ``now_ms``, the cache entries for its settled buckets).
+    """(the census of ``pending/`` as of ``now_ms``, the cache entries for its settled buckets
+    — none unless ``keep``: a reader that will not save them spares their task id ranges).
 
     ``cache`` maps a bucket's path relative to ``pending/`` to ``[mtime_ns, tasks, damaged,
     oldest_due_ms, lowest_task_id, highest_task_id]`` as written by :func:`save` (task ids as
     integers; entries of earlier versions lack the two ids); entries are used only for buckets
-    that lie wholly in the past.
+    that lie wholly in the past. A bucket the cache does not cover is listed once, and its
+    names are counted without a Python step per name where they are all task names.
     """
     census = Census()
     settled: dict[str, list[int]] = {}
@@ -108,14 +113,14 @@ def count_pending(
         if cached is not None and cached[0] == bucket.mtime_ns:
             census.add_due(cached[1], cached[3] if cached[3] >= 0 else None)
             census.damaged += cached[2]
-            if past and bucket.mtime_ns < settle_ns:
+            if keep and past and bucket.mtime_ns < settle_ns:
                 settled[key] = cached
             continue
         counted = _count_bucket(pending, bucket, now_ms)
         census.add_due(counted.due, counted.oldest_ms)
         census.delayed += counted.delayed
         census.damaged += counted.damaged
-        if past and bucket.mtime_ns < settle_ns and len(settled) < MAX_CACHED_BUCKETS:
+        if keep and past and bucket.mtime_ns < settle_ns and len(settled) < MAX_CACHED_BUCKETS:
             oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
             entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
             settled[key] = entry
@@ -128,11 +133,18 @@ def settle_more(
     """``cache`` with the settled buckets it lacks counted in, listing at most about
     ``budget`` names (what a writer does on the way: see :meth:`FileQueue.keep_census`).
 
-    Unlike :func:`count_pending` it lists no bucket that it could not keep (recent, or in the
-    future), and it drops the entries of buckets that changed or are gone; entries that are not
-    buckets (the DLQ's) are kept as they are."""
+    A bucket is settled here when its mtime is earlier than the file system's clock before
+    any listing (:func:`fs_clock_ns`; else :data:`SETTLE_S` before ``now_ms``): a change after
+    the listing then gives it another mtime, even in the same tick as the listing. Buckets of
+    the current second are kept too, with all their tasks (readers take an entry only once its
+    bucket is past, when all are due), so a queue whose writers stopped has a census up to
+    their last pass. Unlike :func:`count_pending` it lists no bucket that it could not keep (in
+    the future, or changed since that clock), and it drops the entries of buckets that changed
+    or are gone; entries that are not buckets (the DLQ's) are kept as they are."""
     kept = {key: entry for key, entry in (cache or {}).items() if not key[:1].isdigit()}
-    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    settled_ns = fs_clock_ns(pending.tmp_dir)
+    if settled_ns is None:
+        settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
     root_length = len(pending.path)
     listed = 0
     for bucket in pending.buckets():
@@ -142,17 +154,30 @@ def settle_more(
         cached = cache.get(key) if cache else None
         if cached is not None and cached[0] == bucket.mtime_ns:
             kept[key] = cached
-        elif (
-            listed < budget
-            and bucket.start_ms + INNER_MS <= now_ms
-            and (bucket.mtime_ns < settle_ns)
-        ):
+        elif listed < budget and bucket.start_ms <= now_ms and bucket.mtime_ns < settled_ns:
             counted = _count_bucket(pending, bucket, now_ms)
-            listed += counted.due + counted.delayed + counted.damaged
-            oldest = -1 if counted.oldest_ms is None else counted.oldest_ms
-            entry = [bucket.mtime_ns, counted.due, counted.damaged, oldest, *counted.id_range()]
-            kept[key] = entry
+            tasks = len(counted.names)
+            listed += tasks + counted.damaged
+            oldest = int(min(counted.names)[:13]) if tasks else -1
+            kept[key] = [bucket.mtime_ns, tasks, counted.damaged, oldest, *counted.id_range()]
     return kept
+
+
+def fs_clock_ns(tmp_dir: str) -> int | None:
+    """The file system's clock now, in its own ticks: the mtime of a file made (and removed)
+    in ``tmp_dir``. A directory whose mtime is earlier changes its mtime with any later
+    change. None when no file can be made there."""
+    path = os.path.join(tmp_dir, f".census-clock-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        return os.fstat(descriptor).st_mtime_ns
+    finally:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
@@ -163,18 +188,33 @@ def _add_name(census: Census, due_ms: int, now_ms: int) -> None:
 
 
 def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCount:
-    counted = _BucketCount()
-    for name in pending.bucket_entries(bucket):
-        if name is None:
-            counted.damaged += 1
+    """One listing of ``bucket``: valid names are counted by their due times as strings (13
+    digits each, so the order is the numbers'), with one regular expression over all of them
+    to tell that they are valid; only a bucket with other entries is parsed name by name."""
+    names, others = pending.bucket_listing(bucket.path)
+    damaged = sum(1 for name in others if not is_temporary(name))
+    if not all_task_names(names):
+        canonical = []
+        for name in names:
+            parsed = PendingName.parse(name)
+            if parsed is not None:
+                canonical.append(str(parsed))  # (digits other than 0-9 parse too)
+            elif not is_temporary(name):
+                damaged += 1
+        names = canonical
+    counted = _BucketCount(names, damaged)
+    if names:
+        now = f"{now_ms:013d}"
+        oldest = min(names)[:13]
+        if oldest > now:
+            counted.delayed = len(names)
+        elif max(names)[:13] <= now:
+            counted.due = len(names)
         else:
-            counted.add_id(name.task_id)
-            if name.due_ms <= now_ms:
-                counted.due += 1
-                if counted.oldest_ms is None or name.due_ms < counted.oldest_ms:
-                    counted.oldest_ms = name.due_ms
-            else:
-                counted.delayed += 1
+            counted.due = sum(1 for name in names if name[:13] <= now)
+            counted.delayed = len(names) - counted.due
+        if counted.due:
+            counted.oldest_ms = int(oldest)
     return counted
 
 
@@ -188,6 +228,33 @@ def may_hold(cache: dict[str, list[int]] | None, key: str, mtime_ns: int, task_i
     return entry[4] <= int(task_id, 16) <= entry[5]
 
 
+class BucketSearch:
+    """Which buckets of ``pending/`` one lookup of ``task_id`` (:meth:`FileQueue.find`, in up
+    to three passes) lists: not those the census counted at their present mtime whose ids
+    exclude it (:func:`may_hold`), nor those an earlier pass listed without finding it that
+    have the same mtime and had settled (:data:`SETTLE_S`) by ``now_ms``, when the lookup
+    began — a change after that listing gave the directory a later mtime. A bucket that had
+    not settled is listed again: a rename into it within the timestamp tick of its last change
+    keeps its mtime."""
+
+    def __init__(self, cache: dict[str, list[int]] | None, task_id: str, now_ms: int) -> None:
+        self._cache = cache
+        self._task_id = task_id
+        self._settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+        self._missed: dict[str, int] = {}
+
+    def may_hold(self, key: str, mtime_ns: int) -> bool:
+        if self._missed.get(key) == mtime_ns:
+            return False
+        return may_hold(self._cache, key, mtime_ns, self._task_id)
+
+    def missed(self, key: str, mtime_ns: int) -> None:
+        """The bucket ``key`` was listed at ``mtime_ns`` (taken before the listing) and held no
+        copy."""
+        if mtime_ns < self._settle_ns:
+            self._missed[key] = mtime_ns
+
+
 DLQ_KEY = "//dlq"
 """The cache entry of the dead-letter directory: ``[mtime_ns, entries, damaged, -1]``."""
 
@@ -199,7 +266,6 @@ def count_dead(
     directory, by name: a file named like an entry counts as one without being opened. Taken
     from ``cache`` while the directory's mtime is the one counted there."""
     from tracemind.fsutil import scan_entries
-    from tracemind.queue.names import is_task_id, is_temporary
 
     try:
         mtime_ns = os.stat(dlq_root).st_mtime_ns
@@ -221,8 +287,6 @@ def count_dead(
 
 
 def _named_like_entry(name: str) -> bool:
-    from tracemind.queue.names import is_task_id
-
     return name.endswith(".json") and is_task_id(name[:-5])
 
 

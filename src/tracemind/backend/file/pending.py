@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import re
 
 from tracemind.backend.file.quarantine import quarantine
 from tracemind.errors import QueueError
@@ -40,7 +42,9 @@ from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
+
+    from tracemind.backend.file.census import BucketSearch
 
     from tracemind.backend.file.packs import PackWriter
 
@@ -68,6 +72,31 @@ def bucket_of(name: PendingName) -> str:
     if 0 < chunk <= MAX_CHUNK:
         inner += f"-{chunk:06d}"
     return f"{due_ms // OUTER_MS:07d}/{inner}/"
+
+
+def may_hold_id(inner_name: str, enqueued_ms: int) -> bool:
+    """Whether the inner bucket named ``inner_name`` can hold a task whose id was made at
+    ``enqueued_ms`` (its first 12 hex digits), from the two names alone: the converse of
+    :func:`bucket_of`. A chunk ``{second}-{k}`` holds only ids made ``k`` ms after a due time
+    of that second; a second's own bucket only ids made no later than its due time (every
+    arrival is due at or after its enqueue time) or more than :data:`MAX_CHUNK` ms after it
+    (a time given in the past)."""
+    start_ms = int(inner_name[:10]) * INNER_MS
+    if len(inner_name) > 10:
+        return start_ms <= enqueued_ms - int(inner_name[11:]) < start_ms + INNER_MS
+    return enqueued_ms < start_ms + INNER_MS or enqueued_ms > start_ms + MAX_CHUNK
+
+
+def all_task_names(names: list[str]) -> bool:
+    """Whether every one of ``names`` is a task file name (one regular expression over them
+    all: a fast path for the common case; :meth:`PendingName.parse` says which are not)."""
+    return not names or _task_names_pattern().fullmatch("/".join(names) + "/") is not None
+
+
+@functools.cache
+def _task_names_pattern() -> re.Pattern[str]:
+    """Task file names, each followed by a separator (compiled on first use)."""
+    return re.compile(r"(?:[0-9]{13}_[0-9a-f]{22}_[0-9]{1,6}\.json/)*")
 
 
 def _bucket_number(name: str, width: int) -> int | None:
@@ -318,16 +347,17 @@ class PendingDir:
                     elif damaged and not is_temporary(name):
                         yield None
 
-    def find(
-        self, task_id: str, may_hold: Callable[[str, int], bool] | None = None
-    ) -> PendingName | None:
+    def find(self, task_id: str, search: BucketSearch | None = None) -> PendingName | None:
         """The waiting copy of ``task_id``, or None. O(1) for a task that waits as it was
         enqueued (due at its enqueue time, never delivered). A task waiting for a delay or a
         retry is due later than most of a backlog, so the buckets are searched newest first,
-        and the search stops at the first bucket that holds it. ``may_hold(bucket, mtime_ns)``
-        (the bucket's path relative to ``pending/``, without a trailing separator) says which
-        buckets need listing: the census knows the task ids of the buckets it counted, so an
-        unknown id costs a stat per bucket plus a listing of the buckets changed since."""
+        and the search stops at the first bucket that holds it. Only buckets that can hold the
+        id by their names are listed (:func:`may_hold_id`), and of those, with ``search``, only
+        the ones ``search.may_hold(bucket, mtime_ns)`` allows (the bucket's path relative to
+        ``pending/``, without a trailing separator; its mtime before the listing); a listing
+        that finds no copy is reported by ``search.missed(bucket, mtime_ns)``. The census knows
+        the task ids of the buckets it counted, so an unknown id costs a stat per bucket plus a
+        listing of the buckets changed since, once per search."""
         enqueued_ms = int(task_id[:12], 16)
         fresh = PendingName(enqueued_ms, task_id, 0)
         if os.path.exists(self.path_of(fresh)):
@@ -336,31 +366,56 @@ class PendingDir:
             parsed = PendingName.parse(name) if regular else None
             if parsed is not None and parsed.task_id == task_id:
                 return parsed
+        marker = f"_{task_id}_"
         for outer_name in sorted(self._bucket_names(self.path, 7), reverse=True):
             outer = self.path + outer_name + "/"
             for inner_name in sorted(self._bucket_names(outer, 10), reverse=True):
-                if may_hold is not None and not self._may_hold(
-                    may_hold, outer_name + "/" + inner_name, outer + inner_name
-                ):
+                if not may_hold_id(inner_name, enqueued_ms):
+                    continue
+                key = outer_name + "/" + inner_name
+                mtime_ns = None if search is None else self._mtime_ns(outer + inner_name)
+                if search and mtime_ns is not None and not search.may_hold(key, mtime_ns):
                     continue
                 copies = [
                     parsed
-                    for name, _ in scan_entries(outer + inner_name)
-                    if (parsed := PendingName.parse(name)) is not None and parsed.task_id == task_id
+                    for name in _names_in(outer + inner_name)
+                    if marker in name
+                    and (parsed := PendingName.parse(name)) is not None
+                    and parsed.task_id == task_id
                 ]
                 if copies:  # (a FIFO named so is found too, and then shows as damaged)
                     return max(copies, key=lambda n: n.attempts)
+                if search is not None and mtime_ns is not None:
+                    search.missed(key, mtime_ns)
         return None
 
     @staticmethod
-    def _may_hold(may_hold: Callable[[str, int], bool], key: str, path: str) -> bool:
+    def _mtime_ns(path: str) -> int | None:
+        """The directory's mtime; None when it cannot be had but may still be listed."""
         try:
-            mtime_ns = os.stat(path, follow_symlinks=False).st_mtime_ns
-        except FileNotFoundError:  # gone since the listing (emptied): nothing to find there
-            return False
-        except OSError:  # (e.g. EACCES) the listing says what is wrong
-            return True
-        return may_hold(key, mtime_ns)
+            return os.stat(path, follow_symlinks=False).st_mtime_ns
+        except OSError:  # gone since the listing (nothing to find), or e.g. EACCES (the
+            return None  # listing says what is wrong)
+
+    @staticmethod
+    def bucket_listing(path: str) -> tuple[list[str], list[str]]:
+        """(the names of the regular files in the bucket directory ``path``, the names of its
+        other entries); both empty when it is gone. Like :func:`~tracemind.fsutil.scan_entries`
+        (the same errors), without a Python step per entry."""
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return [], []
+        except (PermissionError, NotADirectoryError) as exc:
+            raise _listing_error(path, exc) from exc
+        try:  # (entry types come with the listing: no system call, except where they do not)
+            regular = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+        except OSError:  # one went between the listing and its lstat: not a record now
+            regular = [entry.name for entry in entries if _is_regular(entry)]
+        if len(regular) == len(entries):
+            return regular, []
+        return regular, [entry.name for entry in entries if not _is_regular(entry)]
 
     def newest_first(self) -> Iterator[PendingName]:
         """Every waiting task, by due time from the latest back (by task id within a bucket);
@@ -437,6 +492,30 @@ class PendingDir:
                 yield parsed
             elif not is_temporary(name):
                 yield None
+
+
+def _names_in(directory: str) -> list[str]:
+    """Every entry's name in ``directory`` (none when it is gone)."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except (PermissionError, NotADirectoryError) as exc:
+        raise _listing_error(directory, exc) from exc
+
+
+def _listing_error(directory: str, exc: PermissionError | NotADirectoryError) -> QueueError:
+    """The error :func:`~tracemind.fsutil.scan_entries` raises for ``exc``."""
+    if isinstance(exc, PermissionError):
+        return QueueError(f"{directory}: cannot list (permission denied)")
+    return QueueError(f"{directory}: a path component is not a directory")
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:  # removed since the listing: whatever it was, not a record now
+        return False
 
 
 class Bucket:

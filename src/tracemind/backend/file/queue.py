@@ -71,11 +71,11 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
-    from tracemind.backend.file.census import Census
+    from tracemind.backend.file.census import BucketSearch, Census
     from tracemind.backend.file.commit import GroupCommitter
     from tracemind.backend.file.problems import ProblemBoard
     from tracemind.backend.file.registry import Registry
@@ -772,7 +772,8 @@ class FileQueue:
         from tracemind.backend.file import census
 
         now_ms = _ms(self.clock())
-        counted, _ = census.count_pending(self.waiting, now_ms, census.load(os.fspath(self.root)))
+        cached = census.load(os.fspath(self.root))
+        counted, _ = census.count_pending(self.waiting, now_ms, cached, keep=False)
         return self._stats(counted, now_ms)
 
     def maintain(self) -> None:
@@ -841,7 +842,7 @@ class FileQueue:
 
         now_ms = _ms(self.clock())
         cached = census.load(os.fspath(self.root))
-        counted, _ = census.count_pending(self.waiting, now_ms, cached)
+        counted, _ = census.count_pending(self.waiting, now_ms, cached, keep=False)
         dead, damaged, _ = census.count_dead(os.fspath(self.dlq.root), now_ms, cached)
         return self._stats(counted, now_ms), dead, damaged
 
@@ -921,23 +922,19 @@ class FileQueue:
         (a lease, a retry, a recovery) by renames that a search of one then the other can miss,
         so "nowhere" is answered only after :data:`FIND_PASSES` searches agree. Buckets of
         ``pending/`` that the census counted, unchanged since, and whose task ids do not
-        include this one are not listed (see :func:`tracemind.backend.file.census.may_hold`)."""
+        include this one are not listed, nor is a bucket again that an earlier pass listed and
+        that is unchanged and settled (see :class:`tracemind.backend.file.census.BucketSearch`)."""
         from tracemind.backend.file import census
 
         cached = census.load(os.fspath(self.root))
-
-        def may_hold(bucket: str, mtime_ns: int) -> bool:
-            return census.may_hold(cached, bucket, mtime_ns, task_id)
-
+        search = census.BucketSearch(cached, task_id, _ms(self.clock()))
         for _ in range(FIND_PASSES):
-            info = self._find_once(task_id, may_hold)
+            info = self._find_once(task_id, search)
             if info is not None:
                 return info
         return None
 
-    def _find_once(
-        self, task_id: str, may_hold: Callable[[str, int], bool] | None = None
-    ) -> TaskInfo | None:
+    def _find_once(self, task_id: str, search: BucketSearch | None = None) -> TaskInfo | None:
         if self._is_done(task_id):
             return self.finished(task_id)
         leases = [
@@ -949,7 +946,7 @@ class FileQueue:
             lease = max(leases, key=lambda n: n.attempt)
             record, _ = _read_or_empty(self._inflight + str(lease), task_id)
             return TaskInfo(task_id, TaskStatus.INFLIGHT, lease.attempt, record)
-        copy = self.waiting.find(task_id, may_hold)
+        copy = self.waiting.find(task_id, search)
         if copy is not None:
             due = copy.due_ms <= _ms(self.clock())
             status = TaskStatus.PENDING if due else TaskStatus.DELAYED
