@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from tracemind.backend.file.census import BucketSearch
-
     from tracemind.backend.file.packs import PackWriter
 
 OUTER_MS = 1_000_000
