@@ -11,7 +11,7 @@ and readers take the task's own lines out of the pack (:func:`task_bytes`).
 Format (one line each, every line written with a leading newline so that a line torn by a
 crash never runs into the next one)::
 
-    TMPACK 1 <boot id>                 the header
+    TMPACK 1 <boot id> <room bytes>    the header
     R <task id> <key digest or -> <record JSON>
     A <task id> <JSON>                 appended later: an ack's completion, a cancel stamp
 
@@ -88,7 +88,7 @@ def boot_id() -> str:
     """This boot's id (the kernel's ``random/boot_id``; the same in a container and its host)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as file:
-            return file.read().decode().strip() or "unknown"
+            return file.read().decode().strip()[:36] or "unknown"
     except OSError:
         return "unknown"
 
@@ -104,7 +104,8 @@ def task_bytes(data: bytes, task_id: str) -> bytes:
     if not data.startswith(MAGIC):
         return data
     tid = task_id.encode()
-    start = data.find(b"\nR " + tid + b" ")
+    room = _header(data)[1]
+    start = data.find(b"\nR " + tid + b" ", 0, room or len(data))
     if start < 0:
         return b""
     tag_end = data.find(b" ", start + 4 + len(tid))
@@ -113,12 +114,19 @@ def task_bytes(data: bytes, task_id: str) -> bytes:
         return b""
     parts = [data[tag_end + 1 : end]]
     marker = b"\nA " + tid + b" "
-    pos = end
+    pos = max(end, room - 1)  # (appended lines come after the room)
     while (pos := data.find(marker, pos)) >= 0:
         line_end = _line_end(data, pos + 1)
         parts.append(data[pos + len(marker) : line_end])
         pos = line_end
     return b"\n".join(parts) + b"\n"
+
+
+def _header(data: bytes) -> tuple[str, int]:
+    """(boot id, room bytes) of a pack's header (room 0 when it does not say)."""
+    fields = data[len(MAGIC) : data.find(b"\n")].split(b" ")
+    room = fields[1] if len(fields) > 1 else b""
+    return fields[0].decode(errors="replace"), int(room) if room.isdigit() else 0
 
 
 def keyed_task_bytes(data: bytes, digest: str) -> bytes:
@@ -302,12 +310,13 @@ class PackWriter:
         if self._fd >= 0 and self._pid == os.getpid():
             full.append(self._fd)
         self._fd, self._path = -1, ""
-        header = MAGIC + boot_id().encode() + b"\n"
+        header_bytes = len(MAGIC) + 36 + 10  # the boot id, the room's size and the separators
         wanted = left_bytes if not self._opened_any else PACK_BYTES
         room = max(
-            _blocks(len(header) + line_bytes), min(PACK_BYTES, _blocks(len(header) + wanted))
+            _blocks(header_bytes + line_bytes),
+            min(PACK_BYTES, _blocks(header_bytes + wanted)),
         )
-        self._open(header, room)
+        self._open(MAGIC + b"%s %d\n" % (boot_id().encode(), room), room)
         return True
 
     def _open(self, header: bytes, room_bytes: int) -> None:
@@ -491,8 +500,7 @@ def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tup
                     if lines and not _held(fd, WRITING_BYTE):  # (asked after the read)
                         marks.append((fd, lines[-1][0]))
                     continue
-                header = data.partition(b"\n")[0]
-                if header[len(MAGIC) :].decode(errors="replace") != current:
+                if _header(data)[0] != current:
                     if not _lock_replay(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
                         continue  # another process replays it, or has retired it
                     for task_id, record in records(data, done_to):
