@@ -33,7 +33,7 @@ def _packs_dir(stores: Stores) -> Path:
 
 def _pack_names(stores: Stores) -> list[str]:
     folder = _packs_dir(stores)
-    return sorted(os.listdir(folder)) if folder.exists() else []
+    return sorted(n for n in os.listdir(folder) if n.endswith(".pack")) if folder.exists() else []
 
 
 def _drain(stores: Stores) -> list[str]:
@@ -53,7 +53,7 @@ def _lose_links(stores: Stores, task_ids: set[str]) -> None:
 
 
 def _written_in_another_boot(stores: Stores) -> None:
-    for name in _pack_names(stores):
+    for name in os.listdir(_packs_dir(stores)):  # packs and their journals
         path = _packs_dir(stores) / name
         data = path.read_bytes()
         assert data.startswith(packs.MAGIC)
@@ -192,6 +192,33 @@ def test_a_checkpoint_settles_a_live_writers_records_so_no_replay_brings_them_ba
     # When the machine comes back, Then only the unsettled task is linked back
     assert stores.queue.checkpoint() == 1
     assert _drain(stores) == [late.task_id]
+
+
+def test_after_a_reboot_a_record_the_pack_lost_is_written_back_from_its_journal(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a durable queue: each pack has a journal, and only the journal is synced per call
+    stores = open_stores(dirs, durable=True, clock=clock)
+    tasks = [make_task(clock, inputs={"n": n}) for n in range(3)]
+    for task in tasks:
+        stores.queue.enqueue([task])
+    stores.queue.packs.close()
+    [journal] = [n for n in os.listdir(_packs_dir(stores)) if n.endswith(".journal")]
+    # When a power loss took the second task's record from the pack (its name survived) and
+    # the third task's name, and the machine rebooted
+    [path] = Path(stores.queue.pending_dir).rglob(f"*_{tasks[1].task_id}_0.json")
+    damage_record(path, tasks[1].task_id, b"\0\0\0")
+    _lose_links(stores, {tasks[2].task_id})
+    _written_in_another_boot(stores)
+    # Then the checkpoint writes back both from the journal, and retires pack and journal
+    assert stores.queue.checkpoint() == 2
+    assert os.listdir(_packs_dir(stores)) == []
+    ran = _drain(stores)
+    assert sorted(ran) == sorted(t.task_id for t in tasks)
+    for n, task in enumerate(tasks):
+        info = stores.queue.find(task.task_id)
+        assert info is not None and info.record["input"] == {"n": n}
+    assert journal  # (named after its pack)
 
 
 def test_two_processes_replaying_at_once_bring_each_task_back_once(

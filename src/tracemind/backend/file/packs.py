@@ -56,6 +56,7 @@ from tracemind.fsutil import (
     fsync_dir,
     open_regular,
     read_fd,
+    read_regular,
     sync_filesystem,
     write_error,
 )
@@ -80,6 +81,7 @@ REPLAY_BYTE = 0
 WRITING_BYTE = 2
 """Held by a pack's writer while it adds records (from the first write to the last link)."""
 SUFFIX = ".pack"
+JOURNAL_SUFFIX = ".journal"
 NO_KEY = "-"
 LINK_ATTEMPTS = 5
 
@@ -215,6 +217,8 @@ class PackWriter:
         self._mutex = _thread.allocate_lock()
         self._fd = -1
         self._path = ""
+        self._journal = -1
+        """The current pack's journal (a durable queue only), or -1."""
         self._pid = 0
         self._tasks = 0
         self._at = 0
@@ -245,7 +249,7 @@ class PackWriter:
         ]
         with self._mutex, self._writing():
             placed: list[tuple[str, str]] = []  # (pack path, target)
-            touched: dict[str, int] = {}
+            touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
             full: list[int] = []  # packs this call filled: closed once their links are made
             made_pack = False
             left_bytes = sum(map(len, lines))
@@ -255,10 +259,12 @@ class PackWriter:
                     if digest is not None:
                         self._digests.add(digest)
                     _write_at(self._fd, line, self._at)
+                    if self._journal >= 0:
+                        _write_at(self._journal, line, self._at)
                     self._at += len(line)
                     self._tasks += 1
                     left_bytes -= len(line)
-                    touched[self._path] = self._fd
+                    touched[self._path] = self._journal
                     placed.append((self._path, target))
                 self._make_durable(touched, made_pack)
                 for pack, target in placed:
@@ -290,7 +296,9 @@ class PackWriter:
         with self._mutex:
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)  # releases the alive lock
-            self._fd, self._path = -1, ""
+                if self._journal >= 0:
+                    os.close(self._journal)
+            self._fd, self._path, self._journal = -1, "", -1
 
     def _room_for(
         self, line_bytes: int, left_bytes: int, full: list[int], digest: str | None
@@ -309,7 +317,9 @@ class PackWriter:
             return False
         if self._fd >= 0 and self._pid == os.getpid():
             full.append(self._fd)
-        self._fd, self._path = -1, ""
+            if self._journal >= 0:
+                full.append(self._journal)
+        self._fd, self._path, self._journal = -1, "", -1
         header_bytes = len(MAGIC) + 36 + 10  # the boot id, the room's size and the separators
         wanted = left_bytes if not self._opened_any else PACK_BYTES
         room = max(
@@ -322,27 +332,46 @@ class PackWriter:
     def _open(self, header: bytes, room_bytes: int) -> None:
         """A new pack of ``room_bytes``: made in ``tmp/``, locked, written (its header, then
         zeros), then named in ``packs/`` (so a checkpoint never sees it unlocked while its
-        writer lives)."""
+        writer lives); with a durable queue, its journal too (named after it)."""
         ensure_dir(self.packs_dir)
-        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}{SUFFIX}"
+        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}"
+        room = header + bytes(room_bytes - len(header))
+        fd = self._make(name + SUFFIX, room, lock=True)
+        journal = -1
+        if self.durable:
+            try:
+                journal = self._make(name + JOURNAL_SUFFIX, room, lock=False)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._locked_fds.append(fd)
+        self._fd, self._path, self._pid = (
+            fd,
+            os.path.join(self.packs_dir, name + SUFFIX),
+            os.getpid(),
+        )
+        self._journal = journal
+        self._tasks, self._at, self._room_end = 0, len(header), room_bytes
+        self._digests = set()
+        self._opened_s, self._opened_any = time.monotonic(), True
+
+    def _make(self, name: str, content: bytes, *, lock: bool) -> int:
+        """Create ``packs/name`` holding ``content`` (made in ``tmp/`` and renamed, locked
+        first when ``lock``); its open descriptor."""
         tmp = os.path.join(self.tmp_dir, name + ".tmp")
         fd = create_exclusive(tmp, os.O_RDWR | os.O_CLOEXEC)
         try:
-            _lock_alive(fd)
-            _set_lock(fd, WRITING_BYTE, True)
-            _write_at(fd, header + bytes(room_bytes - len(header)), 0)
-            path = os.path.join(self.packs_dir, name)
-            os.rename(tmp, path)
+            if lock:
+                _lock_alive(fd)
+                _set_lock(fd, WRITING_BYTE, True)
+            _write_at(fd, content, 0)
+            os.rename(tmp, os.path.join(self.packs_dir, name))
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._locked_fds.append(fd)
-        self._fd, self._path, self._pid = fd, path, os.getpid()
-        self._tasks, self._at, self._room_end = 0, len(header), room_bytes
-        self._digests = set()
-        self._opened_s, self._opened_any = time.monotonic(), True
+        return fd
 
     def _make_durable(self, touched: dict[str, int], made_pack: bool) -> None:
         if not self.durable:
@@ -456,7 +485,7 @@ def _pack_names(packs_dir: str) -> list[str]:
         return []
 
 
-def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tuple[int, int]:
+def checkpoint(packs_dir: str, replay: Callable[[str, bytes], bool]) -> tuple[int, int]:
     """Make every link of the listed packs durable, and say so: (packs retired, tasks replayed).
 
     One ``syncfs`` covers all of them. Then a pack whose writer is gone (its alive lock is
@@ -464,9 +493,10 @@ def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tup
     being written to when it was read gets an ``S <offset>`` line saying that every record
     before that offset is linked durably (made durable itself before this returns).
 
-    A pack written in an earlier boot first has each of its records past that offset offered
-    to ``replay(pack path, task id, record JSON)``, which links the task back when it is found
-    nowhere and says whether it did; that pack is locked meanwhile (byte
+    A pack written in an earlier boot first has each of its records past that offset (as its
+    journal has them) offered to ``replay(task id, record JSON)``, which writes the task back
+    when it is found nowhere, or its record where a power loss lost it, and says whether it
+    did; that pack is locked meanwhile (byte
     :data:`REPLAY_BYTE`, never waited for), so two processes never replay one pack at once,
     and one that gets it after another retired it sees its name gone. An entry that is no
     pack is moved aside; one that cannot be read is left for the next time (it holds
@@ -494,17 +524,21 @@ def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tup
                     if not alive:
                         quarantine(path, os.path.dirname(packs_dir), "not a pack")
                     continue
+                # What was made durable is in the journal (the pack itself where it has none)
+                journal_fd, data = _journal(path, data)
+                if journal_fd >= 0:
+                    held.append(journal_fd)
                 done_to = settled(data)
                 if alive:
                     lines = _record_lines(data, done_to)
                     if lines and not _held(fd, WRITING_BYTE):  # (asked after the read)
-                        marks.append((fd, lines[-1][0]))
+                        marks.append((journal_fd if journal_fd >= 0 else fd, lines[-1][0]))
                     continue
                 if _header(data)[0] != current:
                     if not _lock_replay(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
                         continue  # another process replays it, or has retired it
                     for task_id, record in records(data, done_to):
-                        replayed += replay(path, task_id, record)
+                        replayed += replay(task_id, record)
             except (OSError, DamagedEntry):
                 continue
             retired.append(path)
@@ -518,11 +552,45 @@ def checkpoint(packs_dir: str, replay: Callable[[str, str, bytes], bool]) -> tup
                 os.fdatasync(fd)
         for path in retired:
             with contextlib.suppress(FileNotFoundError):
+                os.unlink(_journal_path(path))  # (first: a pack never outlives its journal)
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        _remove_orphan_journals(packs_dir)
         return len(retired), replayed
     finally:
         for fd in held:
             os.close(fd)
+
+
+def _journal_path(pack_path: str) -> str:
+    return pack_path[: -len(SUFFIX)] + JOURNAL_SUFFIX
+
+
+def _journal(pack_path: str, pack_data: bytes) -> tuple[int, bytes]:
+    """(an open descriptor of the pack's journal, its bytes), or (-1, ``pack_data``) for a
+    pack without one (a queue that is not durable)."""
+    path = _journal_path(pack_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1, pack_data
+    try:
+        data = read_fd(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, data if is_pack(data) else pack_data
+
+
+def _remove_orphan_journals(packs_dir: str) -> None:
+    """Journals whose pack is gone (a retirement interrupted between its two removals)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(packs_dir):
+            if name.endswith(JOURNAL_SUFFIX):
+                pack = os.path.join(packs_dir, name[: -len(JOURNAL_SUFFIX)] + SUFFIX)
+                if not os.path.lexists(pack):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(packs_dir, name))
 
 
 def _append(fd: int, line: bytes) -> None:
@@ -556,6 +624,9 @@ def oldest_unsettled_ms(packs_dir: str) -> int | None:
                 data = read_fd(fd, path)
             finally:
                 os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # (its settled marks are there)
+                journal = read_regular(_journal_path(path))
+                data = journal if is_pack(journal) else data
         except DamagedEntry:
             continue  # damage, not a pack: it holds no record (a checkpoint moves it aside)
         except OSError:

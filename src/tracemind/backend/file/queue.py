@@ -86,6 +86,7 @@ LOST_ERROR = "the worker died or its lease expired during this attempt"
 LAYOUT_FILE = "layout-2"
 """Present once a queue directory holds no record of the first layout (see :meth:`migrate`)."""
 FENCE_LEASE_S = 60.0
+WAITING_OR_RUNNING = frozenset({TaskStatus.PENDING, TaskStatus.DELAYED, TaskStatus.INFLIGHT})
 FIND_PASSES = 3
 """Searches that must all miss before ``find`` says a task does not exist."""
 CENSUS_WRITER_AGE_S = 1.0
@@ -798,25 +799,48 @@ class FileQueue:
 
         return oldest_unsettled_ms(self._packs)
 
-    def _replay(self, pack: str, task_id: str, record_json: bytes) -> bool:
-        """Link the task back into ``pending/`` (attempts 0, due as submitted) when it is found
-        nowhere: not pending, delayed, in flight, finished, dead, purged or requeued."""
-        if not is_task_id(task_id) or self.find(task_id) is not None:
-            return False
-        if self.dlq.has_trace(task_id):
+    def _replay(self, task_id: str, record_json: bytes) -> bool:
+        """After a reboot, give back what a power loss may have taken from a task enqueued just
+        before it (its record is durable in its pack's journal): its name, written back into
+        ``pending/`` (attempts 0, due as submitted) when the task is found nowhere — not
+        pending, delayed, in flight, finished, dead, purged or requeued — or its record,
+        rewritten under the name it waits or runs under when that name's record was lost.
+        True when it wrote either (call holding the pack's replay lock)."""
+        if not is_task_id(task_id):
             return False
         try:
             record = json.loads(record_json)
             due_ms = _ms(float(record.get("due_at") or record["enqueued_at"]))
         except (ValueError, KeyError, TypeError):
             return False
-        target = self.waiting.path_of(PendingName(due_ms, task_id, 0))
-        self.waiting.make_bucket(os.path.dirname(target))
-        try:
-            os.link(pack, target)
-        except FileExistsError:
+        whole = record_json + b"\n"
+        info = self.find(task_id)
+        if info is None:
+            if self.dlq.has_trace(task_id):
+                return False
+            target = self.waiting.path_of(PendingName(due_ms, task_id, 0))
+            write_atomic(target, whole, tmp_dir=self._tmp, durable=True, remake_parent=ensure_dir)
+            return True
+        if info.record or info.status not in WAITING_OR_RUNNING:
             return False
+        path = self._current_path(task_id)
+        if path is None:
+            return False
+        try:
+            replace_content(path, whole, tmp_dir=self._tmp, durable=True)
+        except FileNotFoundError:
+            return False  # it moved on meanwhile (a lease of it quarantines the damage)
         return True
+
+    def _current_path(self, task_id: str) -> str | None:
+        """Where the task waits (``pending/``) or runs (``inflight/``) now, if anywhere."""
+        copy = self.waiting.find(task_id)
+        if copy is not None:
+            return self.waiting.path_of(copy)
+        for name in map(InflightName.parse, scan_names(self._inflight)):
+            if name is not None and name.task_id == task_id:
+                return self._inflight + str(name)
+        return None
 
     def refresh_census(self) -> QueueStats:
         """:meth:`stats`, saving what it learnt for later readers (writers only)."""
