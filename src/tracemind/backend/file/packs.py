@@ -64,7 +64,7 @@ from tracemind.queue.names import is_task_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
 
 MAGIC = b"TMPACK 1 "
 PACK_TASKS = 64
@@ -227,6 +227,7 @@ class PackWriter:
         """... and where the pack's room ends."""
         self._opened_s = 0.0
         self._opened_any = False
+        self._locked_fds: list[int] = []
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
         pack, so that its key record (a link to the pack) names one task."""
@@ -247,7 +248,8 @@ class PackWriter:
             b"\nR %s %s %s\n" % (task_id.encode(), (digest or NO_KEY).encode(), record)
             for task_id, digest, record, _ in items
         ]
-        with self._mutex, self._writing():
+        with self._mutex:
+            self._lock_writing()
             placed: list[tuple[str, str]] = []  # (pack path, target)
             touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
             full: list[int] = []  # packs this call filled: closed once their links are made
@@ -272,24 +274,23 @@ class PackWriter:
             except OSError as exc:
                 raise write_error(exc.filename or self.packs_dir, exc) from exc
             finally:
+                self._unlock_writing(full)
                 for fd in full:
                     os.close(fd)  # releases its alive lock: the next checkpoint retires it
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Hold the current pack's writing lock (and that of every pack this call starts)
-        until the call's last link is made."""
-        self._locked_fds: list[int] = []
-        try:
-            if self._fd >= 0 and self._pid == os.getpid():
-                _set_lock(self._fd, WRITING_BYTE, True)
-                self._locked_fds.append(self._fd)
-            yield
-        finally:
-            for fd in self._locked_fds:
-                with contextlib.suppress(OSError):  # (closed already: released with it)
-                    _set_lock(fd, WRITING_BYTE, False)
-            self._locked_fds = []
+    def _lock_writing(self) -> None:
+        """Take the current pack's writing lock, held until the call's last link is made (a
+        pack the call starts is locked as it is made)."""
+        self._locked_fds = []
+        if self._fd >= 0 and self._pid == os.getpid():
+            _set_lock(self._fd, WRITING_BYTE, True)
+            self._locked_fds.append(self._fd)
+
+    def _unlock_writing(self, closing: list[int]) -> None:
+        for fd in self._locked_fds:
+            if fd not in closing:  # (closing it releases it)
+                _set_lock(fd, WRITING_BYTE, False)
+        self._locked_fds = []
 
     def close(self) -> None:
         """Let the current pack go (its ``packs/`` name then goes at the next checkpoint)."""

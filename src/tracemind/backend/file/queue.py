@@ -152,6 +152,7 @@ class FileQueue:
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
         self._board: ProblemBoard | None = None
+        self._flow_json = _FlowJson()
         self._held_back: dict[PendingName, float] = {}
         """Pending names this process may not read → when to try again (epoch seconds)."""
 
@@ -199,10 +200,9 @@ class FileQueue:
 
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
         self.prepare()
-        encoded_flows: dict[int, bytes] = {}
         self.waiting.place(
             [
-                (PendingName(_ms(t.due_s), t.task_id, 0), _encode_record(t.record, encoded_flows))
+                (PendingName(_ms(t.due_s), t.task_id, 0), _encode_record(t.record, self._flow_json))
                 for t in tasks
             ]
         )
@@ -247,10 +247,9 @@ class FileQueue:
         makes only after this returns; one whose submitter died before that is an orphan that
         :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
         self.prepare()
-        encoded_flows: dict[int, bytes] = {}
         self.packs.add(
             [
-                (t.task_id, digest, _encode_record(t.record, encoded_flows), self._staging + name)
+                (t.task_id, digest, _encode_record(t.record, self._flow_json), self._staging + name)
                 for name, t, digest in zip(names, tasks, digests, strict=True)
             ],
             ensure_dir,
@@ -981,16 +980,35 @@ class FileQueue:
         return self.finished(task_id)
 
 
-def _encode_record(record: dict[str, Any], encoded_flows: dict[int, bytes]) -> bytes:
-    """``record`` as JSON; a flow snapshot shared by a batch's records is encoded once."""
+class _FlowJson:
+    """The JSON of the flow snapshot the last records carried, so that a batch — or a process
+    that submits one task at a time — encodes its flow once. A snapshot is the same when it
+    wraps the same flow mapping (a :class:`~tracemind.flows.FlowSnapshot`'s, held here, which
+    nothing changes) from the same file and content."""
+
+    __slots__ = ("_flow", "_json", "_source")
+
+    def __init__(self) -> None:
+        self._flow: object = None
+        self._source: tuple[object, object] = (None, None)
+        self._json = b""
+
+    def of(self, snapshot: dict[str, Any]) -> bytes:
+        flow, source = snapshot.get("flow"), (snapshot.get("source_path"), snapshot.get("sha256"))
+        if flow is None or flow is not self._flow or source != self._source or len(snapshot) != 3:
+            self._json = dump_json(snapshot)
+            self._flow, self._source = flow, source
+        return self._json
+
+
+def _encode_record(record: dict[str, Any], flows: _FlowJson) -> bytes:
+    """``record`` as JSON, its flow snapshot encoded once for many records."""
     flow = record.get("flow")
     if not isinstance(flow, dict):
         return dump_json(record)
-    if id(flow) not in encoded_flows:
-        encoded_flows[id(flow)] = dump_json(flow)
     rest = dump_json({key: value for key, value in record.items() if key != "flow"})
     separator = b"," if rest != b"{}" else b""
-    return rest[:-1] + separator + b'"flow":' + encoded_flows[id(flow)] + b"}"
+    return rest[:-1] + separator + b'"flow":' + flows.of(flow) + b"}"
 
 
 def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
