@@ -379,3 +379,31 @@ def test_an_entry_of_packs_that_is_no_pack_is_moved_aside_and_holds_nothing_back
     assert _pack_names(stores) == []
     assert any(Path(stores.queue.root, "quarantine").iterdir())
     assert _drain(stores) != []
+
+
+def test_a_checkpoint_retires_many_packs_with_few_descriptors(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given 300 packs of writers that are gone (one task each)
+    stores = open_stores(dirs, durable=True, clock=clock)
+    for _ in range(300):
+        stores.queue.enqueue([make_task(clock)])
+        stores.queue.packs.close()
+    assert len(_pack_names(stores)) == 300
+    # When a process allowed 64 open files checkpoints
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from tracemind.backend.file.stores import open_stores
+        from tracemind.config import DataDirs
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        stores = open_stores(DataDirs.of(*{_dirs(dirs)!r}), durable=True)
+        stores.queue.checkpoint(limit=200)
+        stores.queue.checkpoint()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # Then it retired them all, a bounded number at a time, and every task still waits
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(_packs_dir(stores)) == []
+    assert stores.queue.stats().pending == 300

@@ -486,29 +486,39 @@ def _pack_names(packs_dir: str) -> list[str]:
         return []
 
 
-def checkpoint(packs_dir: str, replay: Callable[[str, bytes], bool]) -> tuple[int, int]:
+CHECKPOINT_PACKS = 1_000
+"""Most packs one checkpoint looks at (the oldest first): its cost stays bounded however many
+writers came and went since the last one; the next checkpoint takes the rest."""
+HEADER_BYTES = 256
+"""Enough of a pack to read its header."""
+
+
+def checkpoint(
+    packs_dir: str, replay: Callable[[str, bytes], bool], *, limit: int = CHECKPOINT_PACKS
+) -> tuple[int, int]:
     """Make every link of the listed packs durable, and say so: (packs retired, tasks replayed).
 
     One ``syncfs`` covers all of them. Then a pack whose writer is gone (its alive lock is
     free: no clock decides it) loses its ``packs/`` name; a live writer's pack that was not
-    being written to when it was read gets an ``S <offset>`` line saying that every record
-    before that offset is linked durably (made durable itself before this returns).
+    being written to when it was read gets an ``S <offset>`` line in its journal saying that
+    every record before that offset is linked durably (made durable itself before this
+    returns). Looks at ``limit`` packs at most, the oldest first, and reads only the header of
+    a pack whose writer is gone.
 
     A pack written in an earlier boot first has each of its records past that offset (as its
     journal has them) offered to ``replay(task id, record JSON)``, which writes the task back
     when it is found nowhere, or its record where a power loss lost it, and says whether it
-    did; that pack is locked meanwhile (byte
-    :data:`REPLAY_BYTE`, never waited for), so two processes never replay one pack at once,
-    and one that gets it after another retired it sees its name gone. An entry that is no
-    pack is moved aside; one that cannot be read is left for the next time (it holds
-    retention back until it can)."""
+    did; that pack is locked meanwhile (byte :data:`REPLAY_BYTE`, never waited for), so two
+    processes never replay one pack at once, and one that gets it after another retired it sees
+    its name gone. An entry that is no pack is moved aside; one that cannot be read is left for
+    the next time (it holds retention back until it can)."""
     current = boot_id()
     retired: list[str] = []
-    marks: list[tuple[int, int]] = []  # (descriptor of a live pack, offset settled)
-    held: list[int] = []
+    marks: list[tuple[str, int]] = []  # (the journal, or pack, of a live writer; offset settled)
+    replaying: list[int] = []  # descriptors holding replay locks until the names are gone
     replayed = 0
     try:
-        for name in _pack_names(packs_dir):
+        for name in _pack_names(packs_dir)[:limit]:
             path = os.path.join(packs_dir, name)
             if _not_a_pack(path):
                 quarantine(path, os.path.dirname(packs_dir), "not a pack")
@@ -517,40 +527,40 @@ def checkpoint(packs_dir: str, replay: Callable[[str, bytes], bool]) -> tuple[in
                 fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 continue
-            held.append(fd)
+            keep_open = False
             try:
                 alive = writer_alive(fd)
-                data = read_fd(fd, path)
-                if not is_pack(data):
+                head = os.pread(fd, HEADER_BYTES, 0)
+                if not is_pack(head):
                     if not alive:
                         quarantine(path, os.path.dirname(packs_dir), "not a pack")
                     continue
-                # What was made durable is in the journal (the pack itself where it has none)
-                journal_fd, data = _journal(path, data)
-                if journal_fd >= 0:
-                    held.append(journal_fd)
-                done_to = settled(data)
                 if alive:
-                    lines = _record_lines(data, done_to)
-                    if lines and not _held(fd, WRITING_BYTE):  # (asked after the read)
-                        marks.append((journal_fd if journal_fd >= 0 else fd, lines[-1][0]))
+                    mark = _settle_mark(fd, path)
+                    if mark is not None:
+                        marks.append(mark)
                     continue
-                if _header(data)[0] != current:
+                if _header(head)[0] != current:
                     if not _lock_replay(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
                         continue  # another process replays it, or has retired it
-                    for task_id, record in records(data, done_to):
+                    keep_open = True
+                    replaying.append(fd)
+                    data = _journal_or(path, read_fd(fd, path))[1]
+                    for task_id, record in records(data, settled(data)):
                         replayed += replay(task_id, record)
             except (OSError, DamagedEntry):
                 continue
+            finally:
+                if not keep_open:
+                    os.close(fd)
             retired.append(path)
         if not retired and not marks:
             return 0, replayed
         if not sync_filesystem(packs_dir):
             raise QueueError(f"{packs_dir}: cannot sync the file system (syncfs is missing)")
-        for fd, offset in marks:
+        for target, offset in marks:
             with contextlib.suppress(OSError):
-                _append(fd, b"\nS %d\n" % offset)
-                os.fdatasync(fd)
+                _append_durably(target, b"\nS %d\n" % offset)
         for path in retired:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_journal_path(path))  # (first: a pack never outlives its journal)
@@ -559,28 +569,33 @@ def checkpoint(packs_dir: str, replay: Callable[[str, bytes], bool]) -> tuple[in
         _remove_orphan_journals(packs_dir)
         return len(retired), replayed
     finally:
-        for fd in held:
+        for fd in replaying:
             os.close(fd)
+
+
+def _settle_mark(fd: int, path: str) -> tuple[str, int] | None:
+    """(where to append it, offset) of the mark that would settle a live writer's pack open
+    at ``fd``; None when there is nothing new to settle, or its writer is writing."""
+    journal, data = _journal_or(path, read_fd(fd, path))
+    lines = _record_lines(data, settled(data))
+    if not lines or _held(fd, WRITING_BYTE):  # (asked after the read)
+        return None
+    return journal or path, lines[-1][0]
 
 
 def _journal_path(pack_path: str) -> str:
     return pack_path[: -len(SUFFIX)] + JOURNAL_SUFFIX
 
 
-def _journal(pack_path: str, pack_data: bytes) -> tuple[int, bytes]:
-    """(an open descriptor of the pack's journal, its bytes), or (-1, ``pack_data``) for a
-    pack without one (a queue that is not durable)."""
+def _journal_or(pack_path: str, pack_data: bytes) -> tuple[str, bytes]:
+    """(the path of the pack's journal, its bytes), or ("", ``pack_data``) for a pack without
+    one (a queue that is not durable)."""
     path = _journal_path(pack_path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = read_regular(path)
     except FileNotFoundError:
-        return -1, pack_data
-    try:
-        data = read_fd(fd, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, data if is_pack(data) else pack_data
+        return "", pack_data
+    return (path, data) if is_pack(data) else ("", pack_data)
 
 
 def _remove_orphan_journals(packs_dir: str) -> None:
@@ -594,14 +609,15 @@ def _remove_orphan_journals(packs_dir: str) -> None:
                         os.unlink(os.path.join(packs_dir, name))
 
 
-def _append(fd: int, line: bytes) -> None:
-    """Append ``line`` at the end of the file open at ``fd`` (another descriptor, opened for
-    appending, so that it lands after whatever others appended)."""
-    appender = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+def _append_durably(path: str, line: bytes) -> None:
+    """Append ``line`` at the end of the file at ``path`` (after whatever others appended) and
+    make it durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.write(appender, line)
+        os.write(fd, line)
+        os.fdatasync(fd)
     finally:
-        os.close(appender)
+        os.close(fd)
 
 
 def _not_a_pack(path: str) -> bool:

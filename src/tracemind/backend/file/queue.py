@@ -780,13 +780,16 @@ class FileQueue:
         self.refresh_census()
         self.checkpoint()
 
-    def checkpoint(self) -> int:
-        """Retire the packs of writers that are gone, after a reboot first linking back every
-        task of theirs found nowhere (see :mod:`tracemind.backend.file.packs`); returns how
-        many tasks came back. Writers only."""
-        from tracemind.backend.file.packs import checkpoint
+    def checkpoint(self, limit: int | None = None) -> int:
+        """Settle the packs in ``packs/`` (at most ``limit`` of them, the oldest first; a
+        bounded number by default), after a reboot first giving back what a power loss took
+        (see :func:`tracemind.backend.file.packs.checkpoint`); returns how many tasks came
+        back. Writers only."""
+        from tracemind.backend.file.packs import CHECKPOINT_PACKS, checkpoint
 
-        _, replayed = checkpoint(self._packs, self._replay)
+        _, replayed = checkpoint(
+            self._packs, self._replay, limit=CHECKPOINT_PACKS if limit is None else limit
+        )
         if replayed:
             self.waiting.ring()
             self._log.warning("tasks linked again after a reboot lost them", tasks=replayed)

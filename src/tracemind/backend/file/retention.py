@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from tracemind.backend.file.stores import Stores
 
 PASS_EVERY_S = 60.0
+CHECKPOINT_ALL = 1_000_000
+"""A pass settles every listed pack first (however many writers came and went), so that what
+holds retention back is only what a replay could really bring back."""
 PASS_BUDGET = 5_000
 """At most this many removals per background pass, so a pass never stalls a serving process."""
 
@@ -88,7 +91,7 @@ class Pruner:
         removed: Counter[str] = Counter({kind: 0 for kind in KINDS})
         # (a dry run too: a checkpoint removes no record, and without it the count would not
         # be what a prune removes)
-        self.stores.queue.checkpoint()
+        self.stores.queue.checkpoint(limit=CHECKPOINT_ALL)
         self._unsettled_ms = self.stores.queue.oldest_unsettled_ms()
         for kind, path in self._expired(now_s):
             if sum(removed.values()) >= budget:
