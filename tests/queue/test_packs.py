@@ -41,6 +41,7 @@ def _drain(stores: Stores) -> list[str]:
     while (lease := stores.queue.lease("c", LEASE_S)) is not None:
         stores.queue.ack(lease, {"ran": lease.task_id})
         ran.append(lease.task_id)
+    stores.queue.flush()  # (a durable queue commits acks in groups, on a thread)
     return ran
 
 

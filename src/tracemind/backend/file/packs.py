@@ -479,11 +479,15 @@ def writer_alive(fd: int) -> bool:
     return False
 
 
-def _pack_names(packs_dir: str) -> list[str]:
+def _listing(packs_dir: str) -> list[str]:
     try:
-        return sorted(n for n in os.listdir(packs_dir) if n.endswith(SUFFIX))
+        return os.listdir(packs_dir)
     except FileNotFoundError:
         return []
+
+
+def _pack_names(packs_dir: str) -> list[str]:
+    return sorted(n for n in _listing(packs_dir) if n.endswith(SUFFIX))
 
 
 CHECKPOINT_PACKS = 1_000
@@ -518,7 +522,9 @@ def checkpoint(
     replaying: list[int] = []  # descriptors holding replay locks until the names are gone
     replayed = 0
     try:
-        for name in _pack_names(packs_dir)[:limit]:
+        listed = _listing(packs_dir)
+        packs = sorted(n for n in listed if n.endswith(SUFFIX))
+        for name in packs[:limit]:
             path = os.path.join(packs_dir, name)
             if _not_a_pack(path):
                 quarantine(path, os.path.dirname(packs_dir), "not a pack")
@@ -566,7 +572,7 @@ def checkpoint(
                 os.unlink(_journal_path(path))  # (first: a pack never outlives its journal)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        _remove_orphan_journals(packs_dir)
+        _remove_orphan_journals(packs_dir, listed)
         return len(retired), replayed
     finally:
         for fd in replaying:
@@ -598,15 +604,17 @@ def _journal_or(pack_path: str, pack_data: bytes) -> tuple[str, bytes]:
     return (path, data) if is_pack(data) else ("", pack_data)
 
 
-def _remove_orphan_journals(packs_dir: str) -> None:
-    """Journals whose pack is gone (a retirement interrupted between its two removals)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(packs_dir):
-            if name.endswith(JOURNAL_SUFFIX):
-                pack = os.path.join(packs_dir, name[: -len(JOURNAL_SUFFIX)] + SUFFIX)
-                if not os.path.lexists(pack):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(packs_dir, name))
+def _remove_orphan_journals(packs_dir: str, listed: list[str]) -> None:
+    """Remove the journals whose pack is gone (a retirement interrupted between its two
+    removals: the journal goes first; a new pack is named before its journal)."""
+    names = set(listed)
+    for name in listed:
+        pack = name[: -len(JOURNAL_SUFFIX)] + SUFFIX
+        if not name.endswith(JOURNAL_SUFFIX) or pack in names:
+            continue
+        if not os.path.lexists(os.path.join(packs_dir, pack)):  # (a listing may miss a new one)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(packs_dir, name))
 
 
 def _append_durably(path: str, line: bytes) -> None:
