@@ -94,8 +94,10 @@ CENSUS_WRITER_AGE_S = 1.0
 CENSUS_WRITER_BYTES_PER_S = 500_000
 """... and than one second per this many bytes of it (about 10,000 buckets): a writer's pass
 costs a ``stat`` per bucket, so a backlog spread over many seconds is passed over less often."""
-CENSUS_WRITER_BUDGET = 20_000
-"""At most about this many names listed by one writer for the census."""
+CENSUS_WRITER_BUDGET = 50_000
+"""At most about this many names listed by one writer for the census (more than one writer
+enqueues in a second, so that a queue filled by one busy writer is covered up to its last
+second)."""
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
