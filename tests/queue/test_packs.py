@@ -408,3 +408,52 @@ def test_a_checkpoint_retires_many_packs_with_few_descriptors(
     assert done.returncode == 0, done.stderr
     assert os.listdir(_packs_dir(stores)) == []
     assert stores.queue.stats().pending == 300
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP", "SIGKILL again"])
+def test_a_replay_interrupted_part_way_is_finished_by_a_later_checkpoint_once_per_task(
+    dirs: DataDirs, clock: FakeClock, how: str
+) -> None:
+    # Given 40 tasks whose links a power loss took, in a pack of an earlier boot
+    import random
+
+    stores = open_stores(dirs, durable=True, clock=clock)
+    tasks = [make_task(clock) for _ in range(40)]
+    stores.queue.enqueue(tasks)
+    stores.queue.packs.close()
+    _lose_links(stores, {t.task_id for t in tasks})
+    _written_in_another_boot(stores)
+    # When a process replaying them is killed, or paused, after a random number of them
+    stop_after, sig = random.randint(1, 39), how.split()[0]
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from tracemind.backend.file.queue import FileQueue
+        from tracemind.backend.file.stores import open_stores
+        from tracemind.config import DataDirs
+        real_replay, done = FileQueue._replay, []
+        def replay_then_stop(self, task_id, record):
+            written = real_replay(self, task_id, record)
+            done.append(written)
+            if len(done) == {stop_after}:
+                print("stopping", flush=True)
+                os.kill(os.getpid(), signal.{sig})
+            return written
+        FileQueue._replay = replay_then_stop
+        open_stores(DataDirs.of(*{_dirs(dirs)!r}), durable=True).queue.checkpoint()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"stopping\n"
+        if sig == "SIGSTOP":
+            wait_until(lambda: _stopped(proc.pid), 10, "the replaying process to stop")
+            # (a paused replayer holds the pack: nobody else replays it meanwhile)
+            assert stores.queue.checkpoint() == 0 and len(_pack_names(stores)) == 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # Then a later checkpoint gives back exactly the rest, and each task runs once
+    assert stores.queue.checkpoint() == 40 - stop_after
+    assert _pack_names(stores) == []
+    assert sorted(_drain(stores)) == sorted(t.task_id for t in tasks)
