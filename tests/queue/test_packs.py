@@ -222,6 +222,26 @@ def test_after_a_reboot_a_record_the_pack_lost_is_written_back_from_its_journal(
     assert journal  # (named after its pack)
 
 
+def test_after_a_reboot_that_emptied_a_pack_its_journal_gives_every_task_back(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a durable queue's pack whose data never reached the disk (only its journal is
+    # synced per call), and a power loss that took the pack's content and its links
+    stores = open_stores(dirs, durable=True, clock=clock)
+    tasks = [make_task(clock, inputs={"n": n}) for n in range(3)]
+    for task in tasks:
+        stores.queue.enqueue([task])
+    stores.queue.packs.close()
+    _lose_links(stores, {t.task_id for t in tasks})
+    _written_in_another_boot(stores)
+    [pack] = _pack_names(stores)
+    os.truncate(_packs_dir(stores) / pack, 0)
+    # Then the checkpoint gives every task back from the journal
+    assert stores.queue.checkpoint() == 3
+    assert os.listdir(_packs_dir(stores)) == []
+    assert sorted(_drain(stores)) == sorted(t.task_id for t in tasks)
+
+
 def test_two_processes_replaying_at_once_bring_each_task_back_once(
     dirs: DataDirs, clock: FakeClock, tmp_path: Path
 ) -> None:

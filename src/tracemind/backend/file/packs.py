@@ -537,6 +537,8 @@ def checkpoint(
             try:
                 alive = writer_alive(fd)
                 head = os.pread(fd, HEADER_BYTES, 0)
+                if not is_pack(head):  # (a power loss may leave a pack empty, not its journal)
+                    head = _head(_journal_path(path))
                 if not is_pack(head):
                     if not alive:
                         quarantine(path, os.path.dirname(packs_dir), "not a pack")
@@ -591,6 +593,18 @@ def _settle_mark(fd: int, path: str) -> tuple[str, int] | None:
 
 def _journal_path(pack_path: str) -> str:
     return pack_path[: -len(SUFFIX)] + JOURNAL_SUFFIX
+
+
+def _head(path: str) -> bytes:
+    """The first bytes of the file at ``path`` (b"" when it cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, HEADER_BYTES, 0)
+    finally:
+        os.close(fd)
 
 
 def _journal_or(pack_path: str, pack_data: bytes) -> tuple[str, bytes]:
