@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tm_testing import task_file_bytes
 from tracemind.queue.records import parse_task_file
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def test_host_enqueue_is_run_by_the_container_and_shown_on_the_host(stack: Proje
     [done] = (stack.data_dir / "queue" / "done").glob(f"*/{task_id}.json")
     info = done.stat()
     assert (info.st_gid, info.st_mode & 0o060) == (stack.gid, 0o060)
-    record, completion = parse_task_file(done.read_bytes())
+    record, completion = parse_task_file(task_file_bytes(done))
     assert record["input"] == {"name": "host"}
     assert completion is not None and completion["result"]["greeting"] == "Hello, host!"
 
