@@ -21,7 +21,7 @@ from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_
 from tracemind.backend.file import packs
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
-from tracemind.queue.protocol import Failure, TaskStatus
+from tracemind.queue.protocol import Failure, NewTask, TaskStatus
 
 LEASE_S = 30.0
 OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
@@ -63,6 +63,17 @@ def _written_in_another_boot(stores: Stores) -> None:
             os.pwrite(fd, OTHER_BOOT.encode(), len(packs.MAGIC))
         finally:
             os.close(fd)
+
+
+def _all_lost_in_a_reboot(stores: Stores, clock: FakeClock, count: int) -> list[NewTask]:
+    """``count`` tasks enqueued as one batch by a writer that is gone, whose links a power loss
+    took, in packs of an earlier boot."""
+    tasks = [make_task(clock) for _ in range(count)]
+    stores.queue.enqueue(tasks)
+    stores.queue.packs.close()
+    _lose_links(stores, {t.task_id for t in tasks})
+    _written_in_another_boot(stores)
+    return tasks
 
 
 def test_a_batch_shares_packs_and_every_task_reads_as_its_own(
@@ -247,11 +258,7 @@ def test_two_processes_replaying_at_once_bring_each_task_back_once(
 ) -> None:
     # Given 100 tasks whose links a power loss took, in packs of an earlier boot
     stores = open_stores(dirs, durable=False, clock=clock)
-    tasks = [make_task(clock) for _ in range(100)]
-    stores.queue.enqueue(tasks)
-    stores.queue.packs.close()
-    _lose_links(stores, {t.task_id for t in tasks})
-    _written_in_another_boot(stores)
+    tasks = _all_lost_in_a_reboot(stores, clock, 100)
     # When two processes checkpoint at the same instant
     script = textwrap.dedent(
         f"""
@@ -438,11 +445,7 @@ def test_a_replay_interrupted_part_way_is_finished_by_a_later_checkpoint_once_pe
     import random
 
     stores = open_stores(dirs, durable=True, clock=clock)
-    tasks = [make_task(clock) for _ in range(40)]
-    stores.queue.enqueue(tasks)
-    stores.queue.packs.close()
-    _lose_links(stores, {t.task_id for t in tasks})
-    _written_in_another_boot(stores)
+    tasks = _all_lost_in_a_reboot(stores, clock, 40)
     # When a process replaying them is killed, or paused, after a random number of them
     stop_after, sig = random.randint(1, 39), how.split()[0]
     script = textwrap.dedent(
