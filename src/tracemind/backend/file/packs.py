@@ -420,7 +420,7 @@ def _lock_alive(fd: int) -> None:
     import fcntl
 
     if hasattr(fcntl, "F_OFD_SETLK"):
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_WRLCK))
+        _set_lock(fd, ALIVE_BYTE, True)
     else:  # not Linux: a flock on the whole file says the same
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -466,9 +466,7 @@ def writer_alive(fd: int) -> bool:
     import fcntl
 
     if hasattr(fcntl, "F_OFD_GETLK"):
-        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
-        kind: int = struct.unpack("hhqqi4x", answer)[0]
-        return kind != fcntl.F_UNLCK
+        return _held(fd, ALIVE_BYTE)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:

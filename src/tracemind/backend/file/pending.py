@@ -206,10 +206,6 @@ class PendingDir:
         except OSError:
             pass  # only a wake-up hint: consumers look again on their own within 0.1 s
 
-    def make_bucket(self, inner: str) -> None:
-        """Make the inner bucket directory ``inner`` (see :meth:`_make_bucket`)."""
-        self._make_bucket(inner)
-
     def _make_bucket(self, inner: str) -> None:
         """Make the inner bucket directory ``inner`` (and its outer bucket) if missing; with a
         durable queue, sync the parents of what was made so the new entries survive."""

@@ -794,7 +794,7 @@ class FileQueue:
         )
         if replayed:
             self.waiting.ring()
-            self._log.warning("tasks linked again after a reboot lost them", tasks=replayed)
+            self._log.warning("tasks given back after a reboot lost them", tasks=replayed)
         return replayed
 
     def oldest_unsettled_ms(self) -> int | None:
