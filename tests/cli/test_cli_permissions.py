@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import ECHO_FLOW, FakeClock, Tm, make_task
+from tm_testing import ECHO_FLOW, FakeClock, Tm, make_task, task_file_bytes
 from tracemind.backend.file.stores import open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure
@@ -239,7 +239,7 @@ def group_data(shared_tmp: Path, tm: Tm) -> dict[str, Path]:
 def _runners(done_dir: Path) -> list[int]:
     """The uid that ran each task in ``done_dir`` (the whoami hook's result)."""
     return [
-        json.loads(path.read_text().splitlines()[-1])["result"]["uid"]
+        json.loads(task_file_bytes(path).splitlines()[-1])["result"]["uid"]
         for path in sorted(done_dir.glob("*/*.json"))
     ]
 
