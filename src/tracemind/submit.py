@@ -151,7 +151,7 @@ class QueueSubmitter(SubmitsOne):
         if plain:
             self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
         else:
-            self.queue.keep_census()  # (an enqueue does it too)
+            self.queue.keep_census(len(new))  # (an enqueue does it too)
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
         """Whether ``record``'s task still holds its key (call holding the key's lock).

@@ -153,6 +153,31 @@ def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
     assert log.listed == []
 
 
+def test_a_batch_leaves_a_census_that_covers_it_whatever_the_census_age(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a census a writer has just brought up to date, and writers that pass only once a
+    # minute on their own (a slow machine)
+    from tracemind.backend.file import queue as file_backend
+
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 60.0)
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_BATCH_TASKS", 20)
+    _backlog(stores, clock, seconds=2, per_second=10)
+    stores.queue.keep_census()
+    # When one call enqueues a batch (of the batch size) and another a task less
+    stores.queue.enqueue([make_task(clock) for _ in range(20)])
+    clock.advance(1.0)
+    stores.queue.enqueue([make_task(clock) for _ in range(19)])
+    clock.advance(5.0)
+    # Then a reader lists only the bucket of the smaller call: the batch passed on its way
+    log = ListingLog().install(monkeypatch)
+    stats = stores.queue.stats()
+    monkeypatch.undo()
+    assert (stats.pending, stats.delayed, stats.damaged) == (59, 0, 0)
+    newest = max(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
+    assert log.buckets() == [str(newest)]
+
+
 def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

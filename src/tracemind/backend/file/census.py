@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 
 from tracemind.backend.file.pending import INNER_MS, Bucket, PendingDir, all_task_names
 from tracemind.fsutil import dump_json, read_regular, write_atomic
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 CENSUS_FILE = "census.json"
 SETTLE_S = 2.0
 """How long a bucket's directory must have been unchanged before its counts are kept."""
+TICK_WAIT_S = 0.05
+"""How long a writer that has just written a batch waits at most for the file system's clock to
+tick before its census pass (a cache: waiting longer would buy nothing but a shorter listing)."""
 MAX_CACHED_BUCKETS = 200_000
 """A bound on the file's size (a backlog spread over more seconds than this lists the rest)."""
 
@@ -128,7 +132,12 @@ def count_pending(
 
 
 def settle_more(
-    pending: PendingDir, now_ms: int, cache: dict[str, list[int]] | None, budget: int
+    pending: PendingDir,
+    now_ms: int,
+    cache: dict[str, list[int]] | None,
+    budget: int,
+    *,
+    next_tick: bool = False,
 ) -> dict[str, list[int]]:
     """``cache`` with the settled buckets it lacks counted in, listing at most about
     ``budget`` names (what a writer does on the way: see :meth:`FileQueue.keep_census`).
@@ -140,9 +149,15 @@ def settle_more(
     bucket is past, when all are due), so a queue whose writers stopped has a census up to
     their last pass. Unlike :func:`count_pending` it lists no bucket that it could not keep (in
     the future, or changed since that clock), and it drops the entries of buckets that changed
-    or are gone; entries that are not buckets (the DLQ's) are kept as they are."""
+    or are gone; entries that are not buckets (the DLQ's) are kept as they are.
+
+    With ``next_tick`` (a writer that has just written a batch), it first waits (briefly, see
+    :data:`TICK_WAIT_S`) for the file system's clock to tick, so that the buckets the batch
+    changed last are settled too."""
     kept = {key: entry for key, entry in (cache or {}).items() if not key[:1].isdigit()}
     settled_ns = fs_clock_ns(pending.tmp_dir)
+    if next_tick and settled_ns is not None:
+        settled_ns = _next_tick_ns(pending.tmp_dir, settled_ns)
     if settled_ns is None:
         settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
     root_length = len(pending.path)
@@ -161,6 +176,20 @@ def settle_more(
             oldest = int(min(counted.names)[:13]) if tasks else -1
             kept[key] = [bucket.mtime_ns, tasks, counted.damaged, oldest, *counted.id_range()]
     return kept
+
+
+def _next_tick_ns(tmp_dir: str, now_ns: int) -> int:
+    """The file system's clock once it has moved past ``now_ns`` (its tick is a few
+    milliseconds), or ``now_ns`` when it has not within :data:`TICK_WAIT_S`."""
+    deadline_s = time.monotonic() + TICK_WAIT_S
+    while time.monotonic() < deadline_s:
+        time.sleep(0.001)
+        later_ns = fs_clock_ns(tmp_dir)
+        if later_ns is None:
+            break
+        if later_ns > now_ns:
+            return later_ns
+    return now_ns
 
 
 def fs_clock_ns(tmp_dir: str) -> int | None:

@@ -94,6 +94,10 @@ CENSUS_WRITER_AGE_S = 1.0
 CENSUS_WRITER_BYTES_PER_S = 500_000
 """... and than one second per this many bytes of it (about 10,000 buckets): a writer's pass
 costs a ``stat`` per bucket, so a backlog spread over many seconds is passed over less often."""
+CENSUS_WRITER_BATCH_TASKS = 1_000
+"""A writer that has just written at least this many tasks in one call passes whatever the
+census's age (its pass then costs little next to the batch), so that a queue filled by batches
+has a census up to its last batch, not up to the last pass a second or more before it."""
 CENSUS_WRITER_BUDGET = 50_000
 """At most about this many names listed by one writer for the census (more than one writer
 enqueues in a second, so that a queue filled by one busy writer is covered up to its last
@@ -209,28 +213,36 @@ class FileQueue:
             ]
         )
         if tasks:
-            self.keep_census()
+            self.keep_census(len(tasks))
 
-    def keep_census(self) -> None:
+    def keep_census(self, wrote: int = 0) -> None:
         """What a writer does for readers on its way (after an enqueue, and after a keyed
-        batch's publication): when the census is missing or older than
-        :data:`CENSUS_WRITER_AGE_S` (more for a big one), count in the buckets that settled
-        since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no daemon serves it (an
-        outage) has a census too, and readers list only the buckets written in the last few
-        seconds before the writes stopped. Costs one ``stat`` otherwise; a census that cannot
-        be written (a read-only volume) is left as it is."""
+        batch's publication; ``wrote``: how many tasks the call wrote): when the census is
+        missing or older than :data:`CENSUS_WRITER_AGE_S` (more for a big one), or the call
+        wrote a batch (:data:`CENSUS_WRITER_BATCH_TASKS`), count in the buckets that settled
+        since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no
+        daemon serves it (an outage) has a census too, and readers list only the buckets
+        written since the writers' last pass. Costs one ``stat`` otherwise; a census that
+        cannot be written (a read-only volume) is left as it is."""
         from tracemind.backend.file import census
 
         root = os.fspath(self.root)
         state = census.file_state(root, time.time())  # (the file's mtime is the real clock's)
         if state is not None:
             age_s, size = state
-            if 0 <= age_s < max(CENSUS_WRITER_AGE_S, size / CENSUS_WRITER_BYTES_PER_S):
+            pace_s = size / CENSUS_WRITER_BYTES_PER_S
+            if wrote < CENSUS_WRITER_BATCH_TASKS:
+                pace_s = max(CENSUS_WRITER_AGE_S, pace_s)
+            if 0 <= age_s < pace_s:
                 return
         previous = census.load(root)
         try:
             kept = census.settle_more(
-                self.waiting, _ms(self.clock()), previous, CENSUS_WRITER_BUDGET
+                self.waiting,
+                _ms(self.clock()),
+                previous,
+                CENSUS_WRITER_BUDGET,
+                next_tick=wrote >= CENSUS_WRITER_BATCH_TASKS,
             )
             if kept != previous or state is None:
                 census.save(root, self._tmp, kept)
