@@ -153,7 +153,7 @@ def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_p
     submitter = stores.submitter(TTL_S)
     target = stores.keys if dies_after == "link_many" else stores.queue
     _crash_after(monkeypatch, target, dies_after)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
@@ -173,18 +173,50 @@ def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_p
     assert len(stores.queue.staged()) == (3 if dies_after == "stage" else 0)
 
 
+def test_a_batch_whose_publication_fails_part_way_keeps_the_keys_of_what_it_published(
+    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a keyed batch of three whose publication fails (a full disk) after the first task
+    submitter = stores.submitter(TTL_S)
+    real_move_in = stores.queue.waiting.move_in
+    moved: list[object] = []
+
+    def fails_after_one(*args: Any, **kwargs: Any) -> bool:
+        if moved:
+            raise QueueError("pending: No space left on device")
+        moved.append(args)
+        return real_move_in(*args, **kwargs)
+
+    monkeypatch.setattr(stores.queue.waiting, "move_in", fails_after_one)
+    items = [Submission({"n": n}, f"k{n}") for n in range(3)]
+    with pytest.raises(QueueError):
+        submitter.submit_many(echo_snapshot, items)
+    monkeypatch.undo()
+    # When the caller, told it failed, submits the batch again
+    retry = submitter.submit_many(echo_snapshot, items)
+    # Then the task it had published is reported as a duplicate (its key kept), the other two
+    # are new, and each key's task runs exactly once
+    assert [r.duplicate for r in retry] == [True, False, False]
+    ran = []
+    while (lease := stores.queue.lease("c", 30.0)) is not None:
+        stores.queue.ack(lease, {})
+        ran.append(lease.record["idempotency_key"])
+    assert sorted(ran) == ["k0", "k1", "k2"]
+    assert stores.queue.staged() == []
+
+
 def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one batch that died after writing its keys, and one that died before
     submitter = stores.submitter(TTL_S)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
     monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
     _crash_after(monkeypatch, stores.keys, "link_many")
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
     keyed = {f"k{n}": stores.keys.get(f"k{n}") for n in range(3)}
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
     _crash_after(monkeypatch, stores.queue, "stage")
     with pytest.raises(_Crash):
         submitter.submit_many(echo_snapshot, [Submission({}, "orphan")])
@@ -264,7 +296,7 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
 
     submitter = stores.submitter(TTL_S)
     monkeypatch.setattr(packs, "_write_at", die_in_third)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: None)  # (no rollback on a kill)
+    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())  # (no rollback on a kill)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
     # (names are linked only once every record is whole: nothing was staged)

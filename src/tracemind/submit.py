@@ -144,9 +144,11 @@ class QueueSubmitter(SubmitsOne):
             )
             self.queue.publish(names)
         except BaseException:
-            self.queue.unstage(names)
-            for record in records:
-                self.keys.forget(record.key, record.task_id)
+            # A task already published keeps its key: a retry is told it exists.
+            removed = self.queue.unstage(names)
+            for record, name in zip(records, names, strict=True):
+                if name in removed:
+                    self.keys.forget(record.key, record.task_id)
             raise
         if plain:
             self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission

@@ -21,7 +21,11 @@ from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_
 from tracemind.backend.file import packs
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
+from tracemind.errors import QueueError
+from tracemind.flows import FlowSnapshot
+from tracemind.queue.names import staged_name
 from tracemind.queue.protocol import Failure, NewTask, TaskStatus
+from tracemind.submission import Submission
 
 LEASE_S = 30.0
 OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
@@ -192,6 +196,40 @@ def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: 
     assert sorted(ran) == sorted([*waiting, requeued.task_id])
     for task_id in (done.task_id, dead.task_id, purged.task_id):
         assert task_id not in ran
+
+
+def test_after_a_reboot_a_keyed_task_comes_back_only_if_its_key_points_at_it(
+    dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three keyed submissions into one pack: "a" made whole, "b" rolled back when its
+    # key could not be written (its caller got an error), "c" staged by a submitter that died
+    # before it wrote the key
+    stores = open_stores(dirs, durable=True, clock=clock)
+    submitter = stores.submitter(ttl_s=3600.0)
+    [a] = submitter.submit_many(echo_snapshot, [Submission({"n": 1}, "a")])
+    with monkeypatch.context() as patched:
+        patched.setattr(stores.keys, "link_many", _disk_full)
+        with pytest.raises(QueueError):
+            submitter.submit_many(echo_snapshot, [Submission({"n": 2}, "b")])
+    c = make_task(clock, key="c")
+    staged = staged_name(c.task_id, int(c.due_s * 1000), stores.keys.stripe("c"))
+    stores.queue.stage([c], [staged], [stores.keys.digest("c")])
+    stores.queue.packs.close()
+    # When a power loss took the links of "a" and "c", and the machine rebooted
+    _lose_links(stores, {a.task_id})
+    (Path(stores.queue.root) / "staging" / staged).unlink()
+    _written_in_another_boot(stores)
+    # Then the checkpoint gives back "a" only: no key points at the other two, whose callers
+    # were never told they exist
+    assert stores.queue.checkpoint() == 1
+    # And a retry of "b" and "c" makes each a task of its own, and each key's task runs once
+    retried = submitter.submit_many(echo_snapshot, [Submission({"n": 2}, "b"), Submission({}, "c")])
+    assert [r.duplicate for r in retried] == [False, False]
+    assert sorted(_drain(stores)) == sorted([a.task_id, *(r.task_id for r in retried)])
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise QueueError("keys: No space left on device")
 
 
 def test_a_checkpoint_settles_a_live_writers_records_so_no_replay_brings_them_back(

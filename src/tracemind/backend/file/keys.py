@@ -169,6 +169,12 @@ class IdempotencyStore:
             return None
         return KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
 
+    def owner(self, key: str) -> str | None:
+        """The id of the task ``key`` points at; None when it points at none (see :meth:`get`,
+        whose errors it raises)."""
+        record = self.get(key)
+        return None if record is None else record.task_id
+
     def pointer_at(self, path: str) -> Pointer | None:
         """What the key record at ``path`` points at; None when absent or damaged, and
         :class:`QueueError` when this process may not read it (see :meth:`get`)."""

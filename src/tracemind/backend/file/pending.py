@@ -43,9 +43,21 @@ from tracemind.queue.names import PendingName, is_temporary
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
+    from typing import Protocol
 
-    from tracemind.backend.file.census import BucketSearch
     from tracemind.backend.file.packs import PackWriter
+
+    class SearchLimits(Protocol):
+        """Which buckets one lookup lists (the census's ``BucketSearch`` is one)."""
+
+        def may_hold(self, key: str, mtime_ns: int) -> bool:
+            """Whether the bucket ``key`` (relative to ``pending/``) may hold the task now."""
+            ...
+
+        def missed(self, key: str, mtime_ns: int) -> None:
+            """The bucket ``key``, listed at ``mtime_ns``, holds no copy of the task."""
+            ...
+
 
 OUTER_MS = 1_000_000
 INNER_MS = 1_000
@@ -342,7 +354,7 @@ class PendingDir:
                     elif damaged and not is_temporary(name):
                         yield None
 
-    def find(self, task_id: str, search: BucketSearch | None = None) -> PendingName | None:
+    def find(self, task_id: str, search: SearchLimits | None = None) -> PendingName | None:
         """The waiting copy of ``task_id``, or None. O(1) for a task that waits as it was
         enqueued (due at its enqueue time, never delivered). A task waiting for a delay or a
         retry is due later than most of a backlog, so the buckets are searched newest first,

@@ -71,7 +71,7 @@ from tracemind.queue.records import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -126,9 +126,13 @@ class FileQueue:
         durable: bool,
         clock: Clock = system_clock,
         relist_interval_s: float = 1.0,
+        key_owner: Callable[[str], str | None] | None = None,
     ) -> None:
+        """``key_owner``: the id of the task an idempotency key points at (None when none
+        does); without it, a replay after a reboot takes a keyed record as its key's task."""
         self.root = root
         self.dlq = dlq
+        self.key_owner = key_owner
         self.durable = durable
         self.clock = clock
         self.relist_interval_s = relist_interval_s
@@ -283,11 +287,14 @@ class FileQueue:
         self.waiting.sync_buckets(moved)
         return len(moved)
 
-    def unstage(self, names: Iterable[str]) -> None:
-        """Roll staged tasks back (those already published stay)."""
+    def unstage(self, names: Iterable[str]) -> set[str]:
+        """Roll staged tasks back (those already published stay); the names it removed."""
+        removed = set()
         for name in names:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(self._staging + name)
+                removed.add(name)
+        return removed
 
     def staged_path(self, name: str) -> str:
         return self._staging + name
@@ -821,14 +828,25 @@ class FileQueue:
         ``pending/`` (attempts 0, due as submitted) when the task is found nowhere — not
         pending, delayed, in flight, finished, dead, purged or requeued — or its record,
         rewritten under the name it waits or runs under when that name's record was lost.
-        True when it wrote either (call holding the pack's replay lock)."""
+        True when it wrote either (call holding the pack's replay lock).
+
+        A keyed task comes back only when its key points at it: otherwise its submission never
+        finished (rolled back, or its submitter died before it wrote the key), its caller was
+        never told it exists, and a retry makes a task of its own."""
         if not is_task_id(task_id):
             return False
         try:
             record = json.loads(record_json)
             due_ms = _ms(float(record.get("due_at") or record["enqueued_at"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return False
+        key = record.get("idempotency_key")
+        if isinstance(key, str) and self.key_owner is not None:
+            try:
+                if self.key_owner(key) != task_id:
+                    return False
+            except QueueError:
+                pass  # a key this process may not read: give back rather than lose
         whole = record_json + b"\n"
         info = self.find(task_id)
         if info is None:

@@ -80,5 +80,6 @@ def _open(
     queue_dir: StrPath, idempotency_dir: StrPath, dlq_dir: StrPath, durable: bool, clock: Clock
 ) -> tuple[FileQueue, DeadLetterStore, IdempotencyStore]:
     dlq = DeadLetterStore(dlq_dir, durable=durable, clock=clock)
-    queue = FileQueue(queue_dir, dlq, durable=durable, clock=clock)
-    return queue, dlq, IdempotencyStore(idempotency_dir, durable=durable)
+    keys = IdempotencyStore(idempotency_dir, durable=durable)
+    queue = FileQueue(queue_dir, dlq, durable=durable, clock=clock, key_owner=keys.owner)
+    return queue, dlq, keys
