@@ -186,8 +186,8 @@ CONSUMER_SOURCE = '''
 """A consumer loop over the library: python -m tm_test_consumer CONSUMER_ID LEASE_S STOP_FILE.
 
 Each execution appends "task_id pid attempt" to $TM_TEST_RECORD_DIR/<pid>.log (flushed before
-the task is acknowledged); expired leases are recovered every 0.2 s; exits once STOP_FILE exists
-and nothing is due.
+the task is acknowledged; see Recorder.execute for tasks that fail on purpose); expired leases
+are recovered every 0.2 s; exits once STOP_FILE exists and nothing is due.
 """
 import os
 import sys
@@ -207,6 +207,13 @@ class Recorder:
 
     def execute(self, task):
         os.write(self.fd, f"{task.task_id} {os.getpid()} {task.attempt}\\n".encode())
+        # A task whose input names a kind works 20 ms and fails as its kind says: "flaky" on
+        # its first attempt, "doomed" on every one ("ok" never).
+        kind = (task.record.get("input") or {}).get("kind")
+        if kind is not None:
+            time.sleep(0.02)
+        if kind == "doomed" or (kind == "flaky" and task.attempt == 1):
+            raise RuntimeError(f"{kind} attempt {task.attempt}")
         return {"pid": os.getpid()}
 
 

@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -42,54 +41,6 @@ SCHEDULE = {"ok": 1, "flaky": 2, "doomed": 2}
 MAX_ATTEMPTS = {"ok": 2 + FAULTS, "flaky": 2 + FAULTS, "doomed": 2}
 """Enough for the tasks that should succeed to outlast every fault (a lease lost to one counts
 as an attempt)."""
-
-CONSUMER_SOURCE = '''
-"""python CONSUMER ID STOP_FILE: a consumer loop whose tasks fail as their input says; each
-execution appends "task_id pid attempt" to $TM_TEST_RECORD_DIR/<pid>.log before it ends."""
-import os
-import sys
-import time
-from pathlib import Path
-
-from tracemind.backend import open_backend
-from tracemind.backend.location import data_location
-from tracemind.config import durable
-from tracemind.worker.consumer import Consumer
-
-
-class Scripted:
-    def __init__(self):
-        path = os.path.join(os.environ["TM_TEST_RECORD_DIR"], f"{os.getpid()}.log")
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def execute(self, task):
-        os.write(self.fd, f"{task.task_id} {os.getpid()} {task.attempt}\\n".encode())
-        time.sleep(0.02)  # (a consumer is then mostly inside a task when a fault comes)
-        kind = task.record["input"]["kind"]
-        if kind == "doomed" or (kind == "flaky" and task.attempt == 1):
-            raise RuntimeError(f"{kind} attempt {task.attempt}")
-        return {"pid": os.getpid()}
-
-
-def main():
-    consumer_id, stop_file = sys.argv[1], Path(sys.argv[2])
-    queue = open_backend(data_location(), durable=durable()).queue
-    consumer = Consumer(queue, Scripted(), consumer_id, lease_s=float(os.environ["LEASE_S"]))
-    Path(os.environ["TM_TEST_RECORD_DIR"], f"ready-{consumer_id}").touch()
-    next_recover = 0.0
-    while True:
-        if time.monotonic() >= next_recover:
-            queue.recover()
-            next_recover = time.monotonic() + 0.2
-        if not consumer.run_once():
-            if stop_file.exists():
-                return 0
-            time.sleep(0.01)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-'''
 
 
 def _task(kind: str) -> NewTask:
@@ -121,8 +72,8 @@ def _executions(record_dir: Path) -> list[tuple[str, int, int]]:
 def test_consumers_killed_or_paused_at_random_instants_settle_every_task_once(
     tm: Tm, processes: Processes, dirs: DataDirs, record_dir: Path, tmp_path: Path
 ) -> None:
-    # Given 360 tasks — a third succeed, a third fail once, a third fail every attempt — and
-    # three consumer processes on them
+    # Given 360 tasks — a third succeed, a third fail once, a third fail every attempt (the
+    # helper consumer fails them by their input's kind) — and three consumer processes on them
     rng = random.Random()
     stores = open_stores(dirs, durable=True)
     kinds = {}
@@ -130,16 +81,12 @@ def test_consumers_killed_or_paused_at_random_instants_settle_every_task_once(
         task = _task(list(SCHEDULE)[n % 3])
         stores.queue.enqueue([task])
         kinds[task.task_id] = task.record["input"]["kind"]
-    script = tmp_path / "scripted_consumer.py"
-    script.write_text(textwrap.dedent(CONSUMER_SOURCE))
     stop = tmp_path / "stop"
-    env = dict(tm.env, LEASE_S=str(LEASE_S))
     live: dict[str, subprocess.Popen[Any]] = {}
 
     def start(consumer_id: str) -> None:
-        live[consumer_id] = processes.start(
-            [sys.executable, str(script), consumer_id, str(stop)], env=env
-        )
+        command = [sys.executable, "-m", "tm_test_consumer", consumer_id, str(LEASE_S), str(stop)]
+        live[consumer_id] = processes.start(command, env=tm.env)
         wait_until((record_dir / f"ready-{consumer_id}").exists, 30, f"consumer {consumer_id}")
 
     for n in range(3):
