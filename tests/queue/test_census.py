@@ -178,6 +178,26 @@ def test_a_batch_leaves_a_census_that_covers_it_whatever_the_census_age(
     assert log.buckets() == [str(newest)]
 
 
+def test_a_batch_does_not_wait_for_a_file_system_clock_of_whole_seconds(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a file system whose timestamps are whole seconds (it would tick once a second)
+    from tracemind.backend.file import census
+    from tracemind.backend.file import queue as file_backend
+
+    probes: list[int] = []
+
+    def whole_seconds(tmp_dir: str) -> int:
+        probes.append(1)
+        return 1_800_000_000 * 1_000_000_000
+
+    monkeypatch.setattr(census, "fs_clock_ns", whole_seconds)
+    monkeypatch.setattr(file_backend, "CENSUS_WRITER_BATCH_TASKS", 20)
+    # When a batch is enqueued, Then its census pass reads that clock once and waits for no tick
+    stores.queue.enqueue([make_task(clock) for _ in range(20)])
+    assert probes == [1]
+
+
 def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,7 +180,11 @@ def settle_more(
 
 def _next_tick_ns(tmp_dir: str, now_ns: int) -> int:
     """The file system's clock once it has moved past ``now_ns`` (its tick is a few
-    milliseconds), or ``now_ns`` when it has not within :data:`TICK_WAIT_S`."""
+    milliseconds), or ``now_ns`` when it has not within :data:`TICK_WAIT_S` — or at once when
+    ``now_ns`` is a whole second: a file system that keeps whole seconds ticks too seldom to
+    wait for."""
+    if now_ns % 1_000_000_000 == 0:
+        return now_ns
     deadline_s = time.monotonic() + TICK_WAIT_S
     while time.monotonic() < deadline_s:
         time.sleep(0.001)
