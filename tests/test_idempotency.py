@@ -281,9 +281,9 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a keyed batch of three killed while writing its third record into its pack
-    from tracemind.backend.file import packs
+    from tracemind.backend.file import pack_writer
 
-    real_write_at = packs._write_at
+    real_write_at = pack_writer._write_at
     records_written = []
 
     def die_in_third(fd: int, data: bytes, offset: int) -> None:
@@ -295,7 +295,7 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
         real_write_at(fd, data, offset)
 
     submitter = stores.submitter(TTL_S)
-    monkeypatch.setattr(packs, "_write_at", die_in_third)
+    monkeypatch.setattr(pack_writer, "_write_at", die_in_third)
     monkeypatch.setattr(stores.queue, "unstage", lambda names: set())  # (no rollback on a kill)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
@@ -533,7 +533,7 @@ def test_a_submitter_paused_after_claiming_its_key_keeps_it_however_long_it_slee
     # Given submitter A paused in the middle of writing its keyed task (as SIGSTOP would)
     import threading
 
-    from tracemind.backend.file.packs import PackWriter
+    from tracemind.backend.file.pack_writer import PackWriter
 
     paused, resume = threading.Event(), threading.Event()
     real_write = PackWriter.add

@@ -242,7 +242,7 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
 ) -> None:
     # Given a durable queue and counters on every kind of sync
     from tracemind import fsutil
-    from tracemind.backend.file import packs
+    from tracemind.backend.file import pack_writer, packs
     from tracemind.backend.file.stores import open_stores
     from tracemind.submit import Submission
 
@@ -259,7 +259,7 @@ def test_a_durable_batch_is_synced_once_not_once_per_task(
     monkeypatch.setattr(os, "fsync", count("fsync", real_fsync))
     monkeypatch.setattr(os, "fdatasync", count("fdatasync", real_fdatasync))
     monkeypatch.setattr(fsutil, "sync_filesystem", count("syncfs", real_syncfs))
-    monkeypatch.setattr(packs, "sync_filesystem", count("syncfs", real_syncfs))
+    monkeypatch.setattr(pack_writer, "sync_filesystem", count("syncfs", real_syncfs))
     stores = open_stores(dirs, durable=True, clock=clock)
     stores.queue.prepare()
     # When 200 keyed tasks are submitted as one batch

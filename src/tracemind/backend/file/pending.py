@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from typing import Protocol
 
-    from tracemind.backend.file.packs import PackWriter
+    from tracemind.backend.file.pack_writer import PackWriter
 
     class SearchLimits(Protocol):
         """Which buckets one lookup lists (the census's ``BucketSearch`` is one)."""

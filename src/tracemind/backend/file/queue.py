@@ -19,7 +19,8 @@ import time
 from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
-from tracemind.backend.file.packs import MAGIC, PackWriter, appended_line, task_bytes
+from tracemind.backend.file.pack_writer import PackWriter
+from tracemind.backend.file.packs import MAGIC, appended_line, task_bytes
 from tracemind.backend.file.pending import PendingDir
 from tracemind.backend.file.quarantine import quarantine, sweep_temporaries
 from tracemind.clock import Clock, system_clock
@@ -804,9 +805,9 @@ class FileQueue:
     def checkpoint(self, limit: int | None = None) -> int:
         """Settle the packs in ``packs/`` (at most ``limit`` of them, the oldest first; a
         bounded number by default), after a reboot first giving back what a power loss took
-        (see :func:`tracemind.backend.file.packs.checkpoint`); returns how many tasks came
+        (see :func:`tracemind.backend.file.pack_checkpoint.checkpoint`); returns how many tasks came
         back. Writers only."""
-        from tracemind.backend.file.packs import CHECKPOINT_PACKS, checkpoint
+        from tracemind.backend.file.pack_checkpoint import CHECKPOINT_PACKS, checkpoint
 
         _, replayed = checkpoint(
             self._packs, self._replay, limit=CHECKPOINT_PACKS if limit is None else limit
@@ -817,8 +818,8 @@ class FileQueue:
         return replayed
 
     def oldest_unsettled_ms(self) -> int | None:
-        """See :func:`tracemind.backend.file.packs.oldest_unsettled_ms`; read-only."""
-        from tracemind.backend.file.packs import oldest_unsettled_ms
+        """See :func:`tracemind.backend.file.pack_checkpoint.oldest_unsettled_ms`; read-only."""
+        from tracemind.backend.file.pack_checkpoint import oldest_unsettled_ms
 
         return oldest_unsettled_ms(self._packs)
 

@@ -1,0 +1,243 @@
+"""Writing packs: one process's :class:`PackWriter` per queue (the format and what a pack's
+names and locks mean: :mod:`tracemind.backend.file.packs`)."""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import os
+import time
+
+from tracemind.backend.file.packs import (
+    JOURNAL_SUFFIX,
+    LINK_ATTEMPTS,
+    MAGIC,
+    NO_KEY,
+    PACK_AGE_S,
+    PACK_BYTES,
+    PACK_TASKS,
+    SUFFIX,
+    WRITING_BYTE,
+    boot_id,
+    lock_alive,
+    set_lock,
+)
+from tracemind.fsutil import create_exclusive, ensure_dir, fsync_dir, sync_filesystem, write_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+
+class PackWriter:
+    """One process's packs of one queue: writes records, makes them durable, links them.
+
+    A pack is created with its room already written (zeros, up to :data:`PACK_BYTES`; a first
+    pack only as much as its first call needs, rounded up to a block, so that a one-task
+    command does not leave a big file behind). Records are then written into that room at
+    known offsets, so that the ``fdatasync`` after each one flushes data only: the file's size
+    and blocks do not change, where an append would make every flush write the inode too.
+    Lines appended for a task (acks, stamps) go after the room.
+
+    Thread-safe; a child process made by ``fork`` starts packs of its own (it never writes
+    to its parent's)."""
+
+    def __init__(self, packs_dir: str, tmp_dir: str, *, durable: bool) -> None:
+        self.packs_dir = packs_dir
+        self.tmp_dir = tmp_dir
+        self.durable = durable
+        self._mutex = _thread.allocate_lock()
+        self._fd = -1
+        self._path = ""
+        self._journal = -1
+        """The current pack's journal (a durable queue only), or -1."""
+        self._pid = 0
+        self._tasks = 0
+        self._at = 0
+        """Where the next record goes (bytes from the start) ..."""
+        self._room_end = 0
+        """... and where the pack's room ends."""
+        self._opened_s = 0.0
+        self._opened_any = False
+        self._locked_fds: list[int] = []
+        self._digests: set[str] = set()
+        """The key digests of the current pack's records: a key has at most one record in a
+        pack, so that its key record (a link to the pack) names one task."""
+
+    def add(
+        self,
+        items: Sequence[tuple[str, str | None, bytes, str]],
+        remake_parent: Callable[[str], object],
+    ) -> None:
+        """For each ``(task id, idempotency key digest or None, record JSON, target)``: write
+        the record into a pack, then (all records durable first, with a durable queue) make
+        ``target`` a hard link to that pack. ``remake_parent`` makes a target's directory again
+        when another process removed it. Raises :class:`QueueError`; a target already linked
+        stays (the caller rolls back what it must)."""
+        if not items:
+            return
+        lines = [
+            b"\nR %s %s %s\n" % (task_id.encode(), (digest or NO_KEY).encode(), record)
+            for task_id, digest, record, _ in items
+        ]
+        with self._mutex:
+            self._lock_writing()
+            placed: list[tuple[str, str]] = []  # (pack path, target)
+            touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
+            full: list[int] = []  # packs this call filled: closed once their links are made
+            made_pack = False
+            left_bytes = sum(map(len, lines))
+            try:
+                for line, (_, digest, _, target) in zip(lines, items, strict=True):
+                    made_pack |= self._room_for(len(line), left_bytes, full, digest)
+                    if digest is not None:
+                        self._digests.add(digest)
+                    _write_at(self._fd, line, self._at)
+                    if self._journal >= 0:
+                        _write_at(self._journal, line, self._at)
+                    self._at += len(line)
+                    self._tasks += 1
+                    left_bytes -= len(line)
+                    touched[self._path] = self._journal
+                    placed.append((self._path, target))
+                self._make_durable(touched, made_pack)
+                for pack, target in placed:
+                    _link(pack, target, remake_parent)
+            except OSError as exc:
+                raise write_error(exc.filename or self.packs_dir, exc) from exc
+            finally:
+                self._unlock_writing(full)
+                for fd in full:
+                    os.close(fd)  # releases its alive lock: the next checkpoint retires it
+
+    def _lock_writing(self) -> None:
+        """Take the current pack's writing lock, held until the call's last link is made (a
+        pack the call starts is locked as it is made)."""
+        self._locked_fds = []
+        if self._fd >= 0 and self._pid == os.getpid():
+            set_lock(self._fd, WRITING_BYTE, True)
+            self._locked_fds.append(self._fd)
+
+    def _unlock_writing(self, closing: list[int]) -> None:
+        for fd in self._locked_fds:
+            if fd not in closing:  # (closing it releases it)
+                set_lock(fd, WRITING_BYTE, False)
+        self._locked_fds = []
+
+    def close(self) -> None:
+        """Let the current pack go (its ``packs/`` name then goes at the next checkpoint)."""
+        with self._mutex:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)  # releases the alive lock
+                if self._journal >= 0:
+                    os.close(self._journal)
+            self._fd, self._path, self._journal = -1, "", -1
+
+    def _room_for(
+        self, line_bytes: int, left_bytes: int, full: list[int], digest: str | None
+    ) -> bool:
+        """Make sure the current pack has room for one more record of ``line_bytes`` with key
+        ``digest`` (this call has ``left_bytes`` more to write, this one included); True when
+        this started a new pack (the descriptor of the one it replaces goes to ``full``)."""
+        if (
+            self._fd >= 0
+            and self._pid == os.getpid()
+            and self._tasks < PACK_TASKS
+            and self._at + line_bytes <= self._room_end
+            and time.monotonic() - self._opened_s < PACK_AGE_S
+            and digest not in self._digests
+        ):
+            return False
+        if self._fd >= 0 and self._pid == os.getpid():
+            full.append(self._fd)
+            if self._journal >= 0:
+                full.append(self._journal)
+        self._fd, self._path, self._journal = -1, "", -1
+        header_bytes = len(MAGIC) + 36 + 10  # the boot id, the room's size and the separators
+        wanted = left_bytes if not self._opened_any else PACK_BYTES
+        room = max(
+            _blocks(header_bytes + line_bytes),
+            min(PACK_BYTES, _blocks(header_bytes + wanted)),
+        )
+        self._open(MAGIC + b"%s %d\n" % (boot_id().encode(), room), room)
+        return True
+
+    def _open(self, header: bytes, room_bytes: int) -> None:
+        """A new pack of ``room_bytes``: made in ``tmp/``, locked, written (its header, then
+        zeros), then named in ``packs/`` (so a checkpoint never sees it unlocked while its
+        writer lives); with a durable queue, its journal too (named after it)."""
+        ensure_dir(self.packs_dir)
+        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}"
+        room = header + bytes(room_bytes - len(header))
+        fd = self._make(name + SUFFIX, room, lock=True)
+        journal = -1
+        if self.durable:
+            try:
+                journal = self._make(name + JOURNAL_SUFFIX, room, lock=False)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._locked_fds.append(fd)
+        self._fd, self._path, self._pid = (
+            fd,
+            os.path.join(self.packs_dir, name + SUFFIX),
+            os.getpid(),
+        )
+        self._journal = journal
+        self._tasks, self._at, self._room_end = 0, len(header), room_bytes
+        self._digests = set()
+        self._opened_s, self._opened_any = time.monotonic(), True
+
+    def _make(self, name: str, content: bytes, *, lock: bool) -> int:
+        """Create ``packs/name`` holding ``content`` (made in ``tmp/`` and renamed, locked
+        first when ``lock``); its open descriptor."""
+        tmp = os.path.join(self.tmp_dir, name + ".tmp")
+        fd = create_exclusive(tmp, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if lock:
+                lock_alive(fd)
+                set_lock(fd, WRITING_BYTE, True)
+            _write_at(fd, content, 0)
+            os.rename(tmp, os.path.join(self.packs_dir, name))
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return fd
+
+    def _make_durable(self, touched: dict[str, int], made_pack: bool) -> None:
+        if not self.durable:
+            return
+        if len(touched) == 1:
+            os.fdatasync(next(iter(touched.values())))
+            if made_pack:
+                fsync_dir(self.packs_dir)
+            return
+        if not sync_filesystem(self.packs_dir):
+            for fd in touched.values():
+                os.fdatasync(fd)
+            fsync_dir(self.packs_dir)
+
+
+def _blocks(size: int) -> int:
+    """``size`` rounded up to whole 4 KiB blocks."""
+    return -(-size // 4096) * 4096
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _link(source: str, target: str, remake_parent: Callable[[str], object]) -> None:
+    for attempt in range(LINK_ATTEMPTS):
+        try:
+            os.link(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == LINK_ATTEMPTS - 1 or not os.path.exists(source):
+                raise
+            remake_parent(os.path.dirname(target))
