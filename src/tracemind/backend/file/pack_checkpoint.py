@@ -39,6 +39,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+CHECKPOINT_PACKS = 1_000
+"""Most packs one checkpoint looks at (the oldest first): its cost stays bounded however many
+writers came and went since the last one; the next checkpoint takes the rest."""
+HEADER_BYTES = 256
+"""Enough of a pack to read its header."""
+
+
 def _listing(packs_dir: str) -> list[str]:
     try:
         return os.listdir(packs_dir)
@@ -48,13 +55,6 @@ def _listing(packs_dir: str) -> list[str]:
 
 def _pack_names(packs_dir: str) -> list[str]:
     return sorted(n for n in _listing(packs_dir) if n.endswith(SUFFIX))
-
-
-CHECKPOINT_PACKS = 1_000
-"""Most packs one checkpoint looks at (the oldest first): its cost stays bounded however many
-writers came and went since the last one; the next checkpoint takes the rest."""
-HEADER_BYTES = 256
-"""Enough of a pack to read its header."""
 
 
 def checkpoint(
