@@ -8,6 +8,7 @@ never one that ran, died, was purged or still waits — once, however many proce
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_until
-from tracemind.backend.file import packs
+from tracemind.backend.file import pack_writer, packs
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.errors import QueueError
@@ -196,6 +197,44 @@ def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: 
     assert sorted(ran) == sorted([*waiting, requeued.task_id])
     for task_id in (done.task_id, dead.task_id, purged.task_id):
         assert task_id not in ran
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "not durable"])
+@pytest.mark.parametrize("fails", ["while writing its records", "while linking its tasks"])
+def test_after_a_reboot_no_task_of_a_failed_enqueue_comes_back(
+    dirs: DataDirs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, fails: str, durable: bool
+) -> None:
+    # Given a batch of 100 that fails part-way (a full disk): writing its 70th record into its
+    # pack, or on its 41st link, after every record was written (and flushed, when durable)
+    stores = open_stores(dirs, durable=durable, clock=clock)
+    step, real = (
+        ("_write_at", pack_writer._write_at)
+        if fails == "while writing its records"
+        else ("_link", pack_writer._link)
+    )
+    calls: list[object] = []
+    writes_per_record = 2 if durable else 1  # (its pack, then its journal)
+    fail_at = writes_per_record * 69 + 1 if step == "_write_at" else 41
+
+    def failing(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args)  # type: ignore[operator]
+
+    monkeypatch.setattr(pack_writer, step, failing)
+    tasks = [make_task(clock) for _ in range(100)]
+    with pytest.raises(QueueError, match="No space left"):
+        stores.queue.enqueue(tasks)
+    monkeypatch.undo()
+    stores.queue.packs.close()
+    linked = [t.task_id for t in tasks[:40]] if step == "_link" else []
+    # When the machine reboots before any checkpoint
+    _written_in_another_boot(stores)
+    # Then the checkpoint gives back no task the failed call left unlinked (its caller was told
+    # it failed), and each task it linked runs once
+    assert stores.queue.checkpoint() == 0
+    assert sorted(_drain(stores)) == sorted(linked)
 
 
 def test_after_a_reboot_a_keyed_task_comes_back_only_if_its_key_points_at_it(

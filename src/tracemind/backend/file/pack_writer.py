@@ -73,7 +73,9 @@ class PackWriter:
         the record into a pack, then (all records durable first, with a durable queue) make
         ``target`` a hard link to that pack. ``remake_parent`` makes a target's directory again
         when another process removed it. Raises :class:`QueueError`; a target already linked
-        stays (the caller rolls back what it must)."""
+        stays (the caller rolls back what it must), and the records of the others are voided
+        (zeroed in the pack and its journal), so that no replay after a reboot brings back a
+        task whose enqueue failed."""
         if not items:
             return
         lines = [
@@ -87,11 +89,14 @@ class PackWriter:
             full: list[int] = []  # packs this call filled: closed once their links are made
             made_pack = False
             left_bytes = sum(map(len, lines))
+            written: list[tuple[int, int, int, int]] = []  # (pack, journal or -1, offset, size)
+            linked = 0
             try:
                 for line, (_, digest, _, target) in zip(lines, items, strict=True):
                     made_pack |= self._room_for(len(line), left_bytes, full, digest)
                     if digest is not None:
                         self._digests.add(digest)
+                    written.append((self._fd, self._journal, self._at, len(line)))
                     _write_at(self._fd, line, self._at)
                     if self._journal >= 0:
                         _write_at(self._journal, line, self._at)
@@ -103,12 +108,28 @@ class PackWriter:
                 self._make_durable(touched, made_pack)
                 for pack, target in placed:
                     _link(pack, target, remake_parent)
+                    linked += 1
             except OSError as exc:
+                self._void(written[linked:])
                 raise write_error(exc.filename or self.packs_dir, exc) from exc
             finally:
                 self._unlock_writing(full)
                 for fd in full:
                     os.close(fd)  # releases its alive lock: the next checkpoint retires it
+
+    def _void(self, written: list[tuple[int, int, int, int]]) -> None:
+        """Zero records this call wrote but did not link (best effort: the disk may be what
+        failed), durably where their journal was flushed."""
+        journals = set()
+        for pack, journal, offset, size in written:
+            for fd in (pack, journal):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        _write_at(fd, bytes(size), offset)
+            journals.add(journal)
+        for journal in journals - {-1}:
+            with contextlib.suppress(OSError):
+                os.fdatasync(journal)
 
     def _lock_writing(self) -> None:
         """Take the current pack's writing lock, held until the call's last link is made (a
