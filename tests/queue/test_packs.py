@@ -122,6 +122,40 @@ def test_one_task_per_call_fills_a_pack_then_starts_another(
     assert len(_pack_names(stores)) == 2
 
 
+def test_a_child_forked_by_a_writer_writes_packs_of_its_own(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a writer with a pack open (it enqueued one task)
+    parent = [make_task(clock, inputs={"by": "parent", "n": 0})]
+    stores.queue.enqueue(parent)
+    # When it forks a child that enqueues 50 tasks one per call, while it enqueues 50 more
+    children = [make_task(clock, inputs={"by": "child", "n": n}) for n in range(50)]
+    pid = os.fork()
+    if pid == 0:  # the child: enqueue, then leave without running the parent's teardown
+        code = 1
+        try:
+            for task in children:
+                stores.queue.enqueue([task])
+            code = 0
+        finally:
+            os._exit(code)
+    more = [make_task(clock, inputs={"by": "parent", "n": n}) for n in range(1, 51)]
+    for task in more:
+        stores.queue.enqueue([task])
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # Then every task reads as its own record (no write of one landed on the other's), the
+    # child's in packs of its own, and each runs once
+    tasks = {t.task_id: t.record["input"] for t in [*parent, *children, *more]}
+    ran = {}
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        ran[lease.task_id] = lease.record["input"]
+        stores.queue.ack(lease, {})
+    assert ran == tasks
+    writers = {name.split("-")[1] for name in _pack_names(stores)}
+    assert writers == {str(os.getpid()), str(pid)}
+
+
 def test_a_retry_and_a_cancel_stay_with_their_task(stores: Stores, clock: FakeClock) -> None:
     # Given three tasks of one pack
     first, second, third = (make_task(clock, inputs={"n": n}) for n in range(3))
