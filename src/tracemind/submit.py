@@ -78,7 +78,13 @@ class QueueSubmitter(SubmitsOne):
         with self.keys.locked_many(keys):
             known = self._decide(keys, now_s)
             new, results = self._new_tasks(flow, submissions, now_s, known)
-            self._write_keyed(new)
+            keyed = [t for t in new if t.record["idempotency_key"] is not None]
+            self._write_keyed(keyed)
+        plain = [t for t in new if t.record["idempotency_key"] is None]
+        if plain:
+            self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
+        if keyed:  # (after the locks: a batch's census pass may wait for the clock to tick)
+            self.queue.keep_census(len(new))
         return results
 
     def _decide(self, keys: list[str], now_s: float) -> dict[str, str]:
@@ -119,11 +125,9 @@ class QueueSubmitter(SubmitsOne):
             results.append(SubmitResult(task_id, False))
         return new, results
 
-    def _write_keyed(self, new: list[NewTask]) -> None:
-        """Steps 3 and 4 of the module's protocol, for the new tasks of a keyed batch (call
+    def _write_keyed(self, keyed: list[NewTask]) -> None:
+        """Steps 3 and 4 of the module's protocol, for the new keyed tasks of a batch (call
         holding their keys' locks). A failure rolls back what is not yet visible."""
-        keyed = [t for t in new if t.record["idempotency_key"] is not None]
-        plain = [t for t in new if t.record["idempotency_key"] is None]
         digests = [self.keys.digest(t.record["idempotency_key"]) for t in keyed]
         records = [
             KeyRecord(
@@ -150,10 +154,6 @@ class QueueSubmitter(SubmitsOne):
                 if name in removed:
                     self.keys.forget(record.key, record.task_id)
             raise
-        if plain:
-            self.queue.enqueue(plain)  # no key: at-least-once, like any unkeyed submission
-        else:
-            self.queue.keep_census(len(new))  # (an enqueue does it too)
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
         """Whether ``record``'s task still holds its key (call holding the key's lock).

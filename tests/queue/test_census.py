@@ -13,6 +13,7 @@ from tm_testing import FakeClock, make_task
 from tracemind.backend.file import census
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
+from tracemind.errors import LockTimeout
 from tracemind.flows import FlowSnapshot
 from tracemind.queue.names import PendingName, new_task_id
 from tracemind.submit import Submission
@@ -226,6 +227,27 @@ def test_a_keyed_batch_keeps_the_census_too(
     # Then the census counts the settled buckets
     cached = census.load(str(stores.queue.root))
     assert cached is not None and len(cached) == 3
+
+
+def test_a_keyed_batch_keeps_the_census_after_letting_its_keys_go(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a keyed batch (its census pass may wait for the file system's clock to tick)
+    items = [Submission({}, f"k{n}") for n in range(20)]
+    stripes = {stores.keys.stripe(item.idempotency_key or "") for item in items}
+    free_when_kept: list[bool] = []
+
+    def keep_census(wrote: int = 0) -> None:
+        try:  # (another open file description: a lock the batch still held would refuse)
+            with stores.keys.locked_stripes(stripes, timeout_s=0.0):
+                free_when_kept.append(True)
+        except LockTimeout:
+            free_when_kept.append(False)
+
+    monkeypatch.setattr(stores.queue, "keep_census", keep_census)
+    # When it is submitted, Then its census pass runs once its keys' locks are free again
+    stores.submitter(60.0).submit_many(echo_snapshot, items)
+    assert free_when_kept == [True]
 
 
 def _uncovered_backlog(stores: Stores, clock: FakeClock, seconds: int) -> list[str]:
