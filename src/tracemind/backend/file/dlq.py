@@ -63,7 +63,7 @@ class DeadLetterStore:
     def has_trace(self, task_id: str) -> bool:
         """Whether the task has an entry here or an audit copy (purged or requeued); lists the
         audit folders (for recovery paths only)."""
-        if os.path.lexists(os.path.join(self.root, f"{task_id}.json")):
+        if os.path.lexists(self._path(task_id)):
             return True
         prefix = task_id + "."
         for folder in ("purged", "requeued"):

@@ -31,6 +31,7 @@ from tracemind.fsutil import (
     open_regular,
     read_fd,
     read_regular,
+    scan_names,
     sync_filesystem,
 )
 
@@ -46,15 +47,8 @@ HEADER_BYTES = 256
 """Enough of a pack to read its header."""
 
 
-def _listing(packs_dir: str) -> list[str]:
-    try:
-        return os.listdir(packs_dir)
-    except FileNotFoundError:
-        return []
-
-
 def _pack_names(packs_dir: str) -> list[str]:
-    return sorted(n for n in _listing(packs_dir) if n.endswith(SUFFIX))
+    return sorted(n for n in scan_names(packs_dir) if n.endswith(SUFFIX))
 
 
 def checkpoint(
@@ -82,7 +76,7 @@ def checkpoint(
     replaying: list[int] = []  # descriptors holding replay locks until the names are gone
     replayed = 0
     try:
-        listed = _listing(packs_dir)
+        listed = list(scan_names(packs_dir))
         packs = sorted(n for n in listed if n.endswith(SUFFIX))
         for name in packs[:limit]:
             path = os.path.join(packs_dir, name)

@@ -872,8 +872,8 @@ class FileQueue:
         copy = self.waiting.find(task_id)
         if copy is not None:
             return self.waiting.path_of(copy)
-        for name in map(InflightName.parse, scan_names(self._inflight)):
-            if name is not None and name.task_id == task_id:
+        for name in self._inflight_names():
+            if name.task_id == task_id:
                 return self._inflight + str(name)
         return None
 
