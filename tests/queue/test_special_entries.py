@@ -266,6 +266,25 @@ def test_a_task_it_may_not_read_stays_pending_is_logged_once_and_reported(
     assert unreadable_records(stores.queue.root) == (0, [])
 
 
+def test_a_task_it_may_not_read_does_not_hold_back_the_buckets_after_it(
+    stores: Stores, clock: FakeClock, unreadable: set[str]
+) -> None:
+    # Given a task this process may not read, alone in its second's bucket, and good tasks
+    # due in the next seconds
+    locked = make_task(clock)
+    stores.queue.enqueue([locked])
+    later = []
+    for _ in range(2):
+        clock.advance(1.0)
+        later.append(make_task(clock))
+        stores.queue.enqueue([later[-1]])
+    [path] = [p for p in stores.queue.pending_dir.glob("*/*/*") if locked.task_id in p.name]
+    unreadable.add(str(path))
+    # When a consumer drains, Then it runs the later tasks (the locked one waits where it is)
+    assert _drain(stores) == [t.task_id for t in later]
+    assert path.exists()
+
+
 def test_a_report_whose_record_is_gone_is_ignored_by_readers_and_swept_by_writers(
     stores: Stores, clock: FakeClock, unreadable: set[str]
 ) -> None:

@@ -42,7 +42,7 @@ from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Container, Iterable, Iterator, Sequence
     from typing import Protocol
 
     from tracemind.backend.file.pack_writer import PackWriter
@@ -240,10 +240,14 @@ class PendingDir:
 
     # -- consumers -----------------------------------------------------------------------------
 
-    def oldest_due(self, now_ms: int) -> tuple[list[PendingName], int | None]:
-        """(the names of the oldest bucket that holds a due task, sorted; the start of the next
-        bucket in the future, or None). Removes empty past buckets and moves first-layout
-        files into their buckets on the way."""
+    def oldest_due(
+        self, now_ms: int, skip: Container[PendingName] = ()
+    ) -> tuple[list[PendingName], int | None]:
+        """(the names of the oldest bucket that holds a due task, sorted, but for those in
+        ``skip``; the start of the next bucket in the future, or None). A bucket that holds
+        only names to skip (records this process may not read now) is passed over, never
+        removed. Removes empty past buckets and moves first-layout files into their buckets
+        on the way."""
         outer_names = self._sorted_children(self.path, 7, migrate=True)
         if outer_names is None:  # first-layout files were moved into buckets: list again
             outer_names = self._sorted_children(self.path, 7, migrate=False) or []
@@ -261,10 +265,11 @@ class PendingDir:
                 if inner_start_ms > now_ms:
                     return [], inner_start_ms
                 names = self._task_names(outer + inner_name + "/")
-                if names:
+                if not names:
+                    self._remove_if_past(outer + inner_name, inner_start_ms + INNER_MS, now_ms)
+                elif names := [name for name in names if name not in skip]:
                     names.sort(key=lambda n: (n.due_ms, n.task_id))
                     return names, None
-                self._remove_if_past(outer + inner_name, inner_start_ms + INNER_MS, now_ms)
         return [], None
 
     def _sorted_children(self, directory: str, width: int, *, migrate: bool) -> list[str] | None:

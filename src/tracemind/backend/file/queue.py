@@ -586,11 +586,9 @@ class FileQueue:
         return None
 
     def _relist(self, now_s: float) -> None:
-        names, self._next_bucket_ms = self.waiting.oldest_due(_ms(now_s))
-        held, self._held_back = self._held_back, {}
-        if held:  # not readable a moment ago: left alone until their time to try again
-            self._held_back = {n: t for n, t in held.items() if t > now_s}
-            names = [n for n in names if n not in self._held_back]
+        # (not readable a moment ago: left alone until their time to try again)
+        self._held_back = {n: t for n, t in self._held_back.items() if t > now_s}
+        names, self._next_bucket_ms = self.waiting.oldest_due(_ms(now_s), self._held_back)
         self._candidates = deque(names)
         # Stamped after the listing: one that took longer than the interval must not make every
         # following lease list again.
