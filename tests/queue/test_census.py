@@ -199,6 +199,33 @@ def test_a_batch_does_not_wait_for_a_file_system_clock_of_whole_seconds(
     assert probes == [1]
 
 
+def test_a_writer_of_one_task_at_a_time_looks_at_a_fresh_census_once(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a writer that has just kept the census
+    from tracemind.backend.file import queue as file_backend
+
+    stores.queue.enqueue([make_task(clock)])
+    looks: list[str] = []
+    real_file_state = census.file_state
+
+    def file_state(queue_root: str, now_s: float) -> tuple[float, int] | None:
+        looks.append(queue_root)
+        return real_file_state(queue_root, now_s)
+
+    monkeypatch.setattr(census, "file_state", file_state)
+    # When it enqueues 20 more tasks one call each, Then it looks at the census at most once
+    for _ in range(20):
+        stores.queue.enqueue([make_task(clock)])
+    assert len(looks) <= 1
+    # and once the census may be due again (its pace past), it looks again
+    later_s = time.monotonic() + file_backend.CENSUS_WRITER_AGE_S + 1.0
+    monkeypatch.setattr(file_backend.time, "monotonic", lambda: later_s)
+    looks.clear()
+    stores.queue.enqueue([make_task(clock)])
+    assert len(looks) == 1
+
+
 def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -216,14 +243,16 @@ def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
 
 
 def test_a_keyed_batch_keeps_the_census_too(
-    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
+    stores: Stores, dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot
 ) -> None:
     # Given settled buckets that no census covers yet
     _backlog(stores, clock, seconds=3, per_second=10)
     (stores.queue.root / "census.json").unlink()
-    # When a batch of keyed tasks only is submitted (staged, linked, published)
+    # When a batch of keyed tasks only is submitted (staged, linked, published) by a writer
+    # that has not looked at the census before (another process)
     items = [Submission({}, f"k{n}") for n in range(3)]
-    stores.submitter(60.0).submit_many(echo_snapshot, items)
+    writer = open_stores(dirs, durable=False, clock=clock)
+    writer.submitter(60.0).submit_many(echo_snapshot, items)
     # Then the census counts the settled buckets
     cached = census.load(str(stores.queue.root))
     assert cached is not None and len(cached) == 3
@@ -280,7 +309,7 @@ def test_an_id_lists_only_the_buckets_whose_names_can_hold_it(
     _uncovered_backlog(stores, clock, seconds=3)
     late = make_task(clock, due_in_s=-5.0)
     stores.queue.enqueue([late])
-    (stores.queue.root / "census.json").unlink()
+    (stores.queue.root / "census.json").unlink(missing_ok=True)
     chunk = next(p for p in stores.queue.pending_dir.glob("*/*-*"))
     assert chunk.name.endswith("-005000")
     clock.advance(5.0)

@@ -61,9 +61,7 @@ class TaskMaker:
     policy resolved at submit, the first due time)."""
 
     def __init__(self, flow: FlowSnapshot, now_s: float) -> None:
-        self.snapshot = flow.to_dict()
-        self.policy = task_policy(flow.flow)
-        self.max_attempts = int(flow.flow["retry"]["max_attempts"])
+        self.snapshot, self.policy, self.max_attempts = _shared_parts(flow)
         self.now_s = now_s
 
     def task(self, task_id: str, item: Submission) -> NewTask:
@@ -81,6 +79,24 @@ class TaskMaker:
             due_at=due_s,
         )
         return NewTask(task_id, record, due_s)
+
+
+class _LastFlow:
+    """The flow whose records were made last, and the parts its records share."""
+
+    flow: object = None
+    parts: tuple[dict[str, Any], dict[str, Any], int] | None = None
+
+
+def _shared_parts(flow: FlowSnapshot) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """(snapshot, policy, max attempts) of ``flow``'s records: the same objects for as long as
+    the same flow object is submitted (nothing changes them), so that a process submitting one
+    task at a time builds them once, and its queue encodes them once (see the file queue's
+    ``_SharedJson``)."""
+    if _LastFlow.flow is not flow or _LastFlow.parts is None:
+        parts = (flow.to_dict(), task_policy(flow.flow), int(flow.flow["retry"]["max_attempts"]))
+        _LastFlow.flow, _LastFlow.parts = flow, parts
+    return _LastFlow.parts
 
 
 def task_policy(flow_section: dict[str, Any]) -> dict[str, Any]:

@@ -247,10 +247,13 @@ def _blocks(size: int) -> int:
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    written = os.pwrite(fd, data, offset)
+    if written < len(data):  # (a short write: the rest follows)
+        view = memoryview(data)[written:]
+        offset += written
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
 
 
 def _link(source: str, target: str, remake_parent: Callable[[str], object]) -> None:

@@ -43,6 +43,7 @@ and :mod:`.pack_checkpoint` settles them.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
 
@@ -179,6 +180,7 @@ def _line_end(data: bytes, pos: int) -> int:
     return len(data) if end < 0 else end
 
 
+@functools.cache
 def _flock_struct(kind: int, byte: int = ALIVE_BYTE) -> bytes:
     # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)

@@ -151,15 +151,15 @@ class PendingDir:
         :mod:`tracemind.backend.file.packs`); else a file per task."""
         if not items:
             return
-        for bucket in {bucket_of(name) for name, _ in items}:
-            self._make_bucket(self.path + bucket)
-        if self.packs is not None:
+        if self.packs is not None:  # (a bucket is made when a link finds it missing)
             self.packs.add(
                 [(name.task_id, None, data, self.path_of(name)) for name, data in items],
                 self._make_bucket,
             )
             self.ring()
             return
+        for bucket in {bucket_of(name) for name, _ in items}:
+            self._make_bucket(self.path + bucket)
         targets = [(self.path_of(name), data) for name, data in items]
         if len(targets) == 1:
             write_atomic(

@@ -163,7 +163,10 @@ class FileQueue:
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
         self._board: ProblemBoard | None = None
-        self._flow_json = _FlowJson()
+        self._shared_json = _SharedJson()
+        self._census_fresh_until_s = float("-inf")
+        """Until when (``time.monotonic``) this writer takes the census as fresh: it was found
+        younger than its pace, so :meth:`keep_census` has nothing to do before then."""
         self._held_back: dict[PendingName, float] = {}
         """Pending names this process may not read → when to try again (epoch seconds)."""
 
@@ -213,7 +216,7 @@ class FileQueue:
         self.prepare()
         self.waiting.place(
             [
-                (PendingName(_ms(t.due_s), t.task_id, 0), _encode_record(t.record, self._flow_json))
+                (PendingName(_ms(t.due_s), t.task_id, 0), _encode_record(t.record, self._shared_json))
                 for t in tasks
             ]
         )
@@ -227,8 +230,13 @@ class FileQueue:
         wrote a batch (:data:`CENSUS_WRITER_BATCH_TASKS`), count in the buckets that settled
         since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no
         daemon serves it (an outage) has a census too, and readers list only the buckets
-        written since the writers' last pass. Costs one ``stat`` otherwise; a census that
+        written since the writers' last pass. Costs one ``stat`` otherwise; on a writer's way
+        (``wrote`` > 0), nothing at all while a census it found fresh is young enough still
+        (a writer enqueueing one task at a time looks about once a second). A census that
         cannot be written (a read-only volume) is left as it is."""
+        batch = wrote >= CENSUS_WRITER_BATCH_TASKS
+        if 0 < wrote and not batch and time.monotonic() < self._census_fresh_until_s:
+            return  # (found fresh on an earlier call: not even a `stat` until it may be due)
         from tracemind.backend.file import census
 
         root = os.fspath(self.root)
@@ -236,9 +244,11 @@ class FileQueue:
         if state is not None:
             age_s, size = state
             pace_s = size / CENSUS_WRITER_BYTES_PER_S
-            if wrote < CENSUS_WRITER_BATCH_TASKS:
+            if not batch:
                 pace_s = max(CENSUS_WRITER_AGE_S, pace_s)
             if 0 <= age_s < pace_s:
+                if not batch:
+                    self._census_fresh_until_s = time.monotonic() + (pace_s - age_s)
                 return
         previous = census.load(root)
         try:
@@ -247,7 +257,7 @@ class FileQueue:
                 _ms(self.clock()),
                 previous,
                 CENSUS_WRITER_BUDGET,
-                next_tick=wrote >= CENSUS_WRITER_BATCH_TASKS,
+                next_tick=batch,
             )
             if kept != previous or state is None:
                 census.save(root, self._tmp, kept)
@@ -268,7 +278,7 @@ class FileQueue:
         self.prepare()
         self.packs.add(
             [
-                (t.task_id, digest, _encode_record(t.record, self._flow_json), self._staging + name)
+                (t.task_id, digest, _encode_record(t.record, self._shared_json), self._staging + name)
                 for name, t, digest in zip(names, tasks, digests, strict=True)
             ],
             ensure_dir,
@@ -1014,35 +1024,39 @@ class FileQueue:
         return self.finished(task_id)
 
 
-class _FlowJson:
-    """The JSON of the flow snapshot the last records carried, so that a batch — or a process
-    that submits one task at a time — encodes its flow once. A snapshot is the same when it
-    wraps the same flow mapping (a :class:`~tracemind.flows.FlowSnapshot`'s, held here, which
-    nothing changes) from the same file and content."""
+class _SharedJson:
+    """The JSON of the values many records share — their flow snapshot and policy, the same
+    objects in every record one submitter makes for one flow (see
+    :class:`~tracemind.queue.records.TaskMaker`) — encoded once for a batch, or for a process
+    that submits one task at a time. Values are told apart by identity; nothing changes a
+    snapshot or a policy once made."""
 
-    __slots__ = ("_flow", "_json", "_source")
+    __slots__ = ("_held",)
+
+    SHARED = ("flow", "policy")
 
     def __init__(self) -> None:
-        self._flow: object = None
-        self._source: tuple[object, object] = (None, None)
-        self._json = b""
+        self._held: dict[str, tuple[object, bytes]] = {}
 
-    def of(self, snapshot: dict[str, Any]) -> bytes:
-        flow, source = snapshot.get("flow"), (snapshot.get("source_path"), snapshot.get("sha256"))
-        if flow is None or flow is not self._flow or source != self._source or len(snapshot) != 3:
-            self._json = dump_json(snapshot)
-            self._flow, self._source = flow, source
-        return self._json
+    def of(self, field: str, value: object) -> bytes:
+        held = self._held.get(field)
+        if held is None or held[0] is not value:
+            held = (value, dump_json(value))
+            self._held[field] = held
+        return held[1]
 
 
-def _encode_record(record: dict[str, Any], flows: _FlowJson) -> bytes:
-    """``record`` as JSON, its flow snapshot encoded once for many records."""
-    flow = record.get("flow")
-    if not isinstance(flow, dict):
-        return dump_json(record)
-    rest = dump_json({key: value for key, value in record.items() if key != "flow"})
-    separator = b"," if rest != b"{}" else b""
-    return rest[:-1] + separator + b'"flow":' + flows.of(flow) + b"}"
+def _encode_record(record: dict[str, Any], shared: _SharedJson) -> bytes:
+    """``record`` as JSON (its shared values last), those values encoded once for many
+    records."""
+    own = dict(record)
+    tail = b"".join(
+        b',"%s":%s' % (field.encode(), shared.of(field, own.pop(field)))
+        for field in _SharedJson.SHARED
+        if field in own
+    )
+    head = dump_json(own)[:-1]
+    return head + (tail[1:] if head == b"{" else tail) + b"}"
 
 
 def _matches(consumer: str, dead: tuple[str, ...]) -> bool:
