@@ -202,6 +202,24 @@ def test_missing_hook_at_run_time_is_a_flow_error(write_flow: Callable[..., Path
     assert "cannot import 'nope_mod_q'" in str(info.value)
 
 
+def test_a_shared_hooks_dict_imports_each_hook_once(hooks_dir: Path) -> None:
+    # Given a flow loaded without checking hooks, and a hooks dict shared between its runs
+    doc = {
+        "flow": {"id": "x", "steps": [{"id": "only", "kind": "task", "run": "flowhooks.add_one"}]}
+    }
+    flow = parse_flow(doc, "f.yaml")
+    hooks: dict[str, Any] = {}
+
+    # When it runs once, Then the hook it imported is kept under its spec
+    assert run_flow(flow, {"n": 1}, {}, hooks=hooks) == {"n": 2}
+    assert list(hooks) == ["flowhooks.add_one"]
+
+    # And a later run calls what the dict holds instead of importing the spec again
+    hooks["flowhooks.add_one"] = lambda ctx, state: {"n": -1}
+    assert run_flow(flow, {"n": 1}, {}, hooks=hooks) == {"n": -1}
+    assert run_flow(flow, {"n": 1}, {}) == {"n": 2}  # without the dict: imported afresh
+
+
 def test_runaway_guard_stops_a_hand_built_cyclic_flow() -> None:
     # parse_flow rejects cycles; a Flow built by hand bypasses that, and must still terminate.
     flow = Flow(

@@ -45,6 +45,7 @@ def run_flow(
     *,
     stop_requested: Callable[[], bool] | None = None,
     on_step: Callable[[str], None] | None = None,
+    hooks: dict[str, Hook] | None = None,
 ) -> dict[str, Any]:
     """Run ``flow`` from its entry and return the final state (a new dict).
 
@@ -60,6 +61,10 @@ def run_flow(
       :class:`StepFailed` carrying the step id, the exception and its formatted traceback; so
       does a switch label that matches no edge when there is no default.
     - A hook that cannot be imported raises :class:`FlowError` (retrying will not help).
+    - ``hooks`` (when given) maps hook specs to the callables imported for them: a spec found
+      there is not imported again, and each one imported is added. A process that runs many
+      tasks passes the same dict to every run, so that each hook is imported once; without it
+      every run imports its hooks afresh.
     - ``stop_requested`` (when given) is asked before every step after the first; True raises
       :class:`Cancelled` (the steps run so far keep their effects).
     - ``on_step`` (when given) is called with each step's id as that step begins.
@@ -69,7 +74,8 @@ def run_flow(
     if isinstance(flow, FlowSnapshot):
         flow = flow.to_flow()
     current: dict[str, Any] = dict(state)
-    hooks: dict[str, Hook] = {}
+    if hooks is None:
+        hooks = {}
     step: Step | None = flow.step(flow.entry)
     executed = 0
     while step is not None:

@@ -47,9 +47,10 @@ class NonRetryable(TraceMindError):
 class FlowRuntime:
     """Runs the flow snapshot carried by the task, with ``ctx`` = task id, flow id, attempt and
     the trigger metadata (``_trigger``). A snapshot is validated once per worker and reused for
-    every task that carries an identical one. Hooks are imported from the app dirs
-    (``TM_APP_DIR``, set by ``--app-dir``) first, then the current directory and ``sys.path``;
-    a hook that cannot be imported dead-letters the task with where the worker looked."""
+    every task that carries an identical one; a hook is imported once per worker, when a task
+    first calls it. Hooks are imported from the app dirs (``TM_APP_DIR``, set by
+    ``--app-dir``) first, then the current directory and ``sys.path``; a hook that cannot be
+    imported dead-letters the task with where the worker looked."""
 
     CACHE_SIZE = 64
 
@@ -59,6 +60,7 @@ class FlowRuntime:
 
         add_to_import_path(app_dirs(check=False))  # a missing one shows in the import error
         self._validated: dict[str, tuple[Any, Any]] = {}  # sha256 -> (snapshot, Flow)
+        self._hooks: dict[str, Any] = {}  # hook spec -> the callable imported for it
 
     def _flow(self, snapshot: Any) -> Any:
         from tracemind.errors import FlowError
@@ -75,12 +77,12 @@ class FlowRuntime:
         if isinstance(key, str):
             if len(self._validated) >= self.CACHE_SIZE:
                 self._validated.clear()
+                self._hooks.clear()
             self._validated[key] = (snapshot, flow)
         return flow
 
     def execute(self, task: Task) -> dict[str, Any]:
-        from tracemind.flows import run_flow
-        from tracemind.flows.runner import step_context
+        from tracemind.flows.runner import run_flow, step_context
 
         flow = self._flow(task.record.get("flow"))
         ctx = step_context(
@@ -92,7 +94,12 @@ class FlowRuntime:
         )
         state = task.record.get("input") or {}
         return run_flow(
-            flow, dict(state), ctx, stop_requested=task.cancel_requested, on_step=task.on_step
+            flow,
+            dict(state),
+            ctx,
+            stop_requested=task.cancel_requested,
+            on_step=task.on_step,
+            hooks=self._hooks,
         )
 
 
