@@ -91,9 +91,10 @@ class QueueSubmitter(SubmitsOne):
         """key → the task id it resolves to, for each key that blocks a new submission."""
         blocking: dict[str, str] = {}
         for key in dict.fromkeys(keys):
-            record = self.keys.get(key)
+            record, present = self.keys.lookup(key)
             if record is None:
-                self.keys.quarantine_damaged(key)
+                if present:
+                    self.keys.quarantine_damaged(key)
             elif self._blocks(record, now_s):
                 blocking[key] = record.task_id
         return blocking

@@ -115,6 +115,7 @@ class IdempotencyStore:
         self.durable = durable
         self.lock_timeout_s = lock_timeout_s
         self._keys = os.path.join(root, "keys")
+        self._prefix = os.path.join(self._keys, "")
 
     @staticmethod
     def stripe(key: str) -> str:
@@ -155,7 +156,7 @@ class IdempotencyStore:
             yield
 
     def _path(self, key: str) -> str:
-        return os.path.join(self._keys, f"{_digest(key)}.json")
+        return self._prefix + _digest(key) + ".json"
 
     def get(self, key: str) -> KeyRecord | None:
         """The record for ``key``; None when absent or damaged (a damaged record blocks nothing:
@@ -164,10 +165,19 @@ class IdempotencyStore:
 
         A record this process may not read is no damage and is not taken as absent either (that
         would give the key a second task): :class:`QueueError` naming the fix."""
-        pointer = self.pointer_at(self._path(key))
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[KeyRecord | None, bool]:
+        """(the record for ``key``, as :meth:`get` gives it; whether ``keys/`` has an entry
+        for it at all — one that is no record is damage, see :meth:`quarantine_damaged`)."""
+        try:
+            pointer = self._read_pointer(self._path(key))
+        except FileNotFoundError:
+            return None, False
         if pointer is None:
-            return None
-        return KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
+            return None, True
+        record = KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
+        return record, True
 
     def owner(self, key: str) -> str | None:
         """The id of the task ``key`` points at; None when it points at none (see :meth:`get`,
@@ -179,13 +189,20 @@ class IdempotencyStore:
         """What the key record at ``path`` points at; None when absent or damaged, and
         :class:`QueueError` when this process may not read it (see :meth:`get`)."""
         try:
+            return self._read_pointer(path)
+        except FileNotFoundError:
+            return None
+
+    def _read_pointer(self, path: str) -> Pointer | None:
+        """:meth:`pointer_at`, but raising ``FileNotFoundError`` when there is no entry."""
+        try:
             data = read_regular(path)
             if is_pack(data):  # a link to the pack holding the key's task
                 data = keyed_task_bytes(data, os.path.basename(path)[:40])
             first_line = data.partition(b"\n")[0]
             data = json.loads(first_line)
         except FileNotFoundError:
-            return None
+            raise
         except ValueError:  # torn, not JSON, or not a regular file (DamagedEntry)
             return None
         except OSError as exc:

@@ -181,8 +181,7 @@ class PendingDir:
         ``source`` is gone (another process moved it first). With a durable queue the bucket is
         synced, unless ``sync`` is False (the caller then calls :meth:`sync_buckets`)."""
         target = self.path_of(name)
-        self._make_bucket(os.path.dirname(target))
-        try:
+        try:  # (a missing bucket is made when the rename finds it gone)
             rename_into(source, target, self._make_bucket)
         except FileNotFoundError:
             if not os.path.lexists(source):
