@@ -18,8 +18,10 @@ reports idle (one shared wake pipe), a caller's descriptor is readable, or the t
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
+import itertools
 import json
 import os
 import select
@@ -114,6 +116,8 @@ class Outcomes:
 
     counts: Counter[str] = field(default_factory=Counter)
     duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_S))
+    """Durations in each bucket alone: above the bound before it, up to its own (the
+    cumulative counts Prometheus expects are summed up by :meth:`to_dict`)."""
     duration_sum_s: float = 0.0
     duration_count: int = 0
     flows: dict[str, Outcomes] = field(default_factory=dict)
@@ -128,19 +132,19 @@ class Outcomes:
         key = flow_id or ""
         if key not in self.flows and len(self.flows) >= MAX_FLOWS:
             key = OTHER_FLOWS
+        bucket = bisect.bisect_left(DURATION_BUCKETS_S, duration_s)  # the first bound >= it
         for outcomes in (self, self.flows.setdefault(key, Outcomes())):
             outcomes.counts[outcome] += 1
             outcomes.duration_sum_s += duration_s
             outcomes.duration_count += 1
-            for i, bound in enumerate(DURATION_BUCKETS_S):
-                if duration_s <= bound:
-                    outcomes.duration_buckets[i] += 1
+            if bucket < len(DURATION_BUCKETS_S):
+                outcomes.duration_buckets[bucket] += 1
 
     def to_dict(self) -> dict[str, Any]:
         doc = {
             "counts": dict(self.counts),
             "duration_buckets_s": list(DURATION_BUCKETS_S),
-            "duration_bucket_counts": self.duration_buckets,
+            "duration_bucket_counts": list(itertools.accumulate(self.duration_buckets)),
             "duration_sum_s": self.duration_sum_s,
             "duration_count": self.duration_count,
         }
@@ -346,24 +350,30 @@ class WorkerPool:
                 slot.buffer += chunk
         except (BlockingIOError, OSError, TypeError):
             pass
-        *lines, slot.buffer = slot.buffer.split(b"\n")
-        for line in lines:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                event = json.loads(line)
-                if event.get("event") == "idle":
-                    slot.idle = True
-                    continue
-                if event.get("event") == "started":
-                    slot.took_task = True
-                    slot.idle = False
-                    self.outcomes.started(int(event["attempt"]))
-                    slot.running = _running_task(event)
-                    continue
-                if event.get("event") == "step":
-                    if slot.running is not None:
-                        slot.running.step = short_id(event.get("step"))
-                    continue
-                self._settled(slot, event)
+        complete, _, slot.buffer = slot.buffer.rpartition(b"\n")
+        if not complete:
+            return
+        for line in complete.decode(errors="replace").split("\n"):
+            try:
+                self._event(slot, json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not an event line (see tracemind.worker.events): ignored
+
+    def _event(self, slot: Slot, event: dict[str, Any]) -> None:
+        """Take one of the worker's events into account."""
+        kind = event.get("event")
+        if kind == "idle":
+            slot.idle = True
+        elif kind == "started":
+            slot.took_task = True
+            slot.idle = False
+            self.outcomes.started(int(event["attempt"]))
+            slot.running = _running_task(event)
+        elif kind == "step":
+            if slot.running is not None:
+                slot.running.step = short_id(event.get("step"))
+        else:
+            self._settled(slot, event)
 
     def _settled(self, slot: Slot, event: dict[str, Any]) -> None:
         """Count a worker's report of an outcome; its worker is no longer busy."""
