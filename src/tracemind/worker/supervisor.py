@@ -146,8 +146,8 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
 
     def _run(self) -> bool:
-        next_recover_s = time.monotonic() + self._recover_or_wait()
         self.pool.start()
+        next_recover_s = time.monotonic()  # the first upkeep runs while the workers start
         while not self.stop_requested.is_set():
             self.pool.poll()
             now_s = time.monotonic()
