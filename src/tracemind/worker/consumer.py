@@ -216,12 +216,16 @@ class Consumer:
         lease = self.queue.lease(self.consumer_id, self.lease_s)
         if lease is None:
             return False
-        import structlog
+        from structlog.contextvars import bind_contextvars, reset_contextvars
 
-        with structlog.contextvars.bound_contextvars(
+        # Every line logged while the task runs carries these (the stdlib's too, see log.py).
+        tokens = bind_contextvars(
             task_id=lease.task_id, flow_id=lease.record.get("flow_id"), attempt=lease.attempt
-        ):
+        )
+        try:
             self._process(lease)
+        finally:
+            reset_contextvars(**tokens)
         return True
 
     def _process(self, lease: Lease) -> None:
