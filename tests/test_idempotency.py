@@ -380,7 +380,8 @@ def test_a_key_is_decided_without_listing_the_queue(
     def no_listing(*args: Any) -> Any:
         raise AssertionError("a duplicate-key check listed a directory")
 
-    monkeypatch.setattr("tracemind.backend.file.queue.scan_names", no_listing)
+    for module in ("queue_reads", "queue_writes"):
+        monkeypatch.setattr(f"tracemind.backend.file.{module}.scan_names", no_listing)
     again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
 
     assert (again.task_id, again.duplicate) == (first.task_id, True)

@@ -118,7 +118,7 @@ def test_writers_keep_the_census_of_a_queue_no_daemon_serves(
 ) -> None:
     # Given producers writing batches while no daemon serves the queue (each writer brings the
     # census up to date when it is older than CENSUS_WRITER_AGE_S: here, every time)
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 0.0)
     for _ in range(6):
@@ -142,7 +142,7 @@ def test_a_writer_within_seconds_of_the_census_lists_nothing_for_it(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a queue whose census a writer has just brought up to date
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 60.0)  # (a slow machine)
     _backlog(stores, clock, seconds=3, per_second=10)
@@ -159,7 +159,7 @@ def test_a_batch_leaves_a_census_that_covers_it_whatever_the_census_age(
 ) -> None:
     # Given a census a writer has just brought up to date, and writers that pass only once a
     # minute on their own (a slow machine)
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_AGE_S", 60.0)
     monkeypatch.setattr(file_backend, "CENSUS_WRITER_BATCH_TASKS", 20)
@@ -184,7 +184,7 @@ def test_a_batch_does_not_wait_for_a_file_system_clock_of_whole_seconds(
 ) -> None:
     # Given a file system whose timestamps are whole seconds (it would tick once a second)
     from tracemind.backend.file import census
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     probes: list[int] = []
 
@@ -203,7 +203,7 @@ def test_a_writer_of_one_task_at_a_time_looks_at_a_fresh_census_once(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a writer that has just kept the census
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     stores.queue.enqueue([make_task(clock)])
     looks: list[str] = []
@@ -230,7 +230,7 @@ def test_a_writer_lists_at_most_its_budget_of_names_for_the_census(
     stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a backlog of 6 settled buckets of 20 tasks, no census, and a budget of 30 names
-    from tracemind.backend.file import queue as file_backend
+    from tracemind.backend.file import queue_writes as file_backend
 
     _backlog(stores, clock, seconds=6, per_second=20)
     (stores.queue.root / "census.json").unlink()

@@ -250,3 +250,14 @@ def writer_alive(fd: int) -> bool:
 def journal_path(pack_path: str) -> str:
     """Where the journal of the pack at ``pack_path`` is (a durable queue's; see the module)."""
     return pack_path[: -len(SUFFIX)] + JOURNAL_SUFFIX
+
+
+def append_line(path: str, task_id: str, line: bytes) -> None:
+    """Append ``line`` for the task to its existing file (or pack) in one write (a crash
+    cannot leave half of it without the other; a torn line after a power loss is ignored by
+    readers)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        os.write(fd, appended_line(os.pread(fd, len(MAGIC), 0), task_id, line))
+    finally:
+        os.close(fd)
