@@ -102,16 +102,20 @@ def test_an_invalid_ttl_is_a_usage_error(raw: str) -> None:
         idempotency_ttl_s({"TM_IDEMPOTENCY_TTL_S": raw})
 
 
-def test_the_key_of_a_dead_task_does_not_block_a_new_submission(
-    stores: Stores, echo_snapshot: FlowSnapshot
-) -> None:
+def _dead_then_submitted_again(stores: Stores, snapshot: FlowSnapshot) -> tuple[Any, Any]:
+    """(the result of a keyed submission whose task then died, that of the same key again)."""
     submitter = stores.submitter(TTL_S)
-    first = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+    first = submitter.submit(snapshot, {}, idempotency_key="k")
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None
     stores.queue.dead_letter(lease, Failure("boom"))
+    return first, submitter.submit(snapshot, {}, idempotency_key="k")
 
-    again = submitter.submit(echo_snapshot, {}, idempotency_key="k")
+
+def test_the_key_of_a_dead_task_does_not_block_a_new_submission(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    first, again = _dead_then_submitted_again(stores, echo_snapshot)
 
     assert again.duplicate is False and again.task_id != first.task_id
     assert _status(stores, first.task_id) is TaskStatus.DEAD
@@ -141,7 +145,16 @@ def _submit_crashing(submitter: QueueSubmitter, echo_snapshot: FlowSnapshot) -> 
         submitter.submit_many(echo_snapshot, items)
 
 
-@pytest.mark.parametrize("dies_after", ["stage", "link_many", "publish"])
+def _drain(stores: Stores) -> list[tuple[str, str]]:
+    """Run every task the queue gives (acking it); (key, task id) of each, in order."""
+    ran = []
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        stores.queue.ack(lease, {})
+        ran.append((lease.record["idempotency_key"], lease.task_id))
+    return ran
+
+
+@pytest.mark.parametrize("dies_after", ["enqueue_keyed", "link_many", "ring"])
 def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_per_key(
     stores: Stores,
     echo_snapshot: FlowSnapshot,
@@ -153,84 +166,86 @@ def test_a_retry_after_a_crash_inside_a_keyed_batch_ends_with_exactly_one_task_p
     submitter = stores.submitter(TTL_S)
     target = stores.keys if dies_after == "link_many" else stores.queue
     _crash_after(monkeypatch, target, dies_after)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
-    monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
+    monkeypatch.setattr(stores.queue, "withdraw", lambda paths: None)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
+    first_ids = [name.task_id for name in stores.queue.waiting.entries()]
+    assert len(first_ids) == 3
     # When the client retries the same batch
     retry = submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(3)])
-    # Then every key names a task that exists, and there is exactly one task per key
-    assert stores.queue.stats().pending == 3
+    # Then every key names a task that exists, and the retry reports a duplicate exactly when
+    # the first attempt's key records survived
+    assert {r.duplicate for r in retry} == {dies_after != "enqueue_keyed"}
     for n, result in enumerate(retry):
         info = stores.queue.find(result.task_id)
         assert info is not None and info.status is TaskStatus.PENDING
         assert info.record["input"] == {"n": n}
         key = stores.keys.get(f"k{n}")
         assert key is not None and key.task_id == result.task_id
-    # and the retry reports a duplicate exactly when the first attempt's key records survived
-    assert {r.duplicate for r in retry} == {dies_after != "stage"}
-    # (a batch that died before its key records leaves orphans, invisible, for settling)
-    assert len(stores.queue.staged()) == (3 if dies_after == "stage" else 0)
+    # and each key's task runs exactly once: a task written before its key record (its
+    # submitter killed in between) is removed by the consumer that finds it, never run
+    ran = _drain(stores)
+    assert sorted(ran) == sorted((f"k{n}", r.task_id) for n, r in enumerate(retry))
+    assert stores.queue.stats().pending == 0
+    if dies_after == "enqueue_keyed":
+        assert all(stores.queue.find(task_id) is None for task_id in first_ids)
 
 
-def test_a_batch_whose_publication_fails_part_way_keeps_the_keys_of_what_it_published(
+def test_a_batch_whose_key_records_fail_part_way_keeps_the_keys_of_what_it_wrote(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a keyed batch of three whose publication fails (a full disk) after the first task
+    # Given a keyed batch of three whose key records fail (a full disk) after the first
+    from tracemind.backend.file import keys as keys_module
+
     submitter = stores.submitter(TTL_S)
-    real_move_in = stores.queue.waiting.move_in
-    moved: list[object] = []
+    real_link_many = keys_module.link_many
 
-    def fails_after_one(*args: Any, **kwargs: Any) -> bool:
-        if moved:
-            raise QueueError("pending: No space left on device")
-        moved.append(args)
-        return real_move_in(*args, **kwargs)
+    def fails_after_one(items: Any, **kwargs: Any) -> None:
+        real_link_many(items[:1], **kwargs)
+        raise QueueError("keys: No space left on device")
 
-    monkeypatch.setattr(stores.queue.waiting, "move_in", fails_after_one)
+    monkeypatch.setattr(keys_module, "link_many", fails_after_one)
     items = [Submission({"n": n}, f"k{n}") for n in range(3)]
     with pytest.raises(QueueError):
         submitter.submit_many(echo_snapshot, items)
     monkeypatch.undo()
+    # (the two tasks without a key record were withdrawn)
+    assert stores.queue.stats().pending == 1
     # When the caller, told it failed, submits the batch again
     retry = submitter.submit_many(echo_snapshot, items)
-    # Then the task it had published is reported as a duplicate (its key kept), the other two
-    # are new, and each key's task runs exactly once
+    # Then the task whose key was written is reported as a duplicate, the other two are new,
+    # and each key's task runs exactly once
     assert [r.duplicate for r in retry] == [True, False, False]
-    ran = []
-    while (lease := stores.queue.lease("c", 30.0)) is not None:
-        stores.queue.ack(lease, {})
-        ran.append(lease.record["idempotency_key"])
-    assert sorted(ran) == ["k0", "k1", "k2"]
-    assert stores.queue.staged() == []
+    assert sorted(key for key, _ in _drain(stores)) == ["k0", "k1", "k2"]
 
 
-def test_settling_publishes_keyed_tasks_and_removes_orphans_of_dead_submitters(
-    stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
+def test_settling_publishes_what_an_earlier_version_staged_and_removes_its_orphans(
+    stores: Stores, clock: FakeClock, echo_snapshot: FlowSnapshot
 ) -> None:
-    # Given one batch that died after writing its keys, and one that died before
-    submitter = stores.submitter(TTL_S)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
-    monkeypatch.setattr(stores.keys, "forget", lambda key, task_id: None)
-    _crash_after(monkeypatch, stores.keys, "link_many")
-    _submit_crashing(submitter, echo_snapshot)
-    monkeypatch.undo()
-    keyed = {f"k{n}": stores.keys.get(f"k{n}") for n in range(3)}
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())
-    _crash_after(monkeypatch, stores.queue, "stage")
-    with pytest.raises(_Crash):
-        submitter.submit_many(echo_snapshot, [Submission({}, "orphan")])
-    monkeypatch.undo()
+    # Given keyed tasks an earlier version's submitters left in staging/ when they died: three
+    # whose keys they had written, and one whose key they had not
+    tasks = [_new_task(clock, echo_snapshot, key) for key in ("k0", "k1", "k2", "orphan")]
+    names = [
+        staged_name(t.task_id, int(t.due_s * 1000), stores.keys.stripe(key))
+        for t, key in zip(tasks, ("k0", "k1", "k2", "orphan"), strict=True)
+    ]
+    stores.queue.stage(
+        tasks, names, [stores.keys.digest(t.record["idempotency_key"]) for t in tasks]
+    )
+    stores.keys.link_many(
+        (t.record["idempotency_key"], stores.queue.staged_path(name))
+        for t, name in zip(tasks[:3], names[:3], strict=True)
+    )
     assert len(stores.queue.staged()) == 4 and stores.queue.stats().pending == 0
     # When the daemon settles staged tasks
     assert stores.settle_staged() == 4
-    # Then the keyed ones are visible, the orphan is gone, and nothing is left staged
+    # Then the keyed ones are pending, the orphan is gone, and nothing is left staged
     assert stores.queue.staged() == []
     assert stores.queue.stats().pending == 3
-    for record in keyed.values():
-        assert record is not None
-        assert _status(stores, record.task_id) is TaskStatus.PENDING
+    for task in tasks[:3]:
+        assert _status(stores, task.task_id) is TaskStatus.PENDING
     assert stores.keys.get("orphan") is None
+    assert sorted(key for key, _ in _drain(stores)) == ["k0", "k1", "k2"]
 
 
 @pytest.mark.parametrize("written", ["whole", "half"])
@@ -242,27 +257,16 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
     logs: list[dict[str, Any]],
     written: str,
 ) -> None:
-    # Given a task staged under a key whose lock a live process holds, its record whole or
-    # torn (damaged)
+    # Given a task staged (by an earlier version) under a key whose lock a live process holds,
+    # its record whole or torn (damaged)
     task = _new_task(clock, echo_snapshot, "busy")
     name = staged_name(task.task_id, int(task.due_s * 1000), stores.keys.stripe("busy"))
     stores.queue.stage([task], [name], [stores.keys.digest("busy")])
     staged = Path(stores.queue.root) / "staging" / name
     if written == "half":
         damage_record(staged, task.task_id, b'{"v": 1, "task_id": "01a3')
-    script = (
-        "import sys; from tracemind.backend.file.keys import IdempotencyStore; "
-        "s = IdempotencyStore(sys.argv[1], durable=False)\n"
-        "with s.locked('busy'):\n    print('locked', flush=True); sys.stdin.read()"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, str(dirs.idempotency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _hold_key_lock(dirs, "busy")
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         # When settling runs, Then it leaves the task to its submitter
         assert stores.settle_staged() == 0
         assert stores.queue.is_staged(name)
@@ -277,7 +281,74 @@ def test_settling_leaves_a_task_whose_submitter_still_holds_its_key(
     assert not any("quarantined" in e["event"] for e in logs)
 
 
-def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry_makes_one(
+def _hold_key_lock(dirs: DataDirs, key: str) -> subprocess.Popen[str]:
+    """A live process holding ``key``'s lock (until it is killed)."""
+    script = (
+        "import sys; from tracemind.backend.file.keys import IdempotencyStore; "
+        "s = IdempotencyStore(sys.argv[1], durable=False)\n"
+        "with s.locked(sys.argv[2]):\n    print('locked', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(dirs.idempotency), key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.parametrize("submitter_then", ["writes the key", "dies"])
+def test_a_consumer_leaves_a_new_keyed_task_alone_until_its_key_names_it(
+    stores: Stores,
+    clock: FakeClock,
+    echo_snapshot: FlowSnapshot,
+    dirs: DataDirs,
+    logs: list[dict[str, Any]],
+    submitter_then: str,
+) -> None:
+    # Given a keyed task written into pending/ by a submitter that holds its key's lock and
+    # has not written the key record yet
+    task = _new_task(clock, echo_snapshot, "busy")
+    holder = _hold_key_lock(dirs, "busy")
+    try:
+        [path] = stores.queue.enqueue_keyed([task], [stores.keys.digest("busy")])
+        # When a consumer looks, however often, Then it leaves the task where it is
+        for _ in range(3):
+            assert stores.queue.lease("c", LEASE_S) is None
+            clock.advance(1.0)
+        assert _status(stores, task.task_id) is TaskStatus.PENDING
+        if submitter_then == "writes the key":
+            stores.keys.link_many([("busy", path)])
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    clock.advance(1.0)
+    ran = _drain(stores)
+    if submitter_then == "writes the key":
+        # and runs it once its key names it
+        assert ran == [("busy", task.task_id)]
+    else:
+        # and removes it once its submitter died without writing the key: never run
+        assert ran == [] and stores.queue.find(task.task_id) is None
+        assert any(
+            e["event"] == "discarded keyed task whose submission never finished" for e in logs
+        )
+
+
+def test_a_requeued_dead_task_runs_even_after_its_key_went_to_a_new_task(
+    stores: Stores, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given a keyed task that died, a new task under its key, and the dead one requeued
+    first, again = _dead_then_submitted_again(stores, echo_snapshot)
+    assert stores.queue.requeue(first.task_id)
+    # When the queue is drained, Then both run: the requeued one was asked for by hand
+    assert sorted(task_id for _, task_id in _drain(stores)) == sorted(
+        [first.task_id, again.task_id]
+    )
+
+
+def test_a_task_torn_in_its_pack_by_a_killed_submitter_is_never_named_and_the_retry_makes_one(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a keyed batch of three killed while writing its third record into its pack
@@ -296,25 +367,24 @@ def test_a_task_torn_in_staging_by_a_killed_submitter_is_an_orphan_and_the_retry
 
     submitter = stores.submitter(TTL_S)
     monkeypatch.setattr(pack_writer, "_write_at", die_in_third)
-    monkeypatch.setattr(stores.queue, "unstage", lambda names: set())  # (no rollback on a kill)
+    monkeypatch.setattr(stores.queue, "withdraw", lambda paths: None)  # (no rollback on a kill)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()
-    # (names are linked only once every record is whole: nothing was staged)
-    assert stores.queue.staged() == [] and stores.keys.get("k2") is None
-    # When the client retries, and the daemon settles what is staged
+    # (names are linked only once every record is whole: nothing was linked)
+    assert stores.queue.stats().pending == 0 and stores.keys.get("k2") is None
+    # When the client retries
     retry = submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(3)])
-    settled = stores.settle_staged()
     # Then the retry made one task per key, and the torn record harms nothing
     assert [r.duplicate for r in retry] == [False] * 3
-    assert settled == 0 and stores.queue.staged() == []
     assert stores.queue.stats().pending == 3
     assert not (Path(stores.queue.root) / "quarantine").exists()
     for n, result in enumerate(retry):
         key = stores.keys.get(f"k{n}")
         assert key is not None and key.task_id == result.task_id
+    assert sorted(key for key, _ in _drain(stores)) == ["k0", "k1", "k2"]
 
 
-def test_a_keyed_task_costs_two_links_and_one_rename_and_no_file(
+def test_a_keyed_task_costs_two_links_and_no_rename_and_no_file(
     stores: Stores, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given counters on file creations, symlinks and renames
@@ -345,12 +415,12 @@ def test_a_keyed_task_costs_two_links_and_one_rename_and_no_file(
     results = stores.submitter(TTL_S).submit_many(echo_snapshot, items)
     monkeypatch.undo()
     # Then the records went into two packs (64 tasks at most each, each created once and renamed
-    # into packs/), each task's staged name and key record are links to its pack, and
-    # publishing it is its only rename (lock files aside)
+    # into packs/), and each task's name in pending/ and its key record are links to its pack
+    # (lock files aside)
     assert not any(r.duplicate for r in results) and stores.queue.stats().pending == 100
     lock_files = len(list((stores.dirs.idempotency / "locks").iterdir()))
     assert calls["create"] - lock_files == 2
-    assert (calls["link"], calls["rename"]) == (200, 100 + 2)
+    assert (calls["link"], calls["rename"]) == (200, 2)
 
 
 def _new_task(clock: FakeClock, snapshot: FlowSnapshot, key: str) -> NewTask:

@@ -7,19 +7,21 @@ How a keyed submission stays exact whatever happens to its process:
 
 1. take the stripe locks of every key of the batch (held until step 4 is over);
 2. decide each key from its record and the queue (O(1) per key, see :meth:`QueueSubmitter._blocks`);
-3. write the new tasks to the queue's ``staging/`` (invisible to consumers; each file created
-   in place under a name that carries its key's lock stripe), make them durable, then give
-   each a second name in the store's ``keys/`` (a hard link: the key record);
-4. publish: one rename per task from ``staging/`` into ``pending/``.
+3. write the new tasks into ``pending/``, their records durable, each name a link to the pack
+   holding its record (as an unkeyed task is written);
+4. point each key at its task: a second name of the task's file in the store's ``keys/`` (a
+   hard link: the key record), made durable; then ring the consumers' bell.
 
-So a keyed task costs one new file, one link and one rename (a plain one: a file and a rename).
-A submitter killed anywhere leaves nothing half-made: before step 3's links its staged tasks
-— whole, or the one it was writing, torn — are orphans that :meth:`QueueSubmitter.settle_staged`
-removes, holding the stripe's lock so that it never touches a live submitter's files; after
-them, the next holder of the key's lock (a retry, another submitter, or the daemon's settling)
-finds the task staged and publishes it, so a key that answers "duplicate" always names a task
-that exists. A paused submitter keeps its locks: nobody decides by the clock that its claim is
-dead.
+So a keyed task costs the links of an unkeyed one and one more (no file, no rename). A
+consumer runs a new keyed task only once its key record names it (one ``stat``: the two names
+share a file), and while a submitter holds the key's lock it leaves the task for later (see
+:meth:`~tracemind.backend.file.keys.IdempotencyStore.names`). A submitter killed anywhere
+leaves nothing that runs without its key: a task written before its key record is an orphan
+that the first consumer to find the lock free removes (and that a replay after a reboot does
+not bring back), and a key that answers "duplicate" always names a task that exists. A paused
+submitter keeps its locks: nobody decides by the clock that its claim is dead. Keyed tasks
+that earlier versions left staged in ``staging/`` are settled by
+:meth:`QueueSubmitter.settle_staged`.
 """
 
 from __future__ import annotations
@@ -128,41 +130,27 @@ class QueueSubmitter(SubmitsOne):
 
     def _write_keyed(self, keyed: list[NewTask]) -> None:
         """Steps 3 and 4 of the module's protocol, for the new keyed tasks of a batch (call
-        holding their keys' locks). A failure rolls back what is not yet visible."""
-        digests = [self.keys.digest(t.record["idempotency_key"]) for t in keyed]
-        records = [
-            KeyRecord(
-                t.record["idempotency_key"],
-                t.task_id,
-                t.due_s,
-                int(t.due_s * 1000),
-                digest[:2],
-            )
-            for t, digest in zip(keyed, digests, strict=True)
-        ]
-        names = [staged_name(r.task_id, r.due_ms, r.stripe) for r in records]
+        holding their keys' locks). A failure withdraws the tasks whose keys were not written
+        (a task whose key was written stays: a retry is told it exists)."""
+        keys = [t.record["idempotency_key"] for t in keyed]
+        paths = self.queue.enqueue_keyed(keyed, [self.keys.digest(key) for key in keys])
         try:
-            self.queue.stage(keyed, names, digests)
-            self.keys.link_many(
-                (r.key, self.queue.staged_path(name))
-                for r, name in zip(records, names, strict=True)
-            )
-            self.queue.publish(names)
+            self.keys.link_many(zip(keys, paths, strict=True))
         except BaseException:
-            # A task already published keeps its key: a retry is told it exists.
-            removed = self.queue.unstage(names)
-            for record, name in zip(records, names, strict=True):
-                if name in removed:
-                    self.keys.forget(record.key, record.task_id)
+            self.queue.withdraw(
+                path
+                for key, path, task in zip(keys, paths, keyed, strict=True)
+                if self.keys.owner(key) != task.task_id
+            )
             raise
+        self.queue.ring()
 
     def _blocks(self, record: KeyRecord, now_s: float) -> bool:
         """Whether ``record``'s task still holds its key (call holding the key's lock).
 
-        O(1): a task staged by a submitter that died after writing this record is published
-        now; a task with no terminal record is live (pending, delayed or in flight: under the
-        key's lock nothing else can have made the record).
-        """
+        O(1): a task with no terminal record is live (pending, delayed or in flight: under the
+        key's lock nothing else can have made the record; a task that an earlier version's
+        submitter staged and died before publishing is published now)."""
         if record.due_ms is None:
             return self._blocks_legacy(record, now_s)
         if self.queue.is_staged(staged_name(record.task_id, record.due_ms, record.stripe)):

@@ -6,19 +6,20 @@ Layout::
     <idempotency-dir>/locks/stripes.lock            256 striped cross-process locks (one byte each)
     <idempotency-dir>/tmp/
 
-A submitter points a key at its task by giving the task's staged file a second name in
-``keys/`` (a hard link, see :func:`~tracemind.fsutil.link_many`): one directory entry, no new
-file, never torn, and the task record it holds (``task_id``, ``idempotency_key``, ``due_at``,
-``enqueued_at``) is what the key says. The two names share one file: an ack appends its
-completion line to it too, which a key's reader ignores (it reads the first line). Where the
-idempotency directory is on another file system than the queue, the key gets a copy instead.
-Records written by earlier versions are small JSON files ``{"key", "task_id", "created_at",
-"due_ms"}`` and are still read.
+A submitter points a key at its task by giving the task's file in ``pending/`` (a pack, see
+:mod:`tracemind.backend.file.packs`) a second name in ``keys/`` (a hard link, see
+:func:`~tracemind.fsutil.link_many`): one directory entry, no new file, never torn, and the
+task record it holds (``task_id``, ``idempotency_key``, ``due_at``, ``enqueued_at``) is what
+the key says. The two names share one file: an ack appends its completion line to it too,
+which a key's reader ignores (it reads the first line). Where the idempotency directory is on
+another file system than the queue, the key gets a copy instead. Records written by earlier
+versions are small JSON files ``{"key", "task_id", "created_at", "due_ms"}`` and are still
+read.
 
 A key record only *points* at a task; whether the key still blocks a new submission is decided
 from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
-locks of its keys from the moment it reads them until its tasks are visible, so the lock, not a
-clock, says whether a claim is still being made: a submitter that dies releases its locks with
+locks of its keys from the moment it reads them until their records are written, so the lock,
+not a clock, says whether a claim is still being made: a submitter that dies releases its locks with
 its last descriptor, and one that is paused keeps them (the others wait, then give up with
 :class:`~tracemind.errors.LockTimeout`; none of them takes the key over).
 """
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 
 from tracemind.backend.file.packs import is_pack, keyed_task_bytes
 from tracemind.backend.file.quarantine import quarantine
+from tracemind.errors import LockTimeout, QueueError
 from tracemind.fsutil import (
     dump_json,
     ensure_dir,
@@ -55,8 +57,9 @@ LOCK_TIMEOUT_S = 10.0
 
 class KeyRecord(Value):
     """``key`` points at ``task_id``, written at ``created_at``; ``due_ms`` is the task's due
-    time as enqueued (None in records written before tasks were staged); ``stripe`` is the lock
-    stripe its task was staged under (None in records written before staged names carried it).
+    time as enqueued (None in records of the earliest versions); ``stripe`` is its key's lock
+    stripe (None in small records of earlier versions; a task staged by an earlier version was
+    staged under it).
     """
 
     __slots__ = ("created_at", "due_ms", "key", "stripe", "task_id")
@@ -86,8 +89,8 @@ class KeyRecord(Value):
 
 class Pointer(Value):
     """What a key record says, read without knowing its key (retention): the task, its due time
-    as enqueued, when it was written, and the stripe its task was staged under (None for records
-    of earlier versions)."""
+    as enqueued, when it was written, and its key's lock stripe (None for small records of
+    earlier versions)."""
 
     __slots__ = ("created_at", "due_ms", "stripe", "task_id")
 
@@ -179,6 +182,31 @@ class IdempotencyStore:
         record = KeyRecord(key, pointer.task_id, pointer.created_at, pointer.due_ms, pointer.stripe)
         return record, True
 
+    def names(self, key: str, task_id: str, task_file: os.stat_result) -> bool | None:
+        """Whether ``key``'s record names the task ``task_id`` (whose file ``task_file``
+        describes), for a consumer about to run a new keyed task: it runs only a task its key
+        names (see :mod:`tracemind.submit`). True when the record names it (or this process
+        may not read the record: the task then runs rather than waits for ever, as a replay
+        gives such a task back); False when it names another task or none and no submitter
+        holds the key's lock (the task's submission never finished: its submitter died, or
+        rolled it back, before writing the key); None while a submitter holds the lock, or
+        the lock cannot be taken here (ask again later: no clock decides that it is dead).
+
+        The usual answer costs one ``stat``: the record is a second name of the task's file."""
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.stat(self._path(key)), task_file):
+                return True
+        try:
+            if self.owner(key) == task_id:  # a copy (another file system), or an old record
+                return True
+        except QueueError:
+            return True
+        try:
+            with self.locked(key, timeout_s=0):
+                return self.owner(key) == task_id
+        except (LockTimeout, QueueError):
+            return None
+
     def owner(self, key: str) -> str | None:
         """The id of the task ``key`` points at; None when it points at none (see :meth:`get`,
         whose errors it raises)."""
@@ -235,12 +263,12 @@ class IdempotencyStore:
                 yield os.path.join(self._keys, name)
 
     def link_many(self, tasks: Iterable[tuple[str, str]]) -> None:
-        """Point each key at its task, given as ``(key, path of the task's staged file)``, by a
-        hard link named for the key, durably when the store is (call while holding
-        :meth:`locked_many` for those keys, once the staged files are whole, and durable with
-        a durable store). A key that already has a record (of a task that no longer blocks
-        it) gets the new one by a rename over it."""
-        items = [(staged, self._path(key)) for key, staged in tasks]
+        """Point each key at its task, given as ``(key, path of the task's file)``, by a hard
+        link named for the key, durably when the store is (call while holding
+        :meth:`locked_many` for those keys, once the task files are whole, and durable with a
+        durable store). A key that already has a record (of a task that no longer blocks it)
+        gets the new one by a rename over it."""
+        items = [(task_file, self._path(key)) for key, task_file in tasks]
         if not items:
             return
         ensure_dir(self._keys)

@@ -145,22 +145,36 @@ class PendingDir:
 
     # -- writers -------------------------------------------------------------------------------
 
-    def place(self, items: Sequence[tuple[PendingName, bytes]]) -> None:
+    def place(
+        self,
+        items: Sequence[tuple[PendingName, bytes]],
+        *,
+        digests: Sequence[str] | None = None,
+        ring: bool = True,
+    ) -> list[str]:
         """Write new tasks (durably when the queue is), each whole or not at all: with a pack
-        writer, records appended to packs and each name a link to its pack (see
-        :mod:`tracemind.backend.file.packs`); else a file per task."""
+        writer, records appended to packs (tagged with their idempotency keys' ``digests``,
+        when given) and each name a link to its pack (see :mod:`tracemind.backend.file.packs`);
+        else a file per task. Rings the bell unless ``ring`` is False. Returns the tasks'
+        paths."""
+        paths = [self.path_of(name) for name, _ in items]
         if not items:
-            return
+            return paths
         if self.packs is not None:  # (a bucket is made when a link finds it missing)
+            tags = digests if digests is not None else [None] * len(items)
             self.packs.add(
-                [(name.task_id, None, data, self.path_of(name)) for name, data in items],
+                [
+                    (name.task_id, digest, data, path)
+                    for (name, data), digest, path in zip(items, tags, paths, strict=True)
+                ],
                 self._make_bucket,
             )
-            self.ring()
-            return
+            if ring:
+                self.ring()
+            return paths
         for bucket in {bucket_of(name) for name, _ in items}:
             self._make_bucket(self.path + bucket)
-        targets = [(self.path_of(name), data) for name, data in items]
+        targets = [(path, data) for path, (_, data) in zip(paths, items, strict=True)]
         if len(targets) == 1:
             write_atomic(
                 *targets[0],
@@ -172,7 +186,9 @@ class PendingDir:
             write_many_atomic(
                 targets, tmp_dir=self.tmp_dir, durable=self.durable, remake_parent=self._make_bucket
             )
-        self.ring()
+        if ring:
+            self.ring()
+        return paths
 
     def move_in(
         self, source: str, name: PendingName, *, sync: bool = True, ring: bool = True

@@ -59,6 +59,9 @@ FENCE_LEASE_S = 60.0
 """How long a writer holds a lease while it moves the task on (retry, dead-letter, recovery)."""
 UNREADABLE_RETRY_S = 1.0
 """How long a consumer leaves a pending task it may not read before it tries it again."""
+KEY_WAIT_S = 0.05
+"""How long a consumer leaves a new keyed task whose submitter is still writing its key record
+before it looks again (or until the submitter rings the bell, whichever comes first)."""
 
 
 class FileQueue(QueueWrites):
@@ -79,9 +82,14 @@ class FileQueue(QueueWrites):
         clock: Clock = system_clock,
         relist_interval_s: float = 1.0,
         key_owner: Callable[[str], str | None] | None = None,
+        key_names: Callable[[str, str, os.stat_result], bool | None] | None = None,
     ) -> None:
-        """``key_owner``: see :class:`~tracemind.backend.file.queue_writes.QueueWrites`."""
+        """``key_owner``: see :class:`~tracemind.backend.file.queue_writes.QueueWrites`;
+        ``key_names``: whether an idempotency key's record names a task (see
+        :meth:`~tracemind.backend.file.keys.IdempotencyStore.names`), asked before a new keyed
+        task is claimed (without it, every task is claimed as it comes)."""
         super().__init__(root, dlq, durable=durable, clock=clock, key_owner=key_owner)
+        self.key_names = key_names
         self.relist_interval_s = relist_interval_s
         self._next_bucket_ms: int | None = None
         self._candidates: deque[PendingName] = deque()
@@ -90,7 +98,10 @@ class FileQueue(QueueWrites):
         self._committer: GroupCommitter | None = None
         self._board: ProblemBoard | None = None
         self._held_back: dict[PendingName, float] = {}
-        """Pending names this process may not read → when to try again (epoch seconds)."""
+        """Pending names this process may not read, or not claim yet → when to try again (epoch
+        seconds)."""
+        self._awaiting_keys: set[PendingName] = set()
+        """Those held back until their submitter writes their key records (or rings)."""
 
     def cancel_leased(self, lease: Lease) -> None:
         """End a leased task as cancelled (its worker stopped it at a cancel request)."""
@@ -130,7 +141,15 @@ class FileQueue(QueueWrites):
         self, candidate: PendingName, fd: int, consumer: str, now_s: float, lease_s: float
     ) -> Lease | None:
         """Rename ``candidate`` (open at ``fd``) into inflight/ and read it; None when another
-        consumer was first or the copy is not to be run."""
+        consumer was first or the copy is not to be run. A new task is read before the rename:
+        a keyed one is claimed only once its key names it (:meth:`_may_claim`)."""
+        parsed: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+        if candidate.attempts == 0:
+            with contextlib.suppress(OSError, ValueError):  # (then read, and quarantined, below)
+                source = self.waiting.path_of(candidate)
+                parsed = parse_task_file(task_bytes(read_fd(fd, source), candidate.task_id))
+            if parsed is not None and not self._may_claim(candidate, fd, parsed[0]):
+                return None
         claim = InflightName(
             candidate.task_id,
             candidate.attempts + 1,
@@ -153,7 +172,7 @@ class FileQueue(QueueWrites):
             self._move_to_cancelled(claimed, candidate.task_id)  # asked while it was in flight
             return None
         try:
-            record, completion = parse_task_file(
+            record, completion = parsed or parse_task_file(
                 task_bytes(read_fd(fd, claimed), candidate.task_id)
             )
         except (OSError, ValueError) as exc:
@@ -171,6 +190,24 @@ class FileQueue(QueueWrites):
             record=record,
             handle=claim,
         )
+
+    def _may_claim(self, candidate: PendingName, fd: int, record: dict[str, Any]) -> bool:
+        """Whether the new task ``candidate`` (its ``record``, its file open at ``fd``) may be
+        claimed: yes unless it is keyed and its key does not name it (a task requeued from the
+        dead letters has a history: its key was settled long ago). While its submitter holds
+        the key's lock the task is left for later; once no submitter does, a task its key does
+        not name is removed (its submission never finished; see :mod:`tracemind.submit`)."""
+        key = record.get("idempotency_key")
+        if self.key_names is None or not isinstance(key, str) or record.get("history"):
+            return True
+        names = self.key_names(key, candidate.task_id, os.fstat(fd))
+        if names is None:
+            self._held_back[candidate] = self.clock() + KEY_WAIT_S
+            self._awaiting_keys.add(candidate)
+        elif not names:
+            source = self.waiting.path_of(candidate)
+            self._discard(source, "keyed task whose submission never finished")
+        return bool(names)
 
     def _unreadable(self, relative: str, exc: OSError) -> None:
         """A record this process may not open: left in place, logged once, reported."""
@@ -213,7 +250,12 @@ class FileQueue(QueueWrites):
             timeout_s = min(timeout_s, self._candidates[0].due_ms / 1000 - now_s)
         elif self._next_bucket_ms is not None:
             timeout_s = min(timeout_s, self._next_bucket_ms / 1000 - now_s)
+        if self._awaiting_keys:
+            timeout_s = min(timeout_s, KEY_WAIT_S)
         self._watch.wait(timeout_s)
+        for name in self._awaiting_keys:  # their submitter may have rung: look again
+            self._held_back.pop(name, None)
+        self._awaiting_keys.clear()
 
     def renew(self, lease: Lease, lease_s: float) -> None:
         current: InflightName = lease.handle

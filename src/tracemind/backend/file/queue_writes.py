@@ -1,5 +1,5 @@
-"""Writing to a file queue: enqueue (with the census writers keep), the staging area of keyed
-submissions, requeue, cancel, migration and the packs' checkpoint — the part of
+"""Writing to a file queue: enqueue (with the census writers keep), the staging area that
+keyed submissions of earlier versions used, requeue, cancel, migration and the packs' checkpoint — the part of
 :class:`~tracemind.backend.file.queue.FileQueue` that adds tasks or moves waiting ones.
 """
 
@@ -104,6 +104,38 @@ class QueueWrites(QueueReads):
         if tasks:
             self.keep_census(len(tasks))
 
+    def enqueue_keyed(self, tasks: Sequence[NewTask], digests: Sequence[str]) -> list[str]:
+        """Write keyed tasks into ``pending/`` (their records tagged with their keys'
+        ``digests``, durable when the queue is) and return each one's path, for its key record
+        (call holding their keys' locks). Consumers leave a new keyed task alone until its key
+        record names it (see :meth:`~tracemind.backend.file.queue.FileQueue.lease`), so this
+        rings no bell: call :meth:`ring` once the key records are written. The census is the
+        caller's to keep (:meth:`keep_census`, after the locks)."""
+        self.prepare()
+        items = [
+            (
+                PendingName(epoch_ms(t.due_s), t.task_id, 0),
+                encode_record(t.record, self._shared_json),
+            )
+            for t in tasks
+        ]
+        try:
+            return self.waiting.place(items, digests=digests, ring=False)
+        except BaseException:
+            self.withdraw(self.waiting.path_of(name) for name, _ in items)  # (any it linked)
+            raise
+
+    def withdraw(self, paths: Iterable[str]) -> None:
+        """Remove new keyed tasks whose key records were not written (call holding their keys'
+        locks: until a key names its task, no consumer runs it)."""
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(path)
+
+    def ring(self) -> None:
+        """Wake the consumers waiting for work."""
+        self.waiting.ring()
+
     def keep_census(self, wrote: int = 0) -> None:
         """What a writer does for readers on its way (after an enqueue, and after a keyed
         batch's publication; ``wrote``: how many tasks the call wrote): when the census is
@@ -150,12 +182,13 @@ class QueueWrites(QueueReads):
     def stage(self, tasks: Sequence[NewTask], names: Sequence[str], digests: Sequence[str]) -> None:
         """Write ``tasks`` where no consumer sees them: ``staging/`` under ``names`` (from
         :func:`~tracemind.queue.names.staged_name`), each a link to the pack holding its record
-        (tagged with its key's ``digests``), the records durable when the queue is; the links'
-        entries are made durable by the key records' sync that follows.
+        (tagged with its key's ``digests``), the records durable when the queue is.
 
-        Nothing trusts a staged task before the submitter's key record points at it, which it
-        makes only after this returns; one whose submitter died before that is an orphan that
-        :meth:`~tracemind.submit.QueueSubmitter.settle_staged` removes under the key's lock."""
+        This is how earlier versions wrote keyed tasks, then pointed their keys at the staged
+        files and published them (:meth:`publish`); a queue may still hold what one of their
+        submitters left there when it died, which
+        :meth:`~tracemind.submit.QueueSubmitter.settle_staged` publishes or removes under the
+        key's lock (tests and tools make such entries with this)."""
         self.prepare()
         self.packs.add(
             [

@@ -81,5 +81,7 @@ def _open(
 ) -> tuple[FileQueue, DeadLetterStore, IdempotencyStore]:
     dlq = DeadLetterStore(dlq_dir, durable=durable, clock=clock)
     keys = IdempotencyStore(idempotency_dir, durable=durable)
-    queue = FileQueue(queue_dir, dlq, durable=durable, clock=clock, key_owner=keys.owner)
+    queue = FileQueue(
+        queue_dir, dlq, durable=durable, clock=clock, key_owner=keys.owner, key_names=keys.names
+    )
     return queue, dlq, keys
