@@ -168,12 +168,13 @@ def test_submitters_killed_at_random_instants_leave_one_task_per_key(subject: Su
     command = process_command("submit-keys", subject.backend.location, subject.flow_path, go, *keys)
     rng = random.Random(12)
     for _ in range(4):
-        made = subject.backend.queue.stats().pending
+        # (killed once it has made a random number of new tasks: then it is mid-way, however
+        # fast this machine submits)
+        target = subject.backend.queue.stats().pending + rng.randint(1, 150)
         proc = subprocess.Popen(command, env=process_env(), stdout=subprocess.DEVNULL)
         deadline_s = time.monotonic() + 30
-        while subject.backend.queue.stats().pending == made and time.monotonic() < deadline_s:
-            time.sleep(0.005)  # (until it has made a task: then it is mid-way)
-        time.sleep(rng.uniform(0.0, 0.05))
+        while subject.backend.queue.stats().pending < target and time.monotonic() < deadline_s:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     subject.backend.maintain()  # (what a serving process does: settle what dead ones left)
