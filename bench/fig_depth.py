@@ -5,7 +5,9 @@ one batch (all its tasks in one bucket); worker memory at both depths;
 ``/status`` and ``/metrics`` while the workers drain at depth; the idle cost of the daemon once
 the spike is gone, against a fresh daemon on a fresh queue.
 
-Windows are taken at depth, never at the tail: the first ``skip`` completions (start-up) are left
+The windows at depth are drained by a daemon without a status server, as the shallow ones are;
+``/status`` and ``/metrics`` are then probed on a second daemon with one, still at depth (its
+drain rate meanwhile is noted, not a goal). Windows are taken at depth, never at the tail: the first ``skip`` completions (start-up) are left
 out, then ``windows`` consecutive windows of ``window`` tasks each are timed. Ours is the daemon
 (``tm daemon start --foreground``, 2 workers), its times the ``task succeeded`` log lines; Huey's
 are noted inside its forked workers (children/huey_depth_app.py). A shallow queue of ``shallow``
@@ -200,16 +202,20 @@ def run(ctx: Context) -> FigureResult:
     huey_seed_s = seed_huey(ctx, huey_db, depth)
     start_depth = queue_stats(ours_env(deep.data))[0]
     deep_marks = [sizes.skip + i * sizes.window for i in range(sizes.windows + 1)]
-    port = free_port()
     ctx.say(f"depth: our windows at {depth:,} pending")
-    with LoggedDaemon(ctx, deep.data, status_port=port) as daemon:
+    with LoggedDaemon(ctx, deep.data) as daemon:  # (as the shallow ones: no status server)
         rates, rss = ours_windows(daemon, deep_marks)
         add("ours deep tasks/s", rates)
         add("ours deep worker rss MB", rss)
+    port = free_port()
+    with LoggedDaemon(ctx, deep.data, status_port=port) as daemon:
         wait_answering(port, 30.0)
         ctx.say(f"depth: /status and /metrics while draining ({sizes.probe_window_s:g} s)")
+        succeeded_before = daemon.succeeded()
         latency = probe(port, PROBE_PATHS, sizes.probe_window_s, PROBE_RATE_PER_S)
+        probed_rate = (daemon.succeeded() - succeeded_before) / sizes.probe_window_s
         left_after_probe = queue_stats(daemon.env)[0]
+    add("ours deep tasks/s while probed", [probed_rate])
     ctx.say(f"depth: Huey's windows at {depth:,} pending")
     rates, rss = huey_windows(ctx, huey_db, deep_marks)
     add("huey deep tasks/s", rates)
@@ -330,6 +336,17 @@ def run(ctx: Context) -> FigureResult:
             note=f"worker RSS {median(samples['ours one batch worker rss MB']):.1f} MB",
         )
     )
+    result.rows.append(
+        Row(
+            f"drain at depth with a status server answering {PROBE_RATE_PER_S:g} req/s ÷ at "
+            f"{shallow:,} ({sizes.probe_window_s:g} s)",
+            "tasks/s",
+            median(samples["ours deep tasks/s while probed"]),
+            median(ours_shallow),
+            f"ours at {shallow:,}",
+        )
+    )
+    result.values["ours rest of the spike drained tasks/s"] = left_after_probe / drain_s
     for path in PROBE_PATHS:
         result.rows.append(
             Row(
