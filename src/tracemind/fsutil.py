@@ -435,15 +435,15 @@ def open_append_regular(path: StrPath) -> int:
 
 
 def read_fd(fd: int, path: StrPath, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
-    """The whole contents of the regular file open at ``fd`` (left open); :class:`DamagedEntry`
-    when it holds more than ``max_bytes`` (checked before reading, and again while reading a
-    file that grows)."""
+    """The whole contents of the regular file open at ``fd`` (left open), from its start
+    whatever was read from it before; :class:`DamagedEntry` when it holds more than
+    ``max_bytes`` (checked before reading, and again while reading a file that grows)."""
     size = os.fstat(fd).st_size
     if size > max_bytes:
         raise DamagedEntry(f"{path}: {size} bytes, more than the {max_bytes} a record may hold")
     chunks = []
     total = 0
-    while chunk := os.read(fd, max(size, 4096) + 1):
+    while chunk := os.pread(fd, max(size, 4096) + 1, total):
         total += len(chunk)
         if total > max_bytes:
             raise DamagedEntry(f"{path}: more than the {max_bytes} bytes a record may hold")

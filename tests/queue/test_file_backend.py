@@ -15,7 +15,7 @@ import pytest
 from tm_testing import FakeClock, make_task, pending_names, pending_path
 from tracemind.backend.file.queue import FileQueue
 from tracemind.backend.file.stores import Stores
-from tracemind.fsutil import dump_json
+from tracemind.fsutil import dump_json, read_fd
 from tracemind.queue.names import InflightName, PendingName
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskStatus
 from tracemind.queue.records import dead_entry, with_failure
@@ -333,3 +333,19 @@ def test_a_big_batch_fills_buckets_of_bounded_size_and_a_lease_reads_one(
     assert lease is not None and lease.task_id == results[0].task_id
     assert [p for p in listed if p.rstrip("/").endswith(buckets[0].name)] == listed[-1:]
     assert len(listed) <= 3  # pending/, the outer bucket, one inner bucket
+
+
+def test_reading_a_task_file_reads_it_from_its_start_whatever_was_read_before(
+    tmp_path: Any,
+) -> None:
+    # Given a task file whose descriptor was read before (a claim reads a new task first)
+    path = tmp_path / "task.json"
+    path.write_bytes(b'{"v": 1}\n' * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.read(fd, 50)
+        # When it is read whole, Then all of it comes back, twice
+        assert read_fd(fd, str(path)) == path.read_bytes()
+        assert read_fd(fd, str(path)) == path.read_bytes()
+    finally:
+        os.close(fd)
