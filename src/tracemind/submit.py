@@ -32,7 +32,7 @@ from tracemind.clock import Clock, system_clock
 from tracemind.errors import LockTimeout, TraceMindError
 from tracemind.queue.names import new_task_id, parse_staged, staged_name
 from tracemind.queue.protocol import NewTask, TaskStatus
-from tracemind.queue.records import TaskMaker
+from tracemind.queue.records import FlowParts, TaskMaker
 from tracemind.submission import Submission, SubmitResult, SubmitsOne
 
 TYPE_CHECKING = False
@@ -64,6 +64,7 @@ class QueueSubmitter(SubmitsOne):
         self.keys = keys
         self.ttl_s = ttl_s
         self.clock = clock
+        self._flow_parts = FlowParts()
 
     def submit_many(
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
@@ -110,7 +111,7 @@ class QueueSubmitter(SubmitsOne):
     ) -> tuple[list[NewTask], list[SubmitResult]]:
         """The tasks to create and every item's result; ``known`` maps keys to the task they
         resolve to and gains the keys of new tasks (a key repeated in a batch is a duplicate)."""
-        maker = TaskMaker(flow, now_s)
+        maker = TaskMaker(flow, now_s, self._flow_parts)
         results: list[SubmitResult] = []
         new: list[NewTask] = []
         now_ms = int(now_s * 1000)

@@ -55,13 +55,38 @@ def new_record(
     return record
 
 
+class FlowParts:
+    """What the records of one flow share — its snapshot, its policy, its max attempts — made
+    once for as long as the same flow object is submitted (nothing changes them), so that a
+    submitter sending one task at a time builds them once, and its queue encodes them once
+    (see the file queue's ``SharedJson``). Each submitter owns one; it holds the last flow."""
+
+    __slots__ = ("_flow", "_parts")
+
+    def __init__(self) -> None:
+        self._flow: object = None
+        self._parts: tuple[dict[str, Any], dict[str, Any], int] | None = None
+
+    def of(self, flow: FlowSnapshot) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """(snapshot, policy, max attempts) of ``flow``'s records."""
+        if self._flow is not flow or self._parts is None:
+            self._parts = (
+                flow.to_dict(),
+                task_policy(flow.flow),
+                int(flow.flow["retry"]["max_attempts"]),
+            )
+            self._flow = flow
+        return self._parts
+
+
 class TaskMaker:
     """Makes the tasks of one batch of submissions of ``flow`` at ``now_s``: every backend's
     submitter builds its records here, so a record means the same on every backend (the
-    policy resolved at submit, the first due time)."""
+    policy resolved at submit, the first due time). ``parts``: the submitter's
+    :class:`FlowParts` (by default, parts of this batch's own)."""
 
-    def __init__(self, flow: FlowSnapshot, now_s: float) -> None:
-        self.snapshot, self.policy, self.max_attempts = _shared_parts(flow)
+    def __init__(self, flow: FlowSnapshot, now_s: float, parts: FlowParts | None = None) -> None:
+        self.snapshot, self.policy, self.max_attempts = (parts or FlowParts()).of(flow)
         self.now_s = now_s
 
     def task(self, task_id: str, item: Submission) -> NewTask:
@@ -79,24 +104,6 @@ class TaskMaker:
             due_at=due_s,
         )
         return NewTask(task_id, record, due_s)
-
-
-class _LastFlow:
-    """The flow whose records were made last, and the parts its records share."""
-
-    flow: object = None
-    parts: tuple[dict[str, Any], dict[str, Any], int] | None = None
-
-
-def _shared_parts(flow: FlowSnapshot) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """(snapshot, policy, max attempts) of ``flow``'s records: the same objects for as long as
-    the same flow object is submitted (nothing changes them), so that a process submitting one
-    task at a time builds them once, and its queue encodes them once (see the file queue's
-    ``_SharedJson``)."""
-    if _LastFlow.flow is not flow or _LastFlow.parts is None:
-        parts = (flow.to_dict(), task_policy(flow.flow), int(flow.flow["retry"]["max_attempts"]))
-        _LastFlow.flow, _LastFlow.parts = flow, parts
-    return _LastFlow.parts
 
 
 def task_policy(flow_section: dict[str, Any]) -> dict[str, Any]:

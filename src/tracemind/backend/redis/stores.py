@@ -8,7 +8,7 @@ from tracemind.backend.redis.connection import Keys, dumps
 from tracemind.backend.redis.records import ms, requeued_record
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
-from tracemind.queue.records import TaskMaker
+from tracemind.queue.records import FlowParts, TaskMaker
 from tracemind.submission import SubmitResult, SubmitsOne
 
 TYPE_CHECKING = False  # (on `tm enqueue`'s path: no `typing` at run time)
@@ -163,12 +163,13 @@ class RedisSubmitter(SubmitsOne):
         self.queue = queue
         self.ttl_s = ttl_s
         self.clock = clock
+        self._flow_parts = FlowParts()
 
     def submit_many(
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
     ) -> list[SubmitResult]:
         now_s = self.clock()
-        maker = TaskMaker(flow, now_s)
+        maker = TaskMaker(flow, now_s, self._flow_parts)
         items: list[tuple[NewTask, str]] = []
         for index, item in enumerate(submissions):
             task_id = new_task_id(at_ms=ms(now_s) + index // BATCH_TICK_TASKS)
