@@ -19,8 +19,8 @@ read.
 A key record only *points* at a task; whether the key still blocks a new submission is decided
 from the task's state in the queue (see :mod:`tracemind.submit`). A submitter holds the stripe
 locks of its keys from the moment it reads them until their records are written, so the lock,
-not a clock, says whether a claim is still being made: a submitter that dies releases its locks with
-its last descriptor, and one that is paused keeps them (the others wait, then give up with
+not a clock, says whether a claim is still being made: a submitter that dies releases its locks
+with its last descriptor, and one that is paused keeps them (the others wait, then give up with
 :class:`~tracemind.errors.LockTimeout`; none of them takes the key over).
 """
 

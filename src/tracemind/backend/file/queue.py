@@ -124,13 +124,13 @@ class FileQueue(QueueWrites):
                 quarantine(source, self.root, str(exc))
                 continue
             except OSError as exc:
-                self._unreadable(self._relative(self.waiting.path_of(candidate)), exc)
+                self._unreadable(self._relative(source), exc)
                 self._held_back[candidate] = now_s + UNREADABLE_RETRY_S
                 continue
             try:
                 if self._board is not None and self._board.reported:
-                    self._board.resolve(self._relative(self.waiting.path_of(candidate)))
-                lease = self._claim(candidate, fd, consumer, now_s, lease_s)
+                    self._board.resolve(self._relative(source))
+                lease = self._claim(candidate, source, fd, consumer, now_s, lease_s)
             finally:
                 os.close(fd)
             if lease is not None:
@@ -138,17 +138,23 @@ class FileQueue(QueueWrites):
         return None
 
     def _claim(
-        self, candidate: PendingName, fd: int, consumer: str, now_s: float, lease_s: float
+        self,
+        candidate: PendingName,
+        source: str,
+        fd: int,
+        consumer: str,
+        now_s: float,
+        lease_s: float,
     ) -> Lease | None:
-        """Rename ``candidate`` (open at ``fd``) into inflight/ and read it; None when another
-        consumer was first or the copy is not to be run. A new task is read before the rename:
-        a keyed one is claimed only once its key names it (:meth:`_may_claim`)."""
+        """Rename ``candidate`` (at ``source``, open at ``fd``) into inflight/ and read it;
+        None when another consumer was first or the copy is not to be run. A new task is read
+        before the rename: a keyed one is claimed only once its key names it
+        (:meth:`_may_claim`)."""
         parsed: tuple[dict[str, Any], dict[str, Any] | None] | None = None
         if candidate.attempts == 0:
             with contextlib.suppress(OSError, ValueError):  # (then read, and quarantined, below)
-                source = self.waiting.path_of(candidate)
                 parsed = parse_task_file(task_bytes(read_fd(fd, source), candidate.task_id))
-            if parsed is not None and not self._may_claim(candidate, fd, parsed[0]):
+            if parsed is not None and not self._may_claim(candidate, source, fd, parsed[0]):
                 return None
         claim = InflightName(
             candidate.task_id,
@@ -159,7 +165,7 @@ class FileQueue(QueueWrites):
         )
         claimed = self._inflight + str(claim)
         try:
-            os.rename(self.waiting.path_of(candidate), claimed)
+            os.rename(source, claimed)
         except FileNotFoundError:
             return None  # another consumer was first
         # Only a copy delivered before can be a stale copy of a succeeded task (a fresh one,
@@ -191,12 +197,15 @@ class FileQueue(QueueWrites):
             handle=claim,
         )
 
-    def _may_claim(self, candidate: PendingName, fd: int, record: dict[str, Any]) -> bool:
-        """Whether the new task ``candidate`` (its ``record``, its file open at ``fd``) may be
-        claimed: yes unless it is keyed and its key does not name it (a task requeued from the
-        dead letters has a history: its key was settled long ago). While its submitter holds
-        the key's lock the task is left for later; once no submitter does, a task its key does
-        not name is removed (its submission never finished; see :mod:`tracemind.submit`)."""
+    def _may_claim(
+        self, candidate: PendingName, source: str, fd: int, record: dict[str, Any]
+    ) -> bool:
+        """Whether the new task ``candidate`` (its ``record``, its file at ``source``, open at
+        ``fd``) may be claimed: yes unless it is keyed and its key does not name it (a task
+        requeued from the dead letters has a history: its key was settled long ago). While its
+        submitter holds the key's lock the task is left for later; once no submitter does, a
+        task its key does not name is removed (its submission never finished; see
+        :mod:`tracemind.submit`)."""
         key = record.get("idempotency_key")
         if self.key_names is None or not isinstance(key, str) or record.get("history"):
             return True
@@ -205,7 +214,6 @@ class FileQueue(QueueWrites):
             self._held_back[candidate] = self.clock() + KEY_WAIT_S
             self._awaiting_keys.add(candidate)
         elif not names:
-            source = self.waiting.path_of(candidate)
             self._discard(source, "keyed task whose submission never finished")
         return bool(names)
 

@@ -1,6 +1,7 @@
 """Writing to a file queue: enqueue (with the census writers keep), the staging area that
-keyed submissions of earlier versions used, requeue, cancel, migration and the packs' checkpoint — the part of
-:class:`~tracemind.backend.file.queue.FileQueue` that adds tasks or moves waiting ones.
+keyed submissions of earlier versions used, requeue, cancel, migration and the packs'
+checkpoint — the part of :class:`~tracemind.backend.file.queue.FileQueue` that adds tasks or
+moves waiting ones.
 """
 
 from __future__ import annotations
@@ -92,15 +93,7 @@ class QueueWrites(QueueReads):
 
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
         self.prepare()
-        self.waiting.place(
-            [
-                (
-                    PendingName(epoch_ms(t.due_s), t.task_id, 0),
-                    encode_record(t.record, self._shared_json),
-                )
-                for t in tasks
-            ]
-        )
+        self.waiting.place(self._new_entries(tasks))
         if tasks:
             self.keep_census(len(tasks))
 
@@ -112,18 +105,22 @@ class QueueWrites(QueueReads):
         rings no bell: call :meth:`ring` once the key records are written. The census is the
         caller's to keep (:meth:`keep_census`, after the locks)."""
         self.prepare()
-        items = [
+        entries = self._new_entries(tasks)
+        try:
+            return self.waiting.place(entries, digests=digests, ring=False)
+        except BaseException:
+            self.withdraw(self.waiting.path_of(name) for name, _ in entries)  # (any it linked)
+            raise
+
+    def _new_entries(self, tasks: Sequence[NewTask]) -> list[tuple[PendingName, bytes]]:
+        """(pending name, record JSON) of each new task: attempts 0, due as submitted."""
+        return [
             (
                 PendingName(epoch_ms(t.due_s), t.task_id, 0),
                 encode_record(t.record, self._shared_json),
             )
             for t in tasks
         ]
-        try:
-            return self.waiting.place(items, digests=digests, ring=False)
-        except BaseException:
-            self.withdraw(self.waiting.path_of(name) for name, _ in items)  # (any it linked)
-            raise
 
     def withdraw(self, paths: Iterable[str]) -> None:
         """Remove new keyed tasks whose key records were not written (call holding their keys'
@@ -138,7 +135,7 @@ class QueueWrites(QueueReads):
 
     def keep_census(self, wrote: int = 0) -> None:
         """What a writer does for readers on its way (after an enqueue, and after a keyed
-        batch's publication; ``wrote``: how many tasks the call wrote): when the census is
+        batch's key records; ``wrote``: how many tasks the call wrote): when the census is
         missing or older than :data:`CENSUS_WRITER_AGE_S` (more for a big one), or the call
         wrote a batch (:data:`CENSUS_WRITER_BATCH_TASKS`), count in the buckets that settled
         since, listing at most :data:`CENSUS_WRITER_BUDGET` names. So a queue filled while no
