@@ -6,12 +6,18 @@ renames the file into ``done/``, where readers first see the task as succeeded. 
 reports a success that a power loss could take back, and under load many acks share one device
 flush, as in a database's group commit, instead of paying a flush (or two) each.
 
-Batches form by themselves: an ack that finds the committer idle is committed at once, and
-acks that arrive while acks are streaming in (a backlog being drained) are gathered for up to
-``GATHER_S`` first, so that one flush serves many. The commit thread lives as long as the
-process (a daemon thread; a normal exit commits first): an ack it had not committed when the
-process died is still in ``inflight/`` with its completion line, and the next writer to meet
-the file (recovery or a lease) finishes it rather than running it again.
+Batches form by themselves. An ack that finds the process quiet (no commit for ``GATHER_S``) is
+committed at once, by the commit thread. While acks stream in (a backlog being drained), the
+acking thread commits them itself once the oldest has waited ``GATHER_S`` (it asks, through
+:meth:`GroupCommitter.commit_due`, before it looks for its next task), so one flush serves many
+and no second thread competes with it for the interpreter on every rename; the commit thread
+steps in only for acks still waiting after ``LATE_S`` (their consumer is running a long task).
+Commits never overlap, and each takes every ack queued before it.
+
+The commit thread lives as long as the process (a daemon thread; a normal exit commits first):
+an ack not committed when the process died is still in ``inflight/`` with its completion line,
+and the next writer to meet the file (recovery or a lease) finishes it rather than running it
+again.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from tracemind.fsutil import ensure_dir, fdatasync_file, rename_into, sync_files
 from tracemind.log import get_logger
 
 GATHER_S = 0.005
-"""While acks stream in (the last commit ended less than this ago), wait up to this long for
-more before syncing, so that one flush serves many: the latency an ack may gain under load."""
+"""While acks stream in (the last commit ended less than this ago), the oldest waits up to this
+long for more before they are synced together: the latency an ack may gain under load."""
+LATE_S = 2 * GATHER_S
+"""How long the oldest ack waits for its acking thread before the commit thread commits it."""
 GATHER_MAX = 256
 """Commit at once when this many acks are waiting (or when someone calls ``flush``)."""
 Move = tuple[str, str]
@@ -36,7 +44,8 @@ Move = tuple[str, str]
 
 
 class GroupCommitter:
-    """Syncs, then renames, every queued move; ``flush`` waits for the moves queued before it.
+    """Syncs, then renames, every queued move; ``flush`` returns once the moves queued before
+    it are committed.
 
     ``on_error(path, exc)`` is told about a move that failed, unless someone else finished the
     task already: a failed sync or rename leaves the ack in ``inflight/`` with its completion
@@ -51,53 +60,72 @@ class GroupCommitter:
         self.fs_dir = fs_dir
         self.on_error = on_error
         self._changed = threading.Condition(threading.Lock())
+        self._committing = threading.Lock()
+        """Held for a whole commit: commits never overlap, so one that takes the queue after
+        another took its part finishes after it."""
         self._queued: list[Move] = []
-        self._queued_count = 0
-        self._committed_count = 0
-        self._flush_goal = 0
+        self._oldest_s = 0.0  # monotonic: when the oldest queued move was queued
+        self._last_commit_s = float("-inf")  # monotonic: when the last commit ended
         self._thread: threading.Thread | None = None
 
     def add(self, source: str, target: str) -> None:
         with self._changed:
+            if not self._queued:
+                self._oldest_s = time.monotonic()
             self._queued.append((source, target))
-            self._queued_count += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ack-commit", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush)  # a process that exits normally commits first
-            if len(self._queued) in (1, GATHER_MAX):  # wake the thread only when it acts on it
+            if len(self._queued) == 1:  # wake the thread only when it acts on it
                 self._changed.notify_all()
+            full = len(self._queued) >= GATHER_MAX
+        if full:
+            self.flush()
+
+    def commit_due(self) -> None:
+        """Commit what is queued if its oldest waited :data:`GATHER_S` (for the acking thread,
+        between tasks); returns at once when nothing is due or a commit is in progress."""
+        if not self._queued or time.monotonic() - self._oldest_s < GATHER_S:
+            return
+        if self._committing.acquire(blocking=False):
+            try:
+                self._commit_queued()
+            finally:
+                self._committing.release()
 
     def flush(self) -> None:
-        with self._changed:
-            goal = self._queued_count
-            self._flush_goal = max(self._flush_goal, goal)
-            self._changed.notify_all()
-            while self._committed_count < goal:
-                self._changed.wait()
+        """Commit every move queued before this call (waiting for a commit in progress)."""
+        with self._committing:
+            self._commit_queued()
 
     def _run(self) -> None:
-        last_commit_s = float("-inf")
         while True:
             with self._changed:
                 while not self._queued:
                     self._changed.wait()
-                if time.monotonic() - last_commit_s < GATHER_S:  # acks are streaming in
-                    self._changed.wait_for(self._gathered, GATHER_S)
-                batch, self._queued = self._queued, []
-            try:
-                if self._commit(batch):
-                    self._log.info("acks committed", count=len(batch))
-            except Exception:  # keep the thread alive, or every later flush() would hang
-                self._log.exception("ack commit failed; recovery will finish these acks")
-            finally:
-                last_commit_s = time.monotonic()
-                with self._changed:
-                    self._committed_count += len(batch)
-                    self._changed.notify_all()
+                now_s = time.monotonic()
+                quiet = now_s - self._last_commit_s >= GATHER_S
+                due_s = self._oldest_s + (0.0 if quiet else LATE_S)
+                if now_s < due_s:
+                    self._changed.wait(due_s - now_s)
+                    continue  # (committed meanwhile by the acking thread, perhaps)
+            with self._committing:
+                self._commit_queued()
 
-    def _gathered(self) -> bool:
-        return len(self._queued) >= GATHER_MAX or self._flush_goal > self._committed_count
+    def _commit_queued(self) -> None:
+        """Commit every queued move (the caller holds ``_committing``)."""
+        with self._changed:
+            batch, self._queued = self._queued, []
+        if not batch:
+            return
+        try:
+            if self._commit(batch):
+                self._log.info("acks committed", count=len(batch))
+        except Exception:  # keep the committer usable, or every later flush() would fail
+            self._log.exception("ack commit failed; recovery will finish these acks")
+        finally:
+            self._last_commit_s = time.monotonic()
 
     def _commit(self, batch: list[Move]) -> bool:
         """Sync, then move each file into place; False when the sync failed."""

@@ -279,12 +279,15 @@ class PendingDir:
                 inner_start_ms = int(inner_name[:10]) * INNER_MS
                 if inner_start_ms > now_ms:
                     return [], inner_start_ms
-                names = self._task_names(outer + inner_name + "/")
-                if not names:
+                named = self._task_names(outer + inner_name + "/")
+                if not named:
                     self._remove_if_past(outer + inner_name, inner_start_ms + INNER_MS, now_ms)
-                elif names := [name for name in names if name not in skip]:
-                    names.sort(key=lambda n: (n.due_ms, n.task_id))
-                    return names, None
+                    continue
+                if skip:
+                    named = [(text, name) for text, name in named if name not in skip]
+                if named:
+                    named.sort()  # by the names' text: by due time, then task id
+                    return [name for _, name in named], None
         return [], None
 
     def _sorted_children(self, directory: str, width: int, *, migrate: bool) -> list[str] | None:
@@ -306,12 +309,14 @@ class PendingDir:
         buckets.sort()
         return None if migrated else buckets
 
-    def _task_names(self, bucket: str) -> list[PendingName]:
+    def _task_names(self, bucket: str) -> list[tuple[str, PendingName]]:
+        """(file name, parsed name) of each task file in ``bucket``; anything else is moved
+        aside."""
         names = []
         for name, regular in scan_entries(bucket):
             parsed = PendingName.parse(name)
             if parsed is not None and regular:
-                names.append(parsed)
+                names.append((name, parsed))
             elif not is_temporary(name):
                 reason = "not a task file name" if parsed is None else "not a regular file"
                 quarantine(bucket + name, self.queue_root, reason)
