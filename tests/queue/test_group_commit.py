@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task, pending_path
+from tracemind.backend.file import commit
 from tracemind.backend.file.commit import GroupCommitter
 from tracemind.backend.file.queue import FileQueue
 from tracemind.backend.file.stores import Stores, open_stores
@@ -100,6 +102,63 @@ def test_acks_that_arrive_during_a_sync_share_the_next_one(durable: Stores, gate
     assert gate.syncs == 2
     assert len(list(queue.done_dir.glob("*/*.json"))) == 40
     assert all(queue.find(lease.task_id).status is TaskStatus.SUCCEEDED for lease in leases)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def sync_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread that ran each commit's sync, in order."""
+    names: list[str] = []
+    real_sync = GroupCommitter._sync
+
+    def noted_sync(self: GroupCommitter, paths: list[str]) -> None:
+        names.append(threading.current_thread().name)
+        real_sync(self, paths)
+
+    monkeypatch.setattr(GroupCommitter, "_sync", noted_sync)
+    return names
+
+
+def _streaming(queue: FileQueue, leases: list[Lease]) -> None:
+    """Ack the first lease and let its commit end, then ack the second at once (acks stream)."""
+    queue.ack(leases[0], {})
+    queue.flush()
+    queue.ack(leases[1], {})
+
+
+def test_acks_streaming_in_are_committed_by_the_acking_thread_before_it_looks_again(
+    durable: Stores, sync_threads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an ack made while acks stream in, and a commit thread that would wait a minute
+    monkeypatch.setattr(commit, "GATHER_S", 0.3)
+    monkeypatch.setattr(commit, "LATE_S", 60.0)
+    queue = durable.queue
+    leases = _leases(queue, 2)
+    _streaming(queue, leases)
+    # Then it waits for more acks to share its sync
+    time.sleep(0.4)
+    assert queue.find(leases[1].task_id).status is TaskStatus.INFLIGHT  # type: ignore[union-attr]
+    # When its consumer looks for its next task
+    assert queue.lease("c1", LEASE_S) is None
+    # Then the consumer committed it first, on its own thread
+    assert queue.find(leases[1].task_id).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert sync_threads[-1] == threading.current_thread().name and len(sync_threads) == 2
+
+
+def test_a_group_whose_consumer_runs_a_long_task_is_committed_by_the_commit_thread(
+    durable: Stores, sync_threads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an ack made while acks stream in, whose consumer then runs a long task
+    monkeypatch.setattr(commit, "GATHER_S", 0.3)
+    monkeypatch.setattr(commit, "LATE_S", 0.6)
+    queue = durable.queue
+    leases = _leases(queue, 2)
+    _streaming(queue, leases)
+    # Then it is committed without its consumer, by the commit thread
+    deadline = time.monotonic() + 10
+    while queue.find(leases[1].task_id).status is not TaskStatus.SUCCEEDED:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the late group was never committed"
+        time.sleep(0.05)
+    assert sync_threads[-1] == "ack-commit" and len(sync_threads) == 2
 
 
 def test_an_ack_whose_commit_never_ran_is_finished_by_recovery_not_run_again(
