@@ -105,16 +105,22 @@ def test_acks_that_arrive_during_a_sync_share_the_next_one(durable: Stores, gate
 
 
 @pytest.fixture
-def sync_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The name of the thread that ran each commit's sync, in order."""
-    names: list[str] = []
-    real_sync = GroupCommitter._sync
+def threads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The name of the thread that ran each commit's sync ("sync") and each rename of an
+    acked file into done/ ("rename"), in order."""
+    names: dict[str, list[str]] = {"sync": [], "rename": []}
+    real_sync, real_rename = GroupCommitter._sync, commit.rename_into
 
     def noted_sync(self: GroupCommitter, paths: list[str]) -> None:
-        names.append(threading.current_thread().name)
+        names["sync"].append(threading.current_thread().name)
         real_sync(self, paths)
 
+    def noted_rename(*args: Any) -> None:
+        names["rename"].append(threading.current_thread().name)
+        real_rename(*args)
+
     monkeypatch.setattr(GroupCommitter, "_sync", noted_sync)
+    monkeypatch.setattr(commit, "rename_into", noted_rename)
     return names
 
 
@@ -125,27 +131,33 @@ def _streaming(queue: FileQueue, leases: list[Lease]) -> None:
     queue.ack(leases[1], {})
 
 
-def test_acks_streaming_in_are_committed_by_the_acking_thread_before_it_looks_again(
-    durable: Stores, sync_threads: list[str], monkeypatch: pytest.MonkeyPatch
+def test_acks_streaming_in_are_synced_in_the_background_and_moved_by_their_consumer(
+    durable: Stores, threads: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given an ack made while acks stream in, and a commit thread that would wait a minute
+    # Given an ack made while acks stream in, in a process whose commit thread would leave
+    # its rename to its consumer for a minute
     monkeypatch.setattr(commit, "GATHER_S", 0.3)
     monkeypatch.setattr(commit, "LATE_S", 60.0)
     queue = durable.queue
     leases = _leases(queue, 2)
     _streaming(queue, leases)
-    # Then it waits for more acks to share its sync
-    time.sleep(0.4)
+    # Then it waits for more acks to share its sync, which the commit thread runs
+    deadline = time.monotonic() + 10
+    while len(threads["sync"]) < 2:
+        assert time.monotonic() < deadline, "the streaming ack was never synced"
+        time.sleep(0.05)
+    assert threads["sync"][-1] == "ack-commit"
     assert queue.find(leases[1].task_id).status is TaskStatus.INFLIGHT  # type: ignore[union-attr]
     # When its consumer looks for its next task
     assert queue.lease("c1", LEASE_S) is None
-    # Then the consumer committed it first, on its own thread
+    # Then the consumer moved it into done/ first, on its own thread
     assert queue.find(leases[1].task_id).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
-    assert sync_threads[-1] == threading.current_thread().name and len(sync_threads) == 2
+    assert threads["rename"][-1] == threading.current_thread().name
+    assert len(threads["sync"]) == len(threads["rename"]) == 2
 
 
 def test_a_group_whose_consumer_runs_a_long_task_is_committed_by_the_commit_thread(
-    durable: Stores, sync_threads: list[str], monkeypatch: pytest.MonkeyPatch
+    durable: Stores, threads: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an ack made while acks stream in, whose consumer then runs a long task
     monkeypatch.setattr(commit, "GATHER_S", 0.3)
@@ -158,7 +170,8 @@ def test_a_group_whose_consumer_runs_a_long_task_is_committed_by_the_commit_thre
     while queue.find(leases[1].task_id).status is not TaskStatus.SUCCEEDED:  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "the late group was never committed"
         time.sleep(0.05)
-    assert sync_threads[-1] == "ack-commit" and len(sync_threads) == 2
+    assert threads["sync"][-1] == threads["rename"][-1] == "ack-commit"
+    assert len(threads["sync"]) == len(threads["rename"]) == 2
 
 
 def test_an_ack_whose_commit_never_ran_is_finished_by_recovery_not_run_again(

@@ -3,6 +3,7 @@ the pool (running task, step, outcome counts, duration histogram, idle), and lin
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,13 @@ import pytest
 from tracemind.backend.location import Location
 from tracemind.worker.activity import RunningTask
 from tracemind.worker.events import EventWriter
-from tracemind.worker.pool import DURATION_BUCKETS_S, Outcomes, Slot, WorkerPool
+from tracemind.worker.pool import (
+    DURATION_BUCKETS_S,
+    Outcomes,
+    Slot,
+    WorkerPool,
+    events_pipe,
+)
 from tracemind.worker.runtime import Task
 from tracemind.worker.settings import PoolSettings, WorkerSettings
 
@@ -107,3 +114,27 @@ def test_duration_bucket_counts_are_cumulative() -> None:
     assert doc["duration_bucket_counts"] == expected
     assert doc["duration_count"] == 5
     assert doc["flows"]["f"]["duration_bucket_counts"] == expected
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_workers_events_pipe_holds_a_second_of_a_draining_workers_events() -> None:
+    # Given a worker's events pipe, in a pool that has not read it for a while
+    read_fd, write_fd = events_pipe()
+    try:
+        os.set_blocking(write_fd, False)
+        line = b'{"event": "step", "step": "echo"}\n'
+        # When a worker draining a backlog writes most of a second's events (~1 MB a second;
+        # the default pipe holds 64 KiB)
+        lines = 900_000 // len(line)
+        for _ in range(lines):
+            os.write(write_fd, line)  # BlockingIOError: the worker would have stopped here
+        # Then all of it waits in the pipe, and the pool reads it back whole
+        got = b""
+        while chunk := os.read(read_fd, 65536):
+            got += chunk
+            if len(got) == lines * len(line):
+                break
+        assert got == line * lines
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import gc
 import itertools
 import json
@@ -180,8 +181,7 @@ class WorkerPool:
 
     def _spawn(self, slot: Slot) -> None:
         slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{os.urandom(2).hex()}"
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
+        read_fd, write_fd = events_pipe()
         spec = self.settings.worker_spec(slot.consumer_id)
         if self._can_fork():
             slot.process = self._fork(spec, write_fd)
@@ -497,6 +497,25 @@ def _running_task(event: dict[str, Any]) -> RunningTask | None:
     if not isinstance(task_id, str):
         return None
     return RunningTask(task_id, short_id(event.get("flow_id")), int(event["attempt"]), time.time())
+
+
+EVENTS_PIPE_BYTES = 1 << 20
+"""What a worker's events pipe holds where the system allows (Linux's default limit for a user:
+1 MiB). A worker draining a backlog reports ~1 MB of events a second, and its pool reads them
+once a tick, or later while its upkeep runs; a full pipe stops the worker until then."""
+
+
+def events_pipe() -> tuple[int, int]:
+    """A new pipe for a worker's events: (its read end, non-blocking; its write end). It holds
+    :data:`EVENTS_PIPE_BYTES` on Linux within the system's limit for this user (elsewhere, or
+    past that limit, the system's default)."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_fd, set_size, EVENTS_PIPE_BYTES)
+    return read_fd, write_fd
 
 
 def _pidfd(pid: int) -> int | None:

@@ -6,13 +6,17 @@ renames the file into ``done/``, where readers first see the task as succeeded. 
 reports a success that a power loss could take back, and under load many acks share one device
 flush, as in a database's group commit, instead of paying a flush (or two) each.
 
-Batches form by themselves. An ack that finds the process quiet (no commit for ``GATHER_S``) is
-committed at once, by the commit thread. While acks stream in (a backlog being drained), the
-acking thread commits them itself once the oldest has waited ``GATHER_S`` (it asks, through
-:meth:`GroupCommitter.commit_due`, before it looks for its next task), so one flush serves many
-and no second thread competes with it for the interpreter on every rename; the commit thread
-steps in only for acks still waiting after ``LATE_S`` (their consumer is running a long task).
-Commits never overlap, and each takes every ack queued before it.
+Batches form by themselves, and the acking thread never waits for a flush:
+
+- an ack that finds the process quiet (no commit for ``GATHER_S``) is synced and renamed at
+  once by the commit thread;
+- while acks stream in (a backlog being drained), the commit thread syncs every ack queued
+  once the oldest has waited ``GATHER_S``, so one flush serves many, and leaves the renames to
+  the acking thread, which makes them before it looks for its next task
+  (:meth:`GroupCommitter.commit_due`): one thread renames while the other syncs, instead of
+  both competing for the interpreter on every rename;
+- synced acks that no one renamed for ``LATE_S`` (their consumer runs a long task) are renamed
+  by the commit thread.
 
 The commit thread lives as long as the process (a daemon thread; a normal exit commits first):
 an ack not committed when the process died is still in ``inflight/`` with its completion line,
@@ -36,9 +40,9 @@ GATHER_S = 0.005
 """While acks stream in (the last commit ended less than this ago), the oldest waits up to this
 long for more before they are synced together: the latency an ack may gain under load."""
 LATE_S = 2 * GATHER_S
-"""How long the oldest ack waits for its acking thread before the commit thread commits it."""
+"""How long synced acks wait for their acking thread before the commit thread renames them."""
 GATHER_MAX = 256
-"""Commit at once when this many acks are waiting (or when someone calls ``flush``)."""
+"""Sync at once when this many acks are waiting."""
 Move = tuple[str, str]
 """(source, target) paths of one committed ack: its inflight file and its done file."""
 
@@ -60,12 +64,18 @@ class GroupCommitter:
         self.fs_dir = fs_dir
         self.on_error = on_error
         self._changed = threading.Condition(threading.Lock())
-        self._committing = threading.Lock()
-        """Held for a whole commit: commits never overlap, so one that takes the queue after
-        another took its part finishes after it."""
+        self._renaming = threading.Lock()
+        """Held while moves are renamed: a flush that takes it finds every earlier rename
+        done."""
         self._queued: list[Move] = []
-        self._oldest_s = 0.0  # monotonic: when the oldest queued move was queued
-        self._last_commit_s = float("-inf")  # monotonic: when the last commit ended
+        """Moves appended and not yet synced ..."""
+        self._oldest_s = 0.0  # monotonic: when the oldest of them was queued
+        self._syncing = False
+        """... a sync in progress (of moves taken from ``_queued``) ..."""
+        self._synced: list[Move] = []
+        """... and moves synced, to be renamed."""
+        self._synced_s = 0.0  # monotonic: when the oldest of those was synced
+        self._last_commit_s = float("-inf")  # monotonic: when the last renames ended
         self._thread: threading.Thread | None = None
 
     def add(self, source: str, target: str) -> None:
@@ -77,64 +87,91 @@ class GroupCommitter:
                 self._thread = threading.Thread(target=self._run, name="ack-commit", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush)  # a process that exits normally commits first
-            if len(self._queued) == 1:  # wake the thread only when it acts on it
+            if len(self._queued) in (1, GATHER_MAX):  # wake the thread only when it acts on it
                 self._changed.notify_all()
-            full = len(self._queued) >= GATHER_MAX
-        if full:
-            self.flush()
 
     def commit_due(self) -> None:
-        """Commit what is queued if its oldest waited :data:`GATHER_S` (for the acking thread,
-        between tasks); returns at once when nothing is due or a commit is in progress."""
-        if not self._queued or time.monotonic() - self._oldest_s < GATHER_S:
-            return
-        if self._committing.acquire(blocking=False):
+        """Rename the moves already synced (for the acking thread, between tasks); returns at
+        once when there are none or a rename is in progress."""
+        if self._synced and self._renaming.acquire(blocking=False):
             try:
-                self._commit_queued()
+                self._rename_synced()
             finally:
-                self._committing.release()
+                self._renaming.release()
 
     def flush(self) -> None:
-        """Commit every move queued before this call (waiting for a commit in progress)."""
-        with self._committing:
-            self._commit_queued()
+        """Commit every move queued before this call (waiting for a sync in progress)."""
+        with self._changed:
+            while self._syncing:
+                self._changed.wait()
+            batch = self._take_queued()
+        if batch:
+            self._sync_batch(batch)
+        with self._renaming:
+            self._rename_synced()
 
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not self._queued:
-                    self._changed.wait()
-                now_s = time.monotonic()
-                quiet = now_s - self._last_commit_s >= GATHER_S
-                due_s = self._oldest_s + (0.0 if quiet else LATE_S)
-                if now_s < due_s:
-                    self._changed.wait(due_s - now_s)
-                    continue  # (committed meanwhile by the acking thread, perhaps)
-            with self._committing:
-                self._commit_queued()
+                job = self._next_job()
+                batch = self._take_queued() if job != "rename" else []
+            if batch:
+                self._sync_batch(batch)
+            if job != "sync":  # (a quiet process's ack is renamed at once, for its latency)
+                with self._renaming:
+                    self._rename_synced()
 
-    def _commit_queued(self) -> None:
-        """Commit every queued move (the caller holds ``_committing``)."""
-        with self._changed:
-            batch, self._queued = self._queued, []
-        if not batch:
-            return
-        try:
-            if self._commit(batch):
-                self._log.info("acks committed", count=len(batch))
-        except Exception:  # keep the committer usable, or every later flush() would fail
-            self._log.exception("ack commit failed; recovery will finish these acks")
-        finally:
-            self._last_commit_s = time.monotonic()
+    def _next_job(self) -> str:
+        """Wait (holding ``_changed``) for the thread's next job: "sync" queued moves,
+        "rename" synced ones that waited too long, or "commit" both (a quiet process)."""
+        while True:
+            now_s = time.monotonic()
+            wake_s = float("inf")
+            if self._synced:
+                if now_s - self._synced_s >= LATE_S:
+                    return "rename"
+                wake_s = self._synced_s + LATE_S
+            if self._queued:
+                quiet = self._oldest_s - self._last_commit_s >= GATHER_S  # when it came
+                due_s = self._oldest_s + (0.0 if quiet else GATHER_S)
+                if now_s >= due_s or len(self._queued) >= GATHER_MAX:
+                    return "commit" if quiet else "sync"
+                wake_s = min(wake_s, due_s)
+            self._changed.wait(None if wake_s == float("inf") else wake_s - now_s)
 
-    def _commit(self, batch: list[Move]) -> bool:
-        """Sync, then move each file into place; False when the sync failed."""
+    def _take_queued(self) -> list[Move]:
+        """The queued moves, now being synced by the caller (holding ``_changed``)."""
+        batch, self._queued = self._queued, []
+        self._syncing = bool(batch)
+        return batch
+
+    def _sync_batch(self, batch: list[Move]) -> None:
+        """Sync ``batch`` and hand it on to be renamed; on failure, report every move of it
+        (nothing is known durable: each ack is left to recovery)."""
+        synced = False
         try:
             self._sync([source for source, _ in batch])
-        except OSError as exc:  # nothing is known durable: leave every ack to recovery
+            synced = True
+        except OSError as exc:
             for source, _ in batch:
                 self.on_error(source, exc)
-            return False
+        except Exception:  # keep the committer usable, or every later flush() would wait
+            self._log.exception("ack commit failed; recovery will finish these acks")
+        finally:
+            with self._changed:
+                if synced:
+                    if not self._synced:
+                        self._synced_s = time.monotonic()
+                    self._synced.extend(batch)
+                self._syncing = False
+                self._changed.notify_all()
+
+    def _rename_synced(self) -> None:
+        """Move every synced file into place (the caller holds ``_renaming``)."""
+        with self._changed:
+            batch, self._synced = self._synced, []
+        if not batch:
+            return
         for source, target in batch:
             try:
                 rename_into(source, target, ensure_dir)  # (a done bucket is made on first use)
@@ -145,7 +182,8 @@ class GroupCommitter:
                     self.on_error(source, exc)
             except OSError as exc:
                 self.on_error(source, exc)
-        return True
+        self._last_commit_s = time.monotonic()
+        self._log.info("acks committed", count=len(batch))
 
     def _sync(self, paths: list[str]) -> None:
         """Make the appended lines durable: one ``syncfs``, else one ``fdatasync`` per file."""

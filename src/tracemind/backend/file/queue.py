@@ -112,7 +112,7 @@ class FileQueue(QueueWrites):
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         self.prepare()
         if self._committer is not None:
-            self._committer.commit_due()  # this thread's acks of the last few milliseconds
+            self._committer.commit_due()  # this thread's acks that were synced meanwhile
         now_s = self.clock()
         while (candidate := self._next_due(now_s)) is not None:
             source = self.waiting.path_of(candidate)
