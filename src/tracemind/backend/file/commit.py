@@ -70,8 +70,8 @@ class GroupCommitter:
         self._queued: list[Move] = []
         """Moves appended and not yet synced ..."""
         self._oldest_s = 0.0  # monotonic: when the oldest of them was queued
-        self._syncing = False
-        """... a sync in progress (of moves taken from ``_queued``) ..."""
+        self._syncing = 0
+        """... syncs in progress (of moves taken from ``_queued``) ..."""
         self._synced: list[Move] = []
         """... and moves synced, to be renamed."""
         self._synced_s = 0.0  # monotonic: when the oldest of those was synced
@@ -115,11 +115,14 @@ class GroupCommitter:
             with self._changed:
                 job = self._next_job()
                 batch = self._take_queued() if job != "rename" else []
-            if batch:
-                self._sync_batch(batch)
-            if job != "sync":  # (a quiet process's ack is renamed at once, for its latency)
-                with self._renaming:
-                    self._rename_synced()
+            try:
+                if batch:
+                    self._sync_batch(batch)
+                if job != "sync":  # (a quiet process's ack is renamed at once, for its latency)
+                    with self._renaming:
+                        self._rename_synced()
+            except Exception:  # keep the thread alive: the acks it left wait for a flush
+                self._log.exception("ack commit failed; recovery will finish these acks")
 
     def _next_job(self) -> str:
         """Wait (holding ``_changed``) for the thread's next job: "sync" queued moves,
@@ -142,7 +145,7 @@ class GroupCommitter:
     def _take_queued(self) -> list[Move]:
         """The queued moves, now being synced by the caller (holding ``_changed``)."""
         batch, self._queued = self._queued, []
-        self._syncing = bool(batch)
+        self._syncing += bool(batch)
         return batch
 
     def _sync_batch(self, batch: list[Move]) -> None:
@@ -163,7 +166,7 @@ class GroupCommitter:
                     if not self._synced:
                         self._synced_s = time.monotonic()
                     self._synced.extend(batch)
-                self._syncing = False
+                self._syncing -= 1
                 self._changed.notify_all()
 
     def _rename_synced(self) -> None:
