@@ -9,14 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task, pending_path
+from tm_testing import FakeClock, make_task, pending_path, wait_until
 from tracemind.backend.file import commit
 from tracemind.backend.file.commit import GroupCommitter
 from tracemind.backend.file.queue import FileQueue
@@ -112,8 +111,8 @@ def threads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     real_sync, real_rename = GroupCommitter._sync, commit.rename_into
 
     def noted_sync(self: GroupCommitter, paths: list[str]) -> None:
-        names["sync"].append(threading.current_thread().name)
         real_sync(self, paths)
+        names["sync"].append(threading.current_thread().name)
 
     def noted_rename(*args: Any) -> None:
         names["rename"].append(threading.current_thread().name)
@@ -124,11 +123,25 @@ def threads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     return names
 
 
-def _streaming(queue: FileQueue, leases: list[Lease]) -> None:
-    """Ack the first lease and let its commit end, then ack the second at once (acks stream)."""
+def _streaming(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, late_s: float
+) -> tuple[FileQueue, list[Lease]]:
+    """Two leases, in a process whose acks gather for 0.3 s while they stream in and whose
+    commit thread renames a synced group after ``late_s``: the first acked and committed, then
+    the second acked at once (so acks stream)."""
+    monkeypatch.setattr(commit, "GATHER_S", 0.3)
+    monkeypatch.setattr(commit, "LATE_S", late_s)
+    queue = stores.queue
+    leases = _leases(queue, 2)
     queue.ack(leases[0], {})
     queue.flush()
     queue.ack(leases[1], {})
+    return queue, leases
+
+
+def _succeeded(queue: FileQueue, task_id: str) -> bool:
+    info = queue.find(task_id)
+    return info is not None and info.status is TaskStatus.SUCCEEDED
 
 
 def test_acks_streaming_in_are_synced_in_the_background_and_moved_by_their_consumer(
@@ -136,22 +149,19 @@ def test_acks_streaming_in_are_synced_in_the_background_and_moved_by_their_consu
 ) -> None:
     # Given an ack made while acks stream in, in a process whose commit thread would leave
     # its rename to its consumer for a minute
-    monkeypatch.setattr(commit, "GATHER_S", 0.3)
-    monkeypatch.setattr(commit, "LATE_S", 60.0)
-    queue = durable.queue
-    leases = _leases(queue, 2)
-    _streaming(queue, leases)
-    # Then it waits for more acks to share its sync, which the commit thread runs
-    deadline = time.monotonic() + 10
-    while len(threads["sync"]) < 2:
-        assert time.monotonic() < deadline, "the streaming ack was never synced"
-        time.sleep(0.05)
+    queue, leases = _streaming(durable, monkeypatch, late_s=60.0)
+    # Then it waits for more acks to share its sync, which the commit thread runs, and stays
+    # in flight after it
+    wait_until(lambda: len(threads["sync"]) == 2, 10, "the streaming ack's sync")
     assert threads["sync"][-1] == "ack-commit"
-    assert queue.find(leases[1].task_id).status is TaskStatus.INFLIGHT  # type: ignore[union-attr]
-    # When its consumer looks for its next task
-    assert queue.lease("c1", LEASE_S) is None
-    # Then the consumer moved it into done/ first, on its own thread
-    assert queue.find(leases[1].task_id).status is TaskStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert not _succeeded(queue, leases[1].task_id)
+
+    # When its consumer looks for its next task (once the sync has handed the group on)
+    def looked() -> bool:
+        return queue.lease("c1", LEASE_S) is None and _succeeded(queue, leases[1].task_id)
+
+    wait_until(looked, 10, "the consumer to move the synced ack")
+    # Then the consumer moved it into done/, on its own thread
     assert threads["rename"][-1] == threading.current_thread().name
     assert len(threads["sync"]) == len(threads["rename"]) == 2
 
@@ -160,16 +170,10 @@ def test_a_group_whose_consumer_runs_a_long_task_is_committed_by_the_commit_thre
     durable: Stores, threads: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an ack made while acks stream in, whose consumer then runs a long task
-    monkeypatch.setattr(commit, "GATHER_S", 0.3)
-    monkeypatch.setattr(commit, "LATE_S", 0.6)
-    queue = durable.queue
-    leases = _leases(queue, 2)
-    _streaming(queue, leases)
+    queue, leases = _streaming(durable, monkeypatch, late_s=0.6)
+
     # Then it is committed without its consumer, by the commit thread
-    deadline = time.monotonic() + 10
-    while queue.find(leases[1].task_id).status is not TaskStatus.SUCCEEDED:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "the late group was never committed"
-        time.sleep(0.05)
+    wait_until(lambda: _succeeded(queue, leases[1].task_id), 10, "the late group's commit")
     assert threads["sync"][-1] == threads["rename"][-1] == "ack-commit"
     assert len(threads["sync"]) == len(threads["rename"]) == 2
 
