@@ -25,6 +25,8 @@ from tracemind.fsutil import dump_json
 from tracemind.queue.names import PendingName
 from tracemind.queue.protocol import Lease, TaskStatus
 from tracemind.queue.records import completion_entry
+from tracemind.worker.consumer import Consumer
+from tracemind.worker.runtime import Task
 
 LEASE_S = 30.0
 
@@ -176,6 +178,36 @@ def test_a_group_whose_consumer_runs_a_long_task_is_committed_by_the_commit_thre
     wait_until(lambda: _succeeded(queue, leases[1].task_id), 10, "the late group's commit")
     assert threads["sync"][-1] == threads["rename"][-1] == "ack-commit"
     assert len(threads["sync"]) == len(threads["rename"]) == 2
+
+
+class Succeeds:
+    """A runtime whose every task succeeds at once."""
+
+    def execute(self, task: Task) -> dict[str, Any]:
+        return {}
+
+
+def test_a_serving_consumer_whose_queue_runs_dry_commits_its_acks_before_it_waits(
+    durable: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three tasks, and a serving consumer (no burst) in a process whose acks, once they
+    # stream in, would wait a minute for their sync and another for their move
+    monkeypatch.setattr(commit, "GATHER_S", 60.0)
+    monkeypatch.setattr(commit, "LATE_S", 60.0)
+    queue = durable.queue
+    tasks = [make_task(queue.clock) for _ in range(3)]
+    queue.enqueue(tasks)
+    consumer = Consumer(queue, Succeeds(), "c1", lease_s=LEASE_S)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    # When it runs them and finds nothing more to do
+    thread.start()
+    try:
+        # Then every result shows before it waits for more: none waits for the commit thread
+        wait_until(lambda: all(_succeeded(queue, t.task_id) for t in tasks), 10, "the results")
+    finally:
+        consumer.stopping.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
 def test_an_ack_whose_commit_never_ran_is_finished_by_recovery_not_run_again(

@@ -160,9 +160,10 @@ class Consumer:
         """Process tasks until :attr:`stopping` is set (a task in progress is finished first);
         returns once every ack is committed.
 
-        With ``on_idle``: each time a look finds nothing due after the consumer started or ran a
-        task, its acks are committed first (so none is left in flight) and ``on_idle`` is called;
-        a burst pool stops once every worker said so and nothing waits."""
+        Each time a look finds nothing due after the consumer started or ran a task, its acks
+        are committed before it waits (so the results of a queue that ran dry show at once, and
+        none is left in flight), then ``on_idle`` is called if given: a burst pool stops once
+        every worker said so and nothing waits."""
         busy = True
         try:
             while not self.stopping.is_set():
@@ -170,9 +171,10 @@ class Consumer:
                     if self.run_once():
                         busy = True
                         continue
-                    if busy and self.on_idle is not None:
+                    if busy:
                         self.queue.flush()
-                        self.on_idle()
+                        if self.on_idle is not None:
+                            self.on_idle()
                     busy = False
                     self._wait_idle()
                     self.outage.recovered()
