@@ -349,3 +349,47 @@ def test_reading_a_task_file_reads_it_from_its_start_whatever_was_read_before(
         assert read_fd(fd, str(path)) == path.read_bytes()
     finally:
         os.close(fd)
+
+
+def test_a_past_bucket_is_listed_once_while_it_drains_and_the_current_one_again_when_stale(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five tasks due in one second, and a consumer that starts two seconds later
+    queue = stores.queue
+    tasks = [make_task(clock) for _ in range(5)]
+    queue.enqueue(tasks)
+    [bucket] = [str(p) for p in queue.pending_dir.glob("*/*") if p.is_dir()]
+    clock.advance(2.0)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting(path: Any) -> Any:
+        listed.append(str(path).rstrip("/"))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    # When it drains them while far more than the relist interval passes between leases
+    leased = []
+    for _ in tasks:
+        leased.append(_lease(queue).task_id)
+        clock.advance(3 * queue.relist_interval_s)
+    # Then it delivered them in order from one listing of their bucket: a bucket whose second
+    # is over only empties
+    assert leased == [task.task_id for task in tasks]
+    assert listed.count(bucket) == 1, listed
+
+    # Given a consumer that listed the bucket of the current second (more may arrive in it)
+    queue.relist_interval_s = 0.1
+    first = make_task(clock)
+    clock.advance(0.005)
+    early = make_task(clock)
+    clock.advance(0.005)
+    second = make_task(clock)
+    queue.enqueue([first, second])
+    assert _lease(queue).task_id == first.task_id
+    # When a task due before the one still listed lands after the listing (its writer read the
+    # clock before the consumer listed), and the listing grows stale
+    queue.enqueue([early])
+    clock.advance(queue.relist_interval_s + 0.01)
+    # Then the consumer lists again and takes the earlier task first
+    assert [_lease(queue).task_id, _lease(queue).task_id] == [early.task_id, second.task_id]

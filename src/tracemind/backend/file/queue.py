@@ -17,6 +17,7 @@ from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
 from tracemind.backend.file.packs import append_line, task_bytes
+from tracemind.backend.file.pending import INNER_MS
 from tracemind.backend.file.quarantine import quarantine
 from tracemind.backend.file.queue_reads import epoch_ms
 from tracemind.backend.file.queue_writes import QueueWrites
@@ -231,13 +232,24 @@ class FileQueue(QueueWrites):
         return self._board
 
     def _next_due(self, now_s: float) -> PendingName | None:
-        """The next pending name to try, from a listing refreshed when stale or exhausted."""
+        """The next pending name to try, from a listing refreshed when exhausted, or when stale
+        while its bucket may still gain tasks."""
         head_due = bool(self._candidates) and self._candidates[0].due_ms <= epoch_ms(now_s)
-        if not head_due or now_s - self._listed_at_s > self.relist_interval_s:
+        stale = now_s - self._listed_at_s > self.relist_interval_s
+        if not head_due or (stale and not self._listing_closed(now_s)):
             self._relist(now_s)
         if self._candidates and self._candidates[0].due_ms <= epoch_ms(now_s):
             return self._candidates.popleft()
         return None
+
+    def _listing_closed(self, now_s: float) -> bool:
+        """Whether the listed bucket's second ended a second or more ago (the margin
+        ``_remove_if_past`` allows for clock steps): every arrival is due now or later, so such
+        a bucket only empties and its listing stays complete until drained. (A writer paused
+        between reading the clock and linking its task may still land in it; that task is
+        found once the listing is drained, as in any older bucket.)"""
+        last_due_ms = self._candidates[-1].due_ms
+        return (last_due_ms // INNER_MS + 2) * INNER_MS <= epoch_ms(now_s)
 
     def _relist(self, now_s: float) -> None:
         # (not readable a moment ago: left alone until their time to try again)
