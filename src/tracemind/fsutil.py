@@ -443,11 +443,14 @@ def read_fd(fd: int, path: StrPath, max_bytes: int = MAX_RECORD_BYTES) -> bytes:
         raise DamagedEntry(f"{path}: {size} bytes, more than the {max_bytes} a record may hold")
     chunks = []
     total = 0
-    while chunk := os.pread(fd, max(size, 4096) + 1, total):
+    wanted = max(size, 4096) + 1
+    while chunk := os.pread(fd, wanted, total):
         total += len(chunk)
         if total > max_bytes:
             raise DamagedEntry(f"{path}: more than the {max_bytes} bytes a record may hold")
         chunks.append(chunk)
+        if len(chunk) < wanted:  # a regular file reads short only at its end
+            break
     return b"".join(chunks)
 
 
