@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tm_testing import FakeClock, make_task, pending_path, wait_until
+from tracemind import fsutil
 from tracemind.backend.file import commit
 from tracemind.backend.file.commit import GroupCommitter
 from tracemind.backend.file.queue import FileQueue
@@ -347,3 +348,63 @@ def test_a_failed_sync_reports_nothing_succeeded_and_leaves_the_acks_to_recovery
     for lease in leases:
         info = durable.queue.find(lease.task_id)
         assert info is not None and info.status is TaskStatus.SUCCEEDED
+
+
+def test_acks_are_made_durable_by_a_flush_of_their_pack_not_of_the_file_system(
+    durable: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five leases of tasks enqueued as one batch (one pack holds their records), in a
+    # process whose acks gather while they stream in
+    monkeypatch.setattr(commit, "GATHER_S", 0.3)
+    queue = durable.queue
+    leases = _leases(queue, 5)
+    flushed: list[int] = []
+    groups: list[tuple[int, int]] = []  # (acks synced, files flushed) of each sync
+    real_fdatasync, real_sync = os.fdatasync, GroupCommitter._sync
+
+    def counting_fdatasync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_ino)
+        real_fdatasync(fd)
+
+    def noted_sync(self: GroupCommitter, paths: list[str]) -> None:
+        before = len(flushed)
+        real_sync(self, paths)
+        groups.append((len(paths), len(flushed) - before))
+
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    monkeypatch.setattr(GroupCommitter, "_sync", noted_sync)
+    monkeypatch.setattr(
+        fsutil, "sync_filesystem", lambda path: pytest.fail("an ack flushed the file system")
+    )
+    # When all five are acked and committed
+    for lease in leases:
+        queue.ack(lease, {})
+    queue.flush()
+    # Then each sync flushed their pack once, however many acks it carried (syncfs would also
+    # have waited for every other process's writes), and all five are succeeded
+    assert sum(acks for acks, _ in groups) == 5
+    assert max(acks for acks, _ in groups) > 1, groups
+    assert all(files == 1 for _, files in groups), groups
+    assert len(set(flushed)) == 1
+    assert all(_succeeded(queue, lease.task_id) for lease in leases)
+
+
+def test_flushing_files_flushes_each_file_once_and_skips_those_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a file with two names, another file, and a name that no longer exists
+    (tmp_path / "a").write_bytes(b"a")
+    os.link(tmp_path / "a", tmp_path / "a2")
+    (tmp_path / "b").write_bytes(b"b")
+    flushed: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_ino)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    # When all four paths are flushed
+    fsutil.fdatasync_files([tmp_path / "a", tmp_path / "gone", tmp_path / "a2", tmp_path / "b"])
+    # Then each existing file was flushed exactly once
+    assert sorted(flushed) == sorted({(tmp_path / n).stat().st_ino for n in ("a", "b")})

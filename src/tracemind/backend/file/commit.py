@@ -3,8 +3,9 @@
 An ack first appends its completion line to the task's file in ``inflight/``, which no crash of
 the acking process can undo. The committer then makes that line durable and only afterwards
 renames the file into ``done/``, where readers first see the task as succeeded. So no reader
-reports a success that a power loss could take back, and under load many acks share one device
-flush, as in a database's group commit, instead of paying a flush (or two) each.
+reports a success that a power loss could take back, and under load many acks share one flush,
+as in a database's group commit, instead of paying a flush (or two) each: the acks of a group
+whose tasks share a pack (a batch, drained in order) cost one ``fdatasync`` of that pack.
 
 Batches form by themselves, and the acking thread never waits for a flush:
 
@@ -27,13 +28,12 @@ again.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable
 
-from tracemind.fsutil import ensure_dir, fdatasync_file, rename_into, sync_filesystem
+from tracemind.fsutil import ensure_dir, fdatasync_files, rename_into
 from tracemind.log import get_logger
 
 GATHER_S = 0.005
@@ -57,11 +57,8 @@ class GroupCommitter:
     recovery took it after the lease lapsed.
     """
 
-    def __init__(
-        self, fs_dir: str | os.PathLike[str], on_error: Callable[[str, OSError], None]
-    ) -> None:
+    def __init__(self, on_error: Callable[[str, OSError], None]) -> None:
         self._log = get_logger("tracemind.queue")
-        self.fs_dir = fs_dir
         self.on_error = on_error
         self._changed = threading.Condition(threading.Lock())
         self._renaming = threading.Lock()
@@ -189,9 +186,8 @@ class GroupCommitter:
         self._log.info("acks committed", count=len(batch))
 
     def _sync(self, paths: list[str]) -> None:
-        """Make the appended lines durable: one ``syncfs``, else one ``fdatasync`` per file."""
-        if sync_filesystem(self.fs_dir):
-            return
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):  # finished elsewhere meanwhile
-                fdatasync_file(path)
+        """Make the appended lines durable: one ``fdatasync`` per file (the tasks of one pack
+        share it; a file finished elsewhere meanwhile is skipped). Not a ``syncfs``: that also
+        waits for everything other processes wrote to the file system, and an ack waited
+        ~0.6 s for a process rewriting a big file (docs/benchmarks.md)."""
+        fdatasync_files(paths)

@@ -320,7 +320,7 @@ class FileQueue(QueueWrites):
         if self._committer is None:
             from tracemind.backend.file.commit import GroupCommitter
 
-            self._committer = GroupCommitter(self.root, self._commit_failed)
+            self._committer = GroupCommitter(self._commit_failed)
         self._committer.add(source, target)
 
     def flush(self) -> None:
