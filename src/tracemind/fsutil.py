@@ -156,25 +156,6 @@ def fdatasync_file(path: StrPath) -> None:
         os.close(fd)
 
 
-def fdatasync_files(paths: Iterable[StrPath]) -> None:
-    """:func:`fdatasync_file` each file once, however many of ``paths`` name it (hard links of
-    one file); a path gone meanwhile is skipped. Unlike ``syncfs``, never waits for what other
-    processes wrote elsewhere on the file system."""
-    synced: set[tuple[int, int]] = set()
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        except FileNotFoundError:
-            continue
-        try:
-            info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) not in synced:
-                synced.add((info.st_dev, info.st_ino))
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
     tmp = os.path.join(tmp_dir, f"{stem}.{os.urandom(4).hex()}.tmp")
     # Created with its final mode (FILE_MODE: the data's group reads and writes it, nobody else

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tracemind.fsutil import ensure_dir, fdatasync_files, rename_into
+from tracemind.fsutil import ensure_dir, rename_into
 from tracemind.log import get_logger
 
 GATHER_S = 0.005
@@ -66,6 +66,8 @@ class GroupCommitter:
         done."""
         self._queued: list[Move] = []
         """Moves appended and not yet synced ..."""
+        self._files: dict[tuple[int, int], int] = {}
+        """... the files they are in, open, by (device, inode) ..."""
         self._oldest_s = 0.0  # monotonic: when the oldest of them was queued
         self._syncing = 0
         """... syncs in progress (of moves taken from ``_queued``) ..."""
@@ -75,17 +77,24 @@ class GroupCommitter:
         self._last_commit_s = float("-inf")  # monotonic: when the last renames ended
         self._thread: threading.Thread | None = None
 
-    def add(self, source: str, target: str) -> None:
+    def add(self, source: str, target: str, fd: int) -> None:
+        """Queue the move of ``source`` to ``target`` once the lines appended to it are durable;
+        ``fd`` is the file open (the committer closes it), flushed once for all the moves
+        queued with it that share the file (the tasks of one pack)."""
+        info = os.fstat(fd)
         with self._changed:
             if not self._queued:
                 self._oldest_s = time.monotonic()
             self._queued.append((source, target))
+            held = self._files.setdefault((info.st_dev, info.st_ino), fd)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ack-commit", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush)  # a process that exits normally commits first
             if len(self._queued) in (1, GATHER_MAX):  # wake the thread only when it acts on it
                 self._changed.notify_all()
+        if held != fd:  # the file is queued open already: one descriptor is enough
+            os.close(fd)
 
     def commit_due(self) -> None:
         """Rename the moves already synced (for the acking thread, between tasks); returns at
@@ -101,9 +110,9 @@ class GroupCommitter:
         with self._changed:
             while self._syncing:
                 self._changed.wait()
-            batch = self._take_queued()
+            batch, files = self._take_queued()
         if batch:
-            self._sync_batch(batch)
+            self._sync_batch(batch, files)
         with self._renaming:
             self._rename_synced()
 
@@ -111,10 +120,10 @@ class GroupCommitter:
         while True:
             with self._changed:
                 job = self._next_job()
-                batch = self._take_queued() if job != "rename" else []
+                batch, files = self._take_queued() if job != "rename" else ([], [])
             try:
                 if batch:
-                    self._sync_batch(batch)
+                    self._sync_batch(batch, files)
                 if job != "sync":  # (a quiet process's ack is renamed at once, for its latency)
                     with self._renaming:
                         self._rename_synced()
@@ -139,18 +148,20 @@ class GroupCommitter:
                 wake_s = min(wake_s, due_s)
             self._changed.wait(None if wake_s == float("inf") else wake_s - now_s)
 
-    def _take_queued(self) -> list[Move]:
-        """The queued moves, now being synced by the caller (holding ``_changed``)."""
+    def _take_queued(self) -> tuple[list[Move], list[int]]:
+        """The queued moves and their open files, now being synced by the caller (holding
+        ``_changed``)."""
         batch, self._queued = self._queued, []
+        files, self._files = list(self._files.values()), {}
         self._syncing += bool(batch)
-        return batch
+        return batch, files
 
-    def _sync_batch(self, batch: list[Move]) -> None:
-        """Sync ``batch`` and hand it on to be renamed; on failure, report every move of it
-        (nothing is known durable: each ack is left to recovery)."""
+    def _sync_batch(self, batch: list[Move], files: list[int]) -> None:
+        """Sync ``files`` (closing them), then hand ``batch`` on to be renamed; on failure,
+        report every move of it (nothing is known durable: each ack is left to recovery)."""
         synced = False
         try:
-            self._sync([source for source, _ in batch])
+            self._sync(files)
             synced = True
         except OSError as exc:
             for source, _ in batch:
@@ -165,6 +176,8 @@ class GroupCommitter:
                     self._synced.extend(batch)
                 self._syncing -= 1
                 self._changed.notify_all()
+            for fd in files:
+                os.close(fd)
 
     def _rename_synced(self) -> None:
         """Move every synced file into place (the caller holds ``_renaming``)."""
@@ -185,9 +198,10 @@ class GroupCommitter:
         self._last_commit_s = time.monotonic()
         self._log.info("acks committed", count=len(batch))
 
-    def _sync(self, paths: list[str]) -> None:
+    def _sync(self, files: list[int]) -> None:
         """Make the appended lines durable: one ``fdatasync`` per file (the tasks of one pack
-        share it; a file finished elsewhere meanwhile is skipped). Not a ``syncfs``: that also
-        waits for everything other processes wrote to the file system, and an ack waited
-        ~0.6 s for a process rewriting a big file (docs/benchmarks.md)."""
-        fdatasync_files(paths)
+        share it). Not a ``syncfs``: that also waits for everything other processes wrote to
+        the file system, and an ack waited ~0.6 s for a process rewriting a big file
+        (docs/benchmarks.md)."""
+        for fd in files:
+            os.fdatasync(fd)

@@ -256,8 +256,16 @@ def append_line(path: str, task_id: str, line: bytes) -> None:
     """Append ``line`` for the task to its existing file (or pack) in one write (a crash
     cannot leave half of it without the other; a torn line after a power loss is ignored by
     readers)."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    os.close(append_line_open(path, task_id, line))
+
+
+def append_line_open(path: str, task_id: str, line: bytes) -> int:
+    """:func:`append_line`, returning the file's descriptor, still open (the caller closes
+    it): for a line made durable later."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
     try:
         os.write(fd, appended_line(os.pread(fd, len(MAGIC), 0), task_id, line))
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd

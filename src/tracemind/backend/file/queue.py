@@ -16,7 +16,7 @@ import os
 from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
-from tracemind.backend.file.packs import append_line, task_bytes
+from tracemind.backend.file.packs import append_line_open, task_bytes
 from tracemind.backend.file.pending import INNER_MS
 from tracemind.backend.file.quarantine import quarantine
 from tracemind.backend.file.queue_reads import epoch_ms
@@ -294,7 +294,7 @@ class FileQueue(QueueWrites):
         source = self._inflight + str(lease.handle)
         target = self.done_path(lease.task_id)
         try:
-            append_line(source, lease.task_id, line)
+            appended = append_line_open(source, lease.task_id, line)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError):
                 self._log.warning(
@@ -311,6 +311,7 @@ class FileQueue(QueueWrites):
             self._discard(source, None)
             return
         if not self.durable:
+            os.close(appended)
             try:
                 rename_into(source, target, ensure_dir)
             except FileNotFoundError as exc:
@@ -321,7 +322,7 @@ class FileQueue(QueueWrites):
             from tracemind.backend.file.commit import GroupCommitter
 
             self._committer = GroupCommitter(self._commit_failed)
-        self._committer.add(source, target)
+        self._committer.add(source, target, appended)
 
     def flush(self) -> None:
         if self._committer is not None:
