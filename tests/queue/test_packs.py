@@ -200,6 +200,63 @@ def test_a_live_writers_pack_is_never_retired(stores: Stores, clock: FakeClock) 
     assert _pack_names(stores) == []
 
 
+def _pack_files(stores: Stores) -> tuple[set[str], set[str]]:
+    """(packs, journals) named in ``packs/``, by the pack's name."""
+    names = os.listdir(_packs_dir(stores))
+    pack_names = {n for n in names if n.endswith(packs.SUFFIX)}
+    journals = {
+        n.removesuffix(packs.JOURNAL_SUFFIX) + packs.SUFFIX
+        for n in names
+        if n.endswith(packs.JOURNAL_SUFFIX)
+    }
+    return pack_names, journals
+
+
+def test_a_writer_retires_the_packs_it_filled_once_its_next_batch_synced_their_links(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a durable queue, and a writer whose batch of 150 filled two packs and began a third
+    stores = open_stores(dirs, durable=True, clock=clock)
+    first = [make_task(clock, inputs={"n": n}) for n in range(150)]
+    stores.queue.enqueue(first)
+    after_first, _ = _pack_files(stores)
+    assert len(after_first) == 3
+    # When its next batch, which spans packs, is made durable (one sync of the file system,
+    # which makes every link made before it durable)
+    second = [make_task(clock, inputs={"n": n}) for n in range(150, 300)]
+    stores.queue.enqueue(second)
+    # Then the writer retired the two packs the first batch filled, journals included, and
+    # kept the one it went on writing into (it filled it in this call: its links are not synced)
+    pack_names, journals = _pack_files(stores)
+    assert len(after_first & pack_names) == 1
+    assert len(pack_names) == 3 and journals == pack_names
+    # And every task runs once, with its own record
+    ran = _drain(stores)
+    assert sorted(ran) == sorted(t.task_id for t in first + second)
+    for n, task in enumerate(first + second):
+        info = stores.queue.find(task.task_id)
+        assert info is not None and info.record["input"] == {"n": n}
+
+
+def test_a_writer_leaves_a_pack_with_keyed_records_to_the_checkpoint(
+    dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given a writer whose keyed batch filled packs (each key's record, a link to its task's
+    # pack, is made after the batch's records)
+    stores = open_stores(dirs, durable=True, clock=clock)
+    submitter = stores.submitter(ttl_s=3600.0)
+    submitter.submit_many(echo_snapshot, [Submission({"n": n}, f"k{n}") for n in range(150)])
+    keyed, _ = _pack_files(stores)
+    # When its next batch, without keys, is made durable
+    stores.queue.enqueue([make_task(clock) for _ in range(150)])
+    # Then the keyed batch's packs are all still named: the checkpoint retires them
+    pack_names, _ = _pack_files(stores)
+    assert keyed <= pack_names
+    stores.queue.packs.close()
+    stores.queue.checkpoint()
+    assert _pack_names(stores) == []
+
+
 def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: FakeClock) -> None:
     # Given tasks in every state, all from one pack whose writer is gone
     stores = open_stores(dirs, durable=False, clock=clock)

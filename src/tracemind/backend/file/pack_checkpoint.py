@@ -20,6 +20,7 @@ from tracemind.backend.file.packs import (
     lock_replay,
     record_lines,
     records,
+    retire,
     settled,
     writer_alive,
 )
@@ -124,10 +125,7 @@ def checkpoint(
             with contextlib.suppress(OSError):
                 _append_durably(target, b"\nS %d\n" % offset)
         for path in retired:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(journal_path(path))  # (first: a pack never outlives its journal)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            retire(path)
         _remove_orphan_journals(packs_dir, listed)
         return len(retired), replayed
     finally:

@@ -20,6 +20,7 @@ from tracemind.backend.file.packs import (
     WRITING_BYTE,
     boot_id,
     lock_alive,
+    retire,
     set_lock,
 )
 from tracemind.fsutil import create_exclusive, ensure_dir, fsync_dir, sync_filesystem, write_error
@@ -63,6 +64,13 @@ class PackWriter:
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
         pack, so that its key record (a link to the pack) names one task."""
+        self._filled: list[str] = []
+        """Packs the current call filled that hold no keyed record (a key's record is linked
+        after the call) ..."""
+        self._to_retire: list[str] = []
+        """... and those of earlier calls, every link made: the next sync of the file system
+        makes their links durable, after which this writer retires them itself (after a
+        million-task outage the daemon would otherwise spend its first seconds on them)."""
 
     def add(
         self,
@@ -84,6 +92,7 @@ class PackWriter:
         ]
         with self._mutex:
             self._lock_writing()
+            self._filled = []
             placed: list[tuple[str, str]] = []  # (pack path, target)
             touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
             full: list[int] = []  # packs this call filled: closed once their links are made
@@ -109,6 +118,7 @@ class PackWriter:
                 for pack, target in placed:
                     _link(pack, target, remake_parent)
                     linked += 1
+                self._to_retire += self._filled
             except OSError as exc:
                 self._void(written[linked:])
                 raise write_error(exc.filename or self.packs_dir, exc) from exc
@@ -173,6 +183,8 @@ class PackWriter:
             full.append(self._fd)
             if self._journal >= 0:
                 full.append(self._journal)
+                if not self._digests:
+                    self._filled.append(self._path)
         self._fd, self._path, self._journal = -1, "", -1
         header_bytes = len(MAGIC) + 36 + 10  # the boot id, the room's size and the separators
         wanted = left_bytes if not self._opened_any else PACK_BYTES
@@ -235,10 +247,15 @@ class PackWriter:
             if made_pack:
                 fsync_dir(self.packs_dir)
             return
-        if not sync_filesystem(self.packs_dir):
-            for fd in touched.values():
-                os.fdatasync(fd)
-            fsync_dir(self.packs_dir)
+        settled, self._to_retire = self._to_retire, []  # (all linked before this sync began)
+        if sync_filesystem(self.packs_dir):
+            for path in settled:
+                retire(path)
+            return
+        self._to_retire = settled + self._to_retire
+        for fd in touched.values():
+            os.fdatasync(fd)
+        fsync_dir(self.packs_dir)
 
 
 def _blocks(size: int) -> int:

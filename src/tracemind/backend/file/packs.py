@@ -42,6 +42,7 @@ and :mod:`.pack_checkpoint` settles them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -250,6 +251,15 @@ def writer_alive(fd: int) -> bool:
 def journal_path(pack_path: str) -> str:
     """Where the journal of the pack at ``pack_path`` is (a durable queue's; see the module)."""
     return pack_path[: -len(SUFFIX)] + JOURNAL_SUFFIX
+
+
+def retire(pack_path: str) -> None:
+    """Remove a pack's ``packs/`` name and its journal, the journal first (a pack never
+    outlives its journal); call once every link to the pack is durable. Either may be gone
+    already (another process retired it)."""
+    for path in (journal_path(pack_path), pack_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def append_line(path: str, task_id: str, line: bytes) -> None:
