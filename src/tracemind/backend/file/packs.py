@@ -28,7 +28,9 @@ open-file-description lock on byte :data:`ALIVE_BYTE` for as long as it may add 
 - :func:`~tracemind.backend.file.pack_checkpoint.checkpoint` (the daemon's upkeep, and before
   retention removes anything) takes every
   pack whose writer is gone (the lock is free: no clock decides it), syncs the file system —
-  now every link those writers made is durable — and removes their ``packs/`` names.
+  now every link those writers made is durable — and removes their ``packs/`` names. A
+  writer does the same for the packs it filled (without keyed records) right after its next
+  sync of the file system (:class:`~tracemind.backend.file.pack_writer.PackWriter`).
 - After a reboot (the boot id differs), a pack still in ``packs/`` may name tasks whose links
   were lost: the checkpoint hands each of its records to ``replay``, which links the ones
   found nowhere in the queue back into ``pending/``.
