@@ -257,6 +257,27 @@ def test_a_writer_leaves_a_pack_with_keyed_records_to_the_checkpoint(
     assert _pack_names(stores) == []
 
 
+def test_a_writer_keeps_a_bounded_list_of_packs_to_retire_and_leaves_the_rest_to_the_checkpoint(
+    dirs: DataDirs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a writer that keeps at most two filled packs to retire, and filled more than that
+    # one task per call (a flush of its journal each, never a sync of the file system)
+    monkeypatch.setattr(pack_writer, "RETIRE_MAX", 2)
+    stores = open_stores(dirs, durable=True, clock=clock)
+    for _ in range(3 * packs.PACK_TASKS + 1):
+        stores.queue.enqueue([make_task(clock)])
+    before, _ = _pack_files(stores)
+    assert len(before) >= 4
+    # When a batch that spans packs syncs the file system
+    stores.queue.enqueue([make_task(clock) for _ in range(150)])
+    # Then the writer retired only the two packs it kept; the checkpoint retires the others
+    after, _ = _pack_files(stores)
+    assert len(before - after) == 2
+    stores.queue.packs.close()
+    stores.queue.checkpoint()
+    assert _pack_names(stores) == []
+
+
 def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: FakeClock) -> None:
     # Given tasks in every state, all from one pack whose writer is gone
     stores = open_stores(dirs, durable=False, clock=clock)

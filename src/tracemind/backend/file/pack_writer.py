@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
+RETIRE_MAX = 1_000
+"""Most filled packs a writer keeps to retire itself: a writer that never syncs the file system
+again (one task per call) leaves the older ones to the checkpoint."""
+
+
 class PackWriter:
     """One process's packs of one queue: writes records, makes them durable, links them.
 
@@ -119,6 +124,7 @@ class PackWriter:
                     _link(pack, target, remake_parent)
                     linked += 1
                 self._to_retire += self._filled
+                del self._to_retire[:-RETIRE_MAX]  # (the checkpoint retires any it forgets)
             except OSError as exc:
                 self._void(written[linked:])
                 raise write_error(exc.filename or self.packs_dir, exc) from exc
