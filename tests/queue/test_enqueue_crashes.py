@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tm_testing import ECHO_FLOW, FakeClock, Processes, Tm, make_task, wait_until
+from tracemind.backend.file import packs
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.queue.protocol import Failure
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.slow
 LEASE_S = 30.0
 
 WRITER_SOURCE = '''
-"""python WRITER FLOW LOG: submit tasks one per call until killed, appending each returned
-id to LOG (one write per line, on an O_APPEND descriptor: a line is whole or absent)."""
+"""python WRITER FLOW LOG BATCH: submit BATCH tasks per call until killed, appending the
+returned ids to LOG (one write per call, on an O_APPEND descriptor: whole or absent)."""
 import os
 import sys
 
@@ -40,13 +41,16 @@ from tracemind.backend import open_backend
 from tracemind.backend.location import data_location
 from tracemind.config import durable, idempotency_ttl_s
 from tracemind.flows import load_flow
+from tracemind.submission import Submission
 
 flow = load_flow(sys.argv[1])
 log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+batch = int(sys.argv[3])
 submitter = open_backend(data_location(), durable=durable()).submitter(idempotency_ttl_s())
 os.write(log, b"ready\\n")
-for n in range(100_000):
-    os.write(log, submitter.submit(flow, {"n": n}).task_id.encode() + b"\\n")
+for n in range(0, 1_000_000, batch):
+    done = submitter.submit_many(flow, [Submission({"n": n + i}) for i in range(batch)])
+    os.write(log, b"".join(r.task_id.encode() + b"\\n" for r in done))
 '''
 
 CHECKPOINT_SOURCE = '''
@@ -69,6 +73,20 @@ def _pack_files(stores: Stores) -> list[str]:
     return sorted(os.listdir(folder)) if folder.exists() else []
 
 
+def _held_by_a_writer(stores: Stores, name: str) -> bool:
+    """Whether ``packs/name`` is a pack whose writer holds it (it may still add to it)."""
+    if not name.endswith(".pack"):
+        return False
+    try:
+        fd = os.open(Path(stores.queue.root) / "packs" / name, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return packs.writer_alive(fd)
+    finally:
+        os.close(fd)
+
+
 def _drain(stores: Stores) -> Counter[str]:
     ran: Counter[str] = Counter()
     while (lease := stores.queue.lease("c", LEASE_S)) is not None:
@@ -86,10 +104,13 @@ def _quarantined(dirs: DataDirs) -> list[Path]:
     return [p for p in dirs.queue.parent.rglob("*") if "quarantine" in p.name]
 
 
+@pytest.mark.parametrize("batch", [1, 150], ids=["one task per call", "batches over packs"])
 def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
-    tm: Tm, processes: Processes, dirs: DataDirs, tmp_path: Path
+    tm: Tm, processes: Processes, dirs: DataDirs, tmp_path: Path, batch: int
 ) -> None:
-    # Given writers, one at a time, each submitting one task per call until it is stopped
+    # Given writers, one at a time, each submitting ``batch`` tasks per call until it is
+    # stopped (a batch over several packs syncs the file system, then retires the packs the
+    # writer filled before it)
     rng = random.Random()
     writer = tmp_path / "writer.py"
     writer.write_text(textwrap.dedent(WRITER_SOURCE))
@@ -100,19 +121,23 @@ def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     for round_number in range(6):
         log = tmp_path / f"writer-{round_number}.log"
         logs.append(log)
-        proc = processes.start([sys.executable, str(writer), str(flow), str(log)], env=tm.env)
+        proc = processes.start(
+            [sys.executable, str(writer), str(flow), str(log), str(batch)], env=tm.env
+        )
         wait_until(lambda log=log: log.exists() and log.read_text() != "", 30, "a writer")
         time.sleep(rng.uniform(0.02, 0.3))
         # When it is killed at a random instant (mostly inside an enqueue: the flush is most
         # of a call), or first paused there for a while
         if rng.random() < 0.5:
             proc.send_signal(signal.SIGSTOP)
-            # Then while it is paused its current pack stays (it may still add to it; the ones
-            # it filled go), and every other writer and consumer goes on without waiting for it
+            # Then while it is paused the packs it holds stay (it may still add to them; the
+            # ones it let go are retired), and every other writer and consumer goes on
+            # without waiting for it
             before = _pack_files(stores)
-            current = max(n for n in before if f"-{proc.pid}-" in n and n.endswith(".pack"))
-            # (its journal, unless it was paused between making its pack and its journal)
-            mine = {n for n in before if n.startswith(current[: -len(".pack")])}
+            held = {n for n in before if f"-{proc.pid}-" in n and _held_by_a_writer(stores, n)}
+            assert held
+            # (their journals, unless it was paused between making a pack and its journal)
+            mine = {n for n in before if any(n.startswith(h[: -len(".pack")]) for h in held)}
             stores.queue.checkpoint()
             assert mine <= set(_pack_files(stores))
             stores.queue.enqueue([make_task(time.time)])
@@ -128,13 +153,13 @@ def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     stores.queue.checkpoint()
     assert _pack_files(stores) == []
     # And every task whose enqueue returned runs exactly once; of those a writer was killed
-    # inside, at most one per writer exists, and runs once
+    # inside, at most one call's worth per writer exists, and runs once
     ran = _drain(stores)
     returned = [task_id for log in logs for task_id in _logged(log)]
     assert len(returned) == len(set(returned)) > 0
     assert {ran[task_id] for task_id in returned} == {1}
     extra = set(ran) - set(returned)
-    assert len(extra) <= len(logs) + 6  # (plus the tasks this test enqueued while paused)
+    assert len(extra) <= len(logs) * batch + 6  # (plus the tasks enqueued while paused)
     assert set(ran.values()) == {1}
     stats = stores.queue.stats()
     assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
