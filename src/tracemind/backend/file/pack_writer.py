@@ -69,11 +69,9 @@ class PackWriter:
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
         pack, so that its key record (a link to the pack) names one task."""
-        self._filled: list[str] = []
-        """Packs the current call filled that hold no keyed record (a key's record is linked
-        after the call) ..."""
         self._to_retire: list[str] = []
-        """... and those of earlier calls, every link made: the next sync of the file system
+        """Packs earlier calls filled that hold no keyed record (a key's record is linked after
+        the call), every link made: the next sync of the file system
         makes their links durable, after which this writer retires them itself (after a
         million-task outage the daemon would otherwise spend its first seconds on them)."""
 
@@ -97,17 +95,17 @@ class PackWriter:
         ]
         with self._mutex:
             self._lock_writing()
-            self._filled = []
             placed: list[tuple[str, str]] = []  # (pack path, target)
             touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
             full: list[int] = []  # packs this call filled: closed once their links are made
+            filled: list[str] = []  # ... those of them without keyed records, by path
             made_pack = False
             left_bytes = sum(map(len, lines))
             written: list[tuple[int, int, int, int]] = []  # (pack, journal or -1, offset, size)
             linked = 0
             try:
                 for line, (_, digest, _, target) in zip(lines, items, strict=True):
-                    made_pack |= self._room_for(len(line), left_bytes, full, digest)
+                    made_pack |= self._room_for(len(line), left_bytes, full, filled, digest)
                     if digest is not None:
                         self._digests.add(digest)
                     written.append((self._fd, self._journal, self._at, len(line)))
@@ -123,7 +121,7 @@ class PackWriter:
                 for pack, target in placed:
                     _link(pack, target, remake_parent)
                     linked += 1
-                self._to_retire += self._filled
+                self._to_retire += filled
                 del self._to_retire[:-RETIRE_MAX]  # (the checkpoint retires any it forgets)
             except OSError as exc:
                 self._void(written[linked:])
@@ -171,11 +169,17 @@ class PackWriter:
             self._fd, self._path, self._journal = -1, "", -1
 
     def _room_for(
-        self, line_bytes: int, left_bytes: int, full: list[int], digest: str | None
+        self,
+        line_bytes: int,
+        left_bytes: int,
+        full: list[int],
+        filled: list[str],
+        digest: str | None,
     ) -> bool:
         """Make sure the current pack has room for one more record of ``line_bytes`` with key
         ``digest`` (this call has ``left_bytes`` more to write, this one included); True when
-        this started a new pack (the descriptor of the one it replaces goes to ``full``)."""
+        this started a new pack (the descriptor of the one it replaces goes to ``full``, and
+        its path to ``filled`` when it holds no keyed record)."""
         if (
             self._fd >= 0
             and self._pid == os.getpid()
@@ -190,7 +194,7 @@ class PackWriter:
             if self._journal >= 0:
                 full.append(self._journal)
                 if not self._digests:
-                    self._filled.append(self._path)
+                    filled.append(self._path)
         self._fd, self._path, self._journal = -1, "", -1
         header_bytes = len(MAGIC) + 36 + 10  # the boot id, the room's size and the separators
         wanted = left_bytes if not self._opened_any else PACK_BYTES
