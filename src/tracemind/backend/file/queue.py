@@ -16,6 +16,7 @@ import os
 from collections import deque
 
 from tracemind.backend.file.dlq import DeadLetterStore
+from tracemind.backend.file.pack_reader import PackReader
 from tracemind.backend.file.packs import append_line_open, task_bytes
 from tracemind.backend.file.pending import INNER_MS
 from tracemind.backend.file.quarantine import quarantine
@@ -103,6 +104,7 @@ class FileQueue(QueueWrites):
         seconds)."""
         self._awaiting_keys: set[PendingName] = set()
         """Those held back until their submitter writes their key records (or rings)."""
+        self._reader = PackReader()  # a claim reads its task's lines, not its whole pack
 
     def cancel_leased(self, lease: Lease) -> None:
         """End a leased task as cancelled (its worker stopped it at a cancel request)."""
@@ -156,7 +158,7 @@ class FileQueue(QueueWrites):
         parsed: tuple[dict[str, Any], dict[str, Any] | None] | None = None
         if candidate.attempts == 0:
             with contextlib.suppress(OSError, ValueError):  # (then read, and quarantined, below)
-                parsed = parse_task_file(task_bytes(read_fd(fd, source), candidate.task_id))
+                parsed = parse_task_file(self._reader.task_bytes(fd, source, candidate.task_id))
             if parsed is not None and not self._may_claim(candidate, source, fd, parsed[0]):
                 return None
         claim = InflightName(
@@ -182,7 +184,7 @@ class FileQueue(QueueWrites):
             return None
         try:
             record, completion = parsed or parse_task_file(
-                task_bytes(read_fd(fd, claimed), candidate.task_id)
+                self._reader.task_bytes(fd, claimed, candidate.task_id)
             )
         except (OSError, ValueError) as exc:
             quarantine(claimed, self.root, f"unreadable task record: {exc}")
