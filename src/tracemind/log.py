@@ -14,11 +14,13 @@ succeeded"); details go into keys, never into the event string.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from pathlib import Path
     from typing import Any, TextIO
 
@@ -36,7 +38,11 @@ def get_logger(name: str) -> Any:
 
 
 class LogFile:
-    """An append-only log file that can be reopened (SIGHUP, after logrotate moved it)."""
+    """An append-only log file that can be reopened (SIGHUP, after logrotate moved it).
+
+    Unbuffered: each ``write`` (a whole line, from the loggers) goes to the file with one
+    ``write(2)`` as it is made, so a process that dies loses no line it logged, and the lines
+    of processes sharing the file (``O_APPEND``) never run into each other."""
 
     def __init__(self, path: Path) -> None:
         import threading  # here, not at the top: only the daemon and its workers log to files
@@ -44,30 +50,33 @@ class LogFile:
         self.path = path
         # Reentrant: SIGHUP's handler may reopen while the interrupted thread is mid-write.
         self._lock = threading.RLock()
-        self._handle = self._open()
+        self._fd = self._open()
 
-    def _open(self) -> TextIO:
+    def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         from tracemind.fsutil import open_append_regular
 
         # Never blocks: a FIFO (or anything but a regular file) at the path is an error.
-        return os.fdopen(open_append_regular(self.path), "a", buffering=1)
+        return open_append_regular(self.path)
 
     def write(self, text: str) -> int:
+        data = text.encode()
         with self._lock:
-            return self._handle.write(text)
+            written = os.write(self._fd, data)
+            while written < len(data):  # (a full disk, a signal: write the rest)
+                written += os.write(self._fd, data[written:])
+        return len(text)
 
     def flush(self) -> None:
-        with self._lock:
-            self._handle.flush()
+        """Nothing to do: every line is written as it comes."""
 
     def reopen(self) -> None:
         with self._lock:
-            old, self._handle = self._handle, self._open()
-            old.close()
+            old, self._fd = self._fd, self._open()
+            os.close(old)
 
     def fileno(self) -> int:
-        return self._handle.fileno()
+        return self._fd
 
 
 def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> None:
@@ -86,13 +95,29 @@ def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> N
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(out, threshold)
+
+
+def render_json(logger: object, method_name: str, event: MutableMapping[str, Any]) -> str:
+    """The last processor: the event as one JSON object, keys in the order they were added
+    (structlog's ``JSONRenderer``, with one encoder for every line instead of one per line)."""
+    return _ENCODER.encode(event)
+
+
+def _unencodable(value: Any) -> Any:
+    """What structlog's renderer makes of a value JSON cannot hold: its ``__structlog__()``,
+    else its ``repr``."""
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if callable(structlog_form) else repr(value)
+
+
+_ENCODER = json.JSONEncoder(default=_unencodable)
 
 
 _HANDLER_NAME = "tracemind"
@@ -115,7 +140,7 @@ def _route_stdlib_logging(out: TextIO | LogFile, threshold: int) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            render_json,
         ],
     )
     handler = logging.StreamHandler(out)
