@@ -111,7 +111,8 @@ class QueueReads:
 
     def cancel_requested(self, task_id: str) -> bool:
         """Whether someone asked to cancel ``task_id`` while it was in flight; read-only."""
-        return os.path.lexists(self._cancel_requests + task_id)
+        # (asked before every step of every task: an answer without an exception for "no")
+        return os.access(self._cancel_requests + task_id, os.F_OK, follow_symlinks=False)
 
     def _inflight_names(self) -> list[InflightName]:
         return [n for n in map(InflightName.parse, scan_names(self._inflight)) if n is not None]
