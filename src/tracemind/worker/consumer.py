@@ -28,6 +28,7 @@ from tracemind.errors import Cancelled, QueueUnavailable
 from tracemind.log import get_logger
 from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskQueue
 from tracemind.queue.records import max_attempts_of, policy_of
+from tracemind.threads import start_helper_thread
 from tracemind.worker.outage import Outage
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
@@ -69,8 +70,7 @@ class LeaseKeeper:
             if self._idle:  # otherwise the thread is in a timed wait that ends before the renewal
                 self._changed.notify()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-            self._thread.start()
+            self._thread = start_helper_thread(self._run, "lease-keeper")
         try:
             yield self
         finally:

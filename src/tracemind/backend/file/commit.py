@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from tracemind.fsutil import ensure_dir, rename_into
 from tracemind.log import get_logger
+from tracemind.threads import start_helper_thread
 
 GATHER_S = 0.005
 """While acks stream in (the last commit ended less than this ago), the oldest waits up to this
@@ -88,8 +89,7 @@ class GroupCommitter:
             self._queued.append((source, target))
             held = self._files.setdefault((info.st_dev, info.st_ino), fd)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ack-commit", daemon=True)
-                self._thread.start()
+                self._thread = start_helper_thread(self._run, "ack-commit")
                 atexit.register(self.flush)  # a process that exits normally commits first
             if len(self._queued) in (1, GATHER_MAX):  # wake the thread only when it acts on it
                 self._changed.notify_all()
