@@ -138,6 +138,24 @@ def test_forked_workers_hold_their_own_pipes_and_none_of_the_pools(
     assert result["pid"] in {e["pid"] for e in spawned}
 
 
+@pytest.mark.slow
+def test_a_burst_pools_idle_workers_look_again_without_a_watch_to_tear_down(
+    tm: Tm, flows: FlowFiles, helpers_dir: Path, tmp_path: Path
+) -> None:
+    # Given a task delayed by a second, reporting the descriptors of the worker running it
+    (helpers_dir / "tm_burst_hooks.py").write_text(FD_HOOKS)
+    flow = flows.write("fds", "tm_burst_hooks.open_fds")
+    task_id = tm("enqueue", flow, "--delay", "1s").stdout.strip()
+    # When a burst pool runs it, its workers idle until it falls due
+    log = tmp_path / "workers.log"
+    pool = tm.start("workers", "start", "-n", "2", "--burst", stdout=log)
+    assert pool.wait(timeout=60) == 0, log.read_text()
+    # Then the worker that ran it had waited without an inotify watch (whose teardown at exit
+    # would hold up the end of the burst)
+    result = _show(tm, task_id)["result"]
+    assert not [t for t in result["fds"].values() if "inotify" in t], result["fds"]
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

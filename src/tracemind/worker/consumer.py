@@ -33,8 +33,9 @@ from tracemind.worker.outage import Outage
 from tracemind.worker.runtime import NonRetryable, Runtime, Task
 
 IDLE_WAIT_S = 0.1
-"""Longest an idle consumer sleeps between looks; new tasks wake it at once (inotify), and a
-stop request from a signal handler (:meth:`Consumer.stop_from_signal`) ends the wait at once."""
+"""Longest an idle consumer sleeps between looks; new tasks wake it at once (inotify, unless it
+was made with ``wake_on_arrival=False``), and a stop request from a signal handler
+(:meth:`Consumer.stop_from_signal`) ends the wait at once."""
 
 
 class _StopWaiting(BaseException):
@@ -137,10 +138,17 @@ class Consumer:
         on_started: Callable[[Task], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         on_step: Callable[[str], None] | None = None,
+        wake_on_arrival: bool = True,
     ) -> None:
         """``on_started(task)`` when a task is taken; ``on_step(step_id)`` when the runtime
         begins a step (runtimes that report steps); ``on_finished(outcome, duration_s, attempt,
-        error)`` once its outcome is recorded (``error``: the failure's message, else None)."""
+        error)`` once its outcome is recorded (``error``: the failure's message, else None).
+
+        ``wake_on_arrival=False``: an idle consumer looks again every :data:`IDLE_WAIT_S`
+        instead of asking the queue to wake it when a task arrives. For a burst pool's workers,
+        stopped as soon as they are idle: the file queue's watch costs nothing to keep but up
+        to ~20 ms to tear down when the process exits (the kernel waits for a grace period),
+        and every worker of a burst would make one at its end, just to tear it down."""
         self.queue = queue
         self.runtime = runtime
         self.consumer_id = consumer_id
@@ -150,6 +158,7 @@ class Consumer:
         self.on_started = on_started
         self.on_idle = on_idle
         self.on_step = on_step
+        self.wake_on_arrival = wake_on_arrival
         self.stopping = threading.Event()
         self._interruptible = False  # True only while run() waits idle in the main thread
         self.keeper = LeaseKeeper(queue, lease_s)
@@ -189,8 +198,12 @@ class Consumer:
     def _wait_idle(self) -> None:
         try:
             self._interruptible = True
-            if not self.stopping.is_set():
+            if self.stopping.is_set():
+                return
+            if self.wake_on_arrival:
                 self.queue.wait_for_work(IDLE_WAIT_S)
+            else:
+                time.sleep(IDLE_WAIT_S)
         finally:
             self._interruptible = False
 

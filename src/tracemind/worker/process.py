@@ -110,6 +110,7 @@ def main(forked: ForkedStart | None = None) -> int:
         on_started=events.started if events else None,
         on_idle=events.idle if events and settings.report_idle else None,
         on_step=events.step if events else None,
+        wake_on_arrival=not settings.report_idle,  # (a burst pool stops its idle workers)
     )
 
     def term(signum: int, frame: FrameType | None) -> None:
