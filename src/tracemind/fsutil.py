@@ -25,6 +25,7 @@ import json
 import os
 import stat
 
+from tracemind.encoders import reusing_encoder
 from tracemind.errors import QueueError
 
 TYPE_CHECKING = False
@@ -484,12 +485,16 @@ def read_json(path: StrPath) -> Any:
     return json.loads(read_regular(path))
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+_encode_record = reusing_encoder(
+    json.JSONEncoder(
+        separators=(",", ":"), ensure_ascii=False, sort_keys=True, check_circular=False
+    )
+)
 """One encoder for every record (``json.dumps`` with options builds one per call)."""
 
 
 def dump_json(obj: Any) -> bytes:
-    return _ENCODER.encode(obj).encode()
+    return _encode_record(obj).encode()
 
 
 def scan_names(directory: StrPath) -> Iterator[str]:

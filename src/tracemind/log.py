@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from tracemind.encoders import reusing_encoder
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -107,7 +109,7 @@ def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> N
 def render_json(logger: object, method_name: str, event: MutableMapping[str, Any]) -> str:
     """The last processor: the event as one JSON object, keys in the order they were added
     (structlog's ``JSONRenderer``, with one encoder for every line instead of one per line)."""
-    return _ENCODER.encode(event)
+    return _encode_line(event)
 
 
 def _unencodable(value: Any) -> Any:
@@ -117,7 +119,7 @@ def _unencodable(value: Any) -> Any:
     return structlog_form() if callable(structlog_form) else repr(value)
 
 
-_ENCODER = json.JSONEncoder(default=_unencodable)
+_encode_line = reusing_encoder(json.JSONEncoder(default=_unencodable, check_circular=False))
 
 
 _HANDLER_NAME = "tracemind"

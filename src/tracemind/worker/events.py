@@ -21,10 +21,12 @@ import contextlib
 import json
 import os
 
+from tracemind.encoders import reusing_encoder
 from tracemind.worker.activity import error_line, short_id
 from tracemind.worker.runtime import Task
 
 _IDLE_LINE = b'{"event": "idle"}\n'
+_encode_event = reusing_encoder(json.JSONEncoder(check_circular=False))
 
 
 class EventWriter:
@@ -72,7 +74,7 @@ class EventWriter:
                 os.write(self.wake_fd, b"i")
 
     def _write(self, event: dict[str, object]) -> None:
-        self._write_line(json.dumps(event).encode() + b"\n")
+        self._write_line(_encode_event(event).encode() + b"\n")
 
     def _write_line(self, line: bytes) -> None:
         # A line longer than the pipe's atomic size may go out in parts: write the rest.
