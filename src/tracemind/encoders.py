@@ -10,9 +10,12 @@ missing (another Python), it is ``encoder.encode`` itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from json import encoder as json_encoder
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``fsutil`` imports this on ``tm enqueue``'s path, which loads no typing)
+    from collections.abc import Callable
+    from typing import Any
 
 
 def reusing_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str]:

@@ -2,9 +2,9 @@
 
 A consumer claims the tasks of a pack one after another (their names sort together), and
 :func:`~tracemind.backend.file.packs.task_bytes` over the whole pack reads and searches up to
-64 KiB for each: ~17 µs of a claim's ~100. :class:`PackReader` reads a pack whole once, notes
-where each record line lies, and from then on reads only three small ranges of it per task: its
-header, the task's record line and what was appended after the room (completions, cancel
+64 KiB and more for each: ~20 µs of a claim. :class:`PackReader` reads a pack whole once, notes
+where each record line lies, and from then on reads three small ranges of it per task: its
+head, the task's record line and what was appended after the room (completions, cancel
 stamps). Every range is read from the file as it is now, and is used only once checked:
 
 - the pack's head (its header, then the task id of its first record) must be the one the index
@@ -13,15 +13,14 @@ stamps). Every range is read from the file as it is now, and is used only once c
 - the record line must start with this task's id and end where the index says it does.
 
 A record is never rewritten once written (a pack's room only grows), so a line that passes both
-checks is the task's record in this file. Anything else — a
-task the index does not know (its writer added it after the index was made), a torn line, a
-file that is not a pack — is read the old way, whole, and the index is made again from it.
+checks is the task's record in this file. Anything else (a task the index does not know: its
+writer added it after the index was made; a torn line; a file that is not a pack) is read the
+old way, whole, and the index is made again from it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from tracemind.backend.file.packs import MAGIC, header, task_bytes
 from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_fd
@@ -31,15 +30,21 @@ PACKS_REMEMBERED = 8
 from at once, a few KiB each."""
 
 
-@dataclass(frozen=True)
 class _Index:
-    head: bytes
-    """The pack's first bytes: its header line, then its first record's tag and task id."""
-    room: int
-    """The room its header states (0: not stated)."""
-    records: dict[str, tuple[int, int] | None]
-    """Task id → (offset of the newline that starts its record line, offset of the newline that
-    ends it), for the first record line of each task in the room; None when that line is torn."""
+    """Where the records of one pack lie (a plain class: ``tm enqueue`` loads this module, and
+    no dataclasses)."""
+
+    __slots__ = ("head", "records", "room")
+
+    def __init__(self, head: bytes, room: int, records: dict[str, tuple[int, int] | None]) -> None:
+        self.head = head
+        """The pack's first bytes: its header line, then its first record's tag and task id."""
+        self.room = room
+        """The room its header states (0: not stated)."""
+        self.records = records
+        """Task id → (offset of the newline that starts its record line, offset of the newline
+        that ends it), for the first record line of each task in the room; None when that line
+        is torn."""
 
 
 class PackReader:
