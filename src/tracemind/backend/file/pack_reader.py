@@ -28,6 +28,8 @@ from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_fd
 PACKS_REMEMBERED = 8
 """Indexes kept (one per pack, the most recently read): enough for the packs a consumer claims
 from at once, a few KiB each."""
+TAIL_READ_BYTES = 64 * 1024
+"""What one read after a pack's room asks for (its acks and stamps: ~140 bytes a task)."""
 
 
 class _Index:
@@ -126,11 +128,11 @@ def _read_from(fd: int, path: str, offset: int) -> bytes:
     """Everything from ``offset`` to the end of the file (which may grow while it is read)."""
     chunks = []
     total = offset
-    while chunk := os.pread(fd, 65536, total):
+    while chunk := os.pread(fd, TAIL_READ_BYTES, total):
         total += len(chunk)
         if total > MAX_RECORD_BYTES:
             raise DamagedEntry(f"{path}: more than the {MAX_RECORD_BYTES} bytes a record may hold")
         chunks.append(chunk)
-        if len(chunk) < 65536:
+        if len(chunk) < TAIL_READ_BYTES:  # a regular file reads short only at its end
             break
     return b"".join(chunks)
