@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from tm_testing import (
     Tm,
     tm_command,
 )
+from tracemind.backend.file.pack_writer import NEXT_PACK_THREAD
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.flows import FlowSnapshot, load_flow
@@ -51,6 +53,16 @@ def clock() -> FakeClock:
 def data_root(tmp_path: Path) -> Path:
     """A data root that does not exist yet (so tests can assert that nothing was created)."""
     return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def _packs_made_ahead_are_made_within_their_test() -> Iterator[None]:
+    """A writer's next pack is made by a helper thread (``PackWriter``): wait for those a test
+    started, so none creates files while the next test counts them."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == NEXT_PACK_THREAD:
+            thread.join()
 
 
 @pytest.fixture

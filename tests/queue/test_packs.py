@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,13 +115,146 @@ def test_a_batch_shares_packs_and_every_task_reads_as_its_own(
         assert info.record["result"] == {"ran": task.task_id}
 
 
+def _linked_packs(stores: Stores) -> set[int]:
+    """The inodes of the files that pending tasks are names of (their packs)."""
+    return {p.stat().st_ino for p in Path(stores.queue.pending_dir).rglob("*.json")}
+
+
+def _one_per_call_until(stores: Stores, clock: FakeClock, packs_linked: int, first: int = 0) -> int:
+    """Enqueue one task per call (inputs ``{"n": first}``, then on) until pending tasks name
+    ``packs_linked`` packs; how many."""
+    count = 0
+    while len(_linked_packs(stores)) < packs_linked:
+        stores.queue.enqueue([make_task(clock, inputs={"n": first + count})])
+        count += 1
+    return count
+
+
+def _fork_enqueuing(
+    stores: Stores, tasks: list[NewTask], then: Callable[[], bool] | None = None
+) -> int:
+    """Fork a child that enqueues ``tasks`` one per call, then leaves without running the
+    parent's teardown: exit status 0, or 2 when ``then()`` says False. Its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for task in tasks:
+                stores.queue.enqueue([task])
+            code = 0 if then is None or then() else 2
+        finally:
+            os._exit(code)
+    return pid
+
+
 def test_one_task_per_call_fills_a_pack_then_starts_another(
     stores: Stores, clock: FakeClock
 ) -> None:
     for _ in range(packs.PACK_TASKS + 1):
         stores.queue.enqueue([make_task(clock)])
 
-    assert len(_pack_names(stores)) == 2
+    assert len(_linked_packs(stores)) == 2
+
+
+def test_a_writer_that_fills_packs_one_task_per_call_has_its_next_pack_made_ahead(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    stores = open_stores(dirs, durable=True, clock=clock)
+    # Given a writer that enqueued one task per call until it started its second pack
+    count = _one_per_call_until(stores, clock, 1)
+    [first] = _pack_names(stores)
+    count += _one_per_call_until(stores, clock, 2, count)
+    # Then its next pack is ready: named in packs/ with its journal, holding no record
+    ahead = stores.queue.packs.next_pack()
+    assert ahead is not None
+    assert os.stat(ahead).st_ino not in _linked_packs(stores)
+    assert packs.records(Path(ahead).read_bytes()) == []
+    assert Path(packs.journal_path(ahead)).read_bytes() == Path(ahead).read_bytes()
+    # And a checkpoint leaves it, as it does the pack in use (only the first, let go, goes)
+    stores.queue.checkpoint()
+    assert first not in _pack_names(stores)
+    assert os.path.exists(ahead) and os.path.exists(packs.journal_path(ahead))
+    # When the second pack is full, the next task goes into the pack made ahead
+    count += _one_per_call_until(stores, clock, 3, count)
+    assert os.stat(ahead).st_ino in _linked_packs(stores)
+    # And letting the writer go removes the pack made ahead of that one, and its journal
+    following = stores.queue.packs.next_pack()
+    assert following is not None and following != ahead
+    stores.queue.packs.close()
+    assert not os.path.exists(following) and not os.path.exists(packs.journal_path(following))
+    # And every task runs once, with its own record
+    leases = []
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        leases.append(lease.record["input"]["n"])
+        stores.queue.ack(lease, {})
+    assert sorted(leases) == list(range(count))
+
+
+def test_a_batch_that_spans_packs_makes_none_ahead(dirs: DataDirs, clock: FakeClock) -> None:
+    stores = open_stores(dirs, durable=True, clock=clock)
+    stores.queue.enqueue([make_task(clock) for _ in range(3 * packs.PACK_TASKS)])
+    stores.queue.enqueue([make_task(clock) for _ in range(3 * packs.PACK_TASKS)])
+
+    assert stores.queue.packs.next_pack() is None
+    named = {os.stat(_packs_dir(stores) / name).st_ino for name in _pack_names(stores)}
+    assert named <= _linked_packs(stores)  # (every pack holds tasks)
+
+
+def test_a_pack_that_could_not_be_made_ahead_is_made_when_needed(
+    dirs: DataDirs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a disk on which no helper thread can make a pack
+    make = pack_writer.PackWriter._create
+
+    def create(self: pack_writer.PackWriter, room_bytes: int) -> object:
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return make(self, room_bytes)
+
+    monkeypatch.setattr(pack_writer.PackWriter, "_create", create)
+    stores = open_stores(dirs, durable=True, clock=clock)
+    # When a writer fills three packs one task per call
+    count = _one_per_call_until(stores, clock, 4)
+    # Then none was made ahead, and every task was written and runs once
+    assert stores.queue.packs.next_pack() is None
+    assert len(_pack_names(stores)) == 4
+    assert len(_drain(stores)) == count
+
+
+def test_a_child_forked_by_a_writer_never_takes_the_pack_made_ahead_for_it(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a writer with a pack made ahead
+    stores = open_stores(dirs, durable=True, clock=clock)
+    before = _one_per_call_until(stores, clock, 2)
+    ahead = stores.queue.packs.next_pack()
+    assert ahead is not None
+    # When it forks a child that enqueues a pack's worth and more one per call, while it does
+    # the same
+    per_side = 2 * packs.PACK_TASKS
+    child_tasks = [make_task(clock, inputs={"by": "child", "n": n}) for n in range(per_side)]
+    pid = _fork_enqueuing(stores, child_tasks, lambda: stores.queue.packs.next_pack() != ahead)
+    parent_tasks = [make_task(clock, inputs={"by": "parent", "n": n}) for n in range(per_side)]
+    for task in parent_tasks:
+        stores.queue.enqueue([task])
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # Then the child's tasks are names of the child's own packs, never of the parent's
+    writer_of = {
+        os.stat(_packs_dir(stores) / name).st_ino: name.split("-")[1]
+        for name in _pack_names(stores)
+    }
+    child_ids = {t.task_id for t in child_tasks}
+    for path in Path(stores.queue.pending_dir).rglob("*.json"):
+        expected = str(pid) if path.name.split("_")[1] in child_ids else str(os.getpid())
+        assert writer_of[path.stat().st_ino] == expected
+    # And every task reads as its own record and runs once
+    inputs = {}
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        inputs[lease.task_id] = lease.record["input"]
+        stores.queue.ack(lease, {})
+    assert len(inputs) == before + 2 * per_side
+    assert all(inputs[t.task_id] == t.record["input"] for t in child_tasks + parent_tasks)
 
 
 def test_a_child_forked_by_a_writer_writes_packs_of_its_own(
@@ -130,15 +265,7 @@ def test_a_child_forked_by_a_writer_writes_packs_of_its_own(
     stores.queue.enqueue(parent)
     # When it forks a child that enqueues 50 tasks one per call, while it enqueues 50 more
     children = [make_task(clock, inputs={"by": "child", "n": n}) for n in range(50)]
-    pid = os.fork()
-    if pid == 0:  # the child: enqueue, then leave without running the parent's teardown
-        code = 1
-        try:
-            for task in children:
-                stores.queue.enqueue([task])
-            code = 0
-        finally:
-            os._exit(code)
+    pid = _fork_enqueuing(stores, children)
     more = [make_task(clock, inputs={"by": "parent", "n": n}) for n in range(1, 51)]
     for task in more:
         stores.queue.enqueue([task])

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
+NEXT_PACK_THREAD = "tracemind-next-pack"
+"""The name of the helper thread that makes a writer's next pack ahead."""
+
 RETIRE_MAX = 1_000
 """Most filled packs a writer keeps to retire itself: a writer that never syncs the file system
 again (one task per call) leaves the older ones to the checkpoint."""
@@ -45,8 +48,15 @@ class PackWriter:
     and blocks do not change, where an append would make every flush write the inode too.
     Lines appended for a task (acks, stamps) go after the room.
 
+    A writer that fills its packs over many calls (one task per call) has its next pack made
+    ahead by a helper thread while it waits for its flushes (:meth:`_make_spare`): such a
+    writer starts a pack every ~64 tasks, and creating it and its journal (two inodes, their
+    blocks, the ``packs/`` names made durable) costs 3 to 4 ms where the disk just did other work,
+    ~50 µs a task. So a second, empty pack of such a writer sits in ``packs/`` (locked, as its
+    current one) until it is used; :meth:`close` removes it.
+
     Thread-safe; a child process made by ``fork`` starts packs of its own (it never writes
-    to its parent's)."""
+    to its parent's, nor takes its parent's next one)."""
 
     def __init__(self, packs_dir: str, tmp_dir: str, *, durable: bool) -> None:
         self.packs_dir = packs_dir
@@ -65,6 +75,10 @@ class PackWriter:
         """... and where the pack's room ends."""
         self._opened_s = 0.0
         self._opened_any = False
+        self._calls = 0
+        """Calls that wrote into the current pack."""
+        self._spare: _Spare | None = None
+        """The next pack, made ahead by a helper thread (see :meth:`_make_spare`)."""
         self._locked_fds: list[int] = []
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
@@ -95,6 +109,7 @@ class PackWriter:
         ]
         with self._mutex:
             self._lock_writing()
+            self._calls += 1
             placed: list[tuple[str, str]] = []  # (pack path, target)
             touched: dict[str, int] = {}  # pack path → the descriptor to sync (its journal's)
             full: list[int] = []  # packs this call filled: closed once their links are made
@@ -145,6 +160,16 @@ class PackWriter:
             with contextlib.suppress(OSError):
                 os.fdatasync(journal)
 
+    def next_pack(self) -> str | None:
+        """The ``packs/`` path of the pack made ahead for this writer's next one, once made
+        (this waits for it), or None when there is none."""
+        with self._mutex:
+            spare = self._spare
+            if spare is None or spare.pid != os.getpid():
+                return None
+            spare.wait()
+            return spare.pack.path if spare.pack is not None else None
+
     def _lock_writing(self) -> None:
         """Take the current pack's writing lock, held until the call's last link is made (a
         pack the call starts is locked as it is made)."""
@@ -160,13 +185,20 @@ class PackWriter:
         self._locked_fds = []
 
     def close(self) -> None:
-        """Let the current pack go (its ``packs/`` name then goes at the next checkpoint)."""
+        """Let the current pack go (its ``packs/`` name then goes at the next checkpoint), and
+        remove the next one if it was made ahead (it holds nothing)."""
         with self._mutex:
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)  # releases the alive lock
                 if self._journal >= 0:
                     os.close(self._journal)
             self._fd, self._path, self._journal = -1, "", -1
+            spare, self._spare = self._spare, None
+            if spare is not None and spare.pid == os.getpid():
+                spare.wait()
+                if spare.pack is not None:
+                    retire(spare.pack.path)
+                    spare.pack.close()
 
     def _room_for(
         self,
@@ -180,16 +212,17 @@ class PackWriter:
         ``digest`` (this call has ``left_bytes`` more to write, this one included); True when
         this started a new pack (the descriptor of the one it replaces goes to ``full``, and
         its path to ``filled`` when it holds no keyed record)."""
+        ours = self._fd >= 0 and self._pid == os.getpid()
         if (
-            self._fd >= 0
-            and self._pid == os.getpid()
+            ours
             and self._tasks < PACK_TASKS
             and self._at + line_bytes <= self._room_end
             and time.monotonic() - self._opened_s < PACK_AGE_S
             and digest not in self._digests
         ):
             return False
-        if self._fd >= 0 and self._pid == os.getpid():
+        many_calls = ours and self._calls > 1
+        if ours:
             full.append(self._fd)
             if self._journal >= 0:
                 full.append(self._journal)
@@ -202,14 +235,19 @@ class PackWriter:
             _blocks(header_bytes + line_bytes),
             min(PACK_BYTES, _blocks(header_bytes + wanted)),
         )
-        self._open(MAGIC + b"%s %d\n" % (boot_id().encode(), room), room)
-        return True
+        pack = self._take_spare(room)
+        made = pack is None
+        self._use(pack or self._create(room))
+        if many_calls and self._spare is None:
+            self._make_spare()
+        return made
 
-    def _open(self, header: bytes, room_bytes: int) -> None:
+    def _create(self, room_bytes: int) -> _Pack:
         """A new pack of ``room_bytes``: made in ``tmp/``, locked, written (its header, then
         zeros), then named in ``packs/`` (so a checkpoint never sees it unlocked while its
         writer lives); with a durable queue, its journal too (named after it)."""
         ensure_dir(self.packs_dir)
+        header = MAGIC + b"%s %d\n" % (boot_id().encode(), room_bytes)
         name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}"
         room = header + bytes(room_bytes - len(header))
         fd = self._make(name + SUFFIX, room, lock=True)
@@ -220,16 +258,57 @@ class PackWriter:
             except BaseException:
                 os.close(fd)
                 raise
-        self._locked_fds.append(fd)
-        self._fd, self._path, self._pid = (
-            fd,
-            os.path.join(self.packs_dir, name + SUFFIX),
-            os.getpid(),
-        )
-        self._journal = journal
-        self._tasks, self._at, self._room_end = 0, len(header), room_bytes
+        path = os.path.join(self.packs_dir, name + SUFFIX)
+        return _Pack(fd, journal, path, len(header), room_bytes)
+
+    def _use(self, pack: _Pack) -> None:
+        """Make ``pack`` the one records go into (its writing lock, taken as it was made, is
+        released at the end of this call)."""
+        self._locked_fds.append(pack.fd)
+        self._fd, self._path, self._journal = pack.fd, pack.path, pack.journal
+        self._pid = os.getpid()
+        self._tasks, self._at, self._room_end = 0, pack.header_bytes, pack.room_bytes
         self._digests = set()
         self._opened_s, self._opened_any = time.monotonic(), True
+        self._calls = 1
+
+    def _make_spare(self) -> None:
+        """Have a helper thread make the next pack now, while this writer waits for its
+        flushes — its journal's blocks and its ``packs/`` names made durable too — so that the
+        call that needs it finds it ready. (Only for a writer that fills packs over many
+        calls: a batch that spans packs would leave one made for nothing.)"""
+        from tracemind.threads import start_helper_thread
+
+        spare = self._spare = _Spare(os.getpid())
+        start_helper_thread(lambda: self._fill(spare), NEXT_PACK_THREAD)
+
+    def _fill(self, spare: _Spare) -> None:
+        try:
+            pack = self._create(PACK_BYTES)
+            try:
+                if self.durable:
+                    os.fdatasync(pack.journal)
+                    fsync_dir(self.packs_dir)
+            except BaseException:
+                pack.close()  # (its names go at the next checkpoint: it holds nothing)
+                raise
+            spare.pack = pack
+        except OSError:
+            pass  # the writer makes its next pack itself, and meets the error there
+        finally:
+            spare.ready.release()
+
+    def _take_spare(self, room_bytes: int) -> _Pack | None:
+        """The pack made ahead, if it is this process's and has ``room_bytes``."""
+        spare = self._spare
+        if spare is None or spare.pid != os.getpid():
+            self._spare = None  # (a parent's, inherited through fork: never ours to use)
+            return None
+        spare.wait()  # (it began a pack ago: done long since, unless the disk stalls)
+        if spare.pack is not None and spare.pack.room_bytes < room_bytes:
+            return None  # (a record bigger than a pack: it gets a pack of its own)
+        self._spare = None
+        return spare.pack
 
     def _make(self, name: str, content: bytes, *, lock: bool) -> int:
         """Create ``packs/name`` holding ``content`` (made in ``tmp/`` and renamed, locked
@@ -266,6 +345,42 @@ class PackWriter:
         for fd in touched.values():
             os.fdatasync(fd)
         fsync_dir(self.packs_dir)
+
+
+class _Pack:
+    """A pack made and named in ``packs/``, locked, not yet used."""
+
+    __slots__ = ("fd", "header_bytes", "journal", "path", "room_bytes")
+
+    def __init__(
+        self, fd: int, journal: int, path: str, header_bytes: int, room_bytes: int
+    ) -> None:
+        self.fd = fd
+        self.journal = journal
+        """Its journal's descriptor (a durable queue), or -1."""
+        self.path = path
+        self.header_bytes = header_bytes
+        self.room_bytes = room_bytes
+
+    def close(self) -> None:
+        os.close(self.fd)  # (releases its locks)
+        if self.journal >= 0:
+            os.close(self.journal)
+
+
+class _Spare:
+    """The next pack of a writer, made by a helper thread; ``pack`` is None when that failed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        """The process it was made for (a child made by ``fork`` inherits it, never uses it)."""
+        self.pack: _Pack | None = None
+        self.ready = _thread.allocate_lock()
+        self.ready.acquire()  # (released by the helper thread once it is done)
+
+    def wait(self) -> None:
+        self.ready.acquire()
+        self.ready.release()
 
 
 def _blocks(size: int) -> int:
