@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_until
+from tracemind.backend import Location, open_backend
 from tracemind.backend.file import pack_writer, packs
+from tracemind.backend.file.backend import FileBackend
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.errors import QueueError
@@ -188,6 +190,27 @@ def test_a_writer_that_fills_packs_one_task_per_call_has_its_next_pack_made_ahea
         leases.append(lease.record["input"]["n"])
         stores.queue.ack(lease, {})
     assert sorted(leases) == list(range(count))
+
+
+def test_closing_a_file_backend_removes_the_pack_made_ahead(
+    dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a backend whose queue was written one task per call until a pack was made ahead
+    backend = open_backend(
+        Location.for_file_dirs(str(dirs.queue), str(dirs.idempotency), str(dirs.dlq)),
+        durable=True,
+        clock=clock,
+        env={},
+    )
+    assert isinstance(backend, FileBackend)
+    _one_per_call_until(backend.stores, clock, 2)
+    ahead = backend.stores.queue.packs.next_pack()
+    assert ahead is not None
+    # When the backend is closed
+    backend.close()
+    # Then that pack and its journal are gone, and the tasks are all there
+    assert not os.path.exists(ahead) and not os.path.exists(packs.journal_path(ahead))
+    assert len(_linked_packs(backend.stores)) == 2
 
 
 def test_a_batch_that_spans_packs_makes_none_ahead(dirs: DataDirs, clock: FakeClock) -> None:

@@ -151,4 +151,7 @@ class FileBackend:
         return self.stores.queue.waiting_since(epoch_s)
 
     def close(self) -> None:
+        """Commit the acks in flight, and let this process's pack go (removing the next one,
+        if it was made ahead)."""
         self.stores.queue.flush()
+        self.stores.queue.packs.close()
