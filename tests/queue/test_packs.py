@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import FakeClock, damage_record, make_task, pending_names, wait_until
+from tm_testing import NOBODY, FakeClock, damage_record, make_task, pending_names, wait_until
 from tracemind.backend import Location, open_backend
 from tracemind.backend.file import pack_writer, packs
 from tracemind.backend.file.backend import FileBackend
@@ -122,6 +122,10 @@ def _linked_packs(stores: Stores) -> set[int]:
     return {p.stat().st_ino for p in Path(stores.queue.pending_dir).rglob("*.json")}
 
 
+def _paths(dirs: DataDirs) -> list[str]:
+    return [str(dirs.queue), str(dirs.idempotency), str(dirs.dlq)]
+
+
 def _one_per_call_until(stores: Stores, clock: FakeClock, packs_linked: int, first: int = 0) -> int:
     """Enqueue one task per call (inputs ``{"n": first}``, then on) until pending tasks name
     ``packs_linked`` packs; how many."""
@@ -197,7 +201,7 @@ def test_closing_a_file_backend_removes_the_pack_made_ahead(
 ) -> None:
     # Given a backend whose queue was written one task per call until a pack was made ahead
     backend = open_backend(
-        Location.for_file_dirs(str(dirs.queue), str(dirs.idempotency), str(dirs.dlq)),
+        Location.for_file_dirs(*_paths(dirs)),
         durable=True,
         clock=clock,
         env={},
@@ -242,6 +246,55 @@ def test_a_pack_that_could_not_be_made_ahead_is_made_when_needed(
     assert stores.queue.packs.next_pack() is None
     assert len(_pack_names(stores)) == 4
     assert len(_drain(stores)) == count
+
+
+NO_THREAD_WRITER = """
+import resource, sys, threading, time
+
+from tracemind.backend.file.stores import open_stores_at
+from tracemind.queue.names import new_task_id
+from tracemind.queue.protocol import NewTask
+
+resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # (this process counts: no thread may start)
+try:
+    threading.Thread(target=lambda: None).start()
+    print("a thread started")
+except RuntimeError:
+    print("no thread may start")
+stores = open_stores_at(*sys.argv[1:4], durable=True, clock=time.time)
+for n in range(int(sys.argv[4])):
+    task_id = new_task_id()
+    stores.queue.enqueue([NewTask(task_id, {"task_id": task_id, "input": {"n": n}}, time.time())])
+print("enqueued", n + 1)
+"""
+
+
+def test_a_writer_that_may_start_no_thread_makes_each_pack_when_needed(
+    shared_tmp: Path, nobody_works: bool
+) -> None:
+    if not nobody_works:
+        pytest.skip("cannot run as uid 65534 here")
+    # Given a process of another user that may start no thread (RLIMIT_NPROC)
+    data = shared_tmp / "data"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)
+    dirs = DataDirs(data / "queue", data / "idempotency", data / "dlq")
+    count = 3 * packs.PACK_TASKS
+    # When it enqueues three packs' worth, one task per call
+    done = subprocess.run(
+        [*NOBODY, sys.executable, "-c", NO_THREAD_WRITER, *_paths(dirs), str(count)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Then every call succeeded, each pack made when it was needed
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["no thread may start", f"enqueued {count}"]
+    stores = open_stores(dirs, durable=True)
+    assert stores.queue.stats().pending == count
+    named = {os.stat(_packs_dir(stores) / name).st_ino for name in _pack_names(stores)}
+    assert named == _linked_packs(stores)  # (none made ahead)
 
 
 def test_a_child_forked_by_a_writer_never_takes_the_pack_made_ahead_for_it(
@@ -463,11 +516,18 @@ def test_after_a_reboot_exactly_the_lost_tasks_come_back(dirs: DataDirs, clock: 
 
 @pytest.mark.parametrize("durable", [True, False], ids=["durable", "not durable"])
 @pytest.mark.parametrize("fails", ["while writing its records", "while linking its tasks"])
+@pytest.mark.parametrize("error", ["a full disk", "an interrupt"])
 def test_after_a_reboot_no_task_of_a_failed_enqueue_comes_back(
-    dirs: DataDirs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, fails: str, durable: bool
+    dirs: DataDirs,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    fails: str,
+    durable: bool,
+    error: str,
 ) -> None:
-    # Given a batch of 100 that fails part-way (a full disk): writing its 70th record into its
-    # pack, or on its 41st link, after every record was written (and flushed, when durable)
+    # Given a batch of 100 that fails part-way (a full disk, or SIGINT's KeyboardInterrupt):
+    # writing its 70th record into its pack, or on its 41st link, after every record was
+    # written (and flushed, when durable)
     stores = open_stores(dirs, durable=durable, clock=clock)
     step, real = (
         ("_write_at", pack_writer._write_at)
@@ -480,13 +540,16 @@ def test_after_a_reboot_no_task_of_a_failed_enqueue_comes_back(
 
     def failing(*args: object) -> None:
         calls.append(args)
-        if len(calls) == fail_at:
+        if len(calls) == fail_at and error == "a full disk":
             raise OSError(errno.ENOSPC, "No space left on device")
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt
         real(*args)  # type: ignore[operator]
 
     monkeypatch.setattr(pack_writer, step, failing)
     tasks = [make_task(clock) for _ in range(100)]
-    with pytest.raises(QueueError, match="No space left"):
+    expected = QueueError if error == "a full disk" else KeyboardInterrupt
+    with pytest.raises(expected):
         stores.queue.enqueue(tasks)
     monkeypatch.undo()
     stores.queue.packs.close()

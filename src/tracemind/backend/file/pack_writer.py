@@ -97,10 +97,10 @@ class PackWriter:
         """For each ``(task id, idempotency key digest or None, record JSON, target)``: write
         the record into a pack, then (all records durable first, with a durable queue) make
         ``target`` a hard link to that pack. ``remake_parent`` makes a target's directory again
-        when another process removed it. Raises :class:`QueueError`; a target already linked
-        stays (the caller rolls back what it must), and the records of the others are voided
-        (zeroed in the pack and its journal), so that no replay after a reboot brings back a
-        task whose enqueue failed."""
+        when another process removed it. Raises :class:`QueueError` (or what interrupted it); a
+        target already linked stays (the caller rolls back what it must), and the records of
+        the others are voided (zeroed in the pack and its journal), so that no replay after a
+        reboot brings back a task whose enqueue failed."""
         if not items:
             return
         lines = [
@@ -141,6 +141,9 @@ class PackWriter:
             except OSError as exc:
                 self._void(written[linked:])
                 raise write_error(exc.filename or self.packs_dir, exc) from exc
+            except BaseException:  # (an interrupt: its caller is told the call failed too)
+                self._void(written[linked:])
+                raise
             finally:
                 self._unlock_writing(full)
                 for fd in full:
@@ -279,8 +282,12 @@ class PackWriter:
         calls: a batch that spans packs would leave one made for nothing.)"""
         from tracemind.threads import start_helper_thread
 
-        spare = self._spare = _Spare(os.getpid())
-        start_helper_thread(lambda: self._fill(spare), NEXT_PACK_THREAD)
+        spare = _Spare(os.getpid())
+        try:
+            start_helper_thread(lambda: self._fill(spare), NEXT_PACK_THREAD)
+        except RuntimeError:  # no thread may start (RLIMIT_NPROC): made when needed, then
+            return
+        self._spare = spare
 
     def _fill(self, spare: _Spare) -> None:
         try:
