@@ -53,6 +53,54 @@ for n in range(0, 1_000_000, batch):
     os.write(log, b"".join(r.task_id.encode() + b"\\n" for r in done))
 '''
 
+AHEAD_WRITER_SOURCE = '''
+"""python WRITER FLOW LOG: as WRITER with one task per call, its next packs made ahead slowly
+(each step of the helper thread's work waits 0-10 ms first: a wide window to signal it in),
+writing "ahead" to LOG as the helper starts."""
+import os
+import random
+import sys
+import threading
+import time
+
+from tracemind.backend import open_backend
+from tracemind.backend.file import pack_writer
+from tracemind.backend.location import data_location
+from tracemind.config import durable, idempotency_ttl_s
+from tracemind.flows import load_flow
+from tracemind.submission import Submission
+
+flow = load_flow(sys.argv[1])
+log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def slowly(step):
+    def slow_step(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(random.uniform(0.0, 0.01))
+        return step(*args, **kwargs)
+
+    return slow_step
+
+
+fill = pack_writer.PackWriter._fill
+
+
+def announced_fill(self, spare):
+    os.write(log, b"ahead\\n")
+    fill(self, spare)
+
+
+pack_writer.PackWriter._fill = announced_fill
+pack_writer.PackWriter._make = slowly(pack_writer.PackWriter._make)
+pack_writer.fsync_dir = slowly(pack_writer.fsync_dir)
+submitter = open_backend(data_location(), durable=durable()).submitter(idempotency_ttl_s())
+os.write(log, b"ready\\n")
+for n in range(1_000_000):
+    done = submitter.submit(flow, {"n": n})
+    os.write(log, done.task_id.encode() + b"\\n")
+'''
+
 CHECKPOINT_SOURCE = '''
 """python CHECKPOINTER QUEUE IDEMPOTENCY DLQ READY: retire every pack of a writer that is gone
 (READY made first)."""
@@ -96,8 +144,13 @@ def _drain(stores: Stores) -> Counter[str]:
     return ran
 
 
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
 def _logged(log: Path) -> list[str]:
-    return [line for line in log.read_text().splitlines() if line != "ready"]
+    """The task ids a writer logged (its calls that returned)."""
+    return [line for line in log.read_text().splitlines() if line not in ("ready", "ahead")]
 
 
 def _quarantined(dirs: DataDirs) -> list[Path]:
@@ -160,6 +213,49 @@ def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     assert {ran[task_id] for task_id in returned} == {1}
     extra = set(ran) - set(returned)
     assert len(extra) <= len(logs) * batch + 6  # (plus the tasks enqueued while paused)
+    assert set(ran.values()) == {1}
+    stats = stores.queue.stats()
+    assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
+    assert _quarantined(dirs) == []
+
+
+def test_writers_killed_or_paused_while_their_next_pack_is_made_lose_nothing_and_leave_nothing(
+    tm: Tm, processes: Processes, dirs: DataDirs, tmp_path: Path
+) -> None:
+    # Given writers, one at a time, each submitting one task per call, whose next pack a helper
+    # thread makes ahead (slowly: each of its steps waits first)
+    rng = random.Random()
+    writer = tmp_path / "writer.py"
+    writer.write_text(textwrap.dedent(AHEAD_WRITER_SOURCE))
+    flow = tmp_path / "flow.json"
+    flow.write_text(json.dumps(ECHO_FLOW))
+    stores = open_stores(dirs, durable=True)
+    logs: list[Path] = []
+    for round_number in range(6):
+        log = tmp_path / f"writer-{round_number}.log"
+        logs.append(log)
+        proc = processes.start([sys.executable, str(writer), str(flow), str(log)], env=tm.env)
+        wait_until(lambda log=log: "ahead" in _lines(log), 30, "a pack made ahead")
+        # When it is killed at a random instant while its helper works, or first paused there
+        time.sleep(rng.uniform(0.0, 0.03))
+        if rng.random() < 0.5:
+            proc.send_signal(signal.SIGSTOP)
+            # Then while it is paused no pack it holds is retired (the one made ahead included)
+            held = {n for n in _pack_files(stores) if _held_by_a_writer(stores, n)}
+            stores.queue.checkpoint()
+            assert held <= set(_pack_files(stores))
+            proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    # Then once they are gone a checkpoint retires every pack, made ahead or not
+    stores.queue.checkpoint()
+    assert _pack_files(stores) == []
+    # And every task whose call returned runs exactly once, at most one more per writer
+    ran = _drain(stores)
+    returned = [line for log in logs for line in _logged(log)]
+    assert len(returned) == len(set(returned)) > 0
+    assert {ran[task_id] for task_id in returned} == {1}
+    assert len(set(ran) - set(returned)) <= len(logs)
     assert set(ran.values()) == {1}
     stats = stores.queue.stats()
     assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
