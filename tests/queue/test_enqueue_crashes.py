@@ -157,6 +157,32 @@ def _quarantined(dirs: DataDirs) -> list[Path]:
     return [p for p in dirs.queue.parent.rglob("*") if "quarantine" in p.name]
 
 
+def _writer_and_flow(tmp_path: Path, source: str) -> tuple[Path, Path]:
+    """A writer script of ``source`` and the flow it submits, in ``tmp_path``."""
+    writer = tmp_path / "writer.py"
+    writer.write_text(textwrap.dedent(source))
+    flow = tmp_path / "flow.json"
+    flow.write_text(json.dumps(ECHO_FLOW))
+    return writer, flow
+
+
+def _every_returned_task_runs_once(
+    stores: Stores, dirs: DataDirs, logs: list[Path], extra_max: int
+) -> None:
+    """Drain the queue: every task whose call returned (logged) runs exactly once, at most
+    ``extra_max`` others (calls their writer was killed inside) run, once each, and nothing
+    is left pending, in flight, damaged or quarantined."""
+    ran = _drain(stores)
+    returned = [task_id for log in logs for task_id in _logged(log)]
+    assert len(returned) == len(set(returned)) > 0
+    assert {ran[task_id] for task_id in returned} == {1}
+    assert len(set(ran) - set(returned)) <= extra_max
+    assert set(ran.values()) == {1}
+    stats = stores.queue.stats()
+    assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
+    assert _quarantined(dirs) == []
+
+
 @pytest.mark.parametrize("batch", [1, 150], ids=["one task per call", "batches over packs"])
 def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     tm: Tm, processes: Processes, dirs: DataDirs, tmp_path: Path, batch: int
@@ -165,10 +191,7 @@ def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     # stopped (a batch over several packs syncs the file system, then retires the packs the
     # writer filled before it)
     rng = random.Random()
-    writer = tmp_path / "writer.py"
-    writer.write_text(textwrap.dedent(WRITER_SOURCE))
-    flow = tmp_path / "flow.json"
-    flow.write_text(json.dumps(ECHO_FLOW))
+    writer, flow = _writer_and_flow(tmp_path, WRITER_SOURCE)
     stores = open_stores(dirs, durable=True)
     logs: list[Path] = []
     for round_number in range(6):
@@ -206,17 +229,9 @@ def test_writers_killed_or_paused_inside_an_enqueue_lose_no_task_that_returned(
     stores.queue.checkpoint()
     assert _pack_files(stores) == []
     # And every task whose enqueue returned runs exactly once; of those a writer was killed
-    # inside, at most one call's worth per writer exists, and runs once
-    ran = _drain(stores)
-    returned = [task_id for log in logs for task_id in _logged(log)]
-    assert len(returned) == len(set(returned)) > 0
-    assert {ran[task_id] for task_id in returned} == {1}
-    extra = set(ran) - set(returned)
-    assert len(extra) <= len(logs) * batch + 6  # (plus the tasks enqueued while paused)
-    assert set(ran.values()) == {1}
-    stats = stores.queue.stats()
-    assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
-    assert _quarantined(dirs) == []
+    # inside, at most one call's worth per writer exists, and runs once (as do the tasks this
+    # test enqueued while a writer was paused: 6 at most)
+    _every_returned_task_runs_once(stores, dirs, logs, len(logs) * batch + 6)
 
 
 def test_writers_killed_or_paused_while_their_next_pack_is_made_lose_nothing_and_leave_nothing(
@@ -225,10 +240,7 @@ def test_writers_killed_or_paused_while_their_next_pack_is_made_lose_nothing_and
     # Given writers, one at a time, each submitting one task per call, whose next pack a helper
     # thread makes ahead (slowly: each of its steps waits first)
     rng = random.Random()
-    writer = tmp_path / "writer.py"
-    writer.write_text(textwrap.dedent(AHEAD_WRITER_SOURCE))
-    flow = tmp_path / "flow.json"
-    flow.write_text(json.dumps(ECHO_FLOW))
+    writer, flow = _writer_and_flow(tmp_path, AHEAD_WRITER_SOURCE)
     stores = open_stores(dirs, durable=True)
     logs: list[Path] = []
     for round_number in range(6):
@@ -251,15 +263,7 @@ def test_writers_killed_or_paused_while_their_next_pack_is_made_lose_nothing_and
     stores.queue.checkpoint()
     assert _pack_files(stores) == []
     # And every task whose call returned runs exactly once, at most one more per writer
-    ran = _drain(stores)
-    returned = [line for log in logs for line in _logged(log)]
-    assert len(returned) == len(set(returned)) > 0
-    assert {ran[task_id] for task_id in returned} == {1}
-    assert len(set(ran) - set(returned)) <= len(logs)
-    assert set(ran.values()) == {1}
-    stats = stores.queue.stats()
-    assert (stats.pending, stats.inflight, stats.damaged) == (0, 0, 0)
-    assert _quarantined(dirs) == []
+    _every_returned_task_runs_once(stores, dirs, logs, len(logs))
 
 
 def test_a_checkpoint_killed_or_paused_part_way_is_finished_by_the_next_one(
