@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, damage_record
+from tm_testing import FakeClock, damage_record, packs_made_ahead
 from tracemind.backend import Location, open_backend
 from tracemind.backend.protocol import Backend
 from tracemind.flows import FlowSnapshot
@@ -143,7 +143,9 @@ class Subject:
 
 
 def _file_tree(backend: Backend) -> dict[str, tuple[int, ...]]:
-    """Every entry under the three directories with what a write would change."""
+    """Every entry under the three directories with what a write would change (once this
+    process's packs made ahead are made)."""
+    packs_made_ahead()
     state: dict[str, tuple[int, ...]] = {}
     for directory in backend.location.file_dirs():
         for path in (

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ from tm_testing import (
     Processes,
     QueueHarness,
     Tm,
+    packs_made_ahead,
     tm_command,
 )
-from tracemind.backend.file.pack_writer import NEXT_PACK_THREAD
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.flows import FlowSnapshot, load_flow
@@ -60,9 +59,7 @@ def _packs_made_ahead_are_made_within_their_test() -> Iterator[None]:
     """A writer's next pack is made by a helper thread (``PackWriter``): wait for those a test
     started, so none creates files while the next test counts them."""
     yield
-    for thread in threading.enumerate():
-        if thread.name == NEXT_PACK_THREAD:
-            thread.join()
+    packs_made_ahead()
 
 
 @pytest.fixture

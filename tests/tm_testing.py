@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tracemind.backend.file.pack_writer import NEXT_PACK_THREAD
 from tracemind.backend.protocol import Submitter
 from tracemind.queue.names import PendingName, new_task_id
 from tracemind.queue.protocol import NewTask, TaskQueue
@@ -50,8 +52,18 @@ class FakeClock:
         return self.now_s
 
 
+def packs_made_ahead() -> None:
+    """Wait for this process's helper threads that make writers' next packs ahead
+    (``PackWriter``): a listing of the data made meanwhile would race them."""
+    for thread in threading.enumerate():
+        if thread.name == NEXT_PACK_THREAD:
+            thread.join()
+
+
 def files_under(root: Path) -> list[str]:
-    """Every path under ``root``, relative and sorted (empty if ``root`` does not exist)."""
+    """Every path under ``root``, relative and sorted (empty if ``root`` does not exist), once
+    this process's packs made ahead are made."""
+    packs_made_ahead()
     if not root.exists():
         return []
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
