@@ -167,11 +167,16 @@ class PackWriter:
         """The ``packs/`` path of the pack made ahead for this writer's next one, once made
         (this waits for it), or None when there is none."""
         with self._mutex:
-            spare = self._spare
-            if spare is None or spare.pid != os.getpid():
+            spare = self._own_spare()
+            if spare is None:
                 return None
             spare.wait()
             return spare.pack.path if spare.pack is not None else None
+
+    def _own_spare(self) -> _Spare | None:
+        """The pack made ahead for this process (not one inherited through ``fork``), if any."""
+        spare = self._spare
+        return spare if spare is not None and spare.pid == os.getpid() else None
 
     def _lock_writing(self) -> None:
         """Take the current pack's writing lock, held until the call's last link is made (a
@@ -196,8 +201,8 @@ class PackWriter:
                 if self._journal >= 0:
                     os.close(self._journal)
             self._fd, self._path, self._journal = -1, "", -1
-            spare, self._spare = self._spare, None
-            if spare is not None and spare.pid == os.getpid():
+            spare, self._spare = self._own_spare(), None
+            if spare is not None:
                 spare.wait()
                 if spare.pack is not None:
                     retire(spare.pack.path)
@@ -280,7 +285,7 @@ class PackWriter:
         flushes — its journal's blocks and its ``packs/`` names made durable too — so that the
         call that needs it finds it ready. (Only for a writer that fills packs over many
         calls: a batch that spans packs would leave one made for nothing.)"""
-        from tracemind.threads import start_helper_thread
+        from tracemind.threads import start_helper_thread  # (not on a one-call `tm enqueue`'s path)
 
         spare = _Spare(os.getpid())
         try:
@@ -307,9 +312,9 @@ class PackWriter:
 
     def _take_spare(self, room_bytes: int) -> _Pack | None:
         """The pack made ahead, if it is this process's and has ``room_bytes``."""
-        spare = self._spare
-        if spare is None or spare.pid != os.getpid():
-            self._spare = None  # (a parent's, inherited through fork: never ours to use)
+        spare = self._own_spare()
+        if spare is None:
+            self._spare = None  # (or a parent's, inherited through fork: never ours to use)
             return None
         spare.wait()  # (it began a pack ago: done long since, unless the disk stalls)
         if spare.pack is not None and spare.pack.room_bytes < room_bytes:
