@@ -354,7 +354,7 @@ def test_a_task_torn_in_its_pack_by_a_killed_submitter_is_never_named_and_the_re
     # Given a keyed batch of three killed while writing its third record into its pack
     from tracemind.backend.file import pack_writer
 
-    real_write_at = pack_writer._write_at
+    real_write_at = pack_writer.write_at
     records_written = []
 
     def die_in_third(fd: int, data: bytes, offset: int) -> None:
@@ -366,7 +366,7 @@ def test_a_task_torn_in_its_pack_by_a_killed_submitter_is_never_named_and_the_re
         real_write_at(fd, data, offset)
 
     submitter = stores.submitter(TTL_S)
-    monkeypatch.setattr(pack_writer, "_write_at", die_in_third)
+    monkeypatch.setattr(pack_writer, "write_at", die_in_third)
     monkeypatch.setattr(stores.queue, "withdraw", lambda paths: None)  # (no rollback on a kill)
     _submit_crashing(submitter, echo_snapshot)
     monkeypatch.undo()

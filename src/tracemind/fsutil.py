@@ -178,6 +178,18 @@ def _write_tmp(tmp_dir: StrPath, stem: str, data: bytes, *, sync: bool) -> str:
     return tmp
 
 
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite``, again after a short write).
+    Raises ``OSError``."""
+    written = os.pwrite(fd, data, offset)
+    if written < len(data):  # (a short write: the rest follows)
+        view = memoryview(data)[written:]
+        offset += written
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+
+
 def write_error(path: StrPath, exc: OSError) -> QueueError:
     """The one-line error for a write the file system refused (permission, full disk, ...)."""
     return QueueError(f"{path}: cannot write ({exc.strerror or exc})")

@@ -64,7 +64,7 @@ import threading
 import time
 
 from tracemind.backend import open_backend
-from tracemind.backend.file import pack_writer
+from tracemind.backend.file import journal_stock, pack_writer
 from tracemind.backend.location import data_location
 from tracemind.config import durable, idempotency_ttl_s
 from tracemind.flows import load_flow
@@ -94,6 +94,8 @@ def announced_fill(self, spare):
 pack_writer.PackWriter._fill = announced_fill
 pack_writer.PackWriter._make = slowly(pack_writer.PackWriter._make)
 pack_writer.fsync_dir = slowly(pack_writer.fsync_dir)
+journal_stock.JournalStock._make_one = slowly(journal_stock.JournalStock._make_one)
+journal_stock.JournalStock.name = slowly(journal_stock.JournalStock.name)
 submitter = open_backend(data_location(), durable=durable()).submitter(idempotency_ttl_s())
 os.write(log, b"ready\\n")
 for n in range(1_000_000):

@@ -530,13 +530,13 @@ def test_after_a_reboot_no_task_of_a_failed_enqueue_comes_back(
     # written (and flushed, when durable)
     stores = open_stores(dirs, durable=durable, clock=clock)
     step, real = (
-        ("_write_at", pack_writer._write_at)
+        ("write_at", pack_writer.write_at)
         if fails == "while writing its records"
         else ("_link", pack_writer._link)
     )
     calls: list[object] = []
     writes_per_record = 2 if durable else 1  # (its pack, then its journal)
-    fail_at = writes_per_record * 69 + 1 if step == "_write_at" else 41
+    fail_at = writes_per_record * 69 + 1 if step == "write_at" else 41
 
     def failing(*args: object) -> None:
         calls.append(args)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import time
 
+from tracemind.backend.file.journal_stock import JournalStock
 from tracemind.backend.file.packs import (
     JOURNAL_SUFFIX,
     LINK_ATTEMPTS,
@@ -23,7 +24,14 @@ from tracemind.backend.file.packs import (
     retire,
     set_lock,
 )
-from tracemind.fsutil import create_exclusive, ensure_dir, fsync_dir, sync_filesystem, write_error
+from tracemind.fsutil import (
+    create_exclusive,
+    ensure_dir,
+    fsync_dir,
+    sync_filesystem,
+    write_at,
+    write_error,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,6 +87,8 @@ class PackWriter:
         """Calls that wrote into the current pack."""
         self._spare: _Spare | None = None
         """The next pack, made ahead by a helper thread (see :meth:`_make_spare`)."""
+        self._journals = JournalStock(packs_dir)
+        """Journals for the packs made ahead, made in runs (used by the helper thread only)."""
         self._locked_fds: list[int] = []
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
@@ -124,9 +134,9 @@ class PackWriter:
                     if digest is not None:
                         self._digests.add(digest)
                     written.append((self._fd, self._journal, self._at, len(line)))
-                    _write_at(self._fd, line, self._at)
+                    write_at(self._fd, line, self._at)
                     if self._journal >= 0:
-                        _write_at(self._journal, line, self._at)
+                        write_at(self._journal, line, self._at)
                     self._at += len(line)
                     self._tasks += 1
                     left_bytes -= len(line)
@@ -157,7 +167,7 @@ class PackWriter:
             for fd in (pack, journal):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
-                        _write_at(fd, bytes(size), offset)
+                        write_at(fd, bytes(size), offset)
             journals.add(journal)
         for journal in journals - {-1}:
             with contextlib.suppress(OSError):
@@ -207,6 +217,7 @@ class PackWriter:
                 if spare.pack is not None:
                     retire(spare.pack.path)
                     spare.pack.close()
+            self._journals.close()
 
     def _room_for(
         self,
@@ -250,10 +261,11 @@ class PackWriter:
             self._make_spare()
         return made
 
-    def _create(self, room_bytes: int) -> _Pack:
+    def _create(self, room_bytes: int, journals: JournalStock | None = None) -> _Pack:
         """A new pack of ``room_bytes``: made in ``tmp/``, locked, written (its header, then
         zeros), then named in ``packs/`` (so a checkpoint never sees it unlocked while its
-        writer lives); with a durable queue, its journal too (named after it)."""
+        writer lives); with a durable queue, its journal too (named after it; taken from
+        ``journals`` when given)."""
         ensure_dir(self.packs_dir)
         header = MAGIC + b"%s %d\n" % (boot_id().encode(), room_bytes)
         name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}"
@@ -262,12 +274,21 @@ class PackWriter:
         journal = -1
         if self.durable:
             try:
-                journal = self._make(name + JOURNAL_SUFFIX, room, lock=False)
+                journal = self._name_journal(name + JOURNAL_SUFFIX, room, journals)
             except BaseException:
                 os.close(fd)
                 raise
         path = os.path.join(self.packs_dir, name + SUFFIX)
         return _Pack(fd, journal, path, len(header), room_bytes)
+
+    def _name_journal(self, name: str, room: bytes, journals: JournalStock | None) -> int:
+        """The journal ``packs/name`` holding ``room``: one of ``journals`` if there are, named
+        (see :mod:`~tracemind.backend.file.journal_stock`), else made."""
+        if journals is not None:
+            fd = journals.take(room)
+            if fd is not None and journals.name(fd, os.path.join(self.packs_dir, name)):
+                return fd
+        return self._make(name, room, lock=False)
 
     def _use(self, pack: _Pack) -> None:
         """Make ``pack`` the one records go into (its writing lock, taken as it was made, is
@@ -296,7 +317,7 @@ class PackWriter:
 
     def _fill(self, spare: _Spare) -> None:
         try:
-            pack = self._create(PACK_BYTES)
+            pack = self._create(PACK_BYTES, self._journals)
             try:
                 if self.durable:
                     os.fdatasync(pack.journal)
@@ -331,7 +352,7 @@ class PackWriter:
             if lock:
                 lock_alive(fd)
                 set_lock(fd, WRITING_BYTE, True)
-            _write_at(fd, content, 0)
+            write_at(fd, content, 0)
             os.rename(tmp, os.path.join(self.packs_dir, name))
         except BaseException:
             os.close(fd)
@@ -398,16 +419,6 @@ class _Spare:
 def _blocks(size: int) -> int:
     """``size`` rounded up to whole 4 KiB blocks."""
     return -(-size // 4096) * 4096
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    written = os.pwrite(fd, data, offset)
-    if written < len(data):  # (a short write: the rest follows)
-        view = memoryview(data)[written:]
-        offset += written
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
 
 
 def _link(source: str, target: str, remake_parent: Callable[[str], object]) -> None:
