@@ -5,16 +5,17 @@ On ext4 without a journal, every ``fdatasync`` also writes the file's block of t
 50 to 80 µs on the disks measured (docs/benchmarks.md, "A journal away from its pack"). A file's
 inode goes in the lowest free slot of its directory's group, so a pack and a journal created one
 after the other share a block; then each task linked to the pack (its link count changes)
-makes the next flush of the journal write that block too. A bucket directory made in the same
-second lands beside them as well.
+makes the next flush of the journal write that block too. A bucket directory made meanwhile
+can land beside them as well.
 
 So the journals of the packs a writer makes ahead come from a stock made :data:`RUN` at a
-time: the run's inodes fill slots of their own, and a journal's neighbours are journals, which
-change only when written — the pack its records are linked to, and the directories they are
-linked into, are created later, elsewhere. Each journal is an unnamed file (``O_TMPFILE``, in
-``packs/``), so a writer that dies leaves none behind; it gets its ``packs/`` name once it
-has a pack. Where unnamed files are not supported, the writer makes each journal beside its
-pack, as before.
+time: the run's inodes fill slots next to each other, and a journal's neighbours are mostly
+journals, which change only when written; the pack its records are linked to is ~16 slots
+away (see :meth:`JournalStock.take`), and a bucket directory made while it is in use further
+still (one made just before the run can still share a block with its first journals). Each
+journal is an unnamed file (``O_TMPFILE``, in ``packs/``), so a writer that dies leaves none
+behind; it gets its ``packs/`` name once it has a pack. Where unnamed files cannot be made or
+named, the writer makes each journal beside its pack, as before.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ class JournalStock:
         where this system cannot name it (no ``/proc``): ``fd`` is then closed, and so on any
         error (raised: ``OSError``)."""
         try:
-            # (linkat with AT_SYMLINK_FOLLOW, which os.link uses only given a directory fd)
             parent = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=parent)
-            finally:
-                os.close(parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            # (linkat with AT_SYMLINK_FOLLOW, which os.link uses only given a directory fd)
+            os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=parent)
             return True
         except OSError as exc:
             os.close(fd)
@@ -77,6 +79,8 @@ class JournalStock:
                 self._supported = False
                 return False
             raise
+        finally:
+            os.close(parent)
 
     def close(self) -> None:
         """Close the journals left (unnamed: they vanish once no process holds them; a child
