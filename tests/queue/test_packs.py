@@ -24,6 +24,7 @@ from tm_testing import NOBODY, FakeClock, damage_record, make_task, pending_name
 from tracemind.backend import Location, open_backend
 from tracemind.backend.file import pack_writer, packs
 from tracemind.backend.file.backend import FileBackend
+from tracemind.backend.file.journal_stock import JournalStock
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
 from tracemind.errors import QueueError
@@ -233,10 +234,12 @@ def test_a_pack_that_could_not_be_made_ahead_is_made_when_needed(
     # Given a disk on which no helper thread can make a pack
     make = pack_writer.PackWriter._create
 
-    def create(self: pack_writer.PackWriter, room_bytes: int) -> object:
+    def create(
+        self: pack_writer.PackWriter, room_bytes: int, journals: JournalStock | None = None
+    ) -> object:
         if threading.current_thread() is not threading.main_thread():
             raise OSError(errno.ENOSPC, "No space left on device")
-        return make(self, room_bytes)
+        return make(self, room_bytes, journals)
 
     monkeypatch.setattr(pack_writer.PackWriter, "_create", create)
     stores = open_stores(dirs, durable=True, clock=clock)
