@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,23 @@ def test_a_reopened_file_gets_the_lines_logged_after(log_file: log.LogFile) -> N
 
     assert [e["event"] for e in _lines(log_file)] == ["after"]
     assert [json.loads(line)["event"] for line in rotated.read_text().splitlines()] == ["before"]
+
+
+def test_a_stamp_is_the_utc_time_to_the_microsecond_across_second_boundaries() -> None:
+    # Given a clock read three times: twice within one second, then just past the next
+    base_ns = 1_796_560_685 * 1_000_000_000  # a whole second
+    instants_ns = (base_ns + 5_000, base_ns + 999_999_000, base_ns + 1_000_000_000 + 7_000)
+    readings = iter(instants_ns)
+    stamp = log.UtcStamper(clock_ns=lambda: next(readings))
+
+    stamps = [str(stamp(None, "info", {})["timestamp"]) for _ in range(3)]
+
+    # Then each is that instant in ISO-8601 UTC, six digits of microseconds, ending in Z
+    expected = [
+        datetime.fromtimestamp(ns // 10**9, tz=UTC)
+        .replace(microsecond=ns // 1000 % 10**6)
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for ns in instants_ns
+    ]
+    assert stamps == expected
+    assert stamps[1].endswith(".999999Z") and stamps[2].endswith(".000007Z")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from tracemind.encoders import reusing_encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Callable, MutableMapping
     from pathlib import Path
     from typing import Any, TextIO
 
@@ -95,7 +96,7 @@ def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> N
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            UtcStamper(),
             structlog.processors.format_exc_info,
             render_json,
         ],
@@ -104,6 +105,33 @@ def configure(sink: TextIO | LogFile | None = None, *, level: str = "info") -> N
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(out, threshold)
+
+
+class UtcStamper:
+    """A processor that stamps ``timestamp``: the time of the event in ISO-8601 UTC with
+    microseconds, e.g. ``2026-12-06T12:38:42.240174Z`` (always six digits).
+
+    structlog's ``TimeStamper`` builds a timezone-aware ``datetime`` for every event, which on a
+    busy worker (two lines a task) is a tenth of the cost of a task. The part that changes once
+    a second is formatted once a second here; the microseconds are added to it."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.clock_ns = clock_ns
+        """Epoch nanoseconds, ``time.time_ns`` unless a test injects a clock."""
+        self._second: tuple[int, str] = (-1, "")
+        """The epoch second formatted last, and its text: one tuple, replaced whole, so that a
+        thread never reads one second's text with another's number."""
+
+    def __call__(
+        self, logger: object, method_name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        second, micros = divmod(self.clock_ns() // 1000, 1_000_000)
+        formatted, text = self._second
+        if second != formatted:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event["timestamp"] = f"{text}.{micros:06d}Z"
+        return event
 
 
 def render_json(logger: object, method_name: str, event: MutableMapping[str, Any]) -> str:
@@ -137,7 +165,7 @@ def _route_stdlib_logging(out: TextIO | LogFile, threshold: int) -> None:
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.ExtraAdder(),
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            UtcStamper(),
         ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from tracemind.log import UtcStamper
+
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 ACCESS_EVENT = "request served"
 
@@ -82,7 +84,7 @@ logconfig_dict = {
                 structlog.stdlib.add_log_level,
                 _logger_name,
                 structlog.stdlib.ExtraAdder(),
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                UtcStamper(),
             ],
             "processors": [
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
