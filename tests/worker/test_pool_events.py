@@ -102,6 +102,34 @@ def test_a_line_split_across_reads_and_foreign_lines(
     assert pool.outcomes.counts["first_attempts"] == 0  # a second attempt
 
 
+def test_many_events_in_one_read_count_once_each_beside_json_that_is_no_event(
+    pool_and_writer: tuple[WorkerPool, Slot, EventWriter],
+) -> None:
+    pool, slot, writer = pool_and_writer
+
+    def report(first: int, count: int, foreign: bytes) -> None:
+        """``count`` tasks' events from task ``first`` on, ``foreign`` lines among them."""
+        for i in range(first, first + count):  # (50 tasks: ~12 KB, well within a pipe)
+            writer.started(Task(f"t{i}", "flow-a", 1, {}))
+            writer.step("fetch")
+            if i == first + count // 2:
+                os.write(writer.events_fd, foreign)
+            writer.finished("succeeded" if i % 2 else "retrying", 0.01, 1, None)
+
+    # Given a read that finds 50 tasks' events and JSON lines that are not events (a list, an
+    # object without an event), then one that finds 50 more and a line of two JSON values
+    report(0, 50, b"[1, 2]\n{}\n")
+    pool.read_events()
+    report(50, 50, b"1, 2\n")
+    pool.read_events()
+
+    # Then every task counts once, as its outcome, and none is left running
+    assert pool.outcomes.counts["first_attempts"] == 100
+    assert pool.outcomes.counts["succeeded"] == 50 and pool.outcomes.counts["retrying"] == 50
+    assert pool.outcomes.duration_count == 100
+    assert running(slot) is None
+
+
 def test_duration_bucket_counts_are_cumulative() -> None:
     outcomes = Outcomes()
     for duration_s in (0.001, 0.005, 0.02, 0.5, 100.0):

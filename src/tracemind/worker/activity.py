@@ -102,9 +102,11 @@ class Activity:
 
     def _bucket(self, at_s: float) -> list[int]:
         minute = int(at_s // MINUTE_S)
-        bucket = self._minutes.setdefault(minute, [0, 0])
-        for old in [m for m in self._minutes if m <= minute - WINDOW_MINUTES]:
-            del self._minutes[old]
+        bucket = self._minutes.get(minute)
+        if bucket is None:  # a new minute: the ones that left the window go
+            for old in [m for m in self._minutes if m <= minute - WINDOW_MINUTES]:
+                del self._minutes[old]
+            bucket = self._minutes[minute] = [0, 0]
         return bucket
 
     def to_dict(self, now_s: float) -> dict[str, Any]:
