@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,17 +166,42 @@ def run_timed(
         proc = subprocess.Popen(
             cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
         )
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc)
-            raise BenchError(f"`{' '.join(cmd[:4])} …` did not finish in {timeout_s:g} s") from None
+        stdout, stderr, timed_out = _communicate_exactly(proc, timeout_s)
         elapsed_s = time.perf_counter() - started
+        if timed_out:
+            raise BenchError(f"`{' '.join(cmd[:4])} …` did not finish in {timeout_s:g} s")
     if proc.returncode != 0:
         errors = stderr_path.read_bytes() if stderr_path is not None else stderr
         tail = errors.decode(errors="replace").strip().splitlines()[-5:]
         raise BenchError(f"`{' '.join(cmd[:4])} …` exited {proc.returncode}: {' / '.join(tail)}")
     return Finished(elapsed_s, (stdout or b"").decode())
+
+
+def _communicate_exactly(
+    proc: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[bytes | None, bytes | None, bool]:
+    """``proc.communicate()`` that sees the exit when it happens: (stdout, stderr, whether the
+    process tree was killed for outliving ``timeout_s``).
+
+    ``communicate(timeout=...)`` of a process without pipes waits by polling, with sleeps that
+    grow to 50 ms, so a run's time would be rounded up to the next poll: up to 50 ms more, far
+    more than the end of a burst takes. Here the wait blocks in ``waitpid``, and a watchdog
+    thread kills the tree if it runs too long."""
+    expired = threading.Event()
+
+    def watchdog() -> None:
+        expired.set()
+        for pid in reversed(tree(proc.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout_s, watchdog)
+    timer.start()
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        timer.cancel()
+    return stdout, stderr, expired.is_set()
 
 
 def last_json(text: str) -> dict[str, Any]:
