@@ -185,8 +185,10 @@ def _communicate_exactly(
 
     ``communicate(timeout=...)`` of a process without pipes waits by polling, with sleeps that
     grow to 50 ms, so a run's time would be rounded up to the next poll: up to 50 ms more, far
-    more than the end of a burst takes. Here the wait blocks in ``waitpid``, and a watchdog
-    thread kills the tree if it runs too long."""
+    more than the end of a burst takes. Here the wait blocks in ``waitpid`` (or reads the
+    pipes to their end), and a watchdog thread kills the tree if it runs too long. (A process
+    that left the tree, reparented, and kept a pipe open would hold the wait: none of the
+    commands run here does.)"""
     expired = threading.Event()
 
     def watchdog() -> None:
