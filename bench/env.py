@@ -193,9 +193,7 @@ def _communicate_exactly(
 
     def watchdog() -> None:
         expired.set()
-        for pid in reversed(tree(proc.pid)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc)
 
     timer = threading.Timer(timeout_s, watchdog)
     timer.start()
@@ -231,10 +229,15 @@ def stop_process(proc: subprocess.Popen[bytes], first_signal: int, timeout_s: fl
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a process this bench started and every descendant, each by its PID (found before
     the parent dies, while they are still its children)."""
+    _kill_all(proc)
+    proc.wait(timeout=10)
+
+
+def _kill_all(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc`` and its descendants, each by its PID, the deepest first."""
     for pid in reversed(tree(proc.pid)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 FS_IOC_GETFLAGS = 0x80086601

@@ -77,7 +77,14 @@ def create_exclusive(path: StrPath, flags: int) -> int:
     """Create ``path`` (it must not exist: ``O_CREAT | O_EXCL`` are added to ``flags``) with mode
     :data:`FILE_MODE` whatever the umask; returns the open descriptor. Raises ``OSError``
     (``FileExistsError`` when it exists)."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    return create_with_mode(path, flags | os.O_CREAT | os.O_EXCL)
+
+
+def create_with_mode(path: StrPath, flags: int) -> int:
+    """Open a file that this call creates (``flags`` hold ``O_CREAT | O_EXCL``, or
+    ``O_TMPFILE`` with ``path`` its directory) with mode :data:`FILE_MODE` whatever the umask;
+    returns the open descriptor. Raises ``OSError``."""
+    fd = os.open(path, flags, FILE_MODE)
     if umask_strips_file_mode():
         try:
             os.fchmod(fd, FILE_MODE)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import os
 
-from tracemind.fsutil import FILE_MODE, umask_strips_file_mode, write_at
+from tracemind.fsutil import create_with_mode, write_at
 
 RUN = 16
 """Journals made at once: a block of the inode table's worth (256-byte inodes in 4 KiB)."""
@@ -104,10 +104,9 @@ class JournalStock:
         return fds
 
     def _make_one(self, room: bytes) -> int:
-        fd = os.open(self.packs_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE)
+        # (not create_exclusive: O_EXCL with O_TMPFILE would make the file unlinkable)
+        fd = create_with_mode(self.packs_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC)
         try:
-            if umask_strips_file_mode():
-                os.fchmod(fd, FILE_MODE)
             write_at(fd, room, 0)
         except BaseException:
             os.close(fd)
