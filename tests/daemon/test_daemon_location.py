@@ -98,9 +98,10 @@ def test_ps_and_the_status_document_show_the_location_redacted(tmp_path: Path) -
 
 def test_the_worker_spec_carries_the_one_settings_object(tmp_path: Path) -> None:
     settings = _settings(tmp_path, Location.for_root(str(tmp_path / "data dir")))
-    spec = settings.pool.worker_spec("0123456789ab-0-abcd")
+    spec = settings.pool.worker_spec("0123456789ab-1-abcd", 1)
     again = type(spec).from_json(spec.to_json())
     assert again == spec and again.settings is not spec.settings
+    assert again.share == (1, settings.pool.size)
     assert again.settings.location.file_dirs()[0] == str(tmp_path / "data dir" / "queue")
 
 

@@ -61,6 +61,9 @@ def test_every_log_line_is_a_json_event(daemon_env: DaemonEnv) -> None:
         "daemon started", "drain begin", "drain end", "daemon stopped",
     ]  # fmt: skip
     assert names.count("worker started") == 2 and names.count("worker stopped") == 2
+    # And: each worker leases from its own share of the queue first
+    started = [e["share"] for e in events if e["event"] == "worker started"]
+    assert sorted(started) == [[0, 2], [1, 2]]
     assert names[-1] == "daemon stopped"
 
 

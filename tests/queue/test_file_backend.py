@@ -14,10 +14,11 @@ import pytest
 
 from tm_testing import FakeClock, make_task, pending_names, pending_path
 from tracemind.backend.file.queue import FileQueue
-from tracemind.backend.file.stores import Stores
+from tracemind.backend.file.stores import Stores, open_stores
+from tracemind.config import DataDirs
 from tracemind.fsutil import dump_json, read_fd
-from tracemind.queue.names import InflightName, PendingName
-from tracemind.queue.protocol import Failure, Lease, LeaseLost, TaskStatus
+from tracemind.queue.names import RANDOM_DIGITS_AT, InflightName, PendingName
+from tracemind.queue.protocol import Failure, Lease, LeaseLost, NewTask, TaskStatus
 from tracemind.queue.records import dead_entry, with_failure
 
 LEASE_S = 30.0
@@ -393,3 +394,69 @@ def test_a_past_bucket_is_listed_once_while_it_drains_and_the_current_one_again_
     clock.advance(queue.relist_interval_s + 0.01)
     # Then the consumer lists again and takes the earlier task first
     assert [_lease(queue).task_id, _lease(queue).task_id] == [early.task_id, second.task_id]
+
+
+def _share(task_id: str, count: int = 2) -> int:
+    """The share of a pool of ``count`` that a task falls to (by its id's random digits)."""
+    return int(task_id[RANDOM_DIGITS_AT:], 16) % count
+
+
+def test_consumers_of_one_pool_lease_their_own_shares_first_then_what_is_left(
+    stores: Stores, dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given 60 tasks due at once (one bucket), and the two consumers of a pool of two, each
+    # with its own view of the directory
+    tasks = [make_task(clock) for _ in range(60)]
+    stores.queue.enqueue(tasks)
+    consumers = [stores.queue, open_stores(dirs, durable=False, clock=clock).queue]
+    for index, queue in enumerate(consumers):
+        queue.take_share(index, 2)
+    shares = [[t.task_id for t in tasks if _share(t.task_id) == index] for index in (0, 1)]
+    assert min(map(len, shares)) > 0  # (60 random ids: both shares hold some)
+    # When they lease in turn until both find nothing
+    leased: list[list[str]] = [[], []]
+    while True:
+        got = [queue.lease(f"c{index}", LEASE_S) for index, queue in enumerate(consumers)]
+        if got == [None, None]:
+            break
+        for index, lease in enumerate(got):
+            if lease is not None:
+                leased[index].append(lease.task_id)
+    # Then every task was leased once
+    assert sorted(leased[0] + leased[1]) == sorted(t.task_id for t in tasks)
+    # And each consumer took its own share first, in enqueue order, and after it (the smaller
+    # share drains first) the rest of the other's
+    smaller = 0 if len(shares[0]) <= len(shares[1]) else 1
+    larger = 1 - smaller
+    assert leased[smaller][: len(shares[smaller])] == shares[smaller]
+    assert leased[larger] == [t for t in shares[larger] if t not in leased[smaller]]
+    rest = leased[smaller][len(shares[smaller]) :]
+    assert rest == [t for t in shares[larger] if t in rest]
+
+
+def test_a_consumer_whose_share_holds_no_due_task_takes_a_due_one_of_another_share(
+    stores: Stores, clock: FakeClock
+) -> None:
+    # Given a bucket holding a task due now in share 1 and, due half a second later, one in
+    # share 0 (a consumer of share 1 may be busy with a long task)
+    def task_of_share(index: int, due_in_s: float) -> NewTask:
+        while _share((task := make_task(clock, due_in_s=due_in_s)).task_id) != index:
+            pass
+        return task
+
+    clock.now_s = float(int(clock.now_s)) + 0.1  # both due within one second
+    due, later = task_of_share(1, 0.0), task_of_share(0, 0.5)
+    stores.queue.enqueue([due, later])
+    stores.queue.take_share(0, 2)
+    # When the consumer of share 0 leases, Then it takes the due task, not none
+    assert _lease(stores.queue).task_id == due.task_id
+    assert stores.queue.lease("c1", LEASE_S) is None
+    # And its own once due
+    clock.advance(0.5)
+    assert _lease(stores.queue).task_id == later.task_id
+
+
+@pytest.mark.parametrize(("index", "count"), [(2, 2), (-1, 2), (0, 0)])
+def test_a_share_outside_its_pool_is_refused(stores: Stores, index: int, count: int) -> None:
+    with pytest.raises(ValueError, match="share"):
+        stores.queue.take_share(index, count)

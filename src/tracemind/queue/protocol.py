@@ -171,6 +171,12 @@ class TaskQueue(Protocol):
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
         """Take the oldest due task for ``consumer`` until now + ``lease_s``; None when none is due."""
 
+    def take_share(self, index: int, count: int) -> None:
+        """A hint for this consumer's leases: it is number ``index`` of ``count`` consumers
+        started together on this queue (a pool's workers). A backend whose consumers would
+        otherwise race for the same entries may start each on its own share of them; none may
+        leave a task unclaimed because it lies in another consumer's share."""
+
     def wait_for_work(self, timeout_s: float) -> None:
         """Block up to ``timeout_s``, returning early when a task may have become due (a hint:
         the caller leases again either way)."""

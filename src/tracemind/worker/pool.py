@@ -182,7 +182,7 @@ class WorkerPool:
     def _spawn(self, slot: Slot) -> None:
         slot.consumer_id = f"{self.consumer_prefix}{slot.index}-{os.urandom(2).hex()}"
         read_fd, write_fd = events_pipe()
-        spec = self.settings.worker_spec(slot.consumer_id)
+        spec = self.settings.worker_spec(slot.consumer_id, slot.index)
         if self._can_fork():
             slot.process = self._fork(spec, write_fd)
         else:

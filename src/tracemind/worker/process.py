@@ -100,6 +100,7 @@ def main(forked: ForkedStart | None = None) -> int:
         return EXIT_RUNTIME_FAILED
 
     queue = open_backend(settings.location, durable=settings.durable).queue
+    queue.take_share(*spec.share)  # (the pool's workers rarely race for one task)
 
     consumer = Consumer(
         queue,
@@ -119,7 +120,7 @@ def main(forked: ForkedStart | None = None) -> int:
     signal.signal(signal.SIGTERM, term)
     if forked is not None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, forked.blocked)
-    logger.info("worker started", runtime=settings.runtime)
+    logger.info("worker started", runtime=settings.runtime, share=list(spec.share))
     consumer.run()
     logger.info("worker stopped")
     return 0

@@ -60,18 +60,22 @@ class PoolSettings:
     fork: bool = False
     """Fork workers from this process while it runs one thread (else spawn them)."""
 
-    def worker_spec(self, consumer_id: str) -> WorkerSpec:
-        """What one worker process of this pool is told (it runs as this process's child)."""
-        return WorkerSpec(self.worker, consumer_id, os.getpid())
+    def worker_spec(self, consumer_id: str, slot: int) -> WorkerSpec:
+        """What the worker process in ``slot`` of this pool is told (it runs as this process's
+        child)."""
+        return WorkerSpec(self.worker, consumer_id, os.getpid(), (slot, self.size))
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """One worker process: its pool's worker settings, its consumer id and its parent."""
+    """One worker process: its pool's worker settings, its consumer id, its parent and its
+    share of the queue (its slot, the pool's size: see
+    :meth:`~tracemind.queue.protocol.TaskQueue.take_share`)."""
 
     settings: WorkerSettings
     consumer_id: str
     parent_pid: int
+    share: tuple[int, int] = (0, 1)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -79,12 +83,17 @@ class WorkerSpec:
                 "settings": self.settings.to_dict(),
                 "consumer_id": self.consumer_id,
                 "parent_pid": self.parent_pid,
+                "share": list(self.share),
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         data = json.loads(text)
+        index, count = data["share"]
         return cls(
-            WorkerSettings.from_dict(data["settings"]), data["consumer_id"], data["parent_pid"]
+            WorkerSettings.from_dict(data["settings"]),
+            data["consumer_id"],
+            data["parent_pid"],
+            (int(index), int(count)),
         )

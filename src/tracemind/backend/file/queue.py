@@ -35,7 +35,13 @@ from tracemind.fsutil import (
     scan_entries,
     write_atomic,
 )
-from tracemind.queue.names import InflightName, PendingName, is_temporary, new_token
+from tracemind.queue.names import (
+    RANDOM_DIGITS_AT,
+    InflightName,
+    PendingName,
+    is_temporary,
+    new_token,
+)
 from tracemind.queue.protocol import Failure, Lease, LeaseLost
 from tracemind.queue.records import (
     completion_entry,
@@ -95,6 +101,8 @@ class FileQueue(QueueWrites):
         self.relist_interval_s = relist_interval_s
         self._next_bucket_ms: int | None = None
         self._candidates: deque[PendingName] = deque()
+        self._share = (0, 1)
+        """(this consumer's number, how many were started with it): see :meth:`take_share`."""
         self._listed_at_s = float("-inf")
         self._watch: DirectoryWatch | None = None
         self._committer: GroupCommitter | None = None
@@ -257,10 +265,34 @@ class FileQueue(QueueWrites):
         # (not readable a moment ago: left alone until their time to try again)
         self._held_back = {n: t for n, t in self._held_back.items() if t > now_s}
         names, self._next_bucket_ms = self.waiting.oldest_due(epoch_ms(now_s), self._held_back)
-        self._candidates = deque(names)
+        self._candidates = deque(self._share_of(names, epoch_ms(now_s)))
         # Stamped after the listing: one that took longer than the interval must not make every
         # following lease list again.
         self._listed_at_s = max(now_s, self.clock())
+
+    def take_share(self, index: int, count: int) -> None:
+        """Lease from this consumer's share of each bucket first: the due tasks whose ids' random
+        digits, modulo ``count``, are ``index`` (see :meth:`_share_of`)."""
+        if not 0 <= index < count:
+            raise ValueError(f"share {index} of {count}")
+        self._share = (index, count)
+
+    def _share_of(self, names: list[PendingName], now_ms: int) -> list[PendingName]:
+        """The names of a bucket's listing this consumer tries: its share of the due ones, or
+        all of them when its share holds none. Consumers that list one bucket and try its names
+        in one order would race for the same name at every claim (one wins, the others have
+        opened, read and renamed for nothing); with shares they rarely meet, and once a
+        consumer's share is drained it takes what is left of the others' (theirs may be busy or
+        gone)."""
+        index, count = self._share
+        if count < 2:
+            return names
+        own = [
+            name
+            for name in names
+            if name.due_ms <= now_ms and int(name.task_id[RANDOM_DIGITS_AT:], 16) % count == index
+        ]
+        return own or names
 
     def wait_for_work(self, timeout_s: float) -> None:
         if self._watch is None:

@@ -129,6 +129,9 @@ class RedisQueue:
                 record=record,
             )
 
+    def take_share(self, index: int, count: int) -> None:
+        """Nothing to do: a consumer group delivers each stream entry to one consumer."""
+
     def wait_for_work(self, timeout_s: float) -> None:
         """Block on the queue's event stream (every enqueue, retry, recovery and requeue adds
         an event) up to ``timeout_s``, or until the next delayed task falls due."""
