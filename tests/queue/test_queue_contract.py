@@ -325,6 +325,24 @@ def test_a_batch_enqueue_of_many_tasks_delivers_each_once_in_order(
     assert leased == [t.task_id for t in tasks]
 
 
+def test_consumers_with_shares_deliver_every_task_once_and_one_alone_takes_them_all(
+    harness: QueueHarness,
+) -> None:
+    # Given 40 due tasks and the three consumers of a pool of three
+    tasks = [make_task(harness.clock) for _ in range(40)]
+    harness.queue.enqueue(tasks)
+    pool = [harness.queue, harness.reopen(), harness.reopen()]
+    for index, queue in enumerate(pool):
+        queue.take_share(index, len(pool))
+    # When the first two lease in turn until they find nothing (the third is busy)
+    leased: list[str] = []
+    while (leases := [q.lease(f"c{n}", LEASE_S) for n, q in enumerate(pool[:2])]) != [None, None]:
+        leased += [lease.task_id for lease in leases if lease is not None]
+    # Then every task was delivered once, the busy consumer's share included
+    assert sorted(leased) == sorted(t.task_id for t in tasks)
+    assert pool[2].lease("c2", LEASE_S) is None
+
+
 def test_an_empty_batch_enqueues_nothing(harness: QueueHarness) -> None:
     harness.queue.enqueue([])
     assert harness.queue.stats().pending == 0

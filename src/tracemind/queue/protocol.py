@@ -169,7 +169,8 @@ class TaskQueue(Protocol):
         """Store every task as one batch (one sync); each becomes leasable at its ``due_s``."""
 
     def lease(self, consumer: str, lease_s: float) -> Lease | None:
-        """Take the oldest due task for ``consumer`` until now + ``lease_s``; None when none is due."""
+        """Take the oldest due task (of this consumer's share first, see :meth:`take_share`) for
+        ``consumer`` until now + ``lease_s``; None when none is due."""
 
     def take_share(self, index: int, count: int) -> None:
         """A hint for this consumer's leases: it is number ``index`` of ``count`` consumers
