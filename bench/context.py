@@ -69,7 +69,8 @@ class BacklogSizes:
     window: int
     """Tasks per drain window at depth."""
     windows: int
-    """Consecutive windows taken at depth (their median is the deep rate)."""
+    """Consecutive windows taken at depth in each round (the median of all rounds' windows is
+    the deep rate)."""
     build_chunk: int
     """Tasks per ``submit_many`` call while building a backlog. A batch's tasks are all due at
     its submission time, so this is also how many tasks share one bucket of ``pending/``."""
@@ -99,7 +100,7 @@ class BacklogSizes:
             shallow=10_000,
             skip=1_000,
             window=20_000,
-            windows=3,
+            windows=1,
             build_chunk=10_000,
             one_batch=200_000,
             inspect_samples=15,

@@ -5,14 +5,18 @@ one batch (all its tasks in one bucket); worker memory at both depths;
 ``/status`` and ``/metrics`` while the workers drain at depth; the idle cost of the daemon once
 the spike is gone, against a fresh daemon on a fresh queue.
 
-The windows at depth are drained by a daemon without a status server, as the shallow ones are;
-``/status`` and ``/metrics`` are then probed on a second daemon with one, still at depth (its
-drain rate meanwhile is noted, not a goal). Windows are taken at depth, never at the tail: the first ``skip`` completions (start-up) are left
-out, then ``windows`` consecutive windows of ``window`` tasks each are timed. Ours is the daemon
-(``tm daemon start --foreground``, 2 workers), its times the ``task succeeded`` log lines; Huey's
-are noted inside its forked workers (children/huey_depth_app.py). A shallow queue of ``shallow``
-tasks gives one window from the ``skip``-th to the ``(shallow - skip)``-th completion, so both
-its ends lie inside the backlog too.
+Both deep backlogs are built first; then each round drains, in turn, a fresh shallow queue of
+ours and of Huey's and a stretch of each deep backlog, so that the shallow and the deep windows
+of both sides sample the same minutes of the run (the host's speed drifts over minutes, and
+what the disk did just before weighs on every window alike). A round's stretch at depth is a
+fresh daemon (or consumer) on the deep backlog: the first ``skip`` completions (start-up) are
+left out, then ``windows`` consecutive windows of ``window`` tasks each are timed, never at the
+tail. A shallow queue of ``shallow`` tasks gives one window from the ``skip``-th to the
+``(shallow - skip)``-th completion, so both its ends lie inside the backlog too. Ours is the
+daemon (``tm daemon start --foreground``, 2 workers, no status server), its times the ``task
+succeeded`` log lines; Huey's are noted inside its forked workers (children/huey_depth_app.py).
+``/status`` and ``/metrics`` are then probed on a daemon with a status server, still at depth
+(its drain rate meanwhile is noted, not a goal).
 """
 
 from __future__ import annotations
@@ -155,19 +159,30 @@ def run(ctx: Context) -> FigureResult:
     result = FigureResult(
         9, "depth", f"Drain with 2 workers at {depth:,} vs {shallow:,} pending (tasks/s)"
     )
-    if shallow <= 2 * sizes.skip or depth < sizes.skip + sizes.windows * sizes.window:
+    if shallow <= 2 * sizes.skip or depth < (ctx.rounds + 1) * (
+        sizes.skip + sizes.windows * sizes.window
+    ):
         raise BenchError("depth: the backlogs are too small for their windows")
     samples: dict[str, list[float]] = {}
 
     def add(key: str, values: list[float]) -> None:
         samples.setdefault(key, []).extend(values)
 
-    # Shallow queues, ours and Huey's interleaved, one fresh pair per round.
+    # Both backlogs first, then rounds in which each side drains a fresh shallow queue and a
+    # window at depth, so that every kind of window samples the same stretch of the run (the
+    # host's speed drifts over minutes; what the disk did just before weighs on all of them).
+    deep: DeepQueue = deep_queue(ctx)  # (perhaps built and inspected by figure 8 before)
+    deep.drained = True  # whatever happens next, no later figure may take it as built
+    huey_db = ctx.new_dir("huey-deep-") / "huey.db"
+    ctx.say(f"depth: seeding Huey with {depth:,} tasks")
+    huey_seed_s = seed_huey(ctx, huey_db, depth)
+    start_depth = queue_stats(ours_env(deep.data))[0]
     work = ctx.new_dir("depth-")
     flow = write_noop_flow(work)
     shallow_marks = [sizes.skip, shallow - sizes.skip]
+    deep_marks = [sizes.skip + i * sizes.window for i in range(sizes.windows + 1)]
     for round_no in range(ctx.rounds):
-        ctx.say(f"depth: shallow round {round_no + 1}/{ctx.rounds}")
+        ctx.say(f"depth: round {round_no + 1}/{ctx.rounds}, {shallow:,} then {depth:,} pending")
         data = ctx.new_dir("shallow-") / "data"
         seed_ours(ctx, data, flow, shallow)
         with LoggedDaemon(ctx, data) as daemon:
@@ -179,6 +194,13 @@ def run(ctx: Context) -> FigureResult:
         rates, rss = huey_windows(ctx, db, shallow_marks)
         add("huey shallow tasks/s", rates)
         add("huey shallow worker rss MB", rss)
+        with LoggedDaemon(ctx, deep.data) as daemon:  # (as the shallow ones: no status server)
+            rates, rss = ours_windows(daemon, deep_marks)
+        add("ours deep tasks/s", rates)
+        add("ours deep worker rss MB", rss)
+        rates, rss = huey_windows(ctx, huey_db, deep_marks)
+        add("huey deep tasks/s", rates)
+        add("huey deep worker rss MB", rss)
 
     # A backlog enqueued as one batch: every task in one bucket of pending/.
     data = ctx.new_dir("one-batch-") / "data"
@@ -194,19 +216,6 @@ def run(ctx: Context) -> FigureResult:
     add("ours one batch tasks/s", [rate])
     add("ours one batch worker rss MB", [rss_mb])
 
-    # The deep backlog: ours (perhaps inspected by figure 8 before), then Huey's.
-    deep: DeepQueue = deep_queue(ctx)
-    deep.drained = True  # whatever happens next, no later figure may take it as built
-    huey_db = ctx.new_dir("huey-deep-") / "huey.db"
-    ctx.say(f"depth: seeding Huey with {depth:,} tasks")
-    huey_seed_s = seed_huey(ctx, huey_db, depth)
-    start_depth = queue_stats(ours_env(deep.data))[0]
-    deep_marks = [sizes.skip + i * sizes.window for i in range(sizes.windows + 1)]
-    ctx.say(f"depth: our windows at {depth:,} pending")
-    with LoggedDaemon(ctx, deep.data) as daemon:  # (as the shallow ones: no status server)
-        rates, rss = ours_windows(daemon, deep_marks)
-        add("ours deep tasks/s", rates)
-        add("ours deep worker rss MB", rss)
     port = free_port()
     with LoggedDaemon(ctx, deep.data, status_port=port) as daemon:
         wait_answering(port, 30.0)
@@ -216,10 +225,6 @@ def run(ctx: Context) -> FigureResult:
         probed_rate = (daemon.succeeded() - succeeded_before) / sizes.probe_window_s
         left_after_probe = queue_stats(daemon.env)[0]
     add("ours deep tasks/s while probed", [probed_rate])
-    ctx.say(f"depth: Huey's windows at {depth:,} pending")
-    rates, rss = huey_windows(ctx, huey_db, deep_marks)
-    add("huey deep tasks/s", rates)
-    add("huey deep worker rss MB", rss)
 
     # The rest of the spike drained by the daemon, then its idle cost beside a fresh one's.
     ctx.say(f"depth: draining the remaining {left_after_probe:,} tasks")
@@ -283,6 +288,7 @@ def run(ctx: Context) -> FigureResult:
             median(ours_shallow),
             f"ours at {shallow:,}",
             Goal("ratio", ">=", 0.9),
+            paired_ratio=paired_ratio(ours_deep, ours_shallow) if sizes.windows == 1 else None,
         ),
         Row(
             f"drain at {depth:,} pending, ours ÷ Huey",

@@ -22,7 +22,7 @@ from tracemind.values import Value
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 RANDOM_DIGITS_AT = 16
-"""Where a task id's random digits start (the last 6 of its 22)."""
+"""Where a task id's random digits start (the last 6 of its 22, see :func:`new_task_id`)."""
 _PENDING = r"(\d{13})_([0-9a-f]{22})_(\d{1,6})\.json"
 _INFLIGHT = r"([0-9a-f]{22})_(\d{1,6})_([0-9a-z-]{1,64})_([0-9a-f]{8})_(\d{13})\.json"
 
@@ -49,9 +49,7 @@ def new_task_id(now_s: float | None = None, *, at_ms: int | None = None) -> str:
         _IdClock.sequence = (_IdClock.sequence + 1) & 0xFFFF
     else:
         _IdClock.last_ms, _IdClock.sequence = ms, 0
-    return (
-        f"{ms:012x}{_IdClock.sequence:04x}{os.urandom(3).hex()}"  # (random from RANDOM_DIGITS_AT)
-    )
+    return f"{ms:012x}{_IdClock.sequence:04x}{os.urandom(3).hex()}"
 
 
 def is_task_id(text: str) -> bool:
