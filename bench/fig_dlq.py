@@ -1,10 +1,12 @@
 """Figure 12 — ``tm queue stats`` (whole process) with many dead letters against none.
 
 Two queues, each with an empty ``pending/``: one whose dead-letter directory holds
-``dead`` entries (written as workers write them), one with none. Timed first with no census
-(no daemon has served either queue), then with a census a writer refreshed once the DLQ directory
-had been unchanged for 2 s and nothing running (what the census can give), then with a daemon
-running on each (which refreshes the census every second), interleaved none, many, none, many, …
+``dead`` entries (written as workers write them, by a process that then exits), one with none.
+Timed first with no daemon (what the writers left: a process that wrote dead letters counts them
+into the census as it exits), then with a census refreshed as a daemon does once the DLQ
+directory had been unchanged for 2 s and nothing running (what the census can give), then with
+a daemon running on each (which refreshes the census every second), interleaved none, many,
+none, many, …
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ def run(ctx: Context) -> FigureResult:
             for side, env in envs.items():
                 samples.setdefault(f"{phase} {side}", []).append(timed_ms(cmd, env, True))
 
-    measure("no census")
+    measure("no daemon")
     time.sleep(CENSUS_WAIT_S)  # the DLQ directory settles
     for data in (none_data, many_data):
         refresh_census(data)
-    measure("census, no daemon")
+    measure("refreshed census, no daemon")
     with LoggedDaemon(ctx, none_data), LoggedDaemon(ctx, many_data):
         time.sleep(CENSUS_WAIT_S)
         if not (many_data / "queue" / "census.json").exists():
@@ -79,6 +81,6 @@ def run(ctx: Context) -> FigureResult:
             Goal("ratio", "<=", 1.5),
             paired_ratio=paired_ratio(samples[f"{phase} many"], samples[f"{phase} none"]),
         )
-        for phase in ("no census", "census, no daemon", "live daemon")
+        for phase in ("no daemon", "refreshed census, no daemon", "live daemon")
     ]
     return result

@@ -499,3 +499,89 @@ def test_the_file_systems_clock_falls_between_the_changes_before_and_after_it(
     assert clock_ns is not None and before_ns <= clock_ns <= after_ns
     assert [p.name for p in tmp_path.iterdir()] == ["bucket"]  # (its file is gone)
     assert census.fs_clock_ns(str(tmp_path / "missing")) is None
+
+
+# -- the dead letters' count -------------------------------------------------------------------
+
+_DEAD_WRITER = """
+import os, signal, sys, time
+from tracemind.backend.file.stores import open_stores
+from tracemind.config import DataDirs
+from tracemind.queue.names import new_task_id
+from tracemind.queue.protocol import Failure
+from tracemind.queue.records import dead_entry, new_record
+
+root, count, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+stores = open_stores(DataDirs.of(root + "/queue", root + "/idem", root + "/dlq"), durable=False)
+stores.queue.prepare()
+for i in range(count):
+    task_id = new_task_id()
+    record = new_record(task_id=task_id, flow={"id": "f"}, inputs={}, max_attempts=1,
+                        enqueued_at=time.time())
+    stores.queue.dlq.put(task_id, dead_entry(record, 1, "0badc0de", Failure("boom"), time.time()))
+if how == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _write_dead_letters(root: Path, count: int, how: str) -> int:
+    """Run a process that writes ``count`` dead letters under ``root`` and then exits
+    (``"exits"``) or is SIGKILLed (``"killed"``); its return code."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DEAD_WRITER, str(root), str(count), how],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode
+
+
+def _dead_stats(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, bool]:
+    """(dead letters the counts report, whether they listed the dead-letter directory)."""
+    dirs = DataDirs(root / "queue", root / "idem", root / "dlq")
+    with monkeypatch.context() as patched:
+        log = ListingLog().install(patched)
+        dead = open_stores(dirs, durable=False).queue.counts()[1]
+    return dead, os.fspath(root / "dlq") in [p.rstrip("/") for p in log.listed]
+
+
+def test_a_process_that_wrote_dead_letters_leaves_their_count_as_it_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a process that wrote 300 dead letters and exited, no daemon ever serving the queue
+    assert _write_dead_letters(tmp_path, 300, "exits") == 0
+    # When the queue's counts are read
+    dead, listed = _dead_stats(tmp_path, monkeypatch)
+    # Then the dead letters are counted from the census, without a listing
+    assert (dead, listed) == (300, False)
+    entry = (census.load(os.fspath(tmp_path / "queue")) or {})[census.DLQ_KEY]
+    assert entry[1:3] == [300, 0]
+
+
+def test_a_count_left_before_more_dead_letters_is_not_taken_and_a_killed_writer_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a count left by a process that exited, then 40 more dead letters written by one that
+    # was killed before it could leave a count
+    assert _write_dead_letters(tmp_path, 100, "exits") == 0
+    left = (census.load(os.fspath(tmp_path / "queue")) or {})[census.DLQ_KEY]
+    assert _write_dead_letters(tmp_path, 40, "killed") == -9
+    # When the queue's counts are read, Then the directory is listed and every entry counted
+    assert _dead_stats(tmp_path, monkeypatch) == (140, True)
+    assert (census.load(os.fspath(tmp_path / "queue")) or {})[census.DLQ_KEY] == left
+
+
+def test_no_count_is_left_where_the_file_systems_clock_does_not_move_past_the_last_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stores: Stores
+) -> None:
+    # Given a dead-letter directory whose last change the file system's clock has not passed
+    # (a clock that keeps whole seconds: it is not waited for)
+    dlq_root = os.fspath(stores.queue.dlq.root)
+    os.makedirs(os.path.join(dlq_root, "tmp"))
+    monkeypatch.setattr(census, "fs_clock_ns", lambda tmp_dir: 5_000_000_000)
+    os.utime(dlq_root, ns=(5_000_000_000, 5_000_000_000))
+    # When a writer would leave a count, Then it leaves none
+    assert census.settle_dead(dlq_root) is None

@@ -293,11 +293,16 @@ DLQ_KEY = "//dlq"
 
 
 def count_dead(
-    dlq_root: str, now_ms: int, cache: dict[str, list[int]] | None
+    dlq_root: str,
+    now_ms: int,
+    cache: dict[str, list[int]] | None,
+    settled_ns: int | None = None,
 ) -> tuple[int, int, list[int] | None]:
     """(entries, damaged entries, the cache entry to keep or None) of the dead-letter
     directory, by name: a file named like an entry counts as one without being opened. Taken
-    from ``cache`` while the directory's mtime is the one counted there."""
+    from ``cache`` while the directory's mtime is the one counted there. An entry is kept when
+    the directory's mtime is earlier than ``settled_ns`` (the file system's clock before the
+    listing), else :data:`SETTLE_S` before ``now_ms``."""
     from tracemind.fsutil import scan_entries
 
     try:
@@ -315,8 +320,28 @@ def count_dead(
             entries += 1
         elif regular or _named_like_entry(name) or not os.path.isdir(os.path.join(dlq_root, name)):
             damaged += 1  # (real subdirectories are the store's own: tmp/, purged/, ...)
-    settled = mtime_ns < (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    if settled_ns is None:
+        settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    settled = mtime_ns < settled_ns
     return entries, damaged, ([mtime_ns, entries, damaged, -1] if settled else None)
+
+
+def settle_dead(dlq_root: str) -> list[int] | None:
+    """The cache entry of the dead-letter directory counted now, once the file system's clock
+    (read in its ``tmp/``, so on its own file system) has moved past the directory's last change
+    — what a process that wrote dead letters leaves for readers; None when it cannot be told
+    settled (its clock did not tick in time, or keeps whole seconds)."""
+    try:
+        mtime_ns = os.stat(dlq_root).st_mtime_ns
+    except OSError:
+        return None
+    tmp_dir = os.path.join(dlq_root, "tmp")
+    clock_ns = fs_clock_ns(tmp_dir)
+    if clock_ns is not None and clock_ns <= mtime_ns:
+        clock_ns = _next_tick_ns(tmp_dir, clock_ns)
+    if clock_ns is None or clock_ns <= mtime_ns:
+        return None
+    return count_dead(dlq_root, 0, None, settled_ns=clock_ns)[2]
 
 
 def _named_like_entry(name: str) -> bool:

@@ -31,7 +31,7 @@ from tracemind.queue.names import done_name, is_task_id, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from tracemind.fsutil import StrPath
@@ -44,6 +44,8 @@ class DeadLetterStore:
         self.root = root
         self.durable = durable
         self.clock = clock
+        self.on_put: Callable[[], object] | None = None
+        """Called after each entry written (the queue leaves their count for readers)."""
 
     def _path(self, task_id: str) -> str:
         return os.path.join(self.root, done_name(task_id))
@@ -56,6 +58,8 @@ class DeadLetterStore:
             tmp_dir=ensure_dir(os.path.join(self.root, "tmp")),
             durable=self.durable,
         )
+        if self.on_put is not None:
+            self.on_put()
 
     def has(self, task_id: str) -> bool:
         return os.path.exists(self._path(task_id))

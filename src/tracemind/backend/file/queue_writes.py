@@ -79,6 +79,8 @@ class QueueWrites(QueueReads):
         self._census_fresh_until_s = float("-inf")
         """Until when (``time.monotonic``) this writer takes the census as fresh: it was found
         younger than its pace, so :meth:`keep_census` has nothing to do before then."""
+        self._dead_census_at_exit = False
+        dlq.on_put = self._wrote_dead_letter
 
     def prepare(self) -> None:
         """Create the directories (writers only; readers never call this)."""
@@ -173,6 +175,32 @@ class QueueWrites(QueueReads):
                 census.save(root, self._tmp, kept)
             else:
                 census.confirm(root)
+        except (QueueError, OSError) as exc:
+            self._log.debug("census not kept", error=str(exc))
+
+    def _wrote_dead_letter(self) -> None:
+        if not self._dead_census_at_exit:
+            import atexit
+
+            atexit.register(self.keep_dead_census)  # (a process that exits normally)
+            self._dead_census_at_exit = True
+
+    def keep_dead_census(self) -> None:
+        """Count the dead letters into the census, once the directory is settled (see
+        :func:`~tracemind.backend.file.census.settle_dead`): done as a process that wrote dead
+        letters exits, so that readers of a dead-letter directory no daemon has served since
+        (a process that filled it and left) take its count from the census instead of listing
+        every entry. A process killed first leaves none: readers then list, as before. Costs a
+        listing of the dead letters; a census that cannot be written is left as it is."""
+        from tracemind.backend.file import census
+
+        root = os.fspath(self.root)
+        try:
+            entry = census.settle_dead(os.fspath(self.dlq.root))
+            cache = census.load(root) or {}
+            if entry is not None and cache.get(census.DLQ_KEY) != entry:
+                cache[census.DLQ_KEY] = entry
+                census.save(root, self._tmp, cache)
         except (QueueError, OSError) as exc:
             self._log.debug("census not kept", error=str(exc))
 
