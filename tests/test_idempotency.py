@@ -201,7 +201,7 @@ def test_a_batch_whose_key_records_fail_part_way_keeps_the_keys_of_what_it_wrote
     real_link_many = keys_module.link_many
 
     def fails_after_one(items: Any, **kwargs: Any) -> None:
-        real_link_many(items[:1], **kwargs)
+        real_link_many(list(items)[:1], **kwargs)
         raise QueueError("keys: No space left on device")
 
     monkeypatch.setattr(keys_module, "link_many", fails_after_one)
@@ -312,7 +312,8 @@ def test_a_consumer_leaves_a_new_keyed_task_alone_until_its_key_names_it(
     task = _new_task(clock, echo_snapshot, "busy")
     holder = _hold_key_lock(dirs, "busy")
     try:
-        [path] = stores.queue.enqueue_keyed([task], [stores.keys.digest("busy")])
+        stores.queue.enqueue_keyed([task], [stores.keys.digest("busy")])
+        [path] = stores.queue.keyed_paths([task])
         # When a consumer looks, however often, Then it leaves the task where it is
         for _ in range(3):
             assert stores.queue.lease("c", LEASE_S) is None

@@ -295,7 +295,7 @@ def create_many(items: Sequence[tuple[str, bytes]], *, durable: bool) -> None:
         raise write_error(exc.filename or "", exc) from exc
 
 
-def link_many(items: Sequence[tuple[str, str]], *, tmp_dir: StrPath, durable: bool) -> None:
+def link_many(items: Iterable[tuple[str, str]], *, tmp_dir: StrPath, durable: bool) -> None:
     """Give each existing file (``source``) a second name (``target``), with one sync for the
     whole batch: ``[(source, target), ...]``.
 

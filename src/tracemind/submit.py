@@ -9,8 +9,10 @@ How a keyed submission stays exact whatever happens to its process:
 2. decide each key from its record and the queue (O(1) per key, see :meth:`QueueSubmitter._blocks`);
 3. write the new tasks into ``pending/``, their records durable, each name a link to the pack
    holding its record (as an unkeyed task is written);
-4. point each key at its task: a second name of the task's file in the store's ``keys/`` (a
-   hard link: the key record), made durable; then ring the consumers' bell.
+4. point each key at its task once the task is named: a second name of the task's file in the
+   store's ``keys/`` (a hard link: the key record), made durable; then ring the consumers'
+   bell. A big batch makes its key records in a helper thread, each right behind its task's
+   name, while the next tasks are named (the two run side by side on two CPUs).
 
 So a keyed task costs the links of an unkeyed one and one more (no file, no rename). A
 consumer runs a new keyed task only once its key record names it (one ``stat``: the two names
@@ -131,16 +133,22 @@ class QueueSubmitter(SubmitsOne):
 
     def _write_keyed(self, keyed: list[NewTask]) -> None:
         """Steps 3 and 4 of the module's protocol, for the new keyed tasks of a batch (call
-        holding their keys' locks). A failure withdraws the tasks whose keys were not written
-        (a task whose key was written stays: a retry is told it exists)."""
+        holding their keys' locks): each key record is made once its task is named, for a big
+        batch while the next tasks are being named (see
+        :meth:`~tracemind.backend.file.keys.IdempotencyStore.linking`). A failure withdraws the
+        tasks whose keys were not written (a task whose key was written stays: a retry is told
+        it exists)."""
         keys = [t.record["idempotency_key"] for t in keyed]
-        paths = self.queue.enqueue_keyed(keyed, [self.keys.digest(key) for key in keys])
+        digests = [self.keys.digest(key) for key in keys]
         try:
-            self.keys.link_many(zip(keys, paths, strict=True))
+            with self.keys.linking(len(keys)) as link:
+                self.queue.enqueue_keyed(
+                    keyed, digests, on_linked=lambda index, path: link(keys[index], path)
+                )
         except BaseException:
             self.queue.withdraw(
                 path
-                for key, path, task in zip(keys, paths, keyed, strict=True)
+                for key, path, task in zip(keys, self.queue.keyed_paths(keyed), keyed, strict=True)
                 if self.keys.owner(key) != task.task_id
             )
             raise

@@ -29,3 +29,16 @@ def start_helper_thread(target: Callable[[], object], name: str) -> threading.Th
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return thread
+
+
+def join_uninterrupted(thread: threading.Thread) -> None:
+    """Wait until ``thread`` ends, even through a ``KeyboardInterrupt`` (raised once it has):
+    for a helper whose work the caller must see finished before it goes on."""
+    interrupted: KeyboardInterrupt | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted

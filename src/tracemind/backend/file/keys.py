@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 from contextlib import contextmanager
@@ -48,11 +49,16 @@ from tracemind.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from tracemind.fsutil import StrPath
 
 LOCK_TIMEOUT_S = 10.0
+LINK_BEHIND_KEYS = 256
+"""Batches of at least this many new keys make their key records in a helper thread, right
+behind their tasks' names (see :meth:`IdempotencyStore.linking`); a thread costs more than
+linking a smaller batch's keys after its tasks."""
+LINK_BEHIND_THREAD = "tracemind-key-links"
 
 
 class KeyRecord(Value):
@@ -268,12 +274,55 @@ class IdempotencyStore:
         :meth:`locked_many` for those keys, once the task files are whole, and durable with a
         durable store). A key that already has a record (of a task that no longer blocks it)
         gets the new one by a rename over it."""
-        items = [(task_file, self._path(key)) for key, task_file in tasks]
-        if not items:
+        items = ((task_file, self._path(key)) for key, task_file in tasks)  # (as they come)
+        first = next(items, None)
+        if first is None:
             return
         ensure_dir(self._keys)
         tmp_dir = ensure_dir(os.path.join(self.root, "tmp"))
-        link_many(items, tmp_dir=tmp_dir, durable=self.durable)
+        link_many(itertools.chain([first], items), tmp_dir=tmp_dir, durable=self.durable)
+
+    @contextmanager
+    def linking(self, count: int) -> Iterator[Callable[[str, str], None]]:
+        """Point keys at their tasks while the tasks are being written: yields ``link(key,
+        task_file)``, to call once that task's file is whole, durable and named (in the order
+        the tasks are named); when the block ends, every key so given is linked as by
+        :meth:`link_many` (durably with a durable store), or the error that stopped it is
+        raised there. Call holding the keys' locks.
+
+        A batch of :data:`LINK_BEHIND_KEYS` keys or more (``count``) has its key records made
+        by a helper thread, each right behind its task's name: the two kinds of links run side
+        by side instead of one after the other. Each key record still follows its task's name,
+        so a process killed at any instant leaves no key naming a task that is not there.
+        Smaller batches link their keys as the block ends. A block that raises links no more
+        keys than it gave before raising (the helper finishes those first, so the caller can
+        then withdraw the tasks no key names)."""
+        if count < LINK_BEHIND_KEYS:
+            given: list[tuple[str, str]] = []
+            yield lambda key, task_file: given.append((key, task_file))
+            self.link_many(given)
+            return
+        import queue
+
+        from tracemind.threads import join_uninterrupted, start_helper_thread
+
+        feed: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        failed: list[BaseException] = []
+
+        def link_behind() -> None:
+            try:
+                self.link_many(iter(feed.get, None))
+            except BaseException as exc:  # (raised in the caller's thread, below)
+                failed.append(exc)
+
+        helper = start_helper_thread(link_behind, LINK_BEHIND_THREAD)
+        try:
+            yield lambda key, task_file: feed.put((key, task_file))
+        finally:
+            feed.put(None)
+            join_uninterrupted(helper)
+        if failed:
+            raise failed[0]
 
     def put_many(self, records: Iterable[KeyRecord]) -> None:
         """Point each record's key at its task with a small record of its own (the form of

@@ -103,10 +103,12 @@ class PackWriter:
         self,
         items: Sequence[tuple[str, str | None, bytes, str]],
         remake_parent: Callable[[str], object],
+        on_linked: Callable[[int, str], object] | None = None,
     ) -> None:
         """For each ``(task id, idempotency key digest or None, record JSON, target)``: write
         the record into a pack, then (all records durable first, with a durable queue) make
-        ``target`` a hard link to that pack. ``remake_parent`` makes a target's directory again
+        ``target`` a hard link to that pack, and call ``on_linked(index, target)`` once it is
+        made. ``remake_parent`` makes a target's directory again
         when another process removed it. Raises :class:`QueueError` (or what interrupted it); a
         target already linked stays (the caller rolls back what it must), and the records of
         the others are voided (zeroed in the pack and its journal), so that no replay after a
@@ -146,6 +148,8 @@ class PackWriter:
                 for pack, target in placed:
                     _link(pack, target, remake_parent)
                     linked += 1
+                    if on_linked is not None:
+                        on_linked(linked - 1, target)
                 self._to_retire += filled
                 del self._to_retire[:-RETIRE_MAX]  # (the checkpoint retires any it forgets)
             except OSError as exc:

@@ -42,7 +42,7 @@ from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Container, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Container, Iterable, Iterator, Sequence
     from typing import Protocol
 
     from tracemind.backend.file.pack_writer import PackWriter
@@ -151,11 +151,13 @@ class PendingDir:
         *,
         digests: Sequence[str] | None = None,
         ring: bool = True,
+        on_linked: Callable[[int, str], object] | None = None,
     ) -> list[str]:
         """Write new tasks (durably when the queue is), each whole or not at all: with a pack
         writer, records appended to packs (tagged with their idempotency keys' ``digests``,
         when given) and each name a link to its pack (see :mod:`tracemind.backend.file.packs`);
-        else a file per task. Rings the bell unless ``ring`` is False. Returns the tasks'
+        else a file per task. Calls ``on_linked(index, path)`` once an item's task is in
+        ``pending/`` (in order). Rings the bell unless ``ring`` is False. Returns the tasks'
         paths."""
         paths = [self.path_of(name) for name, _ in items]
         if not items:
@@ -168,6 +170,7 @@ class PendingDir:
                     for (name, data), digest, path in zip(items, tags, paths, strict=True)
                 ],
                 self._make_bucket,
+                on_linked,
             )
             if ring:
                 self.ring()
@@ -186,6 +189,9 @@ class PendingDir:
             write_many_atomic(
                 targets, tmp_dir=self.tmp_dir, durable=self.durable, remake_parent=self._make_bucket
             )
+        if on_linked is not None:
+            for index, path in enumerate(paths):
+                on_linked(index, path)
         if ring:
             self.ring()
         return paths

@@ -99,30 +99,32 @@ class QueueWrites(QueueReads):
         if tasks:
             self.keep_census(len(tasks))
 
-    def enqueue_keyed(self, tasks: Sequence[NewTask], digests: Sequence[str]) -> list[str]:
+    def enqueue_keyed(
+        self,
+        tasks: Sequence[NewTask],
+        digests: Sequence[str],
+        on_linked: Callable[[int, str], object] | None = None,
+    ) -> None:
         """Write keyed tasks into ``pending/`` (their records tagged with their keys'
-        ``digests``, durable when the queue is) and return each one's path, for its key record
-        (call holding their keys' locks). Consumers leave a new keyed task alone until its key
-        record names it (see :meth:`~tracemind.backend.file.queue.FileQueue.lease`), so this
-        rings no bell: call :meth:`ring` once the key records are written. The census is the
-        caller's to keep (:meth:`keep_census`, after the locks)."""
+        ``digests``, durable when the queue is), calling ``on_linked(index, path)`` as each
+        task's name is made, in order: from then on its key record may name it (call holding
+        their keys' locks). Consumers leave a new keyed task alone until its key record names it
+        (see :meth:`~tracemind.backend.file.queue.FileQueue.lease`), so this rings no bell:
+        call :meth:`ring` once the key records are written. On failure the tasks already named
+        stay: the caller withdraws those no key names (:meth:`keyed_paths`, :meth:`withdraw`).
+        The census is the caller's to keep (:meth:`keep_census`, after the locks)."""
         self.prepare()
-        entries = self._new_entries(tasks)
-        try:
-            return self.waiting.place(entries, digests=digests, ring=False)
-        except BaseException:
-            self.withdraw(self.waiting.path_of(name) for name, _ in entries)  # (any it linked)
-            raise
+        self.waiting.place(
+            self._new_entries(tasks), digests=digests, ring=False, on_linked=on_linked
+        )
+
+    def keyed_paths(self, tasks: Sequence[NewTask]) -> list[str]:
+        """Where :meth:`enqueue_keyed` names each of ``tasks`` in ``pending/``."""
+        return [self.waiting.path_of(_pending_name(t)) for t in tasks]
 
     def _new_entries(self, tasks: Sequence[NewTask]) -> list[tuple[PendingName, bytes]]:
         """(pending name, record JSON) of each new task: attempts 0, due as submitted."""
-        return [
-            (
-                PendingName(epoch_ms(t.due_s), t.task_id, 0),
-                encode_record(t.record, self._shared_json),
-            )
-            for t in tasks
-        ]
+        return [(_pending_name(t), encode_record(t.record, self._shared_json)) for t in tasks]
 
     def withdraw(self, paths: Iterable[str]) -> None:
         """Remove new keyed tasks whose key records were not written (call holding their keys'
@@ -496,3 +498,8 @@ class QueueWrites(QueueReads):
             with contextlib.suppress(QueueError):  # a read-only volume: readers list instead
                 census.save(root, self._tmp, settled)
         return self._stats(counted, now_ms)
+
+
+def _pending_name(task: NewTask) -> PendingName:
+    """A new task's name in ``pending/``: due as submitted, no attempt made."""
+    return PendingName(epoch_ms(task.due_s), task.task_id, 0)
