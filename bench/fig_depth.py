@@ -8,7 +8,8 @@ the spike is gone, against a fresh daemon on a fresh queue.
 Both deep backlogs are built first; then each round drains, in turn, a fresh shallow queue of
 ours and of Huey's and a stretch of each deep backlog, so that the shallow and the deep windows
 of both sides sample the same minutes of the run (the host's speed drifts over minutes, and
-what the disk did just before weighs on every window alike). A round's stretch at depth is a
+what the disk did just before weighs on every window alike). Every other round takes the deep
+stretch first (counterbalanced: a drift that lasts for minutes favours neither depth). A round's stretch at depth is a
 fresh daemon (or consumer) on the deep backlog: the first ``skip`` completions (start-up) are
 left out, then ``windows`` consecutive windows of ``window`` tasks each are timed, never at the
 tail. A shallow queue of ``shallow`` tasks gives one window from the ``skip``-th to the
@@ -181,8 +182,8 @@ def run(ctx: Context) -> FigureResult:
     flow = write_noop_flow(work)
     shallow_marks = [sizes.skip, shallow - sizes.skip]
     deep_marks = [sizes.skip + i * sizes.window for i in range(sizes.windows + 1)]
-    for round_no in range(ctx.rounds):
-        ctx.say(f"depth: round {round_no + 1}/{ctx.rounds}, {shallow:,} then {depth:,} pending")
+
+    def shallow_round() -> None:
         data = ctx.new_dir("shallow-") / "data"
         seed_ours(ctx, data, flow, shallow)
         with LoggedDaemon(ctx, data) as daemon:
@@ -194,6 +195,8 @@ def run(ctx: Context) -> FigureResult:
         rates, rss = huey_windows(ctx, db, shallow_marks)
         add("huey shallow tasks/s", rates)
         add("huey shallow worker rss MB", rss)
+
+    def deep_round() -> None:
         with LoggedDaemon(ctx, deep.data) as daemon:  # (as the shallow ones: no status server)
             rates, rss = ours_windows(daemon, deep_marks)
         add("ours deep tasks/s", rates)
@@ -201,6 +204,15 @@ def run(ctx: Context) -> FigureResult:
         rates, rss = huey_windows(ctx, huey_db, deep_marks)
         add("huey deep tasks/s", rates)
         add("huey deep worker rss MB", rss)
+
+    for round_no in range(ctx.rounds):
+        # Every other round takes the deep stretch first: a host whose speed drifts the same
+        # way for minutes then favours neither depth in the rounds' ratios.
+        steps = [(shallow, shallow_round), (depth, deep_round)][:: 1 if round_no % 2 == 0 else -1]
+        order = " then ".join(f"{pending:,}" for pending, _ in steps)
+        ctx.say(f"depth: round {round_no + 1}/{ctx.rounds}, {order} pending")
+        for _, step in steps:
+            step()
 
     # A backlog enqueued as one batch: every task in one bucket of pending/.
     data = ctx.new_dir("one-batch-") / "data"
