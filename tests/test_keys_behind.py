@@ -3,6 +3,7 @@ the order holds whatever fails or kills it, and every key still ends naming one 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -211,3 +212,55 @@ def test_a_big_batch_signalled_while_its_keys_follow_its_tasks_then_retried_runs
         assert stores.queue.stats().pending == 0
     # (most signals landed while the batch was at work)
     assert sum(keyed < count for keyed in keyed_at_signal) >= ROUNDS // 2
+
+
+BATCH_SUBMITTER = """
+import json, os, sys, time
+from tracemind.backend.file.stores import open_stores
+from tracemind.config import DataDirs
+from tracemind.flows import load_flow
+from tracemind.submit import Submission
+
+root, flow, go, order = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+stores = open_stores(DataDirs(f"{root}/queue", f"{root}/idempotency", f"{root}/dlq"), durable=True)
+numbers = list(range(int(sys.argv[5])))
+if order == "reversed":
+    numbers.reverse()
+snapshot = load_flow(flow)
+while not os.path.exists(go):
+    time.sleep(0.001)
+results = stores.submitter(3600.0).submit_many(snapshot, [Submission({"n": n}, f"k{n}") for n in numbers])
+print(json.dumps({f"k{n}": [r.task_id, r.duplicate] for n, r in zip(numbers, results)}))
+"""
+
+
+def test_two_processes_submitting_one_big_keyed_batch_at_once_agree_on_one_task_per_key(
+    tmp_path: Path, echo_snapshot: FlowSnapshot
+) -> None:
+    # Given two processes about to submit the same big keyed batch, in opposite orders
+    script = tmp_path / "batch_submitter.py"
+    script.write_text(BATCH_SUBMITTER)
+    flow, go, root = tmp_path / "flows" / "echo.json", tmp_path / "go", tmp_path / "data"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), str(flow), str(go), order, str(BIG)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for order in ("forward", "reversed")
+    ]
+    # When both go at once
+    go.touch()
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    first, second = (json.loads(out) for out in outputs)
+    # Then every key resolves to one task in both, made by exactly one of them
+    stores = open_stores(DataDirs(root / "queue", root / "idempotency", root / "dlq"), durable=True)
+    for n in range(BIG):
+        key = f"k{n}"
+        assert first[key][0] == second[key][0]
+        assert sorted([first[key][1], second[key][1]]) == [False, True]
+        record = stores.keys.get(key)
+        assert record is not None and record.task_id == first[key][0]
+    # And each key's task runs exactly once
+    assert _drain(stores) == Counter({f"k{n}": 1 for n in range(BIG)})
