@@ -231,3 +231,15 @@ def shared_tmp() -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nobodys_data(shared_tmp: Path, nobody_works: bool) -> Path:
+    """A data directory (in :func:`shared_tmp`) that a process of uid 65534 may write; skips
+    the test where such a process cannot run here."""
+    if not nobody_works:
+        pytest.skip("cannot run as uid 65534 here")
+    data = shared_tmp / "data"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)  # (whatever the umask)
+    return data

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import wait_until
+from tm_testing import NO_THREAD_PRELUDE, NOBODY, wait_until
 from tracemind.backend.file import keys as keys_module
 from tracemind.backend.file import pack_writer
 from tracemind.backend.file.keys import LINK_BEHIND_KEYS, LINK_BEHIND_THREAD, LOCK_TIMEOUT_S
@@ -263,4 +263,52 @@ def test_two_processes_submitting_one_big_keyed_batch_at_once_agree_on_one_task_
         record = stores.keys.get(key)
         assert record is not None and record.task_id == first[key][0]
     # And each key's task runs exactly once
+    assert _drain(stores) == Counter({f"k{n}": 1 for n in range(BIG)})
+
+
+NO_THREAD_SUBMITTER = (
+    """
+import json, sys
+from tracemind.backend.file.stores import open_stores
+from tracemind.config import DataDirs
+from tracemind.flows import load_flow
+from tracemind.submit import Submission
+
+root, flow, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+snapshot = load_flow(flow)
+"""
+    + NO_THREAD_PRELUDE
+    + """
+stores = open_stores(DataDirs(f"{root}/queue", f"{root}/idempotency", f"{root}/dlq"), durable=True)
+items = [Submission({"n": n}, f"k{n}") for n in range(count)]
+results = stores.submitter(3600.0).submit_many(snapshot, items)
+print(json.dumps([r.task_id for r in results]))
+"""
+)
+
+
+def test_a_big_batch_where_no_thread_may_start_links_its_keys_after_its_tasks(
+    nobodys_data: Path, echo_snapshot: FlowSnapshot, tmp_path: Path
+) -> None:
+    # Given a process of another user that may start no thread (RLIMIT_NPROC)
+    root = nobodys_data
+    flow = root.parent / "echo.json"
+    flow.write_bytes((tmp_path / "flows" / "echo.json").read_bytes())
+    flow.chmod(0o644)
+    # When it submits a big keyed batch
+    done = subprocess.run(
+        [*NOBODY, sys.executable, "-c", NO_THREAD_SUBMITTER, str(root), str(flow), str(BIG)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Then it succeeds all the same: every key names its task, and each runs once
+    assert done.returncode == 0, done.stderr
+    said, ids = done.stdout.splitlines()
+    assert said == "no thread may start"
+    stores = open_stores(DataDirs(root / "queue", root / "idempotency", root / "dlq"), durable=True)
+    for n, task_id in enumerate(json.loads(ids)):
+        record = stores.keys.get(f"k{n}")
+        assert record is not None and record.task_id == task_id
     assert _drain(stores) == Counter({f"k{n}": 1 for n in range(BIG)})

@@ -35,6 +35,17 @@ START_S = 1_800_000_000.0
 """The fake clock's epoch (2027-01-15): far from the real time, so a mix-up shows."""
 SUBPROCESS_TIMEOUT_S = 60.0
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+NO_THREAD_PRELUDE = """
+import resource, threading
+resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # (this process counts: no thread may start)
+try:
+    threading.Thread(target=lambda: None).start()
+    print("a thread started")
+except RuntimeError:
+    print("no thread may start")
+"""
+"""Child script lines that leave the process (of a user with no other process) unable to start
+a thread, as ``RLIMIT_NPROC`` does, and say whether that holds."""
 """Prefix that runs a command as uid/gid 65534 (tests run as root, which ignores mode bits)."""
 
 

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tm_testing import NOBODY, FakeClock, damage_record, make_task, pending_names, wait_until
+from tm_testing import (
+    NO_THREAD_PRELUDE,
+    NOBODY,
+    FakeClock,
+    damage_record,
+    make_task,
+    pending_names,
+    wait_until,
+)
 from tracemind.backend import Location, open_backend
 from tracemind.backend.file import pack_writer, packs
 from tracemind.backend.file.backend import FileBackend
@@ -251,36 +259,30 @@ def test_a_pack_that_could_not_be_made_ahead_is_made_when_needed(
     assert len(_drain(stores)) == count
 
 
-NO_THREAD_WRITER = """
-import resource, sys, threading, time
+NO_THREAD_WRITER = (
+    """
+import sys, time
 
 from tracemind.backend.file.stores import open_stores_at
 from tracemind.queue.names import new_task_id
 from tracemind.queue.protocol import NewTask
-
-resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # (this process counts: no thread may start)
-try:
-    threading.Thread(target=lambda: None).start()
-    print("a thread started")
-except RuntimeError:
-    print("no thread may start")
+"""
+    + NO_THREAD_PRELUDE
+    + """
 stores = open_stores_at(*sys.argv[1:4], durable=True, clock=time.time)
 for n in range(int(sys.argv[4])):
     task_id = new_task_id()
     stores.queue.enqueue([NewTask(task_id, {"task_id": task_id, "input": {"n": n}}, time.time())])
 print("enqueued", n + 1)
 """
+)
 
 
 def test_a_writer_that_may_start_no_thread_makes_each_pack_when_needed(
-    shared_tmp: Path, nobody_works: bool
+    nobodys_data: Path,
 ) -> None:
-    if not nobody_works:
-        pytest.skip("cannot run as uid 65534 here")
     # Given a process of another user that may start no thread (RLIMIT_NPROC)
-    data = shared_tmp / "data"
-    data.mkdir(mode=0o777)
-    data.chmod(0o777)
+    data = nobodys_data
     dirs = DataDirs(data / "queue", data / "idempotency", data / "dlq")
     count = 3 * packs.PACK_TASKS
     # When it enqueues three packs' worth, one task per call

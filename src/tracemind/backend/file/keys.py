@@ -49,6 +49,8 @@ from tracemind.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import queue
+    import threading
     from collections.abc import Callable, Iterable, Iterator
 
     from tracemind.fsutil import StrPath
@@ -294,35 +296,22 @@ class IdempotencyStore:
         by a helper thread, each right behind its task's name: the two kinds of links run side
         by side instead of one after the other. Each key record still follows its task's name,
         so a process killed at any instant leaves no key naming a task that is not there.
-        Smaller batches link their keys as the block ends. A block that raises links no more
-        keys than it gave before raising (the helper finishes those first, so the caller can
-        then withdraw the tasks no key names)."""
-        if count < LINK_BEHIND_KEYS:
+        Smaller batches link their keys as the block ends, and so does a big one where no
+        thread may start (``RLIMIT_NPROC``). A block that raises links no more keys than it
+        gave before raising (the helper finishes those first, so the caller can then withdraw
+        the tasks no key names)."""
+        links = _LinksBehind.start(self) if count >= LINK_BEHIND_KEYS else None
+        if links is None:
             given: list[tuple[str, str]] = []
             yield lambda key, task_file: given.append((key, task_file))
             self.link_many(given)
             return
-        import queue
-
-        from tracemind.threads import join_uninterrupted, start_helper_thread
-
-        feed: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
-        failed: list[BaseException] = []
-
-        def link_behind() -> None:
-            try:
-                self.link_many(iter(feed.get, None))
-            except BaseException as exc:  # (raised in the caller's thread, below)
-                failed.append(exc)
-
-        helper = start_helper_thread(link_behind, LINK_BEHIND_THREAD)
         try:
-            yield lambda key, task_file: feed.put((key, task_file))
+            yield links.give
         finally:
-            feed.put(None)
-            join_uninterrupted(helper)
-        if failed:
-            raise failed[0]
+            links.finish()
+        if links.failed is not None:
+            raise links.failed
 
     def put_many(self, records: Iterable[KeyRecord]) -> None:
         """Point each record's key at its task with a small record of its own (the form of
@@ -357,6 +346,49 @@ class IdempotencyStore:
         if record is not None and record.task_id == task_id:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(key))
+
+
+class _LinksBehind:
+    """The helper thread of :meth:`IdempotencyStore.linking`: links each key given to it, in
+    order, as :meth:`IdempotencyStore.link_many` does for a list."""
+
+    def __init__(self, store: IdempotencyStore, feed: queue.SimpleQueue[tuple[str, str] | None]):
+        self.store = store
+        self.feed = feed
+        self.failed: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, store: IdempotencyStore) -> _LinksBehind | None:
+        """A running helper; None where no thread may start (``RLIMIT_NPROC``)."""
+        import queue
+
+        from tracemind.threads import start_helper_thread
+
+        links = cls(store, queue.SimpleQueue())
+        try:
+            links.thread = start_helper_thread(links._run, LINK_BEHIND_THREAD)
+        except RuntimeError:
+            return None
+        return links
+
+    def give(self, key: str, task_file: str) -> None:
+        self.feed.put((key, task_file))
+
+    def _run(self) -> None:
+        try:
+            self.store.link_many(iter(self.feed.get, None))
+        except BaseException as exc:  # (raised in the caller's thread: see linking)
+            self.failed = exc
+
+    def finish(self) -> None:
+        """No more keys: wait, even through a Ctrl-C, until those given are linked (or their
+        linking failed)."""
+        from tracemind.threads import join_uninterrupted
+
+        self.feed.put(None)
+        assert self.thread is not None
+        join_uninterrupted(self.thread)
 
 
 def _task_id(value: object) -> str:

@@ -108,11 +108,11 @@ class PackWriter:
         """For each ``(task id, idempotency key digest or None, record JSON, target)``: write
         the record into a pack, then (all records durable first, with a durable queue) make
         ``target`` a hard link to that pack, and call ``on_linked(index, target)`` once it is
-        made. ``remake_parent`` makes a target's directory again
-        when another process removed it. Raises :class:`QueueError` (or what interrupted it); a
-        target already linked stays (the caller rolls back what it must), and the records of
-        the others are voided (zeroed in the pack and its journal), so that no replay after a
-        reboot brings back a task whose enqueue failed."""
+        made. ``remake_parent`` makes a target's directory again when another process removed
+        it. Raises :class:`QueueError` (or what interrupted it); a target already linked stays
+        (the caller rolls back what it must), and the records of the others are voided (zeroed
+        in the pack and its journal), so that no replay after a reboot brings back a task
+        whose enqueue failed."""
         if not items:
             return
         lines = [
