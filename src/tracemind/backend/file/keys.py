@@ -49,8 +49,6 @@ from tracemind.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import queue
-    import threading
     from collections.abc import Callable, Iterable, Iterator
 
     from tracemind.fsutil import StrPath
@@ -350,27 +348,26 @@ class IdempotencyStore:
 
 class _LinksBehind:
     """The helper thread of :meth:`IdempotencyStore.linking`: links each key given to it, in
-    order, as :meth:`IdempotencyStore.link_many` does for a list."""
+    order, as :meth:`IdempotencyStore.link_many` does for a list. Starting one raises
+    ``RuntimeError`` where no thread may start (``RLIMIT_NPROC``)."""
 
-    def __init__(self, store: IdempotencyStore, feed: queue.SimpleQueue[tuple[str, str] | None]):
-        self.store = store
-        self.feed = feed
-        self.failed: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    @classmethod
-    def start(cls, store: IdempotencyStore) -> _LinksBehind | None:
-        """A running helper; None where no thread may start (``RLIMIT_NPROC``)."""
+    def __init__(self, store: IdempotencyStore) -> None:
         import queue
 
         from tracemind.threads import start_helper_thread
 
-        links = cls(store, queue.SimpleQueue())
+        self.store = store
+        self.feed: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self.failed: BaseException | None = None
+        self.thread = start_helper_thread(self._run, LINK_BEHIND_THREAD)
+
+    @classmethod
+    def start(cls, store: IdempotencyStore) -> _LinksBehind | None:
+        """A running helper; None where no thread may start."""
         try:
-            links.thread = start_helper_thread(links._run, LINK_BEHIND_THREAD)
+            return cls(store)
         except RuntimeError:
             return None
-        return links
 
     def give(self, key: str, task_file: str) -> None:
         self.feed.put((key, task_file))
@@ -387,7 +384,6 @@ class _LinksBehind:
         from tracemind.threads import join_uninterrupted
 
         self.feed.put(None)
-        assert self.thread is not None
         join_uninterrupted(self.thread)
 
 
