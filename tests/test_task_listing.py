@@ -3,12 +3,11 @@ a limit, and a cost that follows the limit rather than the queue's size."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, Tm, make_task
+from tm_testing import FakeClock, ListingLog, Tm, make_task
 from tracemind.client import Client
 from tracemind.config import DataDirs
 from tracemind.errors import UsageError
@@ -73,14 +72,7 @@ def test_listing_a_few_reads_a_few_buckets_of_a_long_backlog(
     for _ in range(100):
         queue.enqueue([make_task(clock)])
         clock.advance(1)
-    listed: list[str] = []
-    real_scandir = os.scandir
-
-    def counting(path: Any) -> Any:
-        listed.append(str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counting)
+    listed = ListingLog().install(monkeypatch).listed
     # When the 5 newest pending tasks are listed
     newest = client.list_tasks("pending", limit=5)
     # Then only the newest buckets were read

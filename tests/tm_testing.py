@@ -489,3 +489,34 @@ def key_record(path: Path | str) -> dict[str, Any]:
     data = keyed_task_bytes(Path(path).read_bytes(), Path(path).name[:40])
     record: dict[str, Any] = json.loads(data.partition(b"\n")[0])
     return record
+
+
+class ListingLog:
+    """Wraps ``os.scandir`` and ``os.listdir`` (:meth:`install`): the directories listed."""
+
+    def __init__(self) -> None:
+        self.real = os.scandir
+        self.real_listdir = os.listdir
+        self.listed: list[str] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> ListingLog:
+        monkeypatch.setattr(os, "scandir", self)
+        monkeypatch.setattr(os, "listdir", self.listdir)
+        return self
+
+    def __call__(self, path: Any = ".") -> Any:
+        self.listed.append(os.fspath(path))
+        return self.real(path)
+
+    def listdir(self, path: Any = ".") -> list[Any]:
+        self.listed.append(os.fspath(path))
+        return self.real_listdir(path)
+
+    def buckets(self) -> list[str]:
+        """The inner buckets of pending/ that were listed (``…/pending/{outer}/{inner}``)."""
+        paths = [p.rstrip("/") for p in self.listed]
+        return [p for p in paths if _is_outer(os.path.basename(os.path.dirname(p)))]
+
+
+def _is_outer(name: str) -> bool:
+    return len(name) == 7 and name.isdigit()

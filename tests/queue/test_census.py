@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task
+from tm_testing import FakeClock, ListingLog, make_task
 from tracemind.backend.file import census
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
@@ -17,37 +17,6 @@ from tracemind.errors import LockTimeout
 from tracemind.flows import FlowSnapshot
 from tracemind.queue.names import PendingName, new_task_id
 from tracemind.submit import Submission
-
-
-class ListingLog:
-    """Wraps ``os.scandir`` and ``os.listdir`` (:meth:`install`): the directories listed."""
-
-    def __init__(self) -> None:
-        self.real = os.scandir
-        self.real_listdir = os.listdir
-        self.listed: list[str] = []
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> ListingLog:
-        monkeypatch.setattr(os, "scandir", self)
-        monkeypatch.setattr(os, "listdir", self.listdir)
-        return self
-
-    def __call__(self, path: Any = ".") -> Any:
-        self.listed.append(os.fspath(path))
-        return self.real(path)
-
-    def listdir(self, path: Any = ".") -> list[Any]:
-        self.listed.append(os.fspath(path))
-        return self.real_listdir(path)
-
-    def buckets(self) -> list[str]:
-        """The inner buckets of pending/ that were listed (``…/pending/{outer}/{inner}``)."""
-        paths = [p.rstrip("/") for p in self.listed]
-        return [p for p in paths if _is_outer(os.path.basename(os.path.dirname(p)))]
-
-
-def _is_outer(name: str) -> bool:
-    return len(name) == 7 and name.isdigit()
 
 
 def _backlog(stores: Stores, clock: FakeClock, seconds: int, per_second: int) -> list[str]:

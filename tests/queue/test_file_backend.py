@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, make_task, pending_names, pending_path
+from tm_testing import FakeClock, ListingLog, make_task, pending_names, pending_path
 from tracemind.backend.file.queue import FileQueue
 from tracemind.backend.file.stores import Stores, open_stores
 from tracemind.config import DataDirs
@@ -293,14 +293,7 @@ def test_finding_a_task_that_waits_for_its_retry_does_not_list_the_backlog(
         queue.retry(lease, Failure("not yet"), 0.0)  # (back into the backlog, due now)
     assert lease is not None
     queue.retry(lease, Failure("boom"), 60.0)
-    listed: list[str] = []
-    real_scandir = os.scandir
-
-    def counting_scandir(path: Any) -> Any:
-        listed.append(str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counting_scandir)
+    listed = ListingLog().install(monkeypatch).listed
     # When it is looked up
     info = queue.find(retried.task_id)
     # Then it is found as delayed, from the newest buckets, not by listing all 50
@@ -321,14 +314,7 @@ def test_a_big_batch_fills_buckets_of_bounded_size_and_a_lease_reads_one(
     # Then they fill three buckets of at most CHUNK_TASKS each
     buckets = sorted(p for p in stores.queue.pending_dir.glob("*/*") if p.is_dir())
     assert [len(os.listdir(b)) for b in buckets] == [CHUNK_TASKS, CHUNK_TASKS, 5_000]
-    listed: list[str] = []
-    real_scandir = os.scandir
-
-    def counting(path: Any) -> Any:
-        listed.append(str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counting)
+    listed = ListingLog().install(monkeypatch).listed
     # And a lease reads only the first of them, and gets the batch's first task
     lease = stores.queue.lease("c1", LEASE_S)
     assert lease is not None and lease.task_id == results[0].task_id
@@ -361,14 +347,7 @@ def test_a_past_bucket_is_listed_once_while_it_drains_and_the_current_one_again_
     queue.enqueue(tasks)
     [bucket] = [str(p) for p in queue.pending_dir.glob("*/*") if p.is_dir()]
     clock.advance(2.0)
-    listed: list[str] = []
-    real_scandir = os.scandir
-
-    def counting(path: Any) -> Any:
-        listed.append(str(path).rstrip("/"))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counting)
+    log = ListingLog().install(monkeypatch)
     # When it drains them while far more than the relist interval passes between leases
     leased = []
     for _ in tasks:
@@ -377,7 +356,7 @@ def test_a_past_bucket_is_listed_once_while_it_drains_and_the_current_one_again_
     # Then it delivered them in order from one listing of their bucket: a bucket whose second
     # is over only empties
     assert leased == [task.task_id for task in tasks]
-    assert listed.count(bucket) == 1, listed
+    assert log.buckets().count(bucket) == 1, log.listed
 
     # Given a consumer that listed the bucket of the current second (more may arrive in it)
     queue.relist_interval_s = 0.1

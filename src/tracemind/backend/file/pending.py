@@ -42,7 +42,7 @@ from tracemind.queue.names import PendingName, is_temporary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
     from typing import Protocol
 
     from tracemind.backend.file.pack_writer import PackWriter
@@ -262,13 +262,16 @@ class PendingDir:
     # -- consumers -----------------------------------------------------------------------------
 
     def oldest_due(
-        self, now_ms: int, skip: Container[PendingName] = ()
-    ) -> tuple[list[PendingName], int | None]:
-        """(the names of the oldest bucket that holds a due task, sorted, but for those in
-        ``skip``; the start of the next bucket in the future, or None). A bucket that holds
-        only names to skip (records this process may not read now) is passed over, never
-        removed. Removes empty past buckets and moves first-layout files into their buckets
-        on the way."""
+        self, now_ms: int, skip: Collection[PendingName] = ()
+    ) -> tuple[list[str], int | None]:
+        """(the task file names of the oldest bucket that holds a due task, sorted, but for
+        those in ``skip``; the start of the next bucket in the future, or None). Each name is a
+        pending name (:meth:`PendingName.of_matched` parses it), not yet known to be a regular
+        file: its consumer opens it with :func:`~tracemind.fsutil.open_regular`. A bucket that
+        holds only names to skip (records this process may not read now) is passed over, never
+        removed. Removes empty past buckets and moves first-layout files into their buckets on
+        the way."""
+        skipped = {str(name) for name in skip}
         outer_names = self._sorted_children(self.path, 7, migrate=True)
         if outer_names is None:  # first-layout files were moved into buckets: list again
             outer_names = self._sorted_children(self.path, 7, migrate=False) or []
@@ -285,15 +288,15 @@ class PendingDir:
                 inner_start_ms = int(inner_name[:10]) * INNER_MS
                 if inner_start_ms > now_ms:
                     return [], inner_start_ms
-                named = self._task_names(outer + inner_name + "/")
-                if not named:
+                names = self._listed_names(outer + inner_name + "/")
+                if not names:
                     self._remove_if_past(outer + inner_name, inner_start_ms + INNER_MS, now_ms)
                     continue
-                if skip:
-                    named = [(text, name) for text, name in named if name not in skip]
-                if named:
-                    named.sort()  # by the names' text: by due time, then task id
-                    return [name for _, name in named], None
+                if skipped:
+                    names = [name for name in names if name not in skipped]
+                if names:
+                    names.sort()  # by due time, then task id
+                    return names, None
         return [], None
 
     def _sorted_children(self, directory: str, width: int, *, migrate: bool) -> list[str] | None:
@@ -315,14 +318,30 @@ class PendingDir:
         buckets.sort()
         return None if migrated else buckets
 
-    def _task_names(self, bucket: str) -> list[tuple[str, PendingName]]:
-        """(file name, parsed name) of each task file in ``bucket``; anything else is moved
-        aside."""
+    def _listed_names(self, bucket: str) -> list[str]:
+        """The task file names in ``bucket``, unsorted; anything else is moved aside. The names
+        alone are listed and checked at once (a bucket holds up to tens of thousands, and both
+        workers list the next one when they finish a bucket); only a listing with another name
+        in it is listed again, entry by entry, to tell which. Entries that are not regular files
+        are left to the consumer that opens them."""
+        try:
+            names = os.listdir(bucket)
+        except FileNotFoundError:
+            return []
+        except OSError:
+            names = None  # (then scan_entries raises the one-line error)
+        if names is not None and all_task_names(names):
+            return names
+        return self._checked_names(bucket)
+
+    def _checked_names(self, bucket: str) -> list[str]:
+        """The task file names in ``bucket``, entry by entry; anything else, and a task file
+        name that is not a regular file, is moved aside."""
         names = []
         for name, regular in scan_entries(bucket):
             parsed = PendingName.parse(name)
             if parsed is not None and regular:
-                names.append((name, parsed))
+                names.append(name)
             elif not is_temporary(name):
                 reason = "not a task file name" if parsed is None else "not a regular file"
                 quarantine(bucket + name, self.queue_root, reason)

@@ -36,11 +36,11 @@ from tracemind.fsutil import (
     write_atomic,
 )
 from tracemind.queue.names import (
-    RANDOM_DIGITS_AT,
     InflightName,
     PendingName,
     is_temporary,
     new_token,
+    share_of,
 )
 from tracemind.queue.protocol import Failure, Lease, LeaseLost
 from tracemind.queue.records import (
@@ -277,22 +277,18 @@ class FileQueue(QueueWrites):
             raise ValueError(f"share {index} of {count}")
         self._share = (index, count)
 
-    def _share_of(self, names: list[PendingName], now_ms: int) -> list[PendingName]:
-        """The names of a bucket's listing this consumer tries: its share of the due ones, or
-        all of them when its share holds none. Consumers that list one bucket and try its names
-        in one order would race for the same name at every claim (one wins, the others have
-        opened, read and renamed for nothing); with shares they rarely meet, and once a
-        consumer's share is drained it takes what is left of the others' (theirs may be busy or
-        gone)."""
+    def _share_of(self, names: list[str], now_ms: int) -> list[PendingName]:
+        """The names of a bucket's listing (sorted pending names, see
+        :meth:`~tracemind.backend.file.pending.PendingDir.oldest_due`) this consumer tries,
+        parsed: its share of the due ones, or all of them when its share holds none. Consumers
+        that list one bucket and try its names in one order would race for the same name at
+        every claim (one wins, the others have opened, read and renamed for nothing); with
+        shares they rarely meet, and once a consumer's share is drained it takes what is left
+        of the others' (theirs may be busy or gone). Only the names tried are parsed."""
         index, count = self._share
-        if count < 2:
-            return names
-        own = [
-            name
-            for name in names
-            if name.due_ms <= now_ms and int(name.task_id[RANDOM_DIGITS_AT:], 16) % count == index
-        ]
-        return own or names
+        if count > 1:
+            names = share_of(names, now_ms, index, count) or names
+        return [PendingName.of_matched(name) for name in names]
 
     def wait_for_work(self, timeout_s: float) -> None:
         if self._watch is None:
