@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from special_entries import NOT_REGULAR, make_entry
 from tm_testing import FakeClock, make_task
 from tracemind.backend.file import pack_reader, packs
 from tracemind.backend.file.pack_reader import PackReader
@@ -151,3 +152,84 @@ def test_a_torn_record_reads_as_the_whole_pack_gives_it(stores: Stores, clock: F
     # Then each task, the torn one too, reads exactly as the whole pack gives it
     for task in tasks:
         assert _by_reader(reader, path, task.task_id) == _whole(path, task.task_id)
+
+
+@contextmanager
+def _advised(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The inode of every file the reader asks the kernel to read ahead meanwhile (the advice
+    is still given)."""
+    inodes: list[int] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        assert (offset, length, advice) == (0, 0, os.POSIX_FADV_WILLNEED)
+        inodes.append(os.fstat(fd).st_ino)
+        real(fd, offset, length, advice)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pack_reader.os, "posix_fadvise", recording)
+        yield inodes
+
+
+def test_a_pack_is_read_ahead_once_and_not_once_it_was_read(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a pack of 10 tasks
+    tasks = [make_task(clock, inputs={"n": n}) for n in range(10)]
+    stores.queue.enqueue(tasks)
+    paths = [_task_paths(stores)[task.task_id] for task in tasks]
+    pack = paths[0].stat().st_ino
+    reader = PackReader()
+    # When a reader is asked to read it ahead through three of its tasks' names
+    with _advised(monkeypatch) as advised:
+        for path in paths[:3]:
+            reader.prefetch(str(path))
+    # Then it asks the kernel once
+    assert advised == [pack]
+    # And a reader that read the pack already does not ask at all
+    other = PackReader()
+    _by_reader(other, paths[0], tasks[0].task_id)
+    with _advised(monkeypatch) as advised:
+        other.prefetch(str(paths[1]))
+    assert advised == []
+
+
+@pytest.mark.parametrize("kind", [*NOT_REGULAR, "gone"])
+def test_reading_ahead_skips_what_is_not_a_regular_file_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Given a name that is no task's pack (a FIFO would block a plain open), or no name at all
+    path = tmp_path / "0000000000000_00000000000000000000aa_0.json"
+    if kind != "gone":
+        make_entry(path, kind)
+    # When a reader is asked to read it ahead
+    with _advised(monkeypatch) as advised:
+        PackReader().prefetch(str(path))
+    # Then it returns at once and asks nothing
+    assert advised == []
+
+
+def test_a_consumer_that_meets_a_pack_reads_the_next_ones_ahead_before_it_claims_from_them(
+    stores: Stores, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 200 tasks of 2 KB inputs each: several packs, in the order the tasks are due
+    tasks = [make_task(clock, inputs={"n": n, "pad": "x" * 2000}) for n in range(200)]
+    stores.queue.enqueue(tasks)
+    clock.advance(2)
+    pack_of = {t.task_id: _task_paths(stores)[t.task_id].stat().st_ino for t in tasks}
+    packs_in_order = list(dict.fromkeys(pack_of[t.task_id] for t in tasks))
+    assert len(packs_in_order) >= 5
+    # When one consumer leases them all, noting which packs were read ahead before each claim
+    leased: list[str] = []
+    ahead_at_claim: list[set[int]] = []
+    with _advised(monkeypatch) as advised:
+        while (lease := stores.queue.lease("c1", 30.0)) is not None:
+            leased.append(lease.task_id)
+            ahead_at_claim.append(set(advised))
+    # Then it ran every task once, in order
+    assert leased == [t.task_id for t in tasks]
+    # And every pack after the first was read ahead once, before its first task was claimed
+    assert sorted(advised) == sorted(packs_in_order[1:])
+    first_claim = {pack_of[task_id]: n for n, task_id in reversed(list(enumerate(leased)))}
+    for pack in packs_in_order[1:]:
+        assert pack in ahead_at_claim[first_claim[pack] - 1], pack

@@ -16,6 +16,11 @@ A record is never rewritten once written (a pack's room only grows), so a line t
 checks is the task's record in this file. Anything else (a task the index does not know: its
 writer added it after the index was made; a torn line; a file that is not a pack) is read the
 old way, whole, and the index is made again from it.
+
+A backlog that waited long enough is no longer in the page cache (the kernel, or a host that
+takes back memory a guest left unused, drops it), so the first read of each pack waits for the
+disk. :meth:`PackReader.prefetch` asks the kernel to start reading the packs of the tasks a
+consumer will claim next while it runs the ones it has.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from __future__ import annotations
 import os
 
 from tracemind.backend.file.packs import MAGIC, header, task_bytes
-from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, read_fd
+from tracemind.fsutil import MAX_RECORD_BYTES, DamagedEntry, open_regular, read_fd
 
 PACKS_REMEMBERED = 8
 """Indexes kept (one per pack, the most recently read): enough for the packs a consumer claims
 from at once, a few KiB each."""
 TAIL_READ_BYTES = 64 * 1024
 """What one read after a pack's room asks for (its acks and stamps: ~140 bytes a task)."""
+PREFETCHES_REMEMBERED = 64
+"""Packs whose reading ahead was asked for, remembered so that it is asked once each."""
 
 
 class _Index:
@@ -55,6 +62,9 @@ class PackReader:
 
     def __init__(self) -> None:
         self._indexes: dict[tuple[int, int], _Index] = {}
+        self._prefetched: dict[tuple[int, int], None] = {}  # (an ordered set, oldest first)
+        self.packs_read = 0
+        """Packs read whole so far (a task of a pack not indexed, or one its index failed)."""
 
     def task_bytes(self, fd: int, path: str, task_id: str) -> bytes:
         """The task's lines as :func:`~tracemind.backend.file.packs.task_bytes` returns them
@@ -68,12 +78,36 @@ class PackReader:
             if found is not None:
                 return found
         data = read_fd(fd, path)
+        self.packs_read += 1
         self._indexes.pop(file_id, None)
         if data.startswith(MAGIC):
             if len(self._indexes) >= PACKS_REMEMBERED:
                 del self._indexes[next(iter(self._indexes))]
             self._indexes[file_id] = _index_of(data)
         return task_bytes(data, task_id)
+
+    def prefetch(self, path: str) -> None:
+        """Ask the kernel to read the file at ``path`` (a task's name: a link to its pack) into
+        the page cache in the background, unless this reader indexed it or asked before. Never
+        blocks on the entry (:func:`~tracemind.fsutil.open_regular`) nor waits for the disk; a
+        name gone (claimed meanwhile) or not readable is left alone."""
+        try:
+            fd = open_regular(path)
+        except (OSError, DamagedEntry):
+            return
+        try:
+            info = os.fstat(fd)
+            file_id = (info.st_dev, info.st_ino)
+            if file_id in self._indexes or file_id in self._prefetched:
+                return
+            if len(self._prefetched) >= PREFETCHES_REMEMBERED:
+                del self._prefetched[next(iter(self._prefetched))]
+            self._prefetched[file_id] = None
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # (only a hint)
+        finally:
+            os.close(fd)
 
 
 def _index_of(data: bytes) -> _Index:
