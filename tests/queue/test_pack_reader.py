@@ -9,9 +9,10 @@ pack, it reads each further task's lines without reading the pack again.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,19 +42,36 @@ def _whole(path: Path, task_id: str) -> bytes:
 
 
 @contextmanager
-def _bytes_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The size of every ``pread`` the reader makes meanwhile."""
-    sizes: list[int] = []
-    real = os.pread
+def _calls(
+    monkeypatch: pytest.MonkeyPatch, name: str, note: Callable[..., object]
+) -> Iterator[list[Any]]:
+    """``note(result, *arguments)`` of every call to ``os.{name}`` meanwhile (each still made)."""
+    noted: list[Any] = []
+    real = getattr(os, name)
 
-    def counting(fd: int, length: int, offset: int) -> bytes:
-        data = real(fd, length, offset)
-        sizes.append(len(data))
-        return data
+    def recording(*arguments: Any) -> Any:
+        result = real(*arguments)
+        noted.append(note(result, *arguments))
+        return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(pack_reader.os, "pread", counting)
-        yield sizes
+        patch.setattr(pack_reader.os, name, recording)
+        yield noted
+
+
+def _bytes_read(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The size of every ``pread`` the reader makes meanwhile."""
+    return _calls(monkeypatch, "pread", lambda data, *_: len(data))
+
+
+def _advised(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The inode of every file read ahead whole meanwhile (any other advice: its arguments)."""
+
+    def inode(_: None, fd: int, *advice: int) -> object:
+        whole = advice == (0, 0, os.POSIX_FADV_WILLNEED)
+        return os.fstat(fd).st_ino if whole else advice
+
+    return _calls(monkeypatch, "posix_fadvise", inode)
 
 
 def test_every_task_reads_as_the_whole_pack_gives_it_with_its_appended_lines(
@@ -152,23 +170,6 @@ def test_a_torn_record_reads_as_the_whole_pack_gives_it(stores: Stores, clock: F
     # Then each task, the torn one too, reads exactly as the whole pack gives it
     for task in tasks:
         assert _by_reader(reader, path, task.task_id) == _whole(path, task.task_id)
-
-
-@contextmanager
-def _advised(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The inode of every file the reader asks the kernel to read ahead meanwhile (the advice
-    is still given)."""
-    inodes: list[int] = []
-    real = os.posix_fadvise
-
-    def recording(fd: int, offset: int, length: int, advice: int) -> None:
-        assert (offset, length, advice) == (0, 0, os.POSIX_FADV_WILLNEED)
-        inodes.append(os.fstat(fd).st_ino)
-        real(fd, offset, length, advice)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(pack_reader.os, "posix_fadvise", recording)
-        yield inodes
 
 
 def test_a_pack_is_read_ahead_once_and_not_once_it_was_read(
