@@ -265,9 +265,8 @@ class PendingDir:
         self, now_ms: int, skip: Collection[PendingName] = ()
     ) -> tuple[list[str], int | None]:
         """(the task file names of the oldest bucket that holds a due task, sorted, but for
-        those in ``skip``; the start of the next bucket in the future, or None). Each name is a
-        pending name (:meth:`PendingName.of_matched` parses it), not yet known to be a regular
-        file: its consumer opens it with :func:`~tracemind.fsutil.open_regular`. A bucket that
+        those in ``skip``; the start of the next bucket in the future, or None). Each is a
+        pending name (:meth:`PendingName.of_matched` parses it) of a regular file. A bucket that
         holds only names to skip (records this process may not read now) is passed over, never
         removed. Removes empty past buckets and moves first-layout files into their buckets on
         the way."""
@@ -319,18 +318,13 @@ class PendingDir:
         return None if migrated else buckets
 
     def _listed_names(self, bucket: str) -> list[str]:
-        """The task file names in ``bucket``, unsorted; anything else is moved aside. The names
-        alone are listed and checked at once (a bucket holds up to tens of thousands, and both
-        workers list the next one when they finish a bucket); only a listing with another name
-        in it is listed again, entry by entry, to tell which. Entries that are not regular files
-        are left to the consumer that opens them."""
-        try:
-            names = os.listdir(bucket)
-        except FileNotFoundError:
-            return []
-        except OSError:
-            names = None  # (then scan_entries raises the one-line error)
-        if names is not None and all_task_names(names):
+        """The task file names in ``bucket``, unsorted; anything else is moved aside. One
+        listing (:meth:`bucket_listing`) checked at once, by one regular expression over all its
+        names (a bucket holds up to tens of thousands, and both workers list the next one when
+        they finish a bucket); only a listing with another entry in it is read again, entry by
+        entry, to move those aside."""
+        names, others = self.bucket_listing(bucket)
+        if not others and all_task_names(names):
             return names
         return self._checked_names(bucket)
 
