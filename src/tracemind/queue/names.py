@@ -24,8 +24,11 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 RANDOM_DIGITS_AT = 16
 """Where a task id's random digits start (the last 6 of its 22, see :func:`new_task_id`)."""
 _PENDING = r"(\d{13})_([0-9a-f]{22})_(\d{1,6})\.json"
-_ID_AT = 14
-"""Where a pending name's task id starts (after its 13 due digits and a ``_``); it is 22 long."""
+DUE_DIGITS = 13
+"""A pending name starts with its due time, epoch milliseconds zero-padded to this many digits:
+so names sort by due time, and a name's due time compares as text with :func:`due_text`."""
+_ID_AT = DUE_DIGITS + 1
+"""Where a pending name's task id starts (after its due digits and a ``_``); it is 22 long."""
 _INFLIGHT = r"([0-9a-f]{22})_(\d{1,6})_([0-9a-z-]{1,64})_([0-9a-f]{8})_(\d{13})\.json"
 
 
@@ -85,18 +88,23 @@ class PendingName(Value):
     def of_matched(cls, name: str) -> PendingName:
         """``name`` parsed without matching it again: only for a name known to be a pending
         name (e.g. by one match over a whole listing), whose fields have fixed places."""
-        return cls(int(name[: _ID_AT - 1]), name[_ID_AT : _ID_AT + 22], int(name[_ID_AT + 23 : -5]))
+        return cls(int(name[:DUE_DIGITS]), name[_ID_AT : _ID_AT + 22], int(name[_ID_AT + 23 : -5]))
+
+
+def due_text(ms: int) -> str:
+    """Epoch milliseconds ``ms`` as a pending name starts with them (see :data:`DUE_DIGITS`)."""
+    return f"{ms:0{DUE_DIGITS}d}"
 
 
 def share_of(names: list[str], now_ms: int, index: int, count: int) -> list[str]:
     """Those of the pending names ``names`` (not parsed) due at ``now_ms`` whose task ids'
     random digits, modulo ``count``, are ``index``."""
-    due_text = f"{now_ms:013d}"  # (names start with their due time, zero-padded: they sort)
+    now = due_text(now_ms)
     at = _ID_AT + RANDOM_DIGITS_AT
     return [
         name
         for name in names
-        if name[: _ID_AT - 1] <= due_text and int(name[at : _ID_AT + 22], 16) % count == index
+        if name[:DUE_DIGITS] <= now and int(name[at : _ID_AT + 22], 16) % count == index
     ]
 
 

@@ -24,7 +24,7 @@ import time
 
 from tracemind.backend.file.pending import INNER_MS, Bucket, PendingDir, all_task_names
 from tracemind.fsutil import dump_json, read_regular, write_atomic
-from tracemind.queue.names import PendingName, is_task_id, is_temporary
+from tracemind.queue.names import DUE_DIGITS, PendingName, due_text, is_task_id, is_temporary
 from tracemind.values import Value
 
 TYPE_CHECKING = False
@@ -173,7 +173,7 @@ def settle_more(
             counted = _count_bucket(pending, bucket, now_ms)
             tasks = len(counted.names)
             listed += tasks + counted.damaged
-            oldest = int(min(counted.names)[:13]) if tasks else -1
+            oldest = int(min(counted.names)[:DUE_DIGITS]) if tasks else -1
             kept[key] = [bucket.mtime_ns, tasks, counted.damaged, oldest, *counted.id_range()]
     return kept
 
@@ -237,14 +237,14 @@ def _count_bucket(pending: PendingDir, bucket: Bucket, now_ms: int) -> _BucketCo
         names = canonical
     counted = _BucketCount(names, damaged)
     if names:
-        now = f"{now_ms:013d}"
-        oldest = min(names)[:13]
+        now = due_text(now_ms)
+        oldest = min(names)[:DUE_DIGITS]
         if oldest > now:
             counted.delayed = len(names)
-        elif max(names)[:13] <= now:
+        elif max(names)[:DUE_DIGITS] <= now:
             counted.due = len(names)
         else:
-            counted.due = sum(1 for name in names if name[:13] <= now)
+            counted.due = sum(1 for name in names if name[:DUE_DIGITS] <= now)
             counted.delayed = len(names) - counted.due
         if counted.due:
             counted.oldest_ms = int(oldest)
