@@ -5,7 +5,8 @@ one batch (all its tasks in one bucket); worker memory at both depths;
 ``/status`` and ``/metrics`` while the workers drain at depth; the idle cost of the daemon once
 the spike is gone, against a fresh daemon on a fresh queue.
 
-Both deep backlogs are built first; then each round drains, in turn, a fresh shallow queue of
+Both deep backlogs are built first; then each round (three for each of the bench's rounds,
+as many as the deep backlog holds: see ``ROUNDS_PER_BENCH_ROUND``) drains, in turn, a fresh shallow queue of
 ours and of Huey's and a stretch of each deep backlog, so that the shallow and the deep windows
 of both sides sample the same minutes of the run (the host's speed drifts over minutes, and
 what the disk did just before weighs on every window alike). Every other round takes the deep
@@ -50,6 +51,27 @@ PROBE_RATE_PER_S = 50.0
 SETTLE_S = 3.0
 DRAIN_POLL_S = 1.0
 ONE_BATCH_WAIT_S = 60.0
+
+
+ROUNDS_PER_BENCH_ROUND = 3
+"""This figure's rounds for each of the bench's (``--rounds``), as many as the deep backlog
+holds: a round gives one shallow and one deep window of each side, one such window varies by
+±15% from one minute to the next on a shared host, and the goal is a ratio within 10% — with 5
+rounds, runs of the same code put it anywhere from 0.82 to 1.11 times."""
+
+
+def stretch_tasks(ctx: Context) -> int:
+    """Tasks one round's stretch takes from the deep backlog."""
+    sizes = ctx.backlog
+    return sizes.skip + sizes.windows * sizes.window
+
+
+def depth_rounds(ctx: Context) -> int:
+    """Rounds of this figure: ``ROUNDS_PER_BENCH_ROUND`` for each of the bench's, fewer where
+    the deep backlog cannot give them all a stretch (one more stretch is left for the probes),
+    never fewer than the bench's."""
+    fits = ctx.backlog.depth // stretch_tasks(ctx) - 1
+    return max(ctx.rounds, min(ROUNDS_PER_BENCH_ROUND * ctx.rounds, fits))
 
 
 def drain_timeout_s(tasks: int) -> float:
@@ -160,9 +182,8 @@ def run(ctx: Context) -> FigureResult:
     result = FigureResult(
         9, "depth", f"Drain with 2 workers at {depth:,} vs {shallow:,} pending (tasks/s)"
     )
-    if shallow <= 2 * sizes.skip or depth < (ctx.rounds + 1) * (
-        sizes.skip + sizes.windows * sizes.window
-    ):
+    rounds = depth_rounds(ctx)
+    if shallow <= 2 * sizes.skip or depth < (rounds + 1) * stretch_tasks(ctx):
         raise BenchError("depth: the backlogs are too small for their windows")
     samples: dict[str, list[float]] = {}
 
@@ -205,12 +226,12 @@ def run(ctx: Context) -> FigureResult:
         add("huey deep tasks/s", rates)
         add("huey deep worker rss MB", rss)
 
-    for round_no in range(ctx.rounds):
+    for round_no in range(rounds):
         # Every other round takes the deep stretch first: a host whose speed drifts the same
         # way for minutes then favours neither depth in the rounds' ratios.
         steps = [(shallow, shallow_round), (depth, deep_round)][:: 1 if round_no % 2 == 0 else -1]
         order = " then ".join(f"{pending:,}" for pending, _ in steps)
-        ctx.say(f"depth: round {round_no + 1}/{ctx.rounds}, {order} pending")
+        ctx.say(f"depth: round {round_no + 1}/{rounds}, {order} pending")
         for _, step in steps:
             step()
 
@@ -260,6 +281,7 @@ def run(ctx: Context) -> FigureResult:
     for path in PROBE_PATHS:
         result.samples[f"draining at depth {path} ms"] = latency[path]
     result.params = {
+        "rounds": rounds,
         "depth": depth,
         "shallow": shallow,
         "skip": sizes.skip,
