@@ -41,6 +41,12 @@ MAX_CACHED_BUCKETS = 200_000
 """A bound on the file's size (a backlog spread over more seconds than this lists the rest)."""
 
 
+def settled_before_ns(now_ms: int) -> int:
+    """The mtime (ns) before which a directory counts as settled at ``now_ms`` by this
+    process's clock: :data:`SETTLE_S` earlier."""
+    return (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+
+
 class Census(Value):
     """How many tasks are due, delayed and damaged in ``pending/``, and the oldest due time."""
 
@@ -102,7 +108,7 @@ def count_pending(
     """
     census = Census()
     settled: dict[str, list[int]] = {}
-    settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+    settle_ns = settled_before_ns(now_ms)
     root_length = len(pending.path)
     for bucket in pending.buckets():
         if not isinstance(bucket, Bucket):
@@ -159,7 +165,7 @@ def settle_more(
     if next_tick and settled_ns is not None:
         settled_ns = _next_tick_ns(pending.tmp_dir, settled_ns)
     if settled_ns is None:
-        settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+        settled_ns = settled_before_ns(now_ms)
     root_length = len(pending.path)
     listed = 0
     for bucket in pending.buckets():
@@ -273,7 +279,7 @@ class BucketSearch:
     def __init__(self, cache: dict[str, list[int]] | None, task_id: str, now_ms: int) -> None:
         self._cache = cache
         self._task_id = task_id
-        self._settle_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
+        self._settle_ns = settled_before_ns(now_ms)
         self._missed: dict[str, int] = {}
 
     def may_hold(self, key: str, mtime_ns: int) -> bool:
@@ -293,16 +299,13 @@ DLQ_KEY = "//dlq"
 
 
 def count_dead(
-    dlq_root: str,
-    now_ms: int,
-    cache: dict[str, list[int]] | None,
-    settled_ns: int | None = None,
+    dlq_root: str, cache: dict[str, list[int]] | None, settled_ns: int
 ) -> tuple[int, int, list[int] | None]:
     """(entries, damaged entries, the cache entry to keep or None) of the dead-letter
     directory, by name: a file named like an entry counts as one without being opened. Taken
     from ``cache`` while the directory's mtime is the one counted there. An entry is kept when
     the directory's mtime is earlier than ``settled_ns`` (the file system's clock before the
-    listing), else :data:`SETTLE_S` before ``now_ms``."""
+    listing, or :func:`settled_before_ns`)."""
     from tracemind.fsutil import scan_entries
 
     try:
@@ -320,8 +323,6 @@ def count_dead(
             entries += 1
         elif regular or _named_like_entry(name) or not os.path.isdir(os.path.join(dlq_root, name)):
             damaged += 1  # (real subdirectories are the store's own: tmp/, purged/, ...)
-    if settled_ns is None:
-        settled_ns = (now_ms - int(SETTLE_S * 1000)) * 1_000_000
     settled = mtime_ns < settled_ns
     return entries, damaged, ([mtime_ns, entries, damaged, -1] if settled else None)
 
@@ -341,7 +342,7 @@ def settle_dead(dlq_root: str) -> list[int] | None:
         clock_ns = _next_tick_ns(tmp_dir, clock_ns)
     if clock_ns is None or clock_ns <= mtime_ns:
         return None
-    return count_dead(dlq_root, 0, None, settled_ns=clock_ns)[2]
+    return count_dead(dlq_root, None, clock_ns)[2]
 
 
 def _named_like_entry(name: str) -> bool:

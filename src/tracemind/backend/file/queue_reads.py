@@ -162,7 +162,8 @@ class QueueReads:
         now_ms = epoch_ms(self.clock())
         cached = census.load(os.fspath(self.root))
         counted, _ = census.count_pending(self.waiting, now_ms, cached, keep=False)
-        dead, damaged, _ = census.count_dead(os.fspath(self.dlq.root), now_ms, cached)
+        dead_letters = os.fspath(self.dlq.root)
+        dead, damaged, _ = census.count_dead(dead_letters, cached, census.settled_before_ns(now_ms))
         return self._stats(counted, now_ms), dead, damaged
 
     def _stats(self, counted: Census, now_ms: int) -> QueueStats:

@@ -491,7 +491,9 @@ class QueueWrites(QueueReads):
         root = os.fspath(self.root)
         previous = census.load(root)
         counted, settled = census.count_pending(self.waiting, now_ms, previous)
-        _, _, dead_entry = census.count_dead(os.fspath(self.dlq.root), now_ms, previous)
+        dead_letters = os.fspath(self.dlq.root)
+        settled_ns = census.settled_before_ns(now_ms)
+        _, _, dead_entry = census.count_dead(dead_letters, previous, settled_ns)
         if dead_entry is not None:
             settled[census.DLQ_KEY] = dead_entry
         if settled != previous:
