@@ -5,20 +5,20 @@ one batch (all its tasks in one bucket); worker memory at both depths;
 ``/status`` and ``/metrics`` while the workers drain at depth; the idle cost of the daemon once
 the spike is gone, against a fresh daemon on a fresh queue.
 
-Both deep backlogs are built first; then each round (three for each of the bench's rounds,
-as many as the deep backlog holds: see ``ROUNDS_PER_BENCH_ROUND``) drains, in turn, a fresh shallow queue of
+Both deep backlogs are built first; then each round (three for each of the bench's, as many as
+the deep backlog holds: ``ROUNDS_PER_BENCH_ROUND``) drains, in turn, a fresh shallow queue of
 ours and of Huey's and a stretch of each deep backlog, so that the shallow and the deep windows
-of both sides sample the same minutes of the run (the host's speed drifts over minutes, and
-what the disk did just before weighs on every window alike). Every other round takes the deep
-stretch first (counterbalanced: a drift that lasts for minutes favours neither depth). A round's stretch at depth is a
-fresh daemon (or consumer) on the deep backlog: the first ``skip`` completions (start-up) are
-left out, then ``windows`` consecutive windows of ``window`` tasks each are timed, never at the
-tail. A shallow queue of ``shallow`` tasks gives one window from the ``skip``-th to the
-``(shallow - skip)``-th completion, so both its ends lie inside the backlog too. Ours is the
-daemon (``tm daemon start --foreground``, 2 workers, no status server), its times the ``task
-succeeded`` log lines; Huey's are noted inside its forked workers (children/huey_depth_app.py).
-``/status`` and ``/metrics`` are then probed on a daemon with a status server, still at depth
-(its drain rate meanwhile is noted, not a goal).
+of both sides sample the same minutes of the run (the host's speed drifts over minutes, and what
+the disk did just before weighs on every window alike). Every other round takes the deep stretch
+first (counterbalanced: a drift that lasts for minutes favours neither depth). A round's stretch
+at depth is a fresh daemon (or consumer) on the deep backlog: the first ``skip`` completions
+(start-up) are left out, then ``windows`` consecutive windows of ``window`` tasks each are
+timed, never at the tail. A shallow queue of ``shallow`` tasks gives one window from the
+``skip``-th to the ``(shallow - skip)``-th completion, so both its ends lie inside the backlog
+too. Ours is the daemon (``tm daemon start --foreground``, 2 workers, no status server), its
+times the ``task succeeded`` log lines; Huey's are noted inside its forked workers
+(children/huey_depth_app.py). ``/status`` and ``/metrics`` are then probed on a daemon with a
+status server, still at depth (its drain rate meanwhile is noted, not a goal).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ ROUNDS_PER_BENCH_ROUND = 3
 """This figure's rounds for each of the bench's (``--rounds``), as many as the deep backlog
 holds: a round gives one shallow and one deep window of each side, one such window varies by
 ±15% from one minute to the next on a shared host, and the goal is a ratio within 10% — with 5
-rounds, runs of the same code put it anywhere from 0.82 to 1.11 times."""
+rounds, four runs over two days with no change to the drain between them put it anywhere from
+0.82 to 1.11 times."""
 
 
 def stretch_tasks(ctx: Context) -> int:
