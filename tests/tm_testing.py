@@ -316,6 +316,21 @@ def tm_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "tracemind"]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_in_repo(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` from the repository's root (where ``bench`` is importable),
+    within :data:`SUBPROCESS_TIMEOUT_S`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+
+
 class Processes:
     """Starts subprocesses and, at teardown, stops every one still running (by its pid)."""
 

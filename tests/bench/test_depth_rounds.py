@@ -4,11 +4,8 @@ as the deep backlog holds with one stretch left for the probes, never fewer than
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tm_testing import run_in_repo
 
 DRIVER = """
 import json, sys
@@ -23,13 +20,7 @@ print(json.dumps({"rounds": depth_rounds(ctx), "stretch": stretch_tasks(ctx)}))
 
 
 def figure_rounds(rounds: int, depth: int, sizes: str = "full") -> tuple[int, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(rounds), str(depth), sizes],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in_repo(DRIVER, str(rounds), str(depth), sizes)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     return result["rounds"], result["stretch"]

@@ -5,12 +5,10 @@ reported as such."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tm_testing import run_in_repo
 
 SLEEPER = """
 import subprocess, sys, time
@@ -37,13 +35,7 @@ print(json.dumps({"error": error, "seconds": time.monotonic() - started}))
 def test_a_child_that_outlives_its_timeout_is_killed_with_its_descendants(tmp_path: Path) -> None:
     # Given a child that starts a grandchild and both sleep for a minute, timed out at 0.5 s
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-c", DRIVER, SLEEPER, str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in_repo(DRIVER, SLEEPER, str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
 
