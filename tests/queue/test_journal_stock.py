@@ -2,9 +2,12 @@
 (tracemind.backend.file.journal_stock).
 
 What must hold: a pack made ahead gets a journal made in a run before it (so the two inodes lie
-apart), named after the pack and holding its room; the run's other journals are this process's
-alone (a forked child makes its own) and go when the writer is closed; where unnamed files
-cannot be made or named, each journal is made beside its pack and every task is still enqueued.
+apart), named after the pack and holding its room; a run's journals fill one block of the inode
+table where the file system numbers new inodes one after another (the files made for it and
+not kept are closed), and are the last made otherwise; the run's other journals are this
+process's alone (a forked child makes its own) and go when the writer is closed; where unnamed
+files cannot be made or named, each journal is made beside its pack and every task is still
+enqueued.
 """
 
 from __future__ import annotations
@@ -79,9 +82,10 @@ def test_a_pack_made_ahead_takes_a_journal_made_in_a_run_that_closing_lets_go(
     stores = open_stores(dirs, durable=True, clock=clock)
     # Given a writer, one task per call, with a pack made ahead
     first, count = _one_per_call_until_made_ahead(stores, clock)
-    # Then the rest of a run of journals waits, unnamed, in this process
+    # Then the rest of a run of journals waits, unnamed, in this process (the writer's second
+    # pack, the first of many calls, took one of the run too)
     stock = _unnamed_journals(stores)
-    assert len(stock) == journal_stock.RUN - 1
+    assert len(stock) == journal_stock.RUN - 2
     # And the pack made ahead has a journal named after it, holding the pack's room
     journal = Path(packs.journal_path(first))
     assert journal.read_bytes() == Path(first).read_bytes()
@@ -99,6 +103,105 @@ def test_a_pack_made_ahead_takes_a_journal_made_in_a_run_that_closing_lets_go(
     assert not os.path.exists(packs.journal_path(following))
     # And every task runs once
     _every_task_runs_once(stores, count)
+
+
+def _one_run(folder: Path) -> list[int]:
+    """The journals of one run made in ``folder`` (an empty directory), all taken."""
+    stock = journal_stock.JournalStock(str(folder))
+    room = b"TMPACK 1 room\n" + bytes(4096 - 14)
+    taken = [stock.take(room) for _ in range(journal_stock.RUN)]
+    assert None not in taken
+    return [fd for fd in taken if fd is not None]
+
+
+def _unnamed_in(folder: Path) -> int:
+    """How many unnamed files in ``folder`` this process holds open."""
+    real = os.path.realpath(folder)
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:
+            continue
+        count += target.startswith(real + "/") and os.fstat(int(name)).st_nlink == 0
+    return count
+
+
+def test_a_run_of_journals_fills_one_block_of_the_inode_table(tmp_path: Path) -> None:
+    # Given a directory on a file system that numbers new inodes one after another (ext4 and
+    # tmpfs do; a new inode takes the lowest free slot of its group, so 1,000 files take those
+    # that older files left between used ones), with a file made just before (a pack, a bucket
+    # directory: whatever is made meanwhile lands next)
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    for n in range(1_000):
+        (folder / f"older-{n}").touch()
+    (folder / "made-before").touch()
+    # When a run of journals is made
+    run = _one_run(folder)
+    # Then it is the 16 inodes of one block of the inode table, every one holding the room
+    inodes = sorted(os.fstat(fd).st_ino for fd in run)
+    first = (inodes[0] - 1) // journal_stock.SLOTS * journal_stock.SLOTS + 1
+    assert inodes == list(range(first, first + journal_stock.SLOTS))
+    assert all(os.fstat(fd).st_size == 4096 for fd in run)
+    # And the files made for it but not kept are closed (their inodes free for the next packs)
+    assert _unnamed_in(folder) == journal_stock.RUN
+
+
+def _numbered(monkeypatch: pytest.MonkeyPatch, numbers: list[int]) -> list[int]:
+    """Make the stock see ``numbers`` as the inode numbers of the files it makes, in order (a
+    file system that numbers them so; none here does); returns the list of the real inode
+    numbers of the files made, filled as they are made."""
+    real_fstat = os.fstat
+    made: list[int] = []
+    seen: dict[int, int] = {}
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if st.st_ino not in seen:
+            seen[st.st_ino] = numbers[len(made)]
+            made.append(st.st_ino)
+        fields = list(st)
+        fields[1] = seen[st.st_ino]
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(journal_stock.os, "fstat", fstat)
+    return made
+
+
+def test_a_run_skips_free_slots_between_used_ones_for_a_whole_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a group whose lowest free slots are scattered (3, 7, 20), then free from 30 on
+    numbers = [3, 7, 20, *range(30, 30 + journal_stock.MADE_MAX)]
+    made = _numbered(monkeypatch, numbers)
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    # When a run of journals is made
+    run = _one_run(folder)
+    monkeypatch.undo()
+    # Then it is the first whole block, numbers 33 to 48, and nothing more was made
+    in_block = [made[numbers.index(number)] for number in range(33, 49)]
+    assert sorted(os.fstat(fd).st_ino for fd in run) == sorted(in_block)
+    assert len(made) == numbers.index(48) + 1
+    assert _unnamed_in(folder) == journal_stock.RUN
+
+
+def test_where_new_inodes_are_not_numbered_in_order_a_run_keeps_the_last_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a file system whose new inodes are numbered far apart (XFS, for one)
+    numbers = [1_000 * n for n in range(1, journal_stock.MADE_MAX + 1)]
+    made = _numbered(monkeypatch, numbers)
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    # When a run of journals is made
+    run = _one_run(folder)
+    monkeypatch.undo()
+    # Then it gave up after MADE_MAX files and kept the last RUN made, the others closed
+    assert len(made) == journal_stock.MADE_MAX
+    assert sorted(os.fstat(fd).st_ino for fd in run) == sorted(made[-journal_stock.RUN :])
+    assert _unnamed_in(folder) == journal_stock.RUN
 
 
 def test_a_child_forked_by_a_writer_makes_journals_of_its_own(

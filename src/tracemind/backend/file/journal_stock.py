@@ -2,20 +2,22 @@
 
 On ext4 without a journal, every ``fdatasync`` also writes the file's block of the inode table
 (16 inodes) when that block is dirty, whichever inode dirtied it: one more write, waited for,
-50 to 80 µs on the disks measured (docs/benchmarks.md, "A journal away from its pack"). A file's
-inode goes in the lowest free slot of its directory's group, so a pack and a journal created one
-after the other share a block; then each task linked to the pack (its link count changes)
-makes the next flush of the journal write that block too. A bucket directory made meanwhile
-can land beside them as well.
+50 to 150 µs on the disks measured (docs/benchmarks.md, "A journal away from its pack", "A
+block of journals"). A new inode goes in the lowest free slot of its directory's group, so
+whatever is created while a journal is made can land beside it: its own pack (each task
+linked to the pack changes the pack's link count), the bucket directory of the current second
+(each link changes the directory's times), the bell. Each then makes every flush of that
+journal write the block too.
 
-So the journals of the packs a writer makes ahead come from a stock made :data:`RUN` at a
-time: the run's inodes fill slots next to each other, and a journal's neighbours are mostly
-journals, which change only when written; the pack its records are linked to is ~16 slots
-away (see :meth:`JournalStock.take`), and a bucket directory made while it is in use further
-still (one made just before the run can still share a block with its first journals). Each
-journal is an unnamed file (``O_TMPFILE``, in ``packs/``), so a writer that dies leaves none
-behind; it gets its ``packs/`` name once it has a pack. Where unnamed files cannot be made or
-named, the writer makes each journal beside its pack, as before.
+So the journals of the packs a writer makes ahead come from a stock whose inodes fill whole
+blocks of the inode table: unnamed files (``O_TMPFILE``, in ``packs/``) are made one after the
+other until the :data:`SLOTS` slots of one block are all theirs (at most :data:`MADE_MAX`),
+and only that block's are kept — the others are closed, which frees their inodes for the next
+packs. While a journal is in use, its block changes only when the writer names the next one
+or its own time changes. A file system that does not number new inodes one after another keeps
+the run's last :data:`RUN` instead. Each journal stays unnamed until it has a pack, so a writer
+that dies leaves none behind. Where unnamed files cannot be made or named, the writer makes
+each journal beside its pack, as before.
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ import os
 
 from tracemind.fsutil import create_with_mode, write_at
 
-RUN = 16
-"""Journals made at once: a block of the inode table's worth (256-byte inodes in 4 KiB)."""
+SLOTS = 16
+"""Inodes in one block of the inode table (ext4's default: 256-byte inodes in 4 KiB blocks)."""
+
+RUN = SLOTS
+"""Journals kept from one run: one block's worth."""
+
+MADE_MAX = 4 * SLOTS
+"""Most unnamed files made for one run: one aligned block of free slots and up to 48 more (free
+slots older files left between used ones, each taken before the next)."""
 
 
 class JournalStock:
@@ -43,10 +52,8 @@ class JournalStock:
         """An unnamed journal holding ``room``, or None where unnamed files cannot be made or
         named here. Raises ``OSError``.
 
-        When the stock is empty a run is made, and the journal taken is the run's last: the
-        pack it is for was created just before the run, ~16 slots away. The next packs are
-        created after the run, so they take the run's journals first made first: each is
-        then ~16 slots from its pack, and further from any directory made meanwhile."""
+        When the stock is empty a run is made, and the journal taken is the run's last; the
+        next packs take the others first made first."""
         if self._pid != os.getpid() or room != self._room:  # (a child made by fork: its
             self.close()  # parent's are not its to use; or another room size)
             self._pid, self._room = os.getpid(), room
@@ -90,28 +97,52 @@ class JournalStock:
             os.close(fd)
 
     def _make_run(self, room: bytes) -> list[int]:
-        fds: list[int] = []
+        """A run of unnamed journals holding ``room`` (see :meth:`_fill_block`); [] where
+        unnamed files cannot be made here."""
+        made: dict[int, int] = {}
         try:
-            for _ in range(RUN):
-                fds.append(self._make_one(room))
-        except OSError as exc:
-            for fd in fds:
+            kept = self._fill_block(made)
+            for fd in kept:
+                write_at(fd, room, 0)
+        except BaseException as exc:
+            for fd in made.values():
                 os.close(fd)
-            if exc.errno not in _UNSUPPORTED:
+            if not isinstance(exc, OSError) or exc.errno not in _UNSUPPORTED:
                 raise
             self._supported = False
             return []
-        return fds
+        for fd in made.values():
+            if fd not in kept:
+                os.close(fd)  # (unnamed: its inode is free again, for the next packs)
+        return kept
 
-    def _make_one(self, room: bytes) -> int:
+    def _fill_block(self, made: dict[int, int]) -> list[int]:
+        """Make unnamed files into ``made`` (inode number → descriptor) until one whole block
+        of the inode table is theirs, and return that block's; else, after
+        :data:`MADE_MAX`, the last :data:`RUN` made."""
+        while len(made) < MADE_MAX:
+            fd = self._make_one()
+            try:
+                inode = os.fstat(fd).st_ino
+            except BaseException:
+                os.close(fd)
+                raise
+            made[inode] = fd
+            if kept := _whole_block(made, inode):
+                return kept
+        return list(made.values())[-RUN:]
+
+    def _make_one(self) -> int:
         # (not create_exclusive: O_EXCL with O_TMPFILE would make the file unlinkable)
-        fd = create_with_mode(self.packs_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC)
-        try:
-            write_at(fd, room, 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return create_with_mode(self.packs_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC)
+
+
+def _whole_block(made: dict[int, int], inode: int) -> list[int]:
+    """The descriptors of the block of :data:`SLOTS` inode numbers holding ``inode``, in
+    order, when ``made`` holds every one of them; else []."""
+    first = (inode - 1) // SLOTS * SLOTS + 1  # (inode numbers start at 1)
+    block = [made.get(number) for number in range(first, first + SLOTS)]
+    return [fd for fd in block if fd is not None] if None not in block else []
 
 
 _UNNAMEABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR})

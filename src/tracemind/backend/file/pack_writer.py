@@ -88,7 +88,8 @@ class PackWriter:
         self._spare: _Spare | None = None
         """The next pack, made ahead by a helper thread (see :meth:`_make_spare`)."""
         self._journals = JournalStock(packs_dir)
-        """Journals for the packs made ahead, made in runs (used by the helper thread only)."""
+        """Journals for the packs of a writer of many calls, made in runs (used by one thread
+        at a time: the helper thread, or the writer when no pack was made ahead)."""
         self._locked_fds: list[int] = []
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
@@ -260,7 +261,10 @@ class PackWriter:
         )
         pack = self._take_spare(room)
         made = pack is None
-        self._use(pack or self._create(room))
+        if pack is None:  # (a writer of many calls: its journal from the stock, as a spare's)
+            stock = many_calls and room == PACK_BYTES
+            pack = self._create(room, self._journals if stock else None)
+        self._use(pack)
         if many_calls and self._spare is None:
             self._make_spare()
         return made
