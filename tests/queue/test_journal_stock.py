@@ -82,10 +82,11 @@ def test_a_pack_made_ahead_takes_a_journal_made_in_a_run_that_closing_lets_go(
     stores = open_stores(dirs, durable=True, clock=clock)
     # Given a writer, one task per call, with a pack made ahead
     first, count = _one_per_call_until_made_ahead(stores, clock)
-    # Then the rest of a run of journals waits, unnamed, in this process (the writer's second
-    # pack, the first of many calls, took one of the run too)
+    # Then the rest of a run of journals waits, unnamed, in this process: one block of the
+    # inode table's worth at least, less the journal of the pack made ahead and that of the
+    # writer's second pack (the first of many calls)
     stock = _unnamed_journals(stores)
-    assert len(stock) == journal_stock.RUN - 2
+    assert journal_stock.SLOTS - 2 <= len(stock) <= journal_stock.MADE_MAX - 2
     # And the pack made ahead has a journal named after it, holding the pack's room
     journal = Path(packs.journal_path(first))
     assert journal.read_bytes() == Path(first).read_bytes()
@@ -105,29 +106,35 @@ def test_a_pack_made_ahead_takes_a_journal_made_in_a_run_that_closing_lets_go(
     _every_task_runs_once(stores, count)
 
 
-def _one_run(folder: Path) -> list[int]:
-    """The journals of one run made in ``folder`` (an empty directory), all taken."""
+ROOM = b"TMPACK 1 room\n" + bytes(4096 - 14)
+
+
+def _taken(folder: Path, count: int) -> list[int]:
+    """The first ``count`` journals taken from a stock made in ``folder`` (an empty
+    directory), in the order taken."""
     stock = journal_stock.JournalStock(str(folder))
-    room = b"TMPACK 1 room\n" + bytes(4096 - 14)
-    taken = [stock.take(room) for _ in range(journal_stock.RUN)]
+    taken = [stock.take(ROOM) for _ in range(count)]
     assert None not in taken
     return [fd for fd in taken if fd is not None]
 
 
-def _unnamed_in(folder: Path) -> int:
-    """How many unnamed files in ``folder`` this process holds open."""
+def _unnamed_in(folder: Path) -> list[int]:
+    """The unnamed files in ``folder`` this process holds open: their inode numbers, each
+    checked to hold the room."""
     real = os.path.realpath(folder)
-    count = 0
+    found = []
     for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{name}")
         except FileNotFoundError:
             continue
-        count += target.startswith(real + "/") and os.fstat(int(name)).st_nlink == 0
-    return count
+        if target.startswith(real + "/") and (st := os.fstat(int(name))).st_nlink == 0:
+            assert os.pread(int(name), len(ROOM), 0) == ROOM
+            found.append(st.st_ino)
+    return found
 
 
-def test_a_run_of_journals_fills_one_block_of_the_inode_table(tmp_path: Path) -> None:
+def test_a_run_of_journals_gives_one_block_of_the_inode_table_first(tmp_path: Path) -> None:
     # Given a directory on a file system that numbers new inodes one after another (ext4 and
     # tmpfs do; a new inode takes the lowest free slot of its group, so 1,000 files take those
     # that older files left between used ones), with a file made just before (a pack, a bucket
@@ -137,71 +144,72 @@ def test_a_run_of_journals_fills_one_block_of_the_inode_table(tmp_path: Path) ->
     for n in range(1_000):
         (folder / f"older-{n}").touch()
     (folder / "made-before").touch()
-    # When a run of journals is made
-    run = _one_run(folder)
-    # Then it is the 16 inodes of one block of the inode table, every one holding the room
-    inodes = sorted(os.fstat(fd).st_ino for fd in run)
+    # When the first 16 journals of a stock are taken
+    taken = _taken(folder, journal_stock.SLOTS)
+    # Then they are the 16 inodes of one block of the inode table
+    inodes = sorted(os.fstat(fd).st_ino for fd in taken)
     first = (inodes[0] - 1) // journal_stock.SLOTS * journal_stock.SLOTS + 1
     assert inodes == list(range(first, first + journal_stock.SLOTS))
-    assert all(os.fstat(fd).st_size == 4096 for fd in run)
-    # And the files made for it but not kept are closed (their inodes free for the next packs)
-    assert _unnamed_in(folder) == journal_stock.RUN
+    # And the run's other files wait in the stock, all holding the room (none made is wasted)
+    made = _unnamed_in(folder)
+    assert set(inodes) <= set(made)
+    assert len(made) <= journal_stock.MADE_MAX
 
 
-def _numbered(monkeypatch: pytest.MonkeyPatch, numbers: list[int]) -> list[int]:
+def _numbered(monkeypatch: pytest.MonkeyPatch, numbers: list[int]) -> dict[int, int]:
     """Make the stock see ``numbers`` as the inode numbers of the files it makes, in order (a
-    file system that numbers them so; none here does); returns the list of the real inode
-    numbers of the files made, filled as they are made."""
+    file system that numbers them so; none here does); returns the numbers it saw by real
+    inode number, filled as files are made."""
     real_fstat = os.fstat
-    made: list[int] = []
     seen: dict[int, int] = {}
 
     def fstat(fd: int) -> os.stat_result:
         st = real_fstat(fd)
-        if st.st_ino not in seen:
-            seen[st.st_ino] = numbers[len(made)]
-            made.append(st.st_ino)
         fields = list(st)
-        fields[1] = seen[st.st_ino]
+        fields[1] = seen.setdefault(st.st_ino, numbers[len(seen)])
         return os.stat_result(fields)
 
     monkeypatch.setattr(journal_stock.os, "fstat", fstat)
-    return made
+    return seen
 
 
-def test_a_run_skips_free_slots_between_used_ones_for_a_whole_block(
+def _seen_order(seen: dict[int, int], taken: list[int]) -> list[int]:
+    """The numbers the stock saw for ``taken``, in the order taken."""
+    return [seen[os.fstat(fd).st_ino] for fd in taken]
+
+
+def test_a_run_fills_the_free_slots_before_a_whole_block_and_uses_them_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a group whose lowest free slots are scattered (3, 7, 20), then free from 30 on
-    numbers = [3, 7, 20, *range(30, 30 + journal_stock.MADE_MAX)]
-    made = _numbered(monkeypatch, numbers)
+    seen = _numbered(monkeypatch, [3, 7, 20, *range(30, 30 + journal_stock.MADE_MAX)])
     folder = tmp_path / "packs"
     folder.mkdir()
-    # When a run of journals is made
-    run = _one_run(folder)
+    # When a stock's first 22 journals are taken
+    taken = _taken(folder, 22)
     monkeypatch.undo()
-    # Then it is the first whole block, numbers 33 to 48, and nothing more was made
-    in_block = [made[numbers.index(number)] for number in range(33, 49)]
-    assert sorted(os.fstat(fd).st_ino for fd in run) == sorted(in_block)
-    assert len(made) == numbers.index(48) + 1
-    assert _unnamed_in(folder) == journal_stock.RUN
+    # Then the run stopped at the first whole block (33 to 48): its journals came first, then
+    # the others as made, and every file made was taken
+    assert _seen_order(seen, taken) == [*range(33, 49), 3, 7, 20, 30, 31, 32]
+    assert len(seen) == 22
+    assert len(_unnamed_in(folder)) == 22  # (none closed, each holding the room)
 
 
-def test_where_new_inodes_are_not_numbered_in_order_a_run_keeps_the_last_made(
+def test_where_new_inodes_are_not_numbered_in_order_a_run_gives_the_last_made_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a file system whose new inodes are numbered far apart (XFS, for one)
     numbers = [1_000 * n for n in range(1, journal_stock.MADE_MAX + 1)]
-    made = _numbered(monkeypatch, numbers)
+    seen = _numbered(monkeypatch, numbers)
     folder = tmp_path / "packs"
     folder.mkdir()
-    # When a run of journals is made
-    run = _one_run(folder)
+    # When a stock's first three journals are taken
+    taken = _taken(folder, 3)
     monkeypatch.undo()
-    # Then it gave up after MADE_MAX files and kept the last RUN made, the others closed
-    assert len(made) == journal_stock.MADE_MAX
-    assert sorted(os.fstat(fd).st_ino for fd in run) == sorted(made[-journal_stock.RUN :])
-    assert _unnamed_in(folder) == journal_stock.RUN
+    # Then it made MADE_MAX files and gives the last made first, then the others as made
+    assert len(seen) == journal_stock.MADE_MAX
+    assert _seen_order(seen, taken) == [numbers[-1], numbers[0], numbers[1]]
+    assert len(_unnamed_in(folder)) == journal_stock.MADE_MAX
 
 
 def test_a_child_forked_by_a_writer_makes_journals_of_its_own(

@@ -9,15 +9,17 @@ linked to the pack changes the pack's link count), the bucket directory of the c
 (each link changes the directory's times), the bell. Each then makes every flush of that
 journal write the block too.
 
-So the journals of the packs a writer makes ahead come from a stock whose inodes fill whole
-blocks of the inode table: unnamed files (``O_TMPFILE``, in ``packs/``) are made one after the
-other until the :data:`SLOTS` slots of one block are all theirs (at most :data:`MADE_MAX`),
-and only that block's are kept — the others are closed, which frees their inodes for the next
-packs. While a journal is in use, its block changes only when the writer names the next one
-or its own time changes. A file system that does not number new inodes one after another keeps
-the run's last :data:`RUN` instead. Each journal stays unnamed until it has a pack, so a writer
-that dies leaves none behind. Where unnamed files cannot be made or named, the writer makes
-each journal beside its pack, as before.
+So the journals of the packs a writer makes ahead come from runs of unnamed files
+(``O_TMPFILE``, in ``packs/``) made one after the other until the :data:`SLOTS` slots of one
+block of the inode table are all theirs, or :data:`MADE_MAX` are made. That block's journals
+are used first: while one is in use, its block changes only when the writer names the next
+one or the journal's own time changes. The run's other files (made in free slots that older
+files left, or before the block's first slot) are used after them, each ~16 slots or more from
+the pack made just before the run. Every file made is used, so a run costs no more inode
+creations a pack than one journal each. A file system that does not number new inodes one
+after another gets runs of :data:`MADE_MAX`, the last made used first. Each journal stays
+unnamed until it has a pack, so a writer that dies leaves none behind. Where unnamed files
+cannot be made or named, the writer makes each journal beside its pack, as before.
 """
 
 from __future__ import annotations
@@ -30,12 +32,9 @@ from tracemind.fsutil import create_with_mode, write_at
 SLOTS = 16
 """Inodes in one block of the inode table (ext4's default: 256-byte inodes in 4 KiB blocks)."""
 
-RUN = SLOTS
-"""Journals kept from one run: one block's worth."""
-
-MADE_MAX = 4 * SLOTS
-"""Most unnamed files made for one run: one aligned block of free slots and up to 48 more (free
-slots older files left between used ones, each taken before the next)."""
+MADE_MAX = 2 * SLOTS - 1
+"""Most unnamed files made for one run: enough for one whole block where free slots follow one
+another (and fewer than a pack's 64 calls take to make: the next pack must be ready by then)."""
 
 
 class JournalStock:
@@ -52,8 +51,8 @@ class JournalStock:
         """An unnamed journal holding ``room``, or None where unnamed files cannot be made or
         named here. Raises ``OSError``.
 
-        When the stock is empty a run is made, and the journal taken is the run's last; the
-        next packs take the others first made first."""
+        When the stock is empty a run is made (see the module); its journals are taken in the
+        order :meth:`_make_run` gives."""
         if self._pid != os.getpid() or room != self._room:  # (a child made by fork: its
             self.close()  # parent's are not its to use; or another room size)
             self._pid, self._room = os.getpid(), room
@@ -65,7 +64,7 @@ class JournalStock:
         if not run:
             return None
         self._fds = run
-        return run.pop()
+        return run.pop(0)
 
     def name(self, fd: int, path: str) -> bool:
         """Give the unnamed journal ``fd`` (taken from this stock) the name ``path``. False
@@ -97,12 +96,12 @@ class JournalStock:
             os.close(fd)
 
     def _make_run(self, room: bytes) -> list[int]:
-        """A run of unnamed journals holding ``room`` (see :meth:`_fill_block`); [] where
-        unnamed files cannot be made here."""
+        """A run of unnamed journals holding ``room``, in the order to use them (see
+        :meth:`_make_files`); [] where unnamed files cannot be made here."""
         made: dict[int, int] = {}
         try:
-            kept = self._fill_block(made)
-            for fd in kept:
+            run = self._make_files(made)
+            for fd in run:
                 write_at(fd, room, 0)
         except BaseException as exc:
             for fd in made.values():
@@ -111,15 +110,13 @@ class JournalStock:
                 raise
             self._supported = False
             return []
-        for fd in made.values():
-            if fd not in kept:
-                os.close(fd)  # (unnamed: its inode is free again, for the next packs)
-        return kept
+        return run
 
-    def _fill_block(self, made: dict[int, int]) -> list[int]:
+    def _make_files(self, made: dict[int, int]) -> list[int]:
         """Make unnamed files into ``made`` (inode number → descriptor) until one whole block
-        of the inode table is theirs, and return that block's; else, after
-        :data:`MADE_MAX`, the last :data:`RUN` made."""
+        of the inode table is theirs, or :data:`MADE_MAX` are made; return their descriptors,
+        that block's first (in order), then the others as made — or, with no whole block, the
+        last made first (furthest from what was made before the run), then the others."""
         while len(made) < MADE_MAX:
             fd = self._make_one()
             try:
@@ -128,9 +125,10 @@ class JournalStock:
                 os.close(fd)
                 raise
             made[inode] = fd
-            if kept := _whole_block(made, inode):
-                return kept
-        return list(made.values())[-RUN:]
+            if block := _whole_block(made, inode):
+                return block + [fd for fd in made.values() if fd not in block]
+        fds = list(made.values())
+        return fds[-1:] + fds[:-1]
 
     def _make_one(self) -> int:
         # (not create_exclusive: O_EXCL with O_TMPFILE would make the file unlinkable)
