@@ -2,7 +2,7 @@
 
 On ext4 without a journal, every ``fdatasync`` also writes the file's block of the inode table
 (16 inodes) when that block is dirty, whichever inode dirtied it: one more write, waited for,
-50 to 150 µs on the disks measured (docs/benchmarks.md, "A journal away from its pack", "A
+80 to 120 µs on the disks measured (docs/benchmarks.md, "A journal away from its pack", "A
 block of journals"). A new inode goes in the lowest free slot of its directory's group, so
 whatever is created while a journal is made can land beside it: its own pack (each task
 linked to the pack changes the pack's link count), the bucket directory of the current second
