@@ -30,18 +30,23 @@ from tracemind.config import DataDirs
 LEASE_S = 30.0
 
 
-def _unnamed_journals(stores: Stores) -> dict[int, int]:
-    """This process's unnamed files in ``packs/`` (the stock): inode by descriptor."""
-    folder = os.path.realpath(Path(stores.queue.root) / "packs")
+def _unnamed_in(folder: Path) -> dict[int, int]:
+    """This process's unnamed files in ``folder``: inode by descriptor."""
+    real = os.path.realpath(folder)
     found = {}
     for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{name}")
         except FileNotFoundError:  # (the listing's own descriptor, closed by now)
             continue
-        if target.startswith(folder + "/") and (st := os.fstat(int(name))).st_nlink == 0:
+        if target.startswith(real + "/") and (st := os.fstat(int(name))).st_nlink == 0:
             found[int(name)] = st.st_ino
     return found
+
+
+def _unnamed_journals(stores: Stores) -> dict[int, int]:
+    """This process's unnamed files in ``packs/`` (the stock): inode by descriptor."""
+    return _unnamed_in(Path(stores.queue.root) / "packs")
 
 
 def _journals_by_pack(stores: Stores) -> dict[str, int]:
@@ -118,20 +123,12 @@ def _taken(folder: Path, count: int) -> list[int]:
     return [fd for fd in taken if fd is not None]
 
 
-def _unnamed_in(folder: Path) -> list[int]:
-    """The unnamed files in ``folder`` this process holds open: their inode numbers, each
-    checked to hold the room."""
-    real = os.path.realpath(folder)
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:
-            continue
-        if target.startswith(real + "/") and (st := os.fstat(int(name))).st_nlink == 0:
-            assert os.pread(int(name), len(ROOM), 0) == ROOM
-            found.append(st.st_ino)
-    return found
+def _holding_room(unnamed: dict[int, int]) -> list[int]:
+    """The inode numbers of ``unnamed`` (see :func:`_unnamed_in`), each checked to hold the
+    room."""
+    for fd in unnamed:
+        assert os.pread(fd, len(ROOM), 0) == ROOM
+    return list(unnamed.values())
 
 
 def test_a_run_of_journals_gives_one_block_of_the_inode_table_first(tmp_path: Path) -> None:
@@ -151,7 +148,7 @@ def test_a_run_of_journals_gives_one_block_of_the_inode_table_first(tmp_path: Pa
     first = (inodes[0] - 1) // journal_stock.SLOTS * journal_stock.SLOTS + 1
     assert inodes == list(range(first, first + journal_stock.SLOTS))
     # And the run's other files wait in the stock, all holding the room (none made is wasted)
-    made = _unnamed_in(folder)
+    made = _holding_room(_unnamed_in(folder))
     assert set(inodes) <= set(made)
     assert len(made) <= journal_stock.MADE_MAX
 
@@ -192,7 +189,7 @@ def test_a_run_fills_the_free_slots_before_a_whole_block_and_uses_them_after_it(
     # the others as made, and every file made was taken
     assert _seen_order(seen, taken) == [*range(33, 49), 3, 7, 20, 30, 31, 32]
     assert len(seen) == 22
-    assert len(_unnamed_in(folder)) == 22  # (none closed, each holding the room)
+    assert len(_holding_room(_unnamed_in(folder))) == 22  # (none closed)
 
 
 def test_where_new_inodes_are_not_numbered_in_order_a_run_gives_the_last_made_first(
@@ -209,7 +206,7 @@ def test_where_new_inodes_are_not_numbered_in_order_a_run_gives_the_last_made_fi
     # Then it made MADE_MAX files and gives the last made first, then the others as made
     assert len(seen) == journal_stock.MADE_MAX
     assert _seen_order(seen, taken) == [numbers[-1], numbers[0], numbers[1]]
-    assert len(_unnamed_in(folder)) == journal_stock.MADE_MAX
+    assert len(_holding_room(_unnamed_in(folder))) == journal_stock.MADE_MAX
 
 
 def test_a_child_forked_by_a_writer_makes_journals_of_its_own(
