@@ -2,12 +2,12 @@
 (tracemind.backend.file.journal_stock).
 
 What must hold: a pack made ahead gets a journal made in a run before it (so the two inodes lie
-apart), named after the pack and holding its room; a run's journals fill one block of the inode
-table where the file system numbers new inodes one after another (the files made for it and
-not kept are closed), and are the last made otherwise; the run's other journals are this
-process's alone (a forked child makes its own) and go when the writer is closed; where unnamed
-files cannot be made or named, each journal is made beside its pack and every task is still
-enqueued.
+apart), named after the pack and holding its room; a run gives first the journals of one whole
+block of the inode table where the file system numbers new inodes one after another, then every
+other file it made (none is closed), and the last made first otherwise; the run's other
+journals are this process's alone (a forked child makes its own) and go when the writer is
+closed; where unnamed files cannot be made or named, each journal is made beside its pack and
+every task is still enqueued.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ SLOTS = 16
 
 MADE_MAX = 2 * SLOTS - 1
 """Most unnamed files made for one run: enough for one whole block where free slots follow one
-another (and fewer than a pack's 64 calls take to make: the next pack must be ready by then)."""
+another, and few enough to be made, even where each costs ~1 ms, before the current pack's 64
+calls are over (the next pack must be ready by then)."""
 
 
 class JournalStock:
