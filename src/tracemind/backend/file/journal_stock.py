@@ -34,8 +34,8 @@ SLOTS = 16
 
 MADE_MAX = 2 * SLOTS - 1
 """Most unnamed files made for one run: enough for one whole block where free slots follow one
-another, and few enough to be made, even where each costs ~1 ms, before the current pack's 64
-calls are over (the next pack must be ready by then)."""
+another, and few enough to be made while the current pack's 64 calls go by where each costs
+~0.5 ms (a disk that has just deleted files; the next pack should be ready by then)."""
 
 
 class JournalStock:
