@@ -3,11 +3,13 @@ or stays succeeded if it finished first; a finished task cannot be cancelled."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Any
 
 import pytest
 
-from tm_testing import FakeClock, Tm, make_task
+from tm_testing import FakeClock, Tm, make_task, read_records, wait_until
 from tracemind.backend.file.stores import Stores
 from tracemind.client import Client
 from tracemind.config import DataDirs
@@ -110,18 +112,13 @@ def test_tm_task_cancel_reports_each_task_and_exits_1_for_a_finished_one(
 
 
 @pytest.mark.slow
-def test_cancels_racing_a_worker_pool_never_run_a_cancelled_task(
+def test_cancels_racing_a_worker_pool_never_run_a_task_cancelled_while_waiting(
     tm: Tm, flows: Any, dirs: DataDirs, record_dir: Any, processes: Any, tmp_path: Any
 ) -> None:
-    # Given 300 tasks and a burst pool of 2 workers draining them
-    import json
-    import subprocess
-
-    from tm_testing import read_records
-
-    flow = flows.write("rec", "tm_test_hooks.record")
+    # Given 300 tasks of 20 ms each and a burst pool of 2 workers that has begun draining them
+    flow = flows.write("rec", "tm_test_hooks.record_sleep")
     batch = tmp_path / "batch.jsonl"
-    batch.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(300)))
+    batch.write_text("".join(json.dumps({"seconds": 0.02, "n": n}) + "\n" for n in range(300)))
     ids = tm.json("enqueue", flow, "--inputs", batch, "--json")["task_ids"]
     pool = processes.start(
         [*tm.command(["workers", "start", "-n", "2", "--burst"])],
@@ -130,18 +127,23 @@ def test_cancels_racing_a_worker_pool_never_run_a_cancelled_task(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # When another process cancels every task while the pool runs
+    wait_until(lambda: read_records(record_dir), 120, "the pool's first task")
+    # When another process cancels every task, last first, while the pool runs
     cancel = tm("task", "cancel", *ids[::-1], "--json", timeout_s=120)
     assert pool.wait(timeout=120) == 0
     outcome = json.loads(cancel.stdout)
-    # Then each task either ran once and succeeded, or was cancelled and never ran
+    # Then a task cancelled while it waited never ran; one cancelled in flight stopped after
+    # its step (cancelled) or had finished it (succeeded); every other task ran once
     runs = {task_id for task_id, _, _ in read_records(record_dir)}
     client = Client(dirs.queue.parent)
     statuses = {t: info.status for t in ids if (info := client.get(t)) is not None}
     cancelled = {t for t, s in statuses.items() if s is TaskStatus.CANCELLED}
-    assert set(outcome["cancelled"]) <= cancelled
-    assert cancelled.isdisjoint(runs)  # a cancelled task never ran
-    assert {t for t, s in statuses.items() if s is TaskStatus.SUCCEEDED} == runs
-    assert len(runs) == len([r for r in read_records(record_dir)])  # each ran at most once
-    assert cancelled | runs == set(ids) and cancelled and runs  # the race really happened
+    succeeded = {t for t, s in statuses.items() if s is TaskStatus.SUCCEEDED}
+    waiting, in_flight = set(outcome["cancelled"]), set(outcome["requested"])
+    assert waiting <= cancelled and waiting.isdisjoint(runs)
+    assert in_flight <= runs and in_flight <= cancelled | succeeded
+    assert cancelled & runs <= in_flight
+    assert succeeded == runs - cancelled
+    assert len(runs) == len(read_records(record_dir))  # each ran at most once
+    assert cancelled | runs == set(ids) and waiting and runs  # the race really happened
     assert set(outcome["errors"]) <= runs  # "already finished" only for tasks that ran
