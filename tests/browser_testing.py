@@ -69,6 +69,22 @@ class Browser:
                 )
             time.sleep(0.1)
 
+    def press(self, *keys: str, shift: bool = False) -> None:
+        """Type ``keys`` into whatever has the focus, as a keyboard does (``shift`` held
+        throughout). An element's own ``send_keys`` first requires that element to be
+        interactable, which a page that re-renders may deny between two presses of a tab
+        walk (seen once in CI: "element not interactable"); a keyboard checks nothing."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        actions = ActionChains(self.driver)
+        if shift:
+            actions.key_down(Keys.SHIFT)
+        actions.send_keys(*keys)
+        if shift:
+            actions.key_up(Keys.SHIFT)
+        actions.perform()
+
     def text(self, selector: str) -> str:
         return str(
             self.js(

@@ -175,19 +175,17 @@ def test_requeue_from_the_page_by_keyboard_moves_the_dead_letter_back(
             for _ in range(40):
                 if focused() == target:
                     return
-                keys = Keys.SHIFT + Keys.TAB if backwards else Keys.TAB
-                browser.driver.switch_to.active_element.send_keys(keys)
+                browser.press(Keys.TAB, shift=backwards)
             pytest.fail(f"{target} is not reachable with the keyboard (stuck at {focused()!r})")
 
         # When the token is typed in and the requeue button pressed, by keyboard only
-        browser.driver.find_element("tag name", "body").send_keys(Keys.TAB)
         tab_to("token")
-        browser.driver.switch_to.active_element.send_keys(token, Keys.ENTER)
+        browser.press(token, Keys.ENTER)
         browser.wait_for(
             "the token to be taken", lambda: "Token set" in browser.text("#action-result"), 5
         )
         tab_to(f"requeue:{task_id}", backwards=True)
-        browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
+        browser.press(Keys.ENTER)
 
         # Then the page reports it, the dead letter is back in the queue and now succeeds
         browser.wait_for("the result", lambda: "requeued" in browser.text("#action-result"), 10)
