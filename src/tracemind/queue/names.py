@@ -17,6 +17,7 @@ import functools
 import os
 import re
 import time
+from collections import deque
 
 from tracemind.values import Value
 
@@ -45,6 +46,26 @@ class _IdClock:
     sequence = 0
 
 
+RANDOM_TAILS_AHEAD = 512
+"""Task ids' random digits drawn at once (``os.urandom`` is a system call, and lets other
+threads run: a writer of one task per call would make one for every task)."""
+_random_tails: deque[str] = deque()
+"""Random 6-hex-digit tails not yet used, each taken once (``popleft`` is atomic: threads
+never share one); emptied in a child made by ``fork``, so that it never reuses its parent's."""
+
+
+def _random_tail() -> str:
+    try:
+        return _random_tails.popleft()
+    except IndexError:
+        digits = os.urandom(3 * RANDOM_TAILS_AHEAD).hex()
+        _random_tails.extend(digits[at : at + 6] for at in range(6, len(digits), 6))
+        return digits[:6]
+
+
+os.register_at_fork(after_in_child=_random_tails.clear)
+
+
 def new_task_id(now_s: float | None = None, *, at_ms: int | None = None) -> str:
     """A unique, time-sortable id: 12 hex digits of milliseconds (``at_ms``, else ``now_s``,
     else now), 4 of a per-process sequence (so a batch made within one millisecond keeps its
@@ -54,7 +75,7 @@ def new_task_id(now_s: float | None = None, *, at_ms: int | None = None) -> str:
         _IdClock.sequence = (_IdClock.sequence + 1) & 0xFFFF
     else:
         _IdClock.last_ms, _IdClock.sequence = ms, 0
-    return f"{ms:012x}{_IdClock.sequence:04x}{os.urandom(3).hex()}"
+    return f"{ms:012x}{_IdClock.sequence:04x}{_random_tail()}"
 
 
 def is_task_id(text: str) -> bool:

@@ -32,6 +32,7 @@ from tracemind.fsutil import (
     write_at,
     write_error,
 )
+from tracemind.process import current_pid
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -191,13 +192,13 @@ class PackWriter:
     def _own_spare(self) -> _Spare | None:
         """The pack made ahead for this process (not one inherited through ``fork``), if any."""
         spare = self._spare
-        return spare if spare is not None and spare.pid == os.getpid() else None
+        return spare if spare is not None and spare.pid == current_pid() else None
 
     def _lock_writing(self) -> None:
         """Take the current pack's writing lock, held until the call's last link is made (a
         pack the call starts is locked as it is made)."""
         self._locked_fds = []
-        if self._fd >= 0 and self._pid == os.getpid():
+        if self._fd >= 0 and self._pid == current_pid():
             set_lock(self._fd, WRITING_BYTE, True)
             self._locked_fds.append(self._fd)
 
@@ -211,7 +212,7 @@ class PackWriter:
         """Let the current pack go (its ``packs/`` name then goes at the next checkpoint), and
         remove the next one if it was made ahead (it holds nothing)."""
         with self._mutex:
-            if self._fd >= 0 and self._pid == os.getpid():
+            if self._fd >= 0 and self._pid == current_pid():
                 os.close(self._fd)  # releases the alive lock
                 if self._journal >= 0:
                     os.close(self._journal)
@@ -236,7 +237,7 @@ class PackWriter:
         ``digest`` (this call has ``left_bytes`` more to write, this one included); True when
         this started a new pack (the descriptor of the one it replaces goes to ``full``, and
         its path to ``filled`` when it holds no keyed record)."""
-        ours = self._fd >= 0 and self._pid == os.getpid()
+        ours = self._fd >= 0 and self._pid == current_pid()
         if (
             ours
             and self._tasks < PACK_TASKS
@@ -276,7 +277,7 @@ class PackWriter:
         ``journals`` when given)."""
         ensure_dir(self.packs_dir)
         header = MAGIC + b"%s %d\n" % (boot_id().encode(), room_bytes)
-        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(6).hex()}"
+        name = f"{int(time.time() * 1000):013d}-{current_pid()}-{os.urandom(6).hex()}"
         room = header + bytes(room_bytes - len(header))
         fd = self._make(name + SUFFIX, room, lock=True)
         journal = -1
@@ -303,7 +304,7 @@ class PackWriter:
         released at the end of this call)."""
         self._locked_fds.append(pack.fd)
         self._fd, self._path, self._journal = pack.fd, pack.path, pack.journal
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._tasks, self._at, self._room_end = 0, pack.header_bytes, pack.room_bytes
         self._digests = set()
         self._opened_s, self._opened_any = time.monotonic(), True
@@ -316,7 +317,7 @@ class PackWriter:
         calls: a batch that spans packs would leave one made for nothing.)"""
         from tracemind.threads import start_helper_thread  # (not on a one-call `tm enqueue`'s path)
 
-        spare = _Spare(os.getpid())
+        spare = _Spare(current_pid())
         try:
             start_helper_thread(lambda: self._fill(spare), NEXT_PACK_THREAD)
         except RuntimeError:  # no thread may start (RLIMIT_NPROC): made when needed, then
