@@ -1,4 +1,5 @@
-"""An idle consumer's wait: woken at once by a new task, bounded by its timeout otherwise."""
+"""An idle consumer's wait: woken at once by a new task (a writer of many calls rings at most
+every few ms), bounded by its timeout otherwise."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from tm_testing import make_task
+from tm_testing import make_task, wait_until
+from tracemind.backend.file.pack_writer import RING_GAP_S
+from tracemind.backend.file.packs import PACK_TASKS
+from tracemind.backend.file.queue import FileQueue
 from tracemind.backend.file.stores import open_stores
 from tracemind.backend.file.watch import DirectoryWatch
 from tracemind.config import DataDirs
@@ -59,3 +63,54 @@ def test_a_delayed_task_bounds_the_wait_by_its_due_time(dirs: DataDirs) -> None:
     while lease is None and time.monotonic() < deadline:
         lease = stores.queue.lease("c-1", 30)
     assert lease is not None
+
+
+def _spy_on_the_bell(queue: FileQueue) -> list[float]:
+    """When each ring of ``queue``'s writer rang (``time.monotonic``), as it rings."""
+    rings: list[float] = []
+    ring = queue.waiting.ring
+
+    def spied() -> None:
+        rings.append(time.monotonic())
+        ring()
+
+    queue.waiting.ring = spied  # type: ignore[method-assign]
+    return rings
+
+
+def test_a_writer_of_many_calls_rings_at_most_every_gap_and_rings_after_its_last_call(
+    dirs: DataDirs,
+) -> None:
+    # Given a writer that has made more than a pack's worth of one-task calls
+    stores = open_stores(dirs, durable=False)
+    rings = _spy_on_the_bell(stores.queue)
+    for _ in range(PACK_TASKS + 1):
+        stores.queue.enqueue([make_task(time.time)])
+    # When it makes 200 more, as fast as it can
+    started_s = time.monotonic()
+    for _ in range(199):
+        stores.queue.enqueue([make_task(time.time)])
+    last_started_s = time.monotonic()
+    stores.queue.enqueue([make_task(time.time)])
+    took_s = time.monotonic() - started_s
+    # Then it rang far less than once a call: about once a gap (a ring late from the helper
+    # thread and one on a call may meet: twice a gap at most)
+    rang = [ring_s for ring_s in rings if ring_s >= started_s]
+    assert len(rang) <= 2 * (took_s / RING_GAP_S + 1) < 200
+    # And a ring comes after its last call began, without any further call
+    wait_until(lambda: rings and rings[-1] >= last_started_s, 10, "a ring after the last call")
+
+
+def test_closing_a_writer_rings_at_once_the_ring_it_left_for_later(dirs: DataDirs) -> None:
+    # Given a writer of many calls whose last call left its ring for later
+    stores = open_stores(dirs, durable=False)
+    rings = _spy_on_the_bell(stores.queue)
+    for _ in range(PACK_TASKS + 1):
+        stores.queue.enqueue([make_task(time.time)])
+    stores.queue.enqueue([make_task(time.time)])
+    last_started_s = time.monotonic()
+    stores.queue.enqueue([make_task(time.time)])  # (within a gap of the one before)
+    # When it closes
+    stores.queue.packs.close()
+    # Then the bell has rung for its last call already
+    assert rings and rings[-1] >= last_started_s

@@ -38,9 +38,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from tracemind.threads import JobThread
+
 
 NEXT_PACK_THREAD = "tracemind-next-pack"
 """The name of the helper thread that makes a writer's next pack ahead."""
+
+LATER_THREAD = "tracemind-writer-later"
+"""The name of the helper thread that rings the bell for a writer of many calls."""
+
+RING_GAP_S = 0.005
+"""A writer of many calls rings the bell at most this often: one ring on every call costs
+~10% of a call of one task (docs/benchmarks.md). A consumer waiting for work then wakes at most
+this late: the ring a call leaves is rung by a helper thread once this has passed since the
+last one."""
 
 RETIRE_MAX = 1_000
 """Most filled packs a writer keeps to retire itself: a writer that never syncs the file system
@@ -95,6 +106,11 @@ class PackWriter:
         self._digests: set[str] = set()
         """The key digests of the current pack's records: a key has at most one record in a
         pack, so that its key record (a link to the pack) names one task."""
+        self._later: JobThread | None = None
+        """The helper thread that rings the bell late (see :meth:`ring_soon`), once this writer
+        has made more than one call into a pack."""
+        self._rang_s = 0.0
+        """When this writer last rang the bell (``time.monotonic``)."""
         self._to_retire: list[str] = []
         """Packs earlier calls filled that hold no keyed record (a key's record is linked after
         the call), every link made: the next sync of the file system
@@ -165,6 +181,23 @@ class PackWriter:
                 for fd in full:
                     os.close(fd)  # releases its alive lock: the next checkpoint retires it
 
+    def ring_soon(self, ring: Callable[[], object]) -> None:
+        """Have ``ring`` (the bell for the tasks this writer just named) called now, or, for a
+        writer of many calls that rang less than :data:`RING_GAP_S` ago, by a helper thread
+        once that much has passed since (one ring for every call in between)."""
+        now_s = time.monotonic()
+        later = self._later
+        if later is None or now_s - self._rang_s >= RING_GAP_S:
+            self._rang_s = now_s
+            ring()
+        elif not later.at("ring", self._rang_s + RING_GAP_S, lambda: self._ring_late(ring)):
+            self._rang_s = now_s  # (no helper thread may start: rung now, as before)
+            ring()
+
+    def _ring_late(self, ring: Callable[[], object]) -> None:
+        self._rang_s = time.monotonic()
+        ring()
+
     def _void(self, written: list[tuple[int, int, int, int]]) -> None:
         """Zero records this call wrote but did not link (best effort: the disk may be what
         failed), durably where their journal was flushed."""
@@ -211,6 +244,8 @@ class PackWriter:
     def close(self) -> None:
         """Let the current pack go (its ``packs/`` name then goes at the next checkpoint), and
         remove the next one if it was made ahead (it holds nothing)."""
+        if self._later is not None:
+            self._later.run_now("ring")
         with self._mutex:
             if self._fd >= 0 and self._pid == current_pid():
                 os.close(self._fd)  # releases the alive lock
@@ -315,7 +350,13 @@ class PackWriter:
         flushes — its journal's blocks and its ``packs/`` names made durable too — so that the
         call that needs it finds it ready. (Only for a writer that fills packs over many
         calls: a batch that spans packs would leave one made for nothing.)"""
-        from tracemind.threads import start_helper_thread  # (not on a one-call `tm enqueue`'s path)
+        from tracemind.threads import (  # (not on a one-call `tm enqueue`'s path)
+            JobThread,
+            start_helper_thread,
+        )
+
+        if self._later is None:
+            self._later = JobThread(LATER_THREAD)
 
         spare = _Spare(current_pid())
         try:

@@ -3,7 +3,7 @@
 Layout (see docs/queue-format.md)::
 
     pending/{due_ms // 1_000_000:07d}/{due_ms // 1000:010d}/{due_ms:013d}_{task_id}_{attempts}.json
-    pending/.bell        touched after every write, so idle consumers wake (inotify IN_ATTRIB)
+    pending/.bell        touched after writes, so idle consumers wake (inotify IN_ATTRIB)
 
 The outer bucket spans 1,000 s, the inner one a second. A consumer reads only the oldest due
 inner bucket, so what a lease costs depends on how many tasks fall due in one second, never on
@@ -157,7 +157,9 @@ class PendingDir:
         writer, records appended to packs (tagged with their idempotency keys' ``digests``,
         when given) and each name a link to its pack (see :mod:`tracemind.backend.file.packs`);
         else a file per task. Calls ``on_linked(index, path)`` once an item's task is in
-        ``pending/`` (in order). Rings the bell unless ``ring`` is False. Returns the tasks'
+        ``pending/`` (in order). Rings the bell unless ``ring`` is False (through a pack writer,
+        which a writer of many calls rings at most every few ms: see
+        :meth:`~tracemind.backend.file.pack_writer.PackWriter.ring_soon`). Returns the tasks'
         paths."""
         paths = [self.path_of(name) for name, _ in items]
         if not items:
@@ -173,7 +175,7 @@ class PendingDir:
                 on_linked,
             )
             if ring:
-                self.ring()
+                self.packs.ring_soon(self.ring)
             return paths
         for bucket in {bucket_of(name) for name, _ in items}:
             self._make_bucket(self.path + bucket)
