@@ -892,3 +892,31 @@ def test_a_replay_interrupted_part_way_is_finished_by_a_later_checkpoint_once_pe
     assert stores.queue.checkpoint() == 40 - stop_after
     assert _pack_names(stores) == []
     assert sorted(_drain(stores)) == sorted(t.task_id for t in tasks)
+
+
+def test_a_writer_of_many_calls_keeps_its_writing_lock_between_calls_and_lets_it_go_idle(
+    stores: Stores, dirs: DataDirs, clock: FakeClock
+) -> None:
+    # Given a writer that has made more than a pack's worth of one-task calls, and another
+    # process's stores (their own writer) over the same queue
+    for _ in range(packs.PACK_TASKS + 5):
+        stores.queue.enqueue([make_task(clock)])
+    other = open_stores(dirs, durable=False, clock=clock)
+    # When the other checkpoints right after the writer's last call
+    other.queue.checkpoint()
+    # Then the pack being written into is not settled: its writing lock is kept, as during a
+    # call
+    assert other.queue.oldest_unsettled_ms() is not None
+
+    # And once the writer has made no call for a moment, a checkpoint settles it
+    def settled() -> bool:
+        other.queue.checkpoint()
+        return other.queue.oldest_unsettled_ms() is None
+
+    wait_until(settled, 10 + pack_writer.WRITING_HELD_S, "the kept writing lock to go")
+    # And the writer's next call takes it again, which its own process's checkpoint lets go
+    stores.queue.enqueue([make_task(clock)])
+    other.queue.checkpoint()
+    assert other.queue.oldest_unsettled_ms() is not None
+    stores.queue.checkpoint()
+    assert other.queue.oldest_unsettled_ms() is None

@@ -45,13 +45,20 @@ NEXT_PACK_THREAD = "tracemind-next-pack"
 """The name of the helper thread that makes a writer's next pack ahead."""
 
 LATER_THREAD = "tracemind-writer-later"
-"""The name of the helper thread that rings the bell for a writer of many calls."""
+"""The name of the helper thread that rings the bell and lets the writing lock go for a writer
+of many calls."""
 
 RING_GAP_S = 0.005
 """A writer of many calls rings the bell at most this often: one ring on every call costs
 ~10% of a call of one task (docs/benchmarks.md). A consumer waiting for work then wakes at most
 this late: the ring a call leaves is rung by a helper thread once this has passed since the
 last one."""
+
+WRITING_HELD_S = 0.5
+"""A writer of many calls keeps its current pack's writing lock from one call to the next,
+and a helper thread lets it go once the writer has made no call for this long: taking and
+releasing it costs two system calls a call. While it is held a checkpoint does not settle the
+pack, as during a call (:func:`~tracemind.backend.file.pack_checkpoint.checkpoint`)."""
 
 RETIRE_MAX = 1_000
 """Most filled packs a writer keeps to retire itself: a writer that never syncs the file system
@@ -111,6 +118,13 @@ class PackWriter:
         has made more than one call into a pack."""
         self._rang_s = 0.0
         """When this writer last rang the bell (``time.monotonic``)."""
+        self._kept = -1
+        """The current pack, while this writer of many calls keeps its writing lock between
+        calls (see :data:`WRITING_HELD_S`); else -1."""
+        self._last_call_s = 0.0
+        """When this writer's last call ended (``time.monotonic``)."""
+        self._letting_go = False
+        """Whether the helper thread is to look at the kept lock (see :meth:`_let_go_when_idle`)."""
         self._to_retire: list[str] = []
         """Packs earlier calls filled that hold no keyed record (a key's record is linked after
         the call), every link made: the next sync of the file system
@@ -194,6 +208,11 @@ class PackWriter:
             self._rang_s = now_s  # (no helper thread may start: rung now, as before)
             ring()
 
+    def ring_now(self) -> None:
+        """Ring the bell now if a call left its ring for later (see :meth:`ring_soon`)."""
+        if self._later is not None:
+            self._later.run_now("ring")
+
     def _ring_late(self, ring: Callable[[], object]) -> None:
         self._rang_s = time.monotonic()
         ring()
@@ -228,30 +247,73 @@ class PackWriter:
         return spare if spare is not None and spare.pid == current_pid() else None
 
     def _lock_writing(self) -> None:
-        """Take the current pack's writing lock, held until the call's last link is made (a
-        pack the call starts is locked as it is made)."""
+        """Take the current pack's writing lock (unless kept from the last call), held until
+        the call's last link is made (a pack the call starts is locked as it is made)."""
         self._locked_fds = []
         if self._fd >= 0 and self._pid == current_pid():
-            set_lock(self._fd, WRITING_BYTE, True)
+            if self._kept != self._fd:
+                set_lock(self._fd, WRITING_BYTE, True)
             self._locked_fds.append(self._fd)
 
     def _unlock_writing(self, closing: list[int]) -> None:
+        """Let the call's writing locks go — but the current pack's, for a writer of many
+        calls, which its helper thread lets go once the writer is idle."""
+        keep = self._fd if self._later is not None and self._pid == current_pid() else -1
         for fd in self._locked_fds:
-            if fd not in closing:  # (closing it releases it)
+            if fd != keep and fd not in closing:  # (closing it releases it)
                 set_lock(fd, WRITING_BYTE, False)
         self._locked_fds = []
+        self._kept = keep
+        if keep < 0:
+            return
+        self._last_call_s = time.monotonic()
+        if not self._letting_go:
+            self._letting_go = self._let_go_at(self._last_call_s + WRITING_HELD_S)
+
+    def let_go(self) -> None:
+        """Let the writing lock kept from the last call go now (a checkpoint of this process
+        is about to look at this writer's pack: it settles it, as a writer's own call would
+        not wait for it either)."""
+        with self._mutex:
+            if self._kept >= 0 and self._kept == self._fd and self._pid == current_pid():
+                set_lock(self._kept, WRITING_BYTE, False)
+            self._kept = -1
+
+    def _let_go_at(self, due_s: float) -> bool:
+        """Have the helper thread look at the kept lock at ``due_s``; when no thread may
+        start, let it go now (False)."""
+        assert self._later is not None
+        if self._later.at("let go", due_s, self._let_go_when_idle):
+            return True
+        set_lock(self._kept, WRITING_BYTE, False)
+        self._kept = -1
+        return False
+
+    def _let_go_when_idle(self) -> None:
+        """(The helper thread's job.) Let the kept writing lock go if the writer has made no
+        call for :data:`WRITING_HELD_S`; else look again then."""
+        with self._mutex:
+            self._letting_go = False
+            if self._kept < 0 or self._kept != self._fd or self._pid != current_pid():
+                self._kept = -1
+                return
+            due_s = self._last_call_s + WRITING_HELD_S
+            if time.monotonic() < due_s:
+                self._letting_go = self._let_go_at(due_s)
+                return
+            set_lock(self._kept, WRITING_BYTE, False)
+            self._kept = -1
 
     def close(self) -> None:
         """Let the current pack go (its ``packs/`` name then goes at the next checkpoint), and
         remove the next one if it was made ahead (it holds nothing)."""
-        if self._later is not None:
-            self._later.run_now("ring")
+        self.ring_now()
         with self._mutex:
             if self._fd >= 0 and self._pid == current_pid():
                 os.close(self._fd)  # releases the alive lock
                 if self._journal >= 0:
                     os.close(self._journal)
-            self._fd, self._path, self._journal = -1, "", -1
+            self._fd, self._path, self._journal, self._kept = -1, "", -1, -1
             spare, self._spare = self._own_spare(), None
             if spare is not None:
                 spare.wait()

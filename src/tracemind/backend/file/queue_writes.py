@@ -421,6 +421,7 @@ class QueueWrites(QueueReads):
         back. Writers only."""
         from tracemind.backend.file.pack_checkpoint import CHECKPOINT_PACKS, checkpoint
 
+        self.packs.let_go()  # (this process's own writer: its pack is not being written)
         _, replayed = checkpoint(
             self._packs, self._replay, limit=CHECKPOINT_PACKS if limit is None else limit
         )
