@@ -114,8 +114,9 @@ class PackWriter:
         """The key digests of the current pack's records: a key has at most one record in a
         pack, so that its key record (a link to the pack) names one task."""
         self._later: JobThread | None = None
-        """The helper thread that rings the bell late (see :meth:`ring_soon`), once this writer
-        has made more than one call into a pack."""
+        """The helper thread that rings the bell late (see :meth:`ring_soon`) and lets the
+        kept writing lock go (see :data:`WRITING_HELD_S`): made once this writer has started
+        a second pack over several calls (a writer of many calls)."""
         self._rang_s = 0.0
         """When this writer last rang the bell (``time.monotonic``)."""
         self._kept = -1
