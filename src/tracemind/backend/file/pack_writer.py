@@ -272,22 +272,26 @@ class PackWriter:
             self._letting_go = self._let_go_at(self._last_call_s + WRITING_HELD_S)
 
     def let_go(self) -> None:
-        """Let the writing lock kept from the last call go now (a checkpoint of this process
-        is about to look at this writer's pack: it settles it, as a writer's own call would
-        not wait for it either)."""
+        """Let the writing lock kept from the last call go now: a checkpoint of this process
+        is about to look at this writer's pack, and no call of the writer is under way (the
+        mutex says so), so the checkpoint may settle it."""
         with self._mutex:
-            if self._kept >= 0 and self._kept == self._fd and self._pid == current_pid():
-                set_lock(self._kept, WRITING_BYTE, False)
-            self._kept = -1
+            self._release_kept()
+
+    def _release_kept(self) -> None:
+        """(Holding the mutex.) Let the kept writing lock go, if it is still this process's
+        lock on its current pack."""
+        if 0 <= self._kept == self._fd and self._pid == current_pid():
+            set_lock(self._kept, WRITING_BYTE, False)
+        self._kept = -1
 
     def _let_go_at(self, due_s: float) -> bool:
-        """Have the helper thread look at the kept lock at ``due_s``; when no thread may
-        start, let it go now (False)."""
+        """(Holding the mutex.) Have the helper thread look at the kept lock at ``due_s``;
+        when no thread may start, let it go now (False)."""
         assert self._later is not None
         if self._later.at("let go", due_s, self._let_go_when_idle):
             return True
-        set_lock(self._kept, WRITING_BYTE, False)
-        self._kept = -1
+        self._release_kept()
         return False
 
     def _let_go_when_idle(self) -> None:
@@ -295,15 +299,11 @@ class PackWriter:
         call for :data:`WRITING_HELD_S`; else look again then."""
         with self._mutex:
             self._letting_go = False
-            if self._kept < 0 or self._kept != self._fd or self._pid != current_pid():
-                self._kept = -1
-                return
             due_s = self._last_call_s + WRITING_HELD_S
-            if time.monotonic() < due_s:
+            if self._kept >= 0 and time.monotonic() < due_s:
                 self._letting_go = self._let_go_at(due_s)
-                return
-            set_lock(self._kept, WRITING_BYTE, False)
-            self._kept = -1
+            else:
+                self._release_kept()
 
     def close(self) -> None:
         """Let the current pack go (its ``packs/`` name then goes at the next checkpoint), and
