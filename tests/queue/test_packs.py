@@ -568,6 +568,65 @@ def test_after_a_reboot_no_task_of_a_failed_enqueue_comes_back(
     assert sorted(_drain(stores)) == sorted(linked)
 
 
+@pytest.mark.parametrize("fails", ["while writing its record", "while linking its task"])
+@pytest.mark.parametrize("error", ["a full disk", "an interrupt"])
+def test_after_a_reboot_no_task_of_a_failed_call_of_one_task_comes_back(
+    dirs: DataDirs, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, fails: str, error: str
+) -> None:
+    # Given a writer of many calls of one task each, past its first pack (its calls take the
+    # short way: see PackWriter._add_one)
+    stores = open_stores(dirs, durable=True, clock=clock)
+    before = _one_per_call_until(stores, clock, 2)
+    short_ways: list[str] = []
+    real_add_one = pack_writer.PackWriter._add_one
+
+    def add_one(self: pack_writer.PackWriter, *args: object) -> bool:
+        try:
+            taken = real_add_one(self, *args)  # type: ignore[arg-type]
+        except BaseException:
+            short_ways.append("raised")
+            raise
+        short_ways.append("taken" if taken else "not taken")
+        return taken
+
+    monkeypatch.setattr(pack_writer.PackWriter, "_add_one", add_one)
+    stores.queue.enqueue([make_task(clock, inputs={"n": before})])
+    # When its next call fails (a full disk, or SIGINT's KeyboardInterrupt): writing the
+    # record into its journal, after the pack, or linking the task, after the flush
+    step, real = (
+        ("write_at", pack_writer.write_at)
+        if fails == "while writing its record"
+        else ("_link", pack_writer._link)
+    )
+    calls: list[object] = []
+
+    def failing(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == (2 if step == "write_at" else 1):
+            if error == "a full disk":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise KeyboardInterrupt
+        real(*args)  # type: ignore[operator]
+
+    monkeypatch.setattr(pack_writer, step, failing)
+    with pytest.raises(QueueError if error == "a full disk" else KeyboardInterrupt):
+        stores.queue.enqueue([make_task(clock, inputs={"n": -1})])
+    monkeypatch.setattr(pack_writer, step, real)
+    # Then the writer goes on: its next call writes into the same pack
+    stores.queue.enqueue([make_task(clock, inputs={"n": before + 1})])
+    assert short_ways == ["taken", "raised", "taken"]
+    stores.queue.packs.close()
+    # And after a reboot before any checkpoint, the checkpoint gives back no task of the
+    # failed call (its caller was told it failed), and every other task runs once
+    _written_in_another_boot(stores)
+    assert stores.queue.checkpoint() == 0
+    ran = []
+    while (lease := stores.queue.lease("c", LEASE_S)) is not None:
+        ran.append(lease.record["input"]["n"])
+        stores.queue.ack(lease, {})
+    assert sorted(ran) == list(range(before + 2))
+
+
 def test_after_a_reboot_a_keyed_task_comes_back_only_if_its_key_points_at_it(
     dirs: DataDirs, clock: FakeClock, echo_snapshot: FlowSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ every few ms), bounded by its timeout otherwise."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -114,3 +115,29 @@ def test_closing_a_writer_rings_at_once_the_ring_it_left_for_later(dirs: DataDir
     stores.queue.packs.close()
     # Then the bell has rung for its last call already
     assert rings and rings[-1] >= last_started_s
+
+
+def test_a_child_forked_by_a_writer_rings_for_its_own_calls(dirs: DataDirs) -> None:
+    # Given a writer of many calls whose last call left its ring for later (to its helper
+    # thread, which a child made by fork does not have)
+    stores = open_stores(dirs, durable=False)
+    rings = _spy_on_the_bell(stores.queue)
+    for _ in range(PACK_TASKS + 2):
+        stores.queue.enqueue([make_task(time.time)])
+    # When it forks a child that makes two calls in a row
+    pid = os.fork()
+    if pid == 0:  # (the child: its exit status says whether a ring followed its last call)
+        status = 1
+        try:
+            stores.queue.enqueue([make_task(time.time)])
+            last_started_s = time.monotonic()
+            stores.queue.enqueue([make_task(time.time)])
+            deadline_s = time.monotonic() + 10
+            while not (rings and rings[-1] >= last_started_s) and time.monotonic() < deadline_s:
+                time.sleep(0.001)
+            status = 0 if rings and rings[-1] >= last_started_s else 2
+        finally:
+            os._exit(status)
+    # Then the bell rings after the child's last call, without any further call
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -119,6 +119,9 @@ class PackWriter:
         a second pack over several calls (a writer of many calls)."""
         self._rang_s = 0.0
         """When this writer last rang the bell (``time.monotonic``)."""
+        self._ring_left_by = 0
+        """The process whose helper thread is to ring a ring a call left (see
+        :meth:`ring_soon`; not a parent's, inherited through ``fork``), or 0."""
         self._kept = -1
         """The current pack, while this writer of many calls keeps its writing lock between
         calls (see :data:`WRITING_HELD_S`); else -1."""
@@ -153,6 +156,9 @@ class PackWriter:
             for task_id, digest, record, _ in items
         ]
         with self._mutex:
+            one = len(items) == 1 and on_linked is None and items[0][1] is None
+            if one and self._add_one(lines[0], items[0][3], remake_parent):
+                return
             self._lock_writing()
             self._calls += 1
             placed: list[tuple[str, str]] = []  # (pack path, target)
@@ -196,6 +202,40 @@ class PackWriter:
                 for fd in full:
                     os.close(fd)  # releases its alive lock: the next checkpoint retires it
 
+    def _add_one(self, line: bytes, target: str, remake_parent: Callable[[str], object]) -> bool:
+        """(Holding the mutex.) What :meth:`add` does for the call of a writer of many calls
+        that writes one unkeyed record ``line`` into its durable current pack, with room for it
+        and the writing lock kept from the last call — without a batch's bookkeeping (the
+        common call of a process that submits one task at a time). False, having done
+        nothing, for any other call."""
+        at, fd, journal = self._at, self._fd, self._journal
+        if not (
+            journal >= 0
+            and 0 <= fd == self._kept
+            and self._pid == current_pid()
+            and self._tasks < PACK_TASKS
+            and at + len(line) <= self._room_end
+            and time.monotonic() - self._opened_s < PACK_AGE_S
+        ):
+            return False
+        self._calls += 1
+        self._at += len(line)
+        self._tasks += 1
+        try:
+            write_at(fd, line, at)
+            write_at(journal, line, at)
+            os.fdatasync(journal)
+            _link(self._path, target, remake_parent)
+        except OSError as exc:
+            self._void([(fd, journal, at, len(line))])
+            raise write_error(exc.filename or self.packs_dir, exc) from exc
+        except BaseException:  # (an interrupt: its caller is told the call failed too)
+            self._void([(fd, journal, at, len(line))])
+            raise
+        finally:
+            self._called()
+        return True
+
     def ring_soon(self, ring: Callable[[], object]) -> None:
         """Have ``ring`` (the bell for the tasks this writer just named) called now, or, for a
         writer of many calls that rang less than :data:`RING_GAP_S` ago, by a helper thread
@@ -205,9 +245,12 @@ class PackWriter:
         if later is None or now_s - self._rang_s >= RING_GAP_S:
             self._rang_s = now_s
             ring()
-        elif not later.at("ring", self._rang_s + RING_GAP_S, lambda: self._ring_late(ring)):
-            self._rang_s = now_s  # (no helper thread may start: rung now, as before)
-            ring()
+        elif self._ring_left_by != current_pid():  # (else an earlier call's ring covers this)
+            self._ring_left_by = current_pid()  # (before the job exists: its reset comes after)
+            if not later.at("ring", self._rang_s + RING_GAP_S, lambda: self._ring_late(ring)):
+                self._ring_left_by = 0
+                self._rang_s = now_s  # (no helper thread may start: rung now, as before)
+                ring()
 
     def ring_now(self) -> None:
         """Ring the bell now if a call left its ring for later (see :meth:`ring_soon`)."""
@@ -215,6 +258,7 @@ class PackWriter:
             self._later.run_now("ring")
 
     def _ring_late(self, ring: Callable[[], object]) -> None:
+        self._ring_left_by = 0
         self._rang_s = time.monotonic()
         ring()
 
@@ -265,8 +309,12 @@ class PackWriter:
                 set_lock(fd, WRITING_BYTE, False)
         self._locked_fds = []
         self._kept = keep
-        if keep < 0:
-            return
+        if keep >= 0:
+            self._called()
+
+    def _called(self) -> None:
+        """(Holding the mutex.) A call that keeps the writing lock ends: the helper thread is
+        to let it go once no call has come for :data:`WRITING_HELD_S`."""
         self._last_call_s = time.monotonic()
         if not self._letting_go:
             self._letting_go = self._let_go_at(self._last_call_s + WRITING_HELD_S)

@@ -9,6 +9,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+_ABSENT = object()
+"""A shared field a record does not have."""
+
 
 class SharedJson:
     """The JSON of the values many records share — their flow snapshot and policy, the same
@@ -17,29 +20,31 @@ class SharedJson:
     that submits one task at a time. Values are told apart by identity; nothing changes a
     snapshot or a policy once made."""
 
-    __slots__ = ("_held",)
-
-    SHARED = ("flow", "policy")
+    __slots__ = ("_flow", "_policy", "_tail")
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[object, bytes]] = {}
+        self._flow: object = None
+        self._policy: object = None
+        self._tail: bytes | None = None
 
-    def of(self, field: str, value: object) -> bytes:
-        held = self._held.get(field)
-        if held is None or held[0] is not value:
-            held = (value, dump_json(value))
-            self._held[field] = held
-        return held[1]
+    def tail(self, flow: object, policy: object) -> bytes:
+        """``,"flow":…,"policy":…`` — each field that is not ``_ABSENT`` — encoded once while
+        the values are the same objects."""
+        if self._tail is None or flow is not self._flow or policy is not self._policy:
+            fields = (("flow", flow), ("policy", policy))
+            self._tail = b"".join(
+                b',"%s":%s' % (name.encode(), dump_json(value))
+                for name, value in fields
+                if value is not _ABSENT
+            )
+            self._flow, self._policy = flow, policy
+        return self._tail
 
 
 def encode_record(record: dict[str, Any], shared: SharedJson) -> bytes:
     """``record`` as JSON (its shared values last), those values encoded once for many
     records."""
-    own = dict(record)
-    tail = b"".join(
-        b',"%s":%s' % (field.encode(), shared.of(field, own.pop(field)))
-        for field in SharedJson.SHARED
-        if field in own
-    )
+    own = record.copy()
+    tail = shared.tail(own.pop("flow", _ABSENT), own.pop("policy", _ABSENT))
     head = dump_json(own)[:-1]
     return head + (tail[1:] if head == b"{" else tail) + b"}"
