@@ -68,6 +68,24 @@ class QueueSubmitter(SubmitsOne):
         self.clock = clock
         self._flow_parts = FlowParts()
 
+    def submit(
+        self,
+        flow: FlowSnapshot,
+        inputs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> SubmitResult:
+        """One task, as a batch of one (see :meth:`submit_many`); without an idempotency key
+        the short way (a process may submit one task at a time, many times over)."""
+        if idempotency_key is not None:
+            return super().submit(flow, inputs, idempotency_key=idempotency_key, trigger=trigger)
+        now_s = self.clock()
+        maker = TaskMaker(flow, now_s, self._flow_parts)
+        task = maker.task(new_task_id(at_ms=int(now_s * 1000)), Submission(inputs, None, trigger))
+        self.queue.enqueue([task])
+        return SubmitResult(task.task_id, False)
+
     def submit_many(
         self, flow: FlowSnapshot, submissions: Sequence[Submission]
     ) -> list[SubmitResult]:

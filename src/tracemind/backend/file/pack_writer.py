@@ -60,6 +60,8 @@ and a helper thread lets it go once the writer has made no call for this long: t
 releasing it costs two system calls a call. While it is held a checkpoint does not settle the
 pack, as during a call (:func:`~tracemind.backend.file.pack_checkpoint.checkpoint`)."""
 
+NO_KEY_BYTES = NO_KEY.encode()
+
 RETIRE_MAX = 1_000
 """Most filled packs a writer keeps to retire itself: a writer that never syncs the file system
 again (one task per call) leaves the older ones to the checkpoint."""
@@ -156,9 +158,6 @@ class PackWriter:
             for task_id, digest, record, _ in items
         ]
         with self._mutex:
-            one = len(items) == 1 and on_linked is None and items[0][1] is None
-            if one and self._add_one(lines[0], items[0][3], remake_parent):
-                return
             self._lock_writing()
             self._calls += 1
             placed: list[tuple[str, str]] = []  # (pack path, target)
@@ -201,6 +200,17 @@ class PackWriter:
                 self._unlock_writing(full)
                 for fd in full:
                     os.close(fd)  # releases its alive lock: the next checkpoint retires it
+
+    def add_one(
+        self, task_id: str, record: bytes, target: str, remake_parent: Callable[[str], object]
+    ) -> None:
+        """:meth:`add` for one task without an idempotency key: the short way for the common
+        call of a process that submits one task at a time."""
+        line = b"\nR %s %s %s\n" % (task_id.encode(), NO_KEY_BYTES, record)
+        with self._mutex:
+            if self._add_one(line, target, remake_parent):
+                return
+        self.add([(task_id, None, record, target)], remake_parent)
 
     def _add_one(self, line: bytes, target: str, remake_parent: Callable[[str], object]) -> bool:
         """(Holding the mutex.) What :meth:`add` does for the call of a writer of many calls

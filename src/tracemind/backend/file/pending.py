@@ -161,6 +161,13 @@ class PendingDir:
         which a writer of many calls rings at most every few ms: see
         :meth:`~tracemind.backend.file.pack_writer.PackWriter.ring_soon`). Returns the tasks'
         paths."""
+        if len(items) == 1 and self.packs is not None and digests is None and on_linked is None:
+            name, data = items[0]  # (the call of a process that submits one task at a time)
+            path = self.path_of(name)
+            self.packs.add_one(name.task_id, data, path, self._make_bucket)
+            if ring:
+                self.packs.ring_soon(self.ring)
+            return [path]
         paths = [self.path_of(name) for name, _ in items]
         if not items:
             return paths
