@@ -5,6 +5,8 @@ whatever shared values it has, the shared values encoded once while they are the
 from __future__ import annotations
 
 import json
+import sys
+import threading
 
 import pytest
 
@@ -54,3 +56,30 @@ def test_shared_values_are_encoded_once_while_they_are_the_same_objects(
     other["flow"]["name"] = "changed"
     assert json.loads(encode_record({"flow": other, "policy": POLICY}, shared))["flow"] == other
     assert sum(value is other for value in encoded) == 1
+
+
+def test_threads_sharing_it_never_get_another_flows_json() -> None:
+    # Given one SharedJson and four threads, each encoding records of a flow of its own, with
+    # the interpreter switching threads as often as it can
+    shared = SharedJson()
+    flows = [{"flow": {"name": f"flow-{n}"}} for n in range(4)]
+    wrong: list[object] = []
+
+    def encode_many(flow: dict[str, object]) -> None:
+        for n in range(2_000):
+            record = {"n": n, "flow": flow, "policy": POLICY}
+            if json.loads(encode_record(record, shared))["flow"] != flow:
+                wrong.append(flow)
+
+    interval_s = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=encode_many, args=(flow,)) for flow in flows]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval_s)
+    # Then every record carries its own flow
+    assert wrong == []

@@ -12,33 +12,37 @@ if TYPE_CHECKING:
 _ABSENT = object()
 """A shared field a record does not have."""
 
+_NOTHING_YET = object()
+"""What :class:`SharedJson` holds before its first record (no record's value)."""
+
 
 class SharedJson:
     """The JSON of the values many records share — their flow snapshot and policy, the same
     objects in every record one submitter makes for one flow (see
     :class:`~tracemind.queue.records.TaskMaker`) — encoded once for a batch, or for a process
     that submits one task at a time. Values are told apart by identity; nothing changes a
-    snapshot or a policy once made."""
+    snapshot or a policy once made. Thread-safe: the values and their JSON are held as one
+    tuple, read and replaced whole, so no thread pairs one flow with another's JSON."""
 
-    __slots__ = ("_flow", "_policy", "_tail")
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._flow: object = None
-        self._policy: object = None
-        self._tail: bytes | None = None
+        self._held: tuple[object, object, bytes] = (_NOTHING_YET, _NOTHING_YET, b"")
 
     def tail(self, flow: object, policy: object) -> bytes:
         """``,"flow":…,"policy":…`` — each field that is not ``_ABSENT`` — encoded once while
         the values are the same objects."""
-        if self._tail is None or flow is not self._flow or policy is not self._policy:
-            fields = (("flow", flow), ("policy", policy))
-            self._tail = b"".join(
-                b',"%s":%s' % (name.encode(), dump_json(value))
-                for name, value in fields
-                if value is not _ABSENT
-            )
-            self._flow, self._policy = flow, policy
-        return self._tail
+        held_flow, held_policy, tail = self._held
+        if flow is held_flow and policy is held_policy:
+            return tail
+        fields = (("flow", flow), ("policy", policy))
+        tail = b"".join(
+            b',"%s":%s' % (name.encode(), dump_json(value))
+            for name, value in fields
+            if value is not _ABSENT
+        )
+        self._held = (flow, policy, tail)
+        return tail
 
 
 def encode_record(record: dict[str, Any], shared: SharedJson) -> bytes:
