@@ -60,6 +60,10 @@ and a helper thread lets it go once the writer has made no call for this long: t
 releasing it costs two system calls a call. While it is held a checkpoint does not settle the
 pack, as during a call (:func:`~tracemind.backend.file.pack_checkpoint.checkpoint`)."""
 
+RECORD_LINE = b"\nR %s %s %s\n"
+"""A record's line in a pack: the task id, its key's digest (or :data:`NO_KEY`), the record's
+JSON (see :mod:`tracemind.backend.file.packs`)."""
+
 NO_KEY_BYTES = NO_KEY.encode()
 
 RETIRE_MAX = 1_000
@@ -154,7 +158,7 @@ class PackWriter:
         if not items:
             return
         lines = [
-            b"\nR %s %s %s\n" % (task_id.encode(), (digest or NO_KEY).encode(), record)
+            RECORD_LINE % (task_id.encode(), (digest or NO_KEY).encode(), record)
             for task_id, digest, record, _ in items
         ]
         with self._mutex:
@@ -206,7 +210,7 @@ class PackWriter:
     ) -> None:
         """:meth:`add` for one task without an idempotency key: the short way for the common
         call of a process that submits one task at a time."""
-        line = b"\nR %s %s %s\n" % (task_id.encode(), NO_KEY_BYTES, record)
+        line = RECORD_LINE % (task_id.encode(), NO_KEY_BYTES, record)
         with self._mutex:
             if self._add_one(line, target, remake_parent):
                 return
